@@ -1,0 +1,62 @@
+//! `shard-worker`: runs one shard of a run (see the README).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use shardrun::shard::WorkerArgs;
+
+/// Runs one shard: turns its slice of the work items into <name>.csv, resumably.
+#[derive(Debug, Parser)]
+#[command(name = "shard-worker", version, about)]
+struct Cli {
+    /// Run configuration (YAML).
+    #[arg(long, default_value = "conf/default.yaml")]
+    config: PathBuf,
+    /// This shard's index, 0-based (default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX).
+    #[arg(long)]
+    shard_index: Option<u32>,
+    /// Number of shards of the run (default: the config's `shards`).
+    #[arg(long)]
+    num_shards: Option<u32>,
+    /// Data file name, without .csv (default: process-<shard-index>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Discard this shard's outputs (not the cache) and regenerate it.
+    #[arg(long)]
+    force: bool,
+    /// Print this shard's items (count, first and last key) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Items in flight within the shard (overrides generator.jobs).
+    #[arg(long)]
+    jobs: Option<u32>,
+    /// Neither read nor write the item cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Directory that relative paths resolve against and commands run in (default: .).
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let args = WorkerArgs {
+        config: cli.config,
+        shard_index: cli.shard_index,
+        num_shards: cli.num_shards,
+        name: cli.name,
+        force: cli.force,
+        dry_run: cli.dry_run,
+        jobs: cli.jobs,
+        no_cache: cli.no_cache,
+        root: cli.root,
+    };
+    let code = match shardrun::worker::run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shard-worker: error: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code.code());
+}

@@ -1,0 +1,664 @@
+//! The run configuration: the YAML schema (`RawConfig`, unknown keys rejected) and its validated,
+//! resolved form (`Config`). Only this module touches the YAML crate.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value as Yaml;
+
+use crate::error::{Error, Result};
+use crate::paths::validate_name;
+
+// ---------------------------------------------------------------------------------------------
+// Raw: mirrors the YAML file.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    run: Option<String>,
+    seed: Option<u64>,
+    shards: Option<u32>,
+    sharding: Option<Sharding>,
+    items: RawItems,
+    generator: RawGenerator,
+    #[serde(default)]
+    output: RawOutput,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawItems {
+    range: Option<RawRange>,
+    list: Option<Vec<Yaml>>,
+    product: Option<serde_yaml_ng::Mapping>,
+    file: Option<String>,
+    csv: Option<RawCsv>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    start: i64,
+    end: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCsv {
+    path: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGenerator {
+    builtin: Option<String>,
+    command: Option<Vec<Yaml>>,
+    mode: Option<String>,
+    params: Option<Yaml>,
+    jobs: Option<u32>,
+    retries: Option<u32>,
+    timeout: Option<Yaml>,
+    rate: Option<Yaml>,
+    halt: Option<RawHalt>,
+    version: Option<Yaml>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHalt {
+    failures: Yaml,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    columns: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    enabled: Option<bool>,
+    dir: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolved.
+
+/// How items are assigned to shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharding {
+    /// Balanced blocks of consecutive items.
+    #[default]
+    Contiguous,
+    /// Shard i holds the items whose index is i modulo the shard count.
+    Stride,
+}
+
+impl Sharding {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sharding::Contiguous => "contiguous",
+            Sharding::Stride => "stride",
+        }
+    }
+}
+
+/// The item source, with paths resolved against the root.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemSpec {
+    /// Integers `start..end`.
+    Range { start: i64, end: i64 },
+    /// Literal keys.
+    List(Vec<String>),
+    /// Cartesian product of named value lists, last dimension varying fastest.
+    Product(Vec<(String, Vec<String>)>),
+    /// One item per non-empty line of a text file.
+    File(PathBuf),
+    /// One item per row of a CSV file with a header; `key` names the key column.
+    Csv { path: PathBuf, key: String },
+}
+
+/// What produces the rows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorKind {
+    /// An embedded generator with its parameters.
+    Builtin {
+        name: String,
+        params: serde_json::Map<String, serde_json::Value>,
+    },
+    /// A user's program, one process per item attempt.
+    Command { argv: Vec<String> },
+}
+
+/// Stop starting items after this many failures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Halt {
+    /// An absolute number of failed items.
+    Count(u64),
+    /// A percentage of the items this run attempts.
+    Percent(f64),
+}
+
+/// Generator settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct GeneratorSpec {
+    pub kind: GeneratorKind,
+    pub jobs: u32,
+    pub retries: u32,
+    #[serde(with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Minimum interval between two item starts (from `rate`).
+    #[serde(with = "opt_duration")]
+    pub min_start_interval: Option<Duration>,
+    pub halt: Option<Halt>,
+    pub version: String,
+}
+
+/// Cache settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheSpec {
+    pub enabled: bool,
+    pub dir: PathBuf,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The config file as given.
+    pub path: PathBuf,
+    /// Directory that relative paths resolve against and commands run in.
+    pub root: PathBuf,
+    pub run: String,
+    pub seed: u64,
+    pub shards: Option<u32>,
+    pub sharding: Sharding,
+    pub items: ItemSpec,
+    pub generator: GeneratorSpec,
+    /// Required for command generators; builtins define their own.
+    pub columns: Option<Vec<String>>,
+    pub cache: CacheSpec,
+}
+
+mod opt_duration {
+    use serde::Serializer;
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`; relative paths inside resolve against `root`.
+    pub fn load(path: &Path, root: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::usage(format!(
+                "cannot read the configuration {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text, path, root)
+    }
+
+    /// Parses and validates YAML text (`path` names it in messages and gives the default run name).
+    pub fn parse(text: &str, path: &Path, root: &Path) -> Result<Config> {
+        let where_ = path.display();
+        let raw: RawConfig =
+            serde_yaml_ng::from_str(text).map_err(|e| Error::usage(format!("{where_}: {e}")))?;
+        resolve(raw, path, root).map_err(|msg| Error::usage(format!("{where_}: {msg}")))
+    }
+}
+
+fn resolve(raw: RawConfig, path: &Path, root: &Path) -> Result<Config, String> {
+    let run = match raw.run {
+        Some(r) => r,
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    validate_name(&run).map_err(|e| format!("run: {e}"))?;
+    if raw.shards == Some(0) {
+        return Err("shards: must be at least 1".into());
+    }
+    let items = resolve_items(raw.items, root)?;
+    let generator = resolve_generator(raw.generator)?;
+    let columns = raw.output.columns;
+    if let Some(cols) = &columns {
+        validate_columns(cols)?;
+    }
+    if matches!(generator.kind, GeneratorKind::Command { .. }) && columns.is_none() {
+        return Err(
+            "output.columns: required for a command generator (the CSV header its rows must match)"
+                .into(),
+        );
+    }
+    if matches!(generator.kind, GeneratorKind::Builtin { .. }) && columns.is_some() {
+        return Err("output.columns: only for command generators (embedded generators define their own columns)".into());
+    }
+    let cache = CacheSpec {
+        enabled: raw.cache.enabled.unwrap_or(true),
+        dir: root.join(raw.cache.dir.as_deref().unwrap_or("data/cache")),
+    };
+    Ok(Config {
+        path: path.to_path_buf(),
+        root: root.to_path_buf(),
+        run,
+        seed: raw.seed.unwrap_or(0),
+        shards: raw.shards,
+        sharding: raw.sharding.unwrap_or_default(),
+        items,
+        generator,
+        columns,
+        cache,
+    })
+}
+
+fn validate_columns(cols: &[String]) -> Result<(), String> {
+    if cols.is_empty() {
+        return Err("output.columns: must name at least one column".into());
+    }
+    for (i, c) in cols.iter().enumerate() {
+        if let Some(j) = cols[..i].iter().position(|d| d == c) {
+            return Err(format!(
+                "output.columns: column {c:?} appears twice (positions {} and {})",
+                j + 1,
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn resolve_items(raw: RawItems, root: &Path) -> Result<ItemSpec, String> {
+    let mut found = Vec::new();
+    if let Some(r) = raw.range {
+        found.push(("range", {
+            if r.start > r.end {
+                return Err(format!(
+                    "items.range: start ({}) is greater than end ({}); end is exclusive",
+                    r.start, r.end
+                ));
+            }
+            ItemSpec::Range {
+                start: r.start,
+                end: r.end,
+            }
+        }));
+    }
+    if let Some(list) = raw.list {
+        let keys = list
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                scalar(v).ok_or_else(|| format!("items.list[{i}]: must be a string or number"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        found.push(("list", ItemSpec::List(keys)));
+    }
+    if let Some(map) = raw.product {
+        found.push(("product", resolve_product(map)?));
+    }
+    if let Some(f) = raw.file {
+        found.push(("file", ItemSpec::File(root.join(f))));
+    }
+    if let Some(c) = raw.csv {
+        found.push((
+            "csv",
+            ItemSpec::Csv {
+                path: root.join(c.path),
+                key: c.key,
+            },
+        ));
+    }
+    match found.len() {
+        1 => Ok(found.pop().map(|(_, s)| s).ok_or("items: empty")?),
+        0 => Err("items: give exactly one source: range, list, product, file or csv".into()),
+        _ => Err(format!(
+            "items: give exactly one source, found {}",
+            found
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )),
+    }
+}
+
+fn resolve_product(map: serde_yaml_ng::Mapping) -> Result<ItemSpec, String> {
+    if map.is_empty() {
+        return Err("items.product: needs at least one field".into());
+    }
+    let mut dims = Vec::new();
+    for (k, v) in map {
+        let name = scalar(&k).ok_or("items.product: field names must be strings")?;
+        let seq = v
+            .as_sequence()
+            .ok_or_else(|| format!("items.product.{name}: must be a list of values"))?;
+        let mut values = Vec::with_capacity(seq.len());
+        for (i, x) in seq.iter().enumerate() {
+            let s = scalar(x)
+                .ok_or_else(|| format!("items.product.{name}[{i}]: must be a string or number"))?;
+            if let Some(j) = values.iter().position(|y| *y == s) {
+                return Err(format!(
+                    "items.product.{name}: duplicate value {s:?} at positions {j} and {i} (keys would repeat)"
+                ));
+            }
+            values.push(s);
+        }
+        dims.push((name, values));
+    }
+    Ok(ItemSpec::Product(dims))
+}
+
+/// A YAML scalar as the string a user typed (numbers in their shortest form).
+fn scalar(v: &Yaml) -> Option<String> {
+    match v {
+        Yaml::String(s) => Some(s.clone()),
+        Yaml::Number(n) => Some(n.to_string()),
+        Yaml::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
+    let kind = match (raw.builtin, raw.command) {
+        (Some(_), Some(_)) => {
+            return Err("generator: give either builtin or command, not both".into())
+        }
+        (None, None) => {
+            return Err("generator: give one of builtin (e.g. vitals) or command".into())
+        }
+        (Some(name), None) => {
+            let params = match raw.params {
+                None | Some(Yaml::Null) => serde_json::Map::new(),
+                Some(p @ Yaml::Mapping(_)) => match serde_json::to_value(&p) {
+                    Ok(serde_json::Value::Object(m)) => m,
+                    _ => return Err("generator.params: must be a mapping of plain values".into()),
+                },
+                Some(_) => return Err("generator.params: must be a mapping".into()),
+            };
+            GeneratorKind::Builtin { name, params }
+        }
+        (None, Some(argv)) => {
+            if raw.params.is_some() {
+                return Err("generator.params: only for builtin generators (pass values to a command in its argv)".into());
+            }
+            let argv = argv
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    scalar(v).ok_or_else(|| format!("generator.command[{i}]: must be a string"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if argv.first().is_none_or(|p| p.is_empty()) {
+                return Err("generator.command: must name a program".into());
+            }
+            GeneratorKind::Command { argv }
+        }
+    };
+    match raw.mode.as_deref() {
+        None | Some("per-item") => {}
+        Some("persistent") => {
+            return Err(
+                "generator.mode: persistent is not supported by this version; use per-item".into(),
+            )
+        }
+        Some(m) => {
+            return Err(format!(
+                "generator.mode: unknown mode {m:?} (per-item or persistent)"
+            ))
+        }
+    }
+    let jobs = raw.jobs.unwrap_or(1);
+    if jobs == 0 {
+        return Err("generator.jobs: must be at least 1".into());
+    }
+    let timeout = match &raw.timeout {
+        None => None,
+        Some(v) => parse_duration(v).map_err(|e| format!("generator.timeout: {e}"))?,
+    };
+    let min_start_interval = match &raw.rate {
+        None => None,
+        Some(v) => Some(parse_rate(v).map_err(|e| format!("generator.rate: {e}"))?),
+    };
+    let halt = match raw.halt {
+        None => None,
+        Some(h) => {
+            Some(parse_halt(&h.failures).map_err(|e| format!("generator.halt.failures: {e}"))?)
+        }
+    };
+    let version = match raw.version {
+        None => String::new(),
+        Some(v) => scalar(&v).ok_or("generator.version: must be a string or number")?,
+    };
+    Ok(GeneratorSpec {
+        kind,
+        jobs,
+        retries: raw.retries.unwrap_or(2),
+        timeout,
+        min_start_interval,
+        halt,
+        version,
+    })
+}
+
+/// `300s`, `5m`, `1h`, `250ms`, or a bare number of seconds; `0` or `none` means no limit.
+pub fn parse_duration(v: &Yaml) -> Result<Option<Duration>, String> {
+    let text = match v {
+        Yaml::Number(n) => n.to_string(),
+        Yaml::String(s) => s.trim().to_string(),
+        Yaml::Null => return Ok(None),
+        _ => return Err("must be a duration such as 300s, 5m, 1h or 250ms".into()),
+    };
+    if text == "none" {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 300s, 5m, 1h or 250ms"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("{text:?}: unknown unit {u:?} (ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{text:?} is not a valid duration"));
+    }
+    Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+}
+
+/// `10/s`, `600/m`, `1000/h` (or a bare number per second) as the minimum interval between starts.
+pub fn parse_rate(v: &Yaml) -> Result<Duration, String> {
+    let text = match v {
+        Yaml::Number(n) => n.to_string(),
+        Yaml::String(s) => s.trim().to_string(),
+        _ => return Err("must be a rate such as 10/s, 600/m or 1000/h".into()),
+    };
+    let (num, per) = text.split_once('/').unwrap_or((&text, "s"));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate such as 10/s, 600/m or 1000/h"))?;
+    let window = match per.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        u => return Err(format!("{text:?}: unknown unit {u:?} (s, m or h)")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("{text:?}: the rate must be positive"));
+    }
+    Ok(Duration::from_secs_f64(window / n))
+}
+
+fn parse_halt(v: &Yaml) -> Result<Halt, String> {
+    match v {
+        Yaml::Number(n) => n
+            .as_u64()
+            .filter(|&n| n > 0)
+            .map(Halt::Count)
+            .ok_or_else(|| format!("{n} is not a positive whole number")),
+        Yaml::String(s) => {
+            let pct = s
+                .trim()
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<f64>().ok())
+                .filter(|p| *p > 0.0 && *p <= 100.0)
+                .ok_or_else(|| format!("{s:?} is neither a count nor a percentage like 10%"))?;
+            Ok(Halt::Percent(pct))
+        }
+        _ => Err("must be a count (50) or a percentage (\"10%\")".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("conf/t.yaml"), Path::new("/r"))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const MIN: &str = "items: {range: {start: 0, end: 3}}\ngenerator: {builtin: echo}\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.run, "t");
+        assert_eq!(c.seed, 0);
+        assert_eq!(c.sharding, Sharding::Contiguous);
+        assert_eq!(c.generator.jobs, 1);
+        assert_eq!(c.generator.retries, 2);
+        assert_eq!(c.generator.timeout, None);
+        assert!(c.cache.enabled);
+        assert_eq!(c.cache.dir, Path::new("/r/data/cache"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = err(&format!("{MIN}bogus: 1\n"));
+        assert!(e.contains("bogus") && e.contains("line 3"), "{e}");
+        let e = err("items: {range: {start: 0, end: 3}}\ngenerator: {builtin: echo, jbos: 2}\n");
+        assert!(e.contains("jbos"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_reports_line_and_column() {
+        let e = err("items: {range: {start: 0, end: 3}\ngenerator: [\n");
+        assert!(
+            e.contains("conf/t.yaml") && e.contains("line") && e.contains("column"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn builtin_and_command_are_exclusive() {
+        let both = "items: {list: [a]}\ngenerator: {builtin: echo, command: [x]}\noutput: {columns: [a]}\n";
+        assert!(err(both).contains("not both"));
+        assert!(err("items: {list: [a]}\ngenerator: {jobs: 2}\n").contains("one of builtin"));
+    }
+
+    #[test]
+    fn command_generator_needs_columns() {
+        let e = err("items: {list: [a]}\ngenerator: {command: [python3, g.py]}\n");
+        assert!(e.contains("output.columns"), "{e}");
+    }
+
+    #[test]
+    fn exactly_one_item_source() {
+        assert!(err("items: {}\ngenerator: {builtin: echo}\n").contains("exactly one"));
+        let e = err("items: {list: [a], file: x.txt}\ngenerator: {builtin: echo}\n");
+        assert!(e.contains("list and file"), "{e}");
+    }
+
+    #[test]
+    fn range_start_after_end_is_an_error() {
+        assert!(
+            err("items: {range: {start: 5, end: 2}}\ngenerator: {builtin: echo}\n")
+                .contains("greater than end")
+        );
+    }
+
+    #[test]
+    fn product_keeps_order_and_rejects_duplicate_values() {
+        let c = parse("items: {product: {t: [B, A], d: [1, 2]}}\ngenerator: {builtin: echo}\n")
+            .unwrap();
+        match c.items {
+            ItemSpec::Product(d) => {
+                assert_eq!(
+                    d[0],
+                    ("t".to_string(), vec!["B".to_string(), "A".to_string()])
+                );
+                assert_eq!(d[1].0, "d");
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = err("items: {product: {t: [A, B, A]}}\ngenerator: {builtin: echo}\n");
+        assert!(e.contains("positions 0 and 2"), "{e}");
+    }
+
+    #[test]
+    fn run_name_rules_apply() {
+        assert!(err(&format!("run: ../x\n{MIN}")).contains("run:"));
+        assert!(err(&format!("run: .hidden\n{MIN}")).contains("run:"));
+    }
+
+    #[test]
+    fn durations_rates_and_halts_parse() {
+        let y = |s: &str| Yaml::String(s.into());
+        assert_eq!(
+            parse_duration(&y("300s")).unwrap(),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration(&y("5m")).unwrap(),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration(&y("250ms")).unwrap(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration(&y("0")).unwrap(), None);
+        assert!(parse_duration(&y("5 parsecs")).is_err());
+        assert_eq!(parse_rate(&y("10/s")).unwrap(), Duration::from_millis(100));
+        assert_eq!(parse_rate(&y("60/m")).unwrap(), Duration::from_secs(1));
+        assert!(parse_rate(&y("0/s")).is_err());
+        assert_eq!(parse_halt(&y("10%")).unwrap(), Halt::Percent(10.0));
+        assert!(parse_halt(&y("ten")).is_err());
+        let c = parse(
+            "items: {list: [a]}\ngenerator: {builtin: echo, halt: {failures: 3}, rate: 2/s}\n",
+        )
+        .unwrap();
+        assert_eq!(c.generator.halt, Some(Halt::Count(3)));
+        assert_eq!(
+            c.generator.min_start_interval,
+            Some(Duration::from_millis(500))
+        );
+    }
+}

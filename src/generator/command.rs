@@ -1,0 +1,476 @@
+//! `command` generators: the user's program, run once per item attempt without a shell. The item
+//! reaches it as argv placeholders, environment variables and one JSON object on stdin; its stdout
+//! is parsed as CSV and re-written through the project's writer, its stderr goes to the log.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::csv_out::RowWriter;
+use crate::items::Item;
+use crate::process::{run_attempt, AttemptSpec, Ended};
+
+/// How long a generator's leftovers may hold its stdout after it exits.
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// One piece of an argv element.
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Lit(String),
+    Key,
+    Index,
+    Seed,
+    Shard,
+    Slot,
+    Field(String),
+}
+
+/// A parsed argv element.
+#[derive(Debug, Clone, PartialEq)]
+struct Template(Vec<Piece>);
+
+impl Template {
+    fn parse(s: &str, fields: &[String], at: usize) -> Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '{' => {
+                    let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    if !lit.is_empty() {
+                        pieces.push(Piece::Lit(std::mem::take(&mut lit)));
+                    }
+                    pieces.push(match name.as_str() {
+                        "key" => Piece::Key,
+                        "index" => Piece::Index,
+                        "seed" => Piece::Seed,
+                        "shard" => Piece::Shard,
+                        "slot" => Piece::Slot,
+                        f if fields.iter().any(|x| x == f) => Piece::Field(f.to_string()),
+                        other => {
+                            let mut known = vec!["key", "index", "seed", "shard", "slot"];
+                            known.extend(fields.iter().map(String::as_str));
+                            return Err(format!(
+                                "generator.command[{at}]: unknown placeholder {{{other}}} in {s:?} \
+                                 (known: {}; write {{{{ and }}}} for literal braces)",
+                                known.join(", ")
+                            ));
+                        }
+                    });
+                }
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() || pieces.is_empty() {
+            pieces.push(Piece::Lit(lit));
+        }
+        Ok(Template(pieces))
+    }
+
+    fn is_literal(&self) -> Option<&str> {
+        match self.0.as_slice() {
+            [Piece::Lit(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    fn render(&self, item: &Item, shard: u32, slot: u32) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Piece::Lit(s) => out.push_str(s),
+                Piece::Key => out.push_str(&item.key),
+                Piece::Index => out.push_str(&item.index.to_string()),
+                Piece::Seed => out.push_str(&item.seed.to_string()),
+                Piece::Shard => out.push_str(&shard.to_string()),
+                Piece::Slot => out.push_str(&slot.to_string()),
+                Piece::Field(f) => {
+                    if let Some((_, v)) = item.fields.iter().find(|(k, _)| k == f) {
+                        out.push_str(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A configured command generator.
+#[derive(Debug)]
+pub struct CommandGen {
+    argv: Vec<Template>,
+    columns: Vec<String>,
+    cwd: PathBuf,
+    timeout: Option<Duration>,
+    shard: u32,
+    num_shards: u32,
+}
+
+/// Why an attempt did not produce rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptError {
+    /// The attempt failed; the reason goes to the manifest and the log.
+    Failed(String),
+    /// A signal asked the worker to stop; the item stays pending.
+    Stopped,
+}
+
+impl CommandGen {
+    /// Parses the argv template (placeholders checked against `fields`) and checks that the
+    /// program can be found, before any item runs.
+    pub fn new(
+        argv: &[String],
+        columns: Vec<String>,
+        fields: &[String],
+        root: &Path,
+        timeout: Option<Duration>,
+        shard: u32,
+        num_shards: u32,
+    ) -> Result<Self, String> {
+        let argv = argv
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Template::parse(a, fields, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        match argv.first().and_then(Template::is_literal) {
+            Some(program) => {
+                crate::process::resolve_program(program, root)
+                    .map_err(|e| format!("generator.command[0]: {e}"))?;
+            }
+            None => {
+                return Err(
+                    "generator.command[0]: the program must not contain placeholders".into(),
+                )
+            }
+        }
+        Ok(CommandGen {
+            argv,
+            columns,
+            cwd: root.to_path_buf(),
+            timeout,
+            shard,
+            num_shards,
+        })
+    }
+
+    /// The output columns.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Files the command names, as (argv element, path) (argv elements without placeholders that are existing files,
+    /// relative to the root): their contents are part of the generator's identity.
+    pub fn named_files(&self) -> Vec<(String, PathBuf)> {
+        self.argv
+            .iter()
+            .filter_map(Template::is_literal)
+            .map(|a| (a.to_string(), self.cwd.join(a)))
+            .filter(|(_, p)| p.is_file())
+            .collect()
+    }
+
+    /// Runs one attempt for `item` in `slot`, writing validated rows to `out`. `on_stderr` gets
+    /// each stderr line.
+    pub fn attempt(
+        &self,
+        item: &Item,
+        slot: u32,
+        stop: &AtomicBool,
+        on_stderr: &mut dyn FnMut(&[u8]),
+        out: &mut RowWriter,
+    ) -> Result<(), AttemptError> {
+        let argv: Vec<String> = self
+            .argv
+            .iter()
+            .map(|t| t.render(item, self.shard, slot))
+            .collect();
+        let env = vec![
+            ("SHARDRUN_ITEM_KEY".to_string(), item.key.clone()),
+            ("SHARDRUN_ITEM_INDEX".to_string(), item.index.to_string()),
+            ("SHARDRUN_ITEM_SEED".to_string(), item.seed.to_string()),
+            ("SHARDRUN_SHARD_INDEX".to_string(), self.shard.to_string()),
+            (
+                "SHARDRUN_NUM_SHARDS".to_string(),
+                self.num_shards.to_string(),
+            ),
+            ("SHARDRUN_SLOT".to_string(), slot.to_string()),
+        ];
+        let stdin = item_json(item);
+        let spec = AttemptSpec {
+            argv: &argv,
+            env: &env,
+            cwd: &self.cwd,
+            stdin: &stdin,
+            timeout: self.timeout,
+            exit_grace: EXIT_GRACE,
+        };
+        let mut parser = StdoutRows::new(&self.columns);
+        let ended = run_attempt(&spec, stop, &mut |chunk| parser.feed(chunk, out), on_stderr)
+            .map_err(|e| AttemptError::Failed(format!("cannot start {:?}: {e}", argv[0])))?;
+        match ended {
+            Ended::Exited(0) => {
+                parser.finish(out);
+                match parser.error {
+                    Some(e) => Err(AttemptError::Failed(e)),
+                    None => Ok(()),
+                }
+            }
+            Ended::Exited(code) => Err(AttemptError::Failed(format!("exit code {code}"))),
+            Ended::Signaled(sig) => Err(AttemptError::Failed(format!(
+                "killed by signal {sig} ({})",
+                signal_name(sig)
+            ))),
+            Ended::TimedOut => Err(AttemptError::Failed(format!(
+                "timed out after {}",
+                fmt_duration(self.timeout.unwrap_or_default())
+            ))),
+            Ended::Stopped => Err(AttemptError::Stopped),
+            Ended::Aborted => Err(AttemptError::Failed(
+                parser.error.unwrap_or_else(|| "bad output".into()),
+            )),
+        }
+    }
+}
+
+/// The JSON object a command reads on stdin.
+pub fn item_json(item: &Item) -> Vec<u8> {
+    let fields: serde_json::Map<String, serde_json::Value> = item
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let mut v = serde_json::to_vec(&serde_json::json!({
+        "index": item.index,
+        "key": item.key,
+        "seed": item.seed,
+        "fields": fields,
+    }))
+    .unwrap_or_default();
+    v.push(b'\n');
+    v
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// Conventional name of a signal number.
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// Incremental CSV parsing of a command's stdout into validated records.
+pub struct StdoutRows<'c> {
+    columns: &'c [String],
+    reader: csv_core::Reader,
+    field_buf: Vec<u8>,
+    ends: Vec<usize>,
+    out_len: usize,
+    ends_len: usize,
+    records: u64,
+    /// The first problem found (wrong field count), which fails the attempt.
+    pub error: Option<String>,
+}
+
+impl<'c> StdoutRows<'c> {
+    /// A parser expecting records of `columns.len()` fields.
+    pub fn new(columns: &'c [String]) -> Self {
+        StdoutRows {
+            columns,
+            reader: csv_core::Reader::new(),
+            field_buf: vec![0; 4096],
+            ends: vec![0; columns.len().max(1) + 1],
+            out_len: 0,
+            ends_len: 0,
+            records: 0,
+            error: None,
+        }
+    }
+
+    /// Consumes a chunk of stdout; returns false once the output is known to be bad.
+    pub fn feed(&mut self, mut input: &[u8], out: &mut RowWriter) -> bool {
+        loop {
+            let (res, nin, nout, nend) = self.reader.read_record(
+                input,
+                &mut self.field_buf[self.out_len..],
+                &mut self.ends[self.ends_len..],
+            );
+            input = &input[nin..];
+            self.out_len += nout;
+            self.ends_len += nend;
+            match res {
+                csv_core::ReadRecordResult::InputEmpty => return self.error.is_none(),
+                csv_core::ReadRecordResult::OutputFull => {
+                    let n = self.field_buf.len() * 2;
+                    self.field_buf.resize(n, 0);
+                }
+                csv_core::ReadRecordResult::OutputEndsFull => {
+                    let n = self.ends.len() * 2;
+                    self.ends.resize(n, 0);
+                }
+                csv_core::ReadRecordResult::Record => {
+                    self.record(out);
+                    if self.error.is_some() {
+                        return false;
+                    }
+                }
+                csv_core::ReadRecordResult::End => return self.error.is_none(),
+            }
+        }
+    }
+
+    /// Signals the end of stdout (flushes a last record without a newline).
+    pub fn finish(&mut self, out: &mut RowWriter) {
+        if self.error.is_none() {
+            self.feed(&[], out);
+        }
+    }
+
+    fn record(&mut self, out: &mut RowWriter) {
+        let n = self.ends_len;
+        let ends = &self.ends[..n];
+        let field = |i: usize| {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            &self.field_buf[start..ends[i]]
+        };
+        self.records += 1;
+        let is_header = self.records == 1
+            && n == self.columns.len()
+            && (0..n).all(|i| field(i) == self.columns[i].as_bytes());
+        if !is_header {
+            if n != self.columns.len() {
+                self.error = Some(format!(
+                    "bad output: record {} has {n} field{}, expected {} ({})",
+                    self.records,
+                    if n == 1 { "" } else { "s" },
+                    self.columns.len(),
+                    self.columns.join(",")
+                ));
+            } else {
+                for i in 0..n {
+                    out.field(field(i));
+                }
+                out.end_record();
+            }
+        }
+        self.out_len = 0;
+        self.ends_len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cols(c: &[&str]) -> Vec<String> {
+        c.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn parse_in_chunks(text: &[u8], columns: &[String], chunk: usize) -> (String, Option<String>) {
+        let mut out = RowWriter::new();
+        let mut p = StdoutRows::new(columns);
+        for c in text.chunks(chunk) {
+            if !p.feed(c, &mut out) {
+                break;
+            }
+        }
+        p.finish(&mut out);
+        (
+            String::from_utf8_lossy(out.as_bytes()).into_owned(),
+            p.error,
+        )
+    }
+
+    #[test]
+    fn rows_are_rewritten_identically_whatever_the_chunking() {
+        let c = cols(&["a", "b"]);
+        let text = b"a,b\n1,\"x, y\"\r\n'q',\"say \"\"hi\"\"\"\n\"multi\nline\",\n\nlast,row";
+        let want = "1,\"x, y\"\n'q',\"say \"\"hi\"\"\"\n\"multi\nline\",\nlast,row\n";
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            let (got, err) = parse_in_chunks(text, &c, chunk);
+            assert_eq!(err, None);
+            assert_eq!(got, want, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_field_count_names_the_record() {
+        let c = cols(&["a", "b"]);
+        let (_, err) = parse_in_chunks(b"1,2\n3,4,5\n", &c, 3);
+        assert_eq!(
+            err.unwrap(),
+            "bad output: record 2 has 3 fields, expected 2 (a,b)"
+        );
+    }
+
+    #[test]
+    fn only_a_first_record_equal_to_the_header_is_dropped() {
+        let c = cols(&["a", "b"]);
+        let (got, _) = parse_in_chunks(b"1,2\na,b\n", &c, 100);
+        assert_eq!(got, "1,2\na,b\n");
+    }
+
+    #[test]
+    fn placeholders_render_and_unknown_ones_are_rejected() {
+        let f = cols(&["ticker"]);
+        let t = Template::parse("--x={key}/{ticker}/{{lit}}-{seed}", &f, 1).unwrap();
+        let item = Item {
+            index: 3,
+            key: "A|1".into(),
+            seed: 9,
+            fields: vec![("ticker".into(), "A".into())],
+        };
+        assert_eq!(t.render(&item, 0, 0), "--x=A|1/A/{lit}-9");
+        let e = Template::parse("{bogus}", &f, 2).unwrap_err();
+        assert!(
+            e.contains("command[2]") && e.contains("{bogus}") && e.contains("ticker"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn stdin_json_has_the_contract_shape() {
+        let item = Item {
+            index: 7,
+            key: "AAPL|2024-01-02".into(),
+            seed: 1234,
+            fields: vec![
+                ("ticker".into(), "AAPL".into()),
+                ("date".into(), "2024-01-02".into()),
+            ],
+        };
+        let v: serde_json::Value = serde_json::from_slice(&item_json(&item)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"index": 7, "key": "AAPL|2024-01-02", "seed": 1234,
+                "fields": {"ticker": "AAPL", "date": "2024-01-02"}})
+        );
+    }
+}

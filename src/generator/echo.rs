@@ -1,0 +1,54 @@
+//! `echo`: a trivial, fast generator for tests and benchmarks. Columns `key,index,seed,row,pad`;
+//! params `rows` (rows per item, default 1) and `pad` (length of the `pad` column, default 0).
+
+use serde_json::{Map, Value};
+
+use super::{positive_int_param, Builtin};
+use crate::csv_out::RowWriter;
+use crate::items::Item;
+
+/// The echo generator.
+#[derive(Debug)]
+pub struct Echo {
+    rows: u64,
+    pad: String,
+}
+
+impl Echo {
+    /// Builds it from its params.
+    pub fn new(params: &Map<String, Value>) -> Result<Self, String> {
+        for k in params.keys() {
+            if k != "rows" && k != "pad" {
+                return Err(format!(
+                    "generator.params.{k}: unknown parameter of echo (known: rows, pad)"
+                ));
+            }
+        }
+        let rows = positive_int_param(params, "rows", 1, true)?;
+        let pad = positive_int_param(params, "pad", 0, true)?;
+        Ok(Echo {
+            rows,
+            pad: "x".repeat(pad as usize),
+        })
+    }
+}
+
+impl Builtin for Echo {
+    fn columns(&self) -> Vec<String> {
+        ["key", "index", "seed", "row", "pad"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn generate(&self, item: &Item, out: &mut RowWriter) -> Result<(), String> {
+        for row in 0..self.rows {
+            out.field(item.key.as_bytes());
+            out.field_display(item.index);
+            out.field_display(item.seed);
+            out.field_display(row);
+            out.field(self.pad.as_bytes());
+            out.end_record();
+        }
+        Ok(())
+    }
+}

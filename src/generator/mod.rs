@@ -1,0 +1,56 @@
+//! Generators: turn one item into CSV rows. Embedded ones (`vitals`, `echo`) run in-process; a
+//! `command` generator runs the user's program per item.
+
+pub mod command;
+pub mod echo;
+pub mod vitals;
+
+use serde_json::{Map, Value};
+
+use crate::csv_out::RowWriter;
+use crate::items::Item;
+
+/// An embedded generator. Implementations are deterministic functions of the item.
+pub trait Builtin: Send + Sync {
+    /// The CSV header.
+    fn columns(&self) -> Vec<String>;
+    /// Writes the item's rows (each with `columns().len()` fields) to `out`.
+    fn generate(&self, item: &Item, out: &mut RowWriter) -> Result<(), String>;
+}
+
+/// Names of the embedded generators.
+pub const BUILTINS: &[&str] = &["vitals", "echo"];
+
+/// Builds the embedded generator `name` from its params.
+pub fn builtin(name: &str, params: &Map<String, Value>) -> Result<Box<dyn Builtin>, String> {
+    match name {
+        "vitals" => Ok(Box::new(vitals::Vitals::new(params)?)),
+        "echo" => Ok(Box::new(echo::Echo::new(params)?)),
+        other => Err(format!(
+            "generator.builtin: unknown generator {other:?} (available: {})",
+            BUILTINS.join(", ")
+        )),
+    }
+}
+
+/// Reads an integer param (`allow_zero` decides whether 0 is valid), with `default` when absent.
+pub fn positive_int_param(
+    params: &Map<String, Value>,
+    name: &str,
+    default: u64,
+    allow_zero: bool,
+) -> Result<u64, String> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => v.as_u64().filter(|&n| allow_zero || n > 0).ok_or_else(|| {
+            format!(
+                "generator.params.{name}: must be a {} whole number (got {v})",
+                if allow_zero {
+                    "non-negative"
+                } else {
+                    "positive"
+                }
+            )
+        }),
+    }
+}

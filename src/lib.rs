@@ -1,0 +1,20 @@
+//! shardrun: split a dataset-generation job into shards, run each shard as its own process,
+//! commit crash-consistently, resume, and merge.
+
+pub mod cache;
+pub mod config;
+pub mod csv_out;
+pub mod error;
+pub mod generator;
+pub mod items;
+pub mod lock;
+pub mod log;
+pub mod manifest;
+pub mod paths;
+pub mod plan;
+pub mod process;
+pub mod rng;
+pub mod seed;
+pub mod shard;
+pub mod signals;
+pub mod worker;

@@ -1,0 +1,491 @@
+//! A shard's durable state: its data file and its manifest, committed together.
+//!
+//! The manifest (`manifest_shard<I>_of_<N>.jsonl`) is a JSON-lines log: a header record, then one
+//! record per finished item (`ok` with the byte range of its rows in the data file, or `failed`
+//! with the reason). A group commit first writes and syncs the items' rows to the data file, then
+//! appends and syncs their records. So an item's rows are visible (to resume and merge) only once
+//! its record is durable, and after a crash at any instant the next open keeps exactly the
+//! records that are whole and point inside the data file, truncates the manifest after them and
+//! the data file after the last committed byte. Nothing torn, nothing duplicated.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::paths::RunPaths;
+
+/// What defines a shard's outputs; a component that differs refuses a resume.
+pub type Fingerprint = BTreeMap<String, String>;
+
+/// First record of a manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Header {
+    pub format: String,
+    pub shardrun: String,
+    pub run: String,
+    pub shard: u32,
+    pub num_shards: u32,
+    pub name: String,
+    pub columns: Vec<String>,
+    pub items_total: u64,
+    pub fingerprint: Fingerprint,
+    /// Length of the data file's header line.
+    pub data_start: u64,
+}
+
+/// The manifest format tag.
+pub const FORMAT: &str = "shardrun-manifest-1";
+
+/// Outcome of an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Failed,
+}
+
+/// One finished item.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub index: u64,
+    pub key: String,
+    pub status: Status,
+    /// Byte offset of the item's rows in the data file (ok items).
+    #[serde(default)]
+    pub offset: u64,
+    /// Byte length of the item's rows.
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub rows: u64,
+    /// Wall time of the item, milliseconds.
+    pub ms: u64,
+    #[serde(default)]
+    pub cached: bool,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Reads a manifest: the header and the records that are whole and consistent, stopping at the
+/// first torn or inconsistent line. Returns the byte length of the valid prefix too.
+pub fn read(path: &Path) -> Result<Option<(Header, Vec<Record>, u64)>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).ctx("cannot open the manifest", path),
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut valid = 0u64;
+    let n = reader
+        .read_until(b'\n', &mut line)
+        .ctx("cannot read", path)?;
+    let header: Header = match (line.last(), serde_json::from_slice(&line)) {
+        (Some(b'\n'), Ok(h)) => h,
+        _ => return Ok(None),
+    };
+    valid += n as u64;
+    let mut records = Vec::new();
+    let mut data_end = header.data_start;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .ctx("cannot read", path)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        let Ok(rec) = serde_json::from_slice::<Record>(&line) else {
+            break;
+        };
+        if rec.status == Status::Ok {
+            // Ranges are appended back to back; anything else is damage.
+            if rec.offset != data_end {
+                break;
+            }
+            data_end += rec.bytes;
+        }
+        records.push(rec);
+        valid += n as u64;
+    }
+    Ok(Some((header, records, valid)))
+}
+
+/// Reads only a manifest's header (cheap; for name-conflict checks and the merge).
+pub fn read_header(path: &Path) -> Option<Header> {
+    let file = File::open(path).ok()?;
+    let mut line = Vec::new();
+    BufReader::new(file).read_until(b'\n', &mut line).ok()?;
+    serde_json::from_slice(&line).ok()
+}
+
+/// An open shard: data file and manifest, positioned after the last commit.
+#[derive(Debug)]
+pub struct ShardStore {
+    data: File,
+    data_path: PathBuf,
+    manifest: File,
+    manifest_path: PathBuf,
+    data_end: u64,
+    pending_data: Vec<u8>,
+    pending_records: Vec<u8>,
+    pending_items: usize,
+}
+
+/// What a resumed shard already holds.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// Latest record per committed-ok item.
+    pub ok: Vec<Record>,
+    /// Items whose latest record is a failure.
+    pub failed: usize,
+}
+
+impl ShardStore {
+    /// Opens the shard for appending: resumes a matching manifest (repairing a torn tail), or
+    /// starts fresh. `force` discards the shard's previous outputs first.
+    pub fn open(paths: &RunPaths, header: &Header, force: bool) -> Result<(ShardStore, Resumed)> {
+        let data_path = paths.data_file(&header.name);
+        let manifest_path = paths.manifest(header.shard, header.num_shards);
+        check_name_conflicts(paths, header, force)?;
+        let existing = if force { None } else { read(&manifest_path)? };
+        let (mut resumed, valid_len, data_end) = match existing {
+            Some((old, records, valid)) => {
+                check_same_shard(&old, header, &manifest_path)?;
+                let data_end = records
+                    .iter()
+                    .filter(|r| r.status == Status::Ok)
+                    .map(|r| r.offset + r.bytes)
+                    .max()
+                    .unwrap_or(old.data_start);
+                (latest(records), Some(valid), data_end)
+            }
+            None => (Resumed::default(), None, 0),
+        };
+        let (data, manifest, data_end) = match valid_len {
+            Some(valid) => {
+                let data = open_rw(&data_path, false)?;
+                let len = data.metadata().ctx("cannot stat", &data_path)?.len();
+                if len < data_end {
+                    return Err(Error::usage(format!(
+                        "{} is shorter ({len} bytes) than its manifest {} says was committed ({data_end} bytes); \
+                         the file was changed outside shardrun. Re-run with --force to regenerate this shard",
+                        data_path.display(),
+                        manifest_path.display()
+                    )));
+                }
+                data.set_len(data_end).ctx("cannot truncate", &data_path)?;
+                data.sync_data().ctx("cannot sync", &data_path)?;
+                let manifest = open_rw(&manifest_path, false)?;
+                manifest
+                    .set_len(valid)
+                    .ctx("cannot truncate", &manifest_path)?;
+                manifest.sync_data().ctx("cannot sync", &manifest_path)?;
+                (data, manifest, data_end)
+            }
+            None => {
+                resumed = Resumed::default();
+                let header_line = crate::csv_out::header_line(&header.columns);
+                let data = open_rw(&data_path, true)?;
+                data.write_all_at(&header_line, 0)
+                    .and_then(|_| data.sync_data())
+                    .ctx("cannot write", &data_path)?;
+                let mut manifest = open_rw(&manifest_path, true)?;
+                let mut line =
+                    serde_json::to_vec(header).map_err(|e| Error::usage(e.to_string()))?;
+                line.push(b'\n');
+                manifest
+                    .write_all(&line)
+                    .and_then(|_| manifest.sync_data())
+                    .ctx("cannot write", &manifest_path)?;
+                sync_dir(&paths.data_dir)?;
+                (data, manifest, header_line.len() as u64)
+            }
+        };
+        let store = ShardStore {
+            data,
+            data_path,
+            manifest,
+            manifest_path,
+            data_end,
+            pending_data: Vec::new(),
+            pending_records: Vec::new(),
+            pending_items: 0,
+        };
+        Ok((store, resumed))
+    }
+
+    /// Queues an item's rows and record for the next commit; fills in the record's byte range.
+    pub fn push_ok(&mut self, mut rec: Record, rows: &[u8]) {
+        rec.offset = self.data_end + self.pending_data.len() as u64;
+        rec.bytes = rows.len() as u64;
+        self.pending_data.extend_from_slice(rows);
+        self.push_record(&rec);
+    }
+
+    /// Queues a failed item's record.
+    pub fn push_failed(&mut self, rec: Record) {
+        self.push_record(&rec);
+    }
+
+    fn push_record(&mut self, rec: &Record) {
+        // Serializing a plain struct into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.pending_records, rec);
+        self.pending_records.push(b'\n');
+        self.pending_items += 1;
+    }
+
+    /// Bytes and items waiting for the next commit.
+    pub fn pending(&self) -> (usize, usize) {
+        (self.pending_data.len(), self.pending_items)
+    }
+
+    /// Makes the queued items durable: rows first, then their records.
+    pub fn commit(&mut self) -> Result<()> {
+        if self.pending_items == 0 {
+            return Ok(());
+        }
+        if !self.pending_data.is_empty() {
+            self.data
+                .write_all_at(&self.pending_data, self.data_end)
+                .ctx("cannot write rows to", &self.data_path)?;
+            self.data.sync_data().ctx("cannot sync", &self.data_path)?;
+        }
+        self.manifest
+            .write_all(&self.pending_records)
+            .ctx("cannot append to the manifest", &self.manifest_path)?;
+        self.manifest
+            .sync_data()
+            .ctx("cannot sync", &self.manifest_path)?;
+        self.data_end += self.pending_data.len() as u64;
+        self.pending_data.clear();
+        self.pending_records.clear();
+        self.pending_items = 0;
+        Ok(())
+    }
+}
+
+/// Keeps the latest record per item.
+fn latest(records: Vec<Record>) -> Resumed {
+    let mut by_index: BTreeMap<u64, Record> = BTreeMap::new();
+    for r in records {
+        by_index.insert(r.index, r);
+    }
+    let mut out = Resumed::default();
+    for (_, r) in by_index {
+        match r.status {
+            Status::Ok => out.ok.push(r),
+            Status::Failed => out.failed += 1,
+        }
+    }
+    out
+}
+
+/// Opens a shard file for reading and writing. The manifest is opened in append mode (records
+/// only ever go at its end); the data file is written at explicit offsets.
+fn open_rw(path: &Path, truncate: bool) -> Result<File> {
+    let append = path.extension().is_some_and(|e| e == "jsonl");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .append(append)
+        .open(path)
+        .ctx("cannot open", path)?;
+    if truncate {
+        file.set_len(0).ctx("cannot truncate", path)?;
+    }
+    Ok(file)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("cannot sync the directory", dir)
+}
+
+fn check_same_shard(old: &Header, new: &Header, path: &Path) -> Result<()> {
+    let mut changed = Vec::new();
+    for (k, v) in &new.fingerprint {
+        match old.fingerprint.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => changed.push(format!("{k} ({o} -> {v})")),
+            None => changed.push(format!("{k} (new)")),
+        }
+    }
+    if old.columns != new.columns {
+        changed.push(format!(
+            "columns ({} -> {})",
+            old.columns.join(","),
+            new.columns.join(",")
+        ));
+    }
+    if !changed.is_empty() {
+        return Err(Error::usage(format!(
+            "shard {} of {} of run {:?} was written under a different configuration: changed {}. \
+             Its outputs ({}) cannot be resumed; re-run with --force to discard them (cached items are reused)",
+            new.shard,
+            new.num_shards,
+            new.run,
+            changed.join(", "),
+            path.display()
+        )));
+    }
+    if old.name != new.name {
+        return Err(Error::usage(format!(
+            "shard {} of {} writes {}.csv (recorded in {}); pass --name {} or --force to start it over under the new name",
+            new.shard,
+            new.num_shards,
+            old.name,
+            path.display(),
+            old.name
+        )));
+    }
+    Ok(())
+}
+
+/// Two shards of a run may not share a data file; with `force`, a stale claim from another shard
+/// plan is dropped (its data file is about to be overwritten anyway).
+fn check_name_conflicts(paths: &RunPaths, header: &Header, force: bool) -> Result<()> {
+    let manifests = paths
+        .manifests()
+        .ctx("cannot list the run directory", &paths.data_dir)?;
+    for (i, n, path) in manifests {
+        if (i, n) == (header.shard, header.num_shards) {
+            continue;
+        }
+        let Some(other) = read_header(&path) else {
+            continue;
+        };
+        if other.name != header.name {
+            continue;
+        }
+        if force && n != header.num_shards {
+            std::fs::remove_file(&path).ctx("cannot remove the stale manifest", &path)?;
+            continue;
+        }
+        return Err(Error::usage(format!(
+            "{} already belongs to shard {i} of {n} (manifest {}); {}",
+            paths.data_file(&header.name).display(),
+            path.display(),
+            if n == header.num_shards {
+                "give each shard its own --name".to_string()
+            } else {
+                format!(
+                    "the run's existing outputs were made with {n} shards. Use --num-shards {n}, or --force to start over with {} shards (cached items are reused)",
+                    header.num_shards
+                )
+            }
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(dir: &Path) -> (RunPaths, Header) {
+        let paths = RunPaths::new(dir, "t");
+        std::fs::create_dir_all(&paths.data_dir).unwrap();
+        let h = Header {
+            format: FORMAT.into(),
+            shardrun: "0".into(),
+            run: "t".into(),
+            shard: 0,
+            num_shards: 1,
+            name: "process-0".into(),
+            columns: vec!["a".into()],
+            items_total: 3,
+            fingerprint: [("seed".to_string(), "1".to_string())].into(),
+            data_start: 2,
+        };
+        (paths, h)
+    }
+
+    fn rec(index: u64) -> Record {
+        Record {
+            index,
+            key: index.to_string(),
+            status: Status::Ok,
+            offset: 0,
+            bytes: 0,
+            rows: 1,
+            ms: 1,
+            cached: false,
+            attempts: 1,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn committed_items_survive_and_uncommitted_tails_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, h) = header(dir.path());
+        let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
+        assert!(r.ok.is_empty());
+        s.push_ok(rec(0), b"x\n");
+        s.commit().unwrap();
+        s.push_ok(rec(1), b"y\n");
+        drop(s); // crash before the second commit
+        let data = paths.data_file("process-0");
+        // Simulate a torn data write and a torn manifest line after the crash.
+        let mut f = OpenOptions::new().append(true).open(&data).unwrap();
+        f.write_all(b"garbage").unwrap();
+        let mut m = OpenOptions::new()
+            .append(true)
+            .open(paths.manifest(0, 1))
+            .unwrap();
+        m.write_all(b"{\"index\":1,\"key\"").unwrap();
+        let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
+        assert_eq!(r.ok.iter().map(|r| r.index).collect::<Vec<_>>(), [0]);
+        assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\n");
+        s.push_ok(rec(1), b"y\n");
+        s.commit().unwrap();
+        let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
+        assert_eq!(r.ok.len(), 2);
+        assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\ny\n");
+    }
+
+    #[test]
+    fn a_changed_fingerprint_refuses_and_says_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, h) = header(dir.path());
+        drop(ShardStore::open(&paths, &h, false).unwrap());
+        let mut h2 = h.clone();
+        h2.fingerprint.insert("seed".into(), "2".into());
+        let e = ShardStore::open(&paths, &h2, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("seed (1 -> 2)") && e.contains("--force"), "{e}");
+        ShardStore::open(&paths, &h2, true).unwrap();
+    }
+
+    #[test]
+    fn a_later_record_supersedes_an_earlier_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, h) = header(dir.path());
+        let (mut s, _) = ShardStore::open(&paths, &h, false).unwrap();
+        let mut f = rec(0);
+        f.status = Status::Failed;
+        f.reason = Some("exit code 1".into());
+        s.push_failed(f);
+        s.push_failed({
+            let mut g = rec(1);
+            g.status = Status::Failed;
+            g
+        });
+        s.push_ok(rec(0), b"x\n");
+        s.commit().unwrap();
+        let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
+        assert_eq!(r.ok.len(), 1);
+        assert_eq!(r.failed, 1);
+    }
+}

@@ -1,0 +1,1459 @@
+//! Runs one attempt of a user's generator command for one work item: spawn, feed stdin, stream
+//! stdout and stderr, enforce the timeout, and always clean up the child's whole process group.
+//!
+//! # Model
+//!
+//! [`run_attempt`] spawns `argv` directly (never through a shell) as the leader of a new process
+//! group, so one `killpg` reaches everything the generator started. The calling thread supervises
+//! the attempt alone, without helper threads: it `poll`s a pidfd of the child (readable once the
+//! child has exited, while it is still an unreaped zombie), the child's stdout and stderr, and its
+//! stdin (non-blocking, so a child that never reads its input cannot block anything).
+//!
+//! Whatever the outcome, before the leader is reaped the whole group is sent `SIGKILL`. While the
+//! leader is an unreaped zombie its pid, and therefore the group id, cannot be reused, so that
+//! signal can only reach processes of this attempt. A background process that keeps stdout open
+//! after the main process exited delays the end of the attempt by at most
+//! [`AttemptSpec::exit_grace`].
+//!
+//! # Requirements on the calling process
+//!
+//! * The child is spawned with `PR_SET_PDEATHSIG = SIGKILL`, so it dies when the worker dies,
+//!   including by `kill -9`. Linux sends that signal when the *thread* that spawned the child
+//!   exits, not when the process does. [`run_attempt`] blocks until the child is reaped, so this
+//!   is only a concern if the calling thread could be torn down while the call is in progress:
+//!   call it from long-lived worker threads (not from threads of a pool that may retire them).
+//!   Processes that the generator itself starts do not inherit the setting; if the worker is
+//!   killed with `SIGKILL`, those may survive it.
+//! * `SIGPIPE` must be ignored in the calling process (the Rust runtime does this by default for
+//!   binaries), so writing to the stdin of a child that has closed it yields `EPIPE`.
+//! * Nothing else in the process may reap this module's children (no `waitpid(-1, ..)` elsewhere,
+//!   `SIGCHLD` not set to `SIG_IGN`); otherwise the group id could be reused before the final
+//!   `killpg`.
+//! * A generator that moves itself or its children into another process group or session
+//!   (`setsid`, `setpgid`) escapes the group cleanup.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Size of one read from the child's stdout or stderr.
+const READ_CHUNK: usize = 64 * 1024;
+/// Largest piece written to the child's stdin at once.
+const STDIN_CHUNK: usize = 64 * 1024;
+/// Longest stderr line delivered in one piece; longer lines are cut into pieces of this size.
+pub const MAX_STDERR_LINE: usize = 8 * 1024;
+/// Longest single wait, so that `stop` and the timeout are noticed quickly.
+const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
+/// After `SIGTERM` on stop, how long the main process gets before the group is killed.
+const TERM_GRACE: Duration = Duration::from_millis(500);
+/// Upper bound on the reads of the final drain after the group was killed, per stream, so that a
+/// writer that escaped the group cannot keep the attempt alive.
+const FINAL_DRAIN_READS: usize = 64;
+/// `PATH` used when the variable is not set at all (glibc's `execvp` default).
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
+
+/// What to run for one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSpec<'a> {
+    /// The program (`argv[0]`) and its arguments, executed directly, never through a shell. The
+    /// program is found as by [`resolve_program`] (using the `PATH` of `env` if it sets one).
+    pub argv: &'a [String],
+    /// Variables added to (or replacing those of) the inherited environment.
+    pub env: &'a [(String, String)],
+    /// Working directory of the child.
+    pub cwd: &'a Path,
+    /// Bytes written to the child's stdin, which is closed afterwards.
+    pub stdin: &'a [u8],
+    /// Time limit of the attempt, counted from the spawn.
+    pub timeout: Option<Duration>,
+    /// After the main process exited, how long to wait for stdout and stderr to reach EOF
+    /// (a background process may keep them open).
+    pub exit_grace: Duration,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The main process exited with this code.
+    Exited(i32),
+    /// The main process was killed by this signal (not sent by us).
+    Signaled(i32),
+    /// The attempt ran past [`AttemptSpec::timeout`]; the group was killed.
+    TimedOut,
+    /// `stop` was set; the group got `SIGTERM`, then `SIGKILL` at the latest after 500 ms.
+    Stopped,
+    /// `on_stdout` returned `false`; the group was killed.
+    Aborted,
+}
+
+/// Runs one attempt of `spec` to its end and returns how it ended.
+///
+/// `on_stdout` receives the child's stdout in chunks as they arrive (binary-safe); returning
+/// `false` aborts the attempt. `on_stderr_line` receives stderr line by line without the `\n`
+/// (a final line without newline included); lines longer than [`MAX_STDERR_LINE`] are delivered
+/// in pieces of that size. `stop` is checked at least every 100 ms; if it is already set when
+/// this is called, nothing is started and `Ok(Ended::Stopped)` is returned.
+///
+/// Whatever happens, when this returns no process of the child's process group is left running
+/// and the child has been reaped.
+///
+/// # Errors
+///
+/// When the process could not be started (empty `argv`, program not found or not executable,
+/// missing `cwd`, ...), with a message naming the program. In the practically impossible case of
+/// an OS error while supervising a started child (`poll` or a pipe read failing), that error is
+/// returned too, with context, after the group was killed and reaped.
+///
+/// See the module documentation for what the calling process must guarantee (long-lived calling
+/// thread, `SIGPIPE` ignored, nobody else reaping children).
+pub fn run_attempt(
+    spec: &AttemptSpec,
+    stop: &AtomicBool,
+    on_stdout: &mut dyn FnMut(&[u8]) -> bool,
+    on_stderr_line: &mut dyn FnMut(&[u8]),
+) -> io::Result<Ended> {
+    run(spec, stop, on_stdout, on_stderr_line, true)
+}
+
+/// Resolves `program` like `execvp` would: a name containing `/` is taken relative to `cwd` and
+/// must exist and be executable; any other name is searched in the directories of `PATH` (an
+/// empty entry or a relative one is taken relative to `cwd`; `/bin:/usr/bin` when `PATH` is
+/// unset).
+///
+/// # Errors
+///
+/// A message naming the program and saying whether it was not found, is not executable, or is a
+/// directory.
+pub fn resolve_program(program: &str, cwd: &Path) -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH");
+    resolve_with_path(program, cwd, path.as_deref()).map_err(|e| e.message)
+}
+
+/// Why a program could not be resolved.
+#[derive(Debug)]
+struct ResolveError {
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl From<ResolveError> for io::Error {
+    fn from(e: ResolveError) -> Self {
+        io::Error::new(e.kind, e.message)
+    }
+}
+
+/// Why one candidate path is not a runnable program.
+enum Unusable {
+    Missing,
+    Other(io::ErrorKind, String),
+}
+
+fn check_executable(path: &Path) -> Result<(), Unusable> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Unusable::Missing,
+                _ => Unusable::Other(e.kind(), format!("cannot be accessed: {e}")),
+            });
+        }
+    };
+    if meta.is_dir() {
+        return Err(Unusable::Other(
+            io::ErrorKind::PermissionDenied,
+            "is a directory".to_string(),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(Unusable::Other(
+            io::ErrorKind::PermissionDenied,
+            "is not a regular file".to_string(),
+        ));
+    }
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Err(Unusable::Other(
+            io::ErrorKind::InvalidInput,
+            "contains a NUL byte".to_string(),
+        ));
+    };
+    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+    let ok = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    } == 0;
+    if ok {
+        Ok(())
+    } else {
+        Err(Unusable::Other(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "is not executable (mode {:o})",
+                meta.permissions().mode() & 0o7777
+            ),
+        ))
+    }
+}
+
+/// Joins `name` to `cwd`, dropping `.` components (an absolute `name` stays as it is).
+fn join_clean(cwd: &Path, name: &Path) -> PathBuf {
+    cwd.join(name).components().collect()
+}
+
+fn resolve_with_path(
+    program: &str,
+    cwd: &Path,
+    path_var: Option<&OsStr>,
+) -> Result<PathBuf, ResolveError> {
+    if program.is_empty() {
+        return Err(ResolveError {
+            kind: io::ErrorKind::InvalidInput,
+            message: "the program name is empty".to_string(),
+        });
+    }
+    if program.contains('/') {
+        let candidate = join_clean(cwd, Path::new(program));
+        return match check_executable(&candidate) {
+            Ok(()) => Ok(candidate),
+            Err(Unusable::Missing) => Err(ResolveError {
+                kind: io::ErrorKind::NotFound,
+                message: format!(
+                    "program `{program}` not found (no file {})",
+                    candidate.display()
+                ),
+            }),
+            Err(Unusable::Other(kind, why)) => Err(ResolveError {
+                kind,
+                message: format!("program `{program}` ({}) {why}", candidate.display()),
+            }),
+        };
+    }
+    let path_var = path_var.unwrap_or(OsStr::new(DEFAULT_PATH));
+    // Like execvp: remember the first candidate that exists but cannot be run, and report it if
+    // no later directory has a runnable one.
+    let mut unusable: Option<ResolveError> = None;
+    for dir in path_var.as_bytes().split(|&b| b == b':') {
+        let dir = if dir.is_empty() {
+            cwd.to_path_buf()
+        } else {
+            join_clean(cwd, Path::new(OsStr::from_bytes(dir)))
+        };
+        let candidate = dir.join(program);
+        match check_executable(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(Unusable::Missing) => {}
+            Err(Unusable::Other(kind, why)) => {
+                if unusable.is_none() {
+                    unusable = Some(ResolveError {
+                        kind,
+                        message: format!(
+                            "program `{program}` found on PATH as {} but it {why}",
+                            candidate.display()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Err(unusable.unwrap_or_else(|| ResolveError {
+        kind: io::ErrorKind::NotFound,
+        message: format!(
+            "program `{program}` not found in PATH ({})",
+            path_var.to_string_lossy()
+        ),
+    }))
+}
+
+/// The child's process group; kills the group and reaps the leader when dropped, so no error
+/// path can leave a process or a zombie behind.
+struct Group {
+    pid: libc::pid_t,
+    reaped: bool,
+}
+
+impl Group {
+    /// Sends `sig` to every process of the group (no-op once the leader was reaped, because the
+    /// group id could then be reused).
+    fn signal(&self, sig: libc::c_int) {
+        if !self.reaped {
+            // SAFETY: plain syscall; the leader is not reaped, so the group id is still ours.
+            // ESRCH (nobody left) is fine.
+            unsafe {
+                libc::killpg(self.pid, sig);
+            }
+        }
+    }
+
+    /// Kills the whole group with `SIGKILL`, then reaps the leader and returns its wait status.
+    fn kill_and_reap(&mut self) -> io::Result<libc::c_int> {
+        if std::env::var_os("NOKILL").is_none() {
+            self.signal(libc::SIGKILL);
+        }
+        if self.reaped {
+            return Err(io::Error::other("child already reaped"));
+        }
+        let mut status: libc::c_int = 0;
+        loop {
+            // SAFETY: plain syscall with a valid out pointer.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            if r == self.pid {
+                self.reaped = true;
+                return Ok(status);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // ECHILD: someone else reaped it; there is nothing left for us to reap.
+            self.reaped = true;
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "waiting for generator process {}: {e} (was it reaped elsewhere, or is \
+                     SIGCHLD ignored?)",
+                    self.pid
+                ),
+            ));
+        }
+    }
+
+    /// Whether the leader has exited (without reaping it), for kernels without pidfds.
+    fn exited_nowait(&self) -> io::Result<bool> {
+        loop {
+            // SAFETY: an all-zero siginfo_t is a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: plain syscall with a valid out pointer; WNOWAIT leaves the child waitable.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    self.pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                // SAFETY: waitid filled `info` (or left it zeroed when nothing is waitable).
+                return Ok(unsafe { info.si_pid() } != 0);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "checking whether generator process {} exited: {e}",
+                        self.pid
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.kill_and_reap();
+        }
+    }
+}
+
+fn set_nonblocking(fd: RawFd, what: &str) -> io::Result<()> {
+    // SAFETY: fcntl on a file descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags == -1 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("making the child's {what} non-blocking: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; the result is a new file descriptor (O_CLOEXEC) or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if r < 0 {
+        return None;
+    }
+    let fd = RawFd::try_from(r).ok()?;
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn spawn(spec: &AttemptSpec) -> io::Result<Child> {
+    let Some(argv0) = spec.argv.first() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty command: no program to run",
+        ));
+    };
+    let path_var: Option<OsString> = match spec.env.iter().rev().find(|(k, _)| k == "PATH") {
+        Some((_, v)) => Some(OsString::from(v)),
+        None => std::env::var_os("PATH"),
+    };
+    let program = resolve_with_path(argv0, spec.cwd, path_var.as_deref())?;
+    // An absolute path, so the child's chdir cannot change which file is executed.
+    let program = std::path::absolute(&program).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot make {} absolute: {e}", program.display()),
+        )
+    })?;
+
+    let parent = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new(&program);
+    cmd.arg0(argv0)
+        .args(&spec.argv[1..])
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(spec.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let die_with_parent = move || -> io::Result<()> {
+        // SAFETY: runs in the forked child before exec; prctl, getppid and _exit are
+        // async-signal-safe syscalls, and nothing here allocates or takes locks.
+        unsafe {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: the signal will never come.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe calls (see above).
+    unsafe {
+        cmd.pre_exec(die_with_parent);
+    }
+    cmd.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "cannot start `{argv0}` ({}) in {}: {e}",
+                program.display(),
+                spec.cwd.display()
+            ),
+        )
+    })
+}
+
+fn run(
+    spec: &AttemptSpec,
+    stop: &AtomicBool,
+    on_stdout: &mut dyn FnMut(&[u8]) -> bool,
+    on_stderr_line: &mut dyn FnMut(&[u8]),
+    use_pidfd: bool,
+) -> io::Result<Ended> {
+    if stop.load(Ordering::Relaxed) {
+        return Ok(Ended::Stopped);
+    }
+    let mut child = spawn(spec)?;
+    let started = Instant::now();
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let pid = libc::pid_t::try_from(child.id());
+    drop(child); // Dropping a std Child neither waits nor kills; `Group` owns the process.
+    let pid = pid.map_err(|_| io::Error::other("child pid out of range"))?;
+    let mut group = Group { pid, reaped: false };
+
+    let stdin = stdin.map(|s| File::from(OwnedFd::from(s)));
+    let stdout = stdout.map(|s| File::from(OwnedFd::from(s)));
+    let stderr = stderr.map(|s| File::from(OwnedFd::from(s)));
+    for (file, what) in [(&stdin, "stdin"), (&stdout, "stdout"), (&stderr, "stderr")] {
+        if let Some(f) = file {
+            set_nonblocking(f.as_raw_fd(), what)?;
+        }
+    }
+    let pidfd = if use_pidfd { pidfd_open(pid) } else { None };
+
+    let mut sup = Supervisor {
+        stdin: if spec.stdin.is_empty() { None } else { stdin },
+        input: spec.stdin,
+        stdout,
+        stderr,
+        buf: vec![0; READ_CHUNK],
+        lines: LineSplitter::default(),
+        on_stdout,
+        stdout_wanted: true,
+        on_stderr_line,
+    };
+    let ended = sup.supervise(&mut group, pidfd, spec, stop, started);
+    // On errors `group` is dropped here, which kills and reaps.
+    let ended = ended?;
+    sup.lines.finish(sup.on_stderr_line);
+    Ok(ended)
+}
+
+enum Phase {
+    /// The main process is running.
+    Running,
+    /// The main process exited; draining its output until EOF or the deadline.
+    Draining { until: Option<Instant> },
+    /// `stop` was seen and the group got `SIGTERM`; waiting for the main process until the
+    /// deadline.
+    Terminating { until: Instant },
+}
+
+/// What one read from a pipe got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Got {
+    /// Some bytes, delivered.
+    Data,
+    /// Nothing buffered right now.
+    Empty,
+    /// EOF, or the pipe was already closed.
+    Closed,
+    /// Bytes that `on_stdout` refused: abort the attempt.
+    Abort,
+}
+
+struct Supervisor<'a, 'cb> {
+    stdin: Option<File>,
+    input: &'a [u8],
+    stdout: Option<File>,
+    stderr: Option<File>,
+    buf: Vec<u8>,
+    lines: LineSplitter,
+    on_stdout: &'cb mut dyn FnMut(&[u8]) -> bool,
+    /// False once `on_stdout` asked to abort.
+    stdout_wanted: bool,
+    on_stderr_line: &'cb mut dyn FnMut(&[u8]),
+}
+
+fn remaining(now: Instant, until: Instant) -> Duration {
+    until.saturating_duration_since(now)
+}
+
+fn poll_millis(wait: Duration) -> libc::c_int {
+    // Rounded up, so a deadline is never polled for with a zero timeout in a busy loop.
+    let ms = wait.as_micros().div_ceil(1000);
+    libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+}
+
+impl Supervisor<'_, '_> {
+    fn supervise(
+        &mut self,
+        group: &mut Group,
+        pidfd: Option<OwnedFd>,
+        spec: &AttemptSpec,
+        stop: &AtomicBool,
+        started: Instant,
+    ) -> io::Result<Ended> {
+        let deadline = spec.timeout.and_then(|t| started.checked_add(t));
+        let mut phase = Phase::Running;
+        let mut exited = false;
+        // Without a pidfd, exit is detected by polling waitid; start fast and back off.
+        let mut backoff = Duration::from_millis(1);
+
+        let forced: Option<Ended> = 'attempt: loop {
+            let now = Instant::now();
+            let mut wait = MAX_POLL_WAIT;
+            match phase {
+                Phase::Running => {
+                    if stop.load(Ordering::Relaxed) {
+                        group.signal(libc::SIGTERM);
+                        self.stdin = None;
+                        phase = Phase::Terminating {
+                            until: now + TERM_GRACE,
+                        };
+                        wait = wait.min(TERM_GRACE);
+                    } else if let Some(deadline) = deadline {
+                        if now >= deadline {
+                            break Some(Ended::TimedOut);
+                        }
+                        wait = wait.min(remaining(now, deadline));
+                    }
+                }
+                Phase::Draining { until } => {
+                    if stop.load(Ordering::Relaxed) {
+                        break Some(Ended::Stopped);
+                    }
+                    if self.stdout.is_none() && self.stderr.is_none() {
+                        break None;
+                    }
+                    if let Some(until) = until {
+                        if now >= until {
+                            break None;
+                        }
+                        wait = wait.min(remaining(now, until));
+                    }
+                }
+                Phase::Terminating { until } => {
+                    if exited || now >= until {
+                        break Some(Ended::Stopped);
+                    }
+                    wait = wait.min(remaining(now, until));
+                }
+            }
+            if !exited && pidfd.is_none() {
+                wait = wait.min(backoff);
+                backoff = (backoff * 2).min(MAX_POLL_WAIT);
+            }
+
+            const NONE: libc::pollfd = libc::pollfd {
+                fd: -1,
+                events: 0,
+                revents: 0,
+            };
+            let mut fds = [NONE; 4];
+            let mut n = 0;
+            let mut slot = |fd: Option<RawFd>, events: libc::c_short| -> Option<usize> {
+                let fd = fd?;
+                fds[n] = libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                };
+                n += 1;
+                Some(n - 1)
+            };
+            let pidfd_slot = slot(
+                pidfd.as_ref().filter(|_| !exited).map(|f| f.as_raw_fd()),
+                libc::POLLIN,
+            );
+            let stdout_slot = slot(self.stdout.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
+            let stderr_slot = slot(self.stderr.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
+            let stdin_slot = slot(self.stdin.as_ref().map(|f| f.as_raw_fd()), libc::POLLOUT);
+
+            // SAFETY: `fds[..n]` are initialized pollfd entries for descriptors we own.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, poll_millis(wait)) };
+            if r == -1 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("waiting for generator process {}: poll: {e}", group.pid),
+                ));
+            }
+            let ready = |slot: Option<usize>| slot.is_some_and(|i| fds[i].revents != 0);
+
+            if ready(stdin_slot) {
+                self.pump_stdin();
+            }
+            if ready(stdout_slot) {
+                match self.read_stdout()? {
+                    Got::Abort if !matches!(phase, Phase::Terminating { .. }) => {
+                        break 'attempt Some(Ended::Aborted);
+                    }
+                    // EOF often comes with the exit: look for it again soon.
+                    Got::Closed => backoff = Duration::from_millis(1),
+                    _ => {}
+                }
+            }
+            if ready(stderr_slot) && self.read_stderr()? == Got::Closed {
+                backoff = Duration::from_millis(1);
+            }
+            if !exited {
+                exited = match &pidfd {
+                    Some(_) => ready(pidfd_slot),
+                    None => group.exited_nowait()?,
+                };
+                if exited {
+                    // Nobody is left to read the rest of the input that matters.
+                    self.stdin = None;
+                    if let Phase::Running = phase {
+                        phase = Phase::Draining {
+                            until: Instant::now().checked_add(spec.exit_grace),
+                        };
+                    }
+                }
+            }
+        };
+
+        let status = group.kill_and_reap()?;
+        if let Some(ended) = forced {
+            return Ok(ended);
+        }
+        // The main process exited on its own. Everything of the group is dead now; pick up
+        // what is still buffered in the pipes (bounded, in case a writer escaped the group).
+        for _ in 0..FINAL_DRAIN_READS {
+            match self.read_stdout()? {
+                Got::Data => {}
+                Got::Abort => return Ok(Ended::Aborted),
+                Got::Empty | Got::Closed => break,
+            }
+        }
+        for _ in 0..FINAL_DRAIN_READS {
+            if self.read_stderr()? != Got::Data {
+                break;
+            }
+        }
+        if libc::WIFEXITED(status) {
+            Ok(Ended::Exited(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Ok(Ended::Signaled(libc::WTERMSIG(status)))
+        } else {
+            Err(io::Error::other(format!(
+                "generator process {}: unexpected wait status {status:#x}",
+                group.pid
+            )))
+        }
+    }
+
+    /// Writes as much input as the pipe takes; closes stdin when all is written or the child
+    /// stopped reading (EPIPE).
+    fn pump_stdin(&mut self) {
+        let Some(pipe) = self.stdin.as_mut() else {
+            return;
+        };
+        while !self.input.is_empty() {
+            let piece = &self.input[..self.input.len().min(STDIN_CHUNK)];
+            match pipe.write(piece) {
+                Ok(0) => break,
+                Ok(k) => self.input = &self.input[k..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EPIPE (the child closed its stdin or exited) or anything else: the child
+                // gets no more input.
+                Err(_) => break,
+            }
+        }
+        self.stdin = None;
+    }
+
+    /// One read from stdout; closes it at EOF.
+    fn read_stdout(&mut self) -> io::Result<Got> {
+        let Some(pipe) = self.stdout.as_mut() else {
+            return Ok(Got::Closed);
+        };
+        match pipe.read(&mut self.buf) {
+            Ok(0) => {
+                self.stdout = None;
+                Ok(Got::Closed)
+            }
+            Ok(n) => {
+                if !self.stdout_wanted || (self.on_stdout)(&self.buf[..n]) {
+                    Ok(Got::Data)
+                } else {
+                    // No more deliveries: whatever still comes is read and discarded.
+                    self.stdout_wanted = false;
+                    Ok(Got::Abort)
+                }
+            }
+            Err(e) if is_transient(&e) => Ok(Got::Empty),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("reading the generator's stdout: {e}"),
+            )),
+        }
+    }
+
+    /// One read from stderr, split into lines; closes it at EOF.
+    fn read_stderr(&mut self) -> io::Result<Got> {
+        let Some(pipe) = self.stderr.as_mut() else {
+            return Ok(Got::Closed);
+        };
+        match pipe.read(&mut self.buf) {
+            Ok(0) => {
+                self.stderr = None;
+                Ok(Got::Closed)
+            }
+            Ok(n) => {
+                self.lines.push(&self.buf[..n], self.on_stderr_line);
+                Ok(Got::Data)
+            }
+            Err(e) if is_transient(&e) => Ok(Got::Empty),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("reading the generator's stderr: {e}"),
+            )),
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Splits a byte stream into lines without their `\n`, cutting lines longer than
+/// [`MAX_STDERR_LINE`] into pieces.
+#[derive(Default)]
+struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    fn push(&mut self, mut data: &[u8], sink: &mut dyn FnMut(&[u8])) {
+        while let Some(i) = data.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() && i <= MAX_STDERR_LINE {
+                sink(&data[..i]);
+            } else {
+                self.append(&data[..i], sink);
+                sink(&self.partial);
+                self.partial.clear();
+            }
+            data = &data[i + 1..];
+        }
+        self.append(data, sink);
+    }
+
+    /// Adds bytes of an unfinished line, delivering full pieces once more bytes follow them
+    /// (so a line of exactly the maximum length is not followed by an empty piece).
+    fn append(&mut self, mut part: &[u8], sink: &mut dyn FnMut(&[u8])) {
+        while !part.is_empty() {
+            if self.partial.len() == MAX_STDERR_LINE {
+                sink(&self.partial);
+                self.partial.clear();
+            }
+            let take = part.len().min(MAX_STDERR_LINE - self.partial.len());
+            self.partial.extend_from_slice(&part[..take]);
+            part = &part[take..];
+        }
+    }
+
+    /// Delivers the final line if it had no newline.
+    fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            sink(&self.partial);
+            self.partial.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()]
+    }
+
+    fn spec<'a>(argv: &'a [String], stdin: &'a [u8]) -> AttemptSpec<'a> {
+        AttemptSpec {
+            argv,
+            env: &[],
+            cwd: Path::new("/"),
+            stdin,
+            timeout: Some(Duration::from_secs(30)),
+            exit_grace: Duration::from_millis(300),
+        }
+    }
+
+    struct Outcome {
+        ended: Ended,
+        stdout: Vec<u8>,
+        stderr: Vec<Vec<u8>>,
+        elapsed: Duration,
+    }
+
+    fn run_with(spec: &AttemptSpec, stop: &AtomicBool, use_pidfd: bool) -> io::Result<Outcome> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let t = Instant::now();
+        let ended = run(
+            spec,
+            stop,
+            &mut |d| {
+                stdout.extend_from_slice(d);
+                true
+            },
+            &mut |l| stderr.push(l.to_vec()),
+            use_pidfd,
+        )?;
+        Ok(Outcome {
+            ended,
+            stdout,
+            stderr,
+            elapsed: t.elapsed(),
+        })
+    }
+
+    fn run_ok(spec: &AttemptSpec) -> Outcome {
+        run_with(spec, &AtomicBool::new(false), true).expect("attempt starts")
+    }
+
+    fn first_line_pid(stdout: &[u8]) -> libc::pid_t {
+        let text = String::from_utf8_lossy(stdout);
+        let line = text.lines().next().expect("a first line");
+        line.trim().parse().expect("a pid on the first line")
+    }
+
+    /// Whether a live (non-zombie) process of group `pgid` exists.
+    fn group_alive(pgid: libc::pid_t) -> bool {
+        // SAFETY: signal 0 only checks existence.
+        if unsafe { libc::kill(-pgid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        {
+            return false;
+        }
+        // Killed members may linger as zombies until init reaps them; they do not count.
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return true;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            if !name.as_bytes().iter().all(u8::is_ascii_digit) {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // state, ppid, pgrp
+            if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether process `pid` exists and is not a zombie.
+    fn pid_alive(pid: libc::pid_t) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X"),
+            Err(_) => false,
+        }
+    }
+
+    fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let t = Instant::now();
+        loop {
+            if cond() {
+                return true;
+            }
+            if t.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn assert_group_gone(pgid: libc::pid_t) {
+        assert!(
+            eventually(Duration::from_secs(3), || !group_alive(pgid)),
+            "process group {pgid} still has live processes"
+        );
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "process-test-{}-{}-{name}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn true_and_false() {
+        let argv = vec!["true".to_string()];
+        assert_eq!(run_ok(&spec(&argv, b"")).ended, Ended::Exited(0));
+        let argv = vec!["false".to_string()];
+        assert_eq!(run_ok(&spec(&argv, b"")).ended, Ended::Exited(1));
+    }
+
+    #[test]
+    fn exit_code_and_signal() {
+        for use_pidfd in [true, false] {
+            let stop = AtomicBool::new(false);
+            let argv = sh("exit 7");
+            let out = run_with(&spec(&argv, b""), &stop, use_pidfd).unwrap();
+            assert_eq!(out.ended, Ended::Exited(7));
+            let argv = sh("kill -KILL $$");
+            let out = run_with(&spec(&argv, b""), &stop, use_pidfd).unwrap();
+            assert_eq!(out.ended, Ended::Signaled(libc::SIGKILL));
+            let argv = sh("kill -TERM $$");
+            let out = run_with(&spec(&argv, b""), &stop, use_pidfd).unwrap();
+            assert_eq!(out.ended, Ended::Signaled(libc::SIGTERM));
+        }
+    }
+
+    #[test]
+    fn stdout_is_exact_and_binary_safe() {
+        let dir = temp_dir("stdout");
+        let data = pattern(3 * 1024 * 1024 + 17);
+        std::fs::write(dir.join("data.bin"), &data).unwrap();
+        let argv = sh("cat data.bin; printf '\\000\\377end'");
+        let mut s = spec(&argv, b"");
+        s.cwd = &dir;
+        let out = run_ok(&s);
+        assert_eq!(out.ended, Ended::Exited(0));
+        let mut expected = data.clone();
+        expected.extend_from_slice(b"\0\xffend");
+        assert_eq!(out.stdout.len(), expected.len());
+        assert!(out.stdout == expected, "stdout differs");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn stdin_is_fed_while_stdout_is_read() {
+        // `cat` echoes its input; the whole 2 MiB must flow through both pipes at once.
+        for use_pidfd in [true, false] {
+            let input = pattern(2 * 1024 * 1024 + 3);
+            let argv = vec!["cat".to_string()];
+            let out = run_with(&spec(&argv, &input), &AtomicBool::new(false), use_pidfd).unwrap();
+            assert_eq!(out.ended, Ended::Exited(0));
+            assert!(out.stdout == input, "echoed input differs");
+        }
+    }
+
+    #[test]
+    fn child_that_ignores_stdin_finishes() {
+        let input = vec![b'x'; 1024 * 1024];
+        let argv = sh("echo done; exit 3");
+        let out = run_ok(&spec(&argv, &input));
+        assert_eq!(out.ended, Ended::Exited(3));
+        assert_eq!(out.stdout, b"done\n");
+        assert!(out.elapsed < Duration::from_secs(5));
+        // Reads a little, then stops reading and keeps running for a while.
+        let argv = sh("head -c 10 >/dev/null; sleep 0.2; exit 4");
+        let out = run_ok(&spec(&argv, &input));
+        assert_eq!(out.ended, Ended::Exited(4));
+    }
+
+    #[test]
+    fn stderr_lines() {
+        let argv = sh("printf 'a\\nbb\\n\\nccc\\r\\nlast' >&2");
+        let out = run_ok(&spec(&argv, b""));
+        assert_eq!(out.ended, Ended::Exited(0));
+        let expected: Vec<&[u8]> = vec![b"a", b"bb", b"", b"ccc\r", b"last"];
+        assert_eq!(out.stderr, expected);
+
+        let argv = sh("printf 'one\\n' >&2");
+        let out = run_ok(&spec(&argv, b""));
+        assert_eq!(out.stderr, vec![b"one".to_vec()]);
+    }
+
+    #[test]
+    fn long_stderr_lines_are_cut() {
+        let dir = temp_dir("stderr");
+        let mut data = vec![b'a'; MAX_STDERR_LINE];
+        data.push(b'\n');
+        data.extend(vec![b'b'; 2 * MAX_STDERR_LINE + 5]);
+        data.push(b'\n');
+        data.extend(vec![b'c'; MAX_STDERR_LINE + 1]);
+        std::fs::write(dir.join("err.txt"), &data).unwrap();
+        let argv = sh("cat err.txt >&2");
+        let mut s = spec(&argv, b"");
+        s.cwd = &dir;
+        let out = run_ok(&s);
+        let lens: Vec<(u8, usize)> = out.stderr.iter().map(|l| (l[0], l.len())).collect();
+        assert_eq!(
+            lens,
+            vec![
+                (b'a', MAX_STDERR_LINE),
+                (b'b', MAX_STDERR_LINE),
+                (b'b', MAX_STDERR_LINE),
+                (b'b', 5),
+                (b'c', MAX_STDERR_LINE),
+                (b'c', 1),
+            ]
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn line_splitter_across_chunks() {
+        let input = b"ab\ncd\n\nefgh\nij";
+        for split in 0..input.len() {
+            let mut lines = Vec::new();
+            let mut ls = LineSplitter::default();
+            let mut sink = |l: &[u8]| lines.push(l.to_vec());
+            ls.push(&input[..split], &mut sink);
+            ls.push(&input[split..], &mut sink);
+            ls.finish(&mut sink);
+            let expected: Vec<&[u8]> = vec![b"ab", b"cd", b"", b"efgh", b"ij"];
+            assert_eq!(lines, expected, "split at {split}");
+        }
+        // A line of exactly the maximum length, fed byte by byte, is one piece.
+        let mut lines = Vec::new();
+        let mut ls = LineSplitter::default();
+        let mut sink = |l: &[u8]| lines.push(l.len());
+        for _ in 0..MAX_STDERR_LINE {
+            ls.push(b"z", &mut sink);
+        }
+        ls.push(b"\n", &mut sink);
+        ls.finish(&mut sink);
+        assert_eq!(lines, vec![MAX_STDERR_LINE]);
+    }
+
+    #[test]
+    fn env_and_cwd() {
+        let dir = temp_dir("cwd");
+        let argv = sh("pwd; echo \"$SHARDRUN_TEST_VAR\"");
+        let env = vec![("SHARDRUN_TEST_VAR".to_string(), "hello world".to_string())];
+        let mut s = spec(&argv, b"");
+        s.cwd = &dir;
+        s.env = &env;
+        let out = run_ok(&s);
+        let canonical = std::fs::canonicalize(&dir).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{}\nhello world\n", canonical.display())
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn relative_program_runs_from_cwd_and_keeps_argv0() {
+        let dir = temp_dir("relprog");
+        let script = dir.join("gen.sh");
+        std::fs::write(&script, "#!/bin/sh\necho \"$0 $1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let argv = vec!["./gen.sh".to_string(), "arg".to_string()];
+        let mut s = spec(&argv, b"");
+        s.cwd = &dir;
+        let out = run_ok(&s);
+        assert_eq!(out.ended, Ended::Exited(0));
+        assert_eq!(
+            out.stdout,
+            format!("{} arg\n", script.display()).into_bytes()
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        for use_pidfd in [true, false] {
+            let argv = sh("echo $$; sleep 1000 & sleep 1000 & sleep 1000; wait");
+            let mut s = spec(&argv, b"");
+            s.timeout = Some(Duration::from_millis(300));
+            let out = run_with(&s, &AtomicBool::new(false), use_pidfd).unwrap();
+            assert_eq!(out.ended, Ended::TimedOut);
+            assert!(out.elapsed >= Duration::from_millis(300));
+            assert!(out.elapsed < Duration::from_secs(2), "{:?}", out.elapsed);
+            assert_group_gone(first_line_pid(&out.stdout));
+        }
+    }
+
+    #[test]
+    fn background_child_holding_stdout_does_not_keep_attempt_open() {
+        for use_pidfd in [true, false] {
+            let argv = sh("echo $$; sleep 1000 & echo bye >&2; exit 5");
+            let mut s = spec(&argv, b"");
+            s.exit_grace = Duration::from_millis(200);
+            let out = run_with(&s, &AtomicBool::new(false), use_pidfd).unwrap();
+            assert_eq!(out.ended, Ended::Exited(5));
+            assert!(out.elapsed >= Duration::from_millis(200));
+            assert!(
+                out.elapsed < Duration::from_millis(1500),
+                "{:?}",
+                out.elapsed
+            );
+            assert_eq!(out.stderr, vec![b"bye".to_vec()]);
+            assert_group_gone(first_line_pid(&out.stdout));
+        }
+    }
+
+    #[test]
+    fn zero_grace_still_delivers_buffered_output() {
+        let argv = sh("echo $$; sleep 1000 & printf 'tail'; exit 0");
+        let mut s = spec(&argv, b"");
+        s.exit_grace = Duration::ZERO;
+        let out = run_ok(&s);
+        assert_eq!(out.ended, Ended::Exited(0));
+        assert!(out.stdout.ends_with(b"\ntail"), "{:?}", out.stdout);
+        assert_group_gone(first_line_pid(&out.stdout));
+    }
+
+    #[test]
+    fn exited_main_process_leaves_no_group_member() {
+        // The background child does not hold the pipes, so the attempt ends at once; it must
+        // still be killed.
+        let argv = sh("echo $$; sleep 1000 >/dev/null 2>&1 </dev/null & exit 0");
+        let out = run_ok(&spec(&argv, b""));
+        assert_eq!(out.ended, Ended::Exited(0));
+        assert!(
+            out.elapsed < Duration::from_millis(250),
+            "{:?}",
+            out.elapsed
+        );
+        assert_group_gone(first_line_pid(&out.stdout));
+    }
+
+    fn stop_after(delay: Duration) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            flag.store(true, Ordering::SeqCst);
+        });
+        (stop, handle)
+    }
+
+    #[test]
+    fn stop_terminates_quickly() {
+        for use_pidfd in [true, false] {
+            // Dies on SIGTERM.
+            let argv = sh("echo $$; sleep 1000 & sleep 1000");
+            let (stop, handle) = stop_after(Duration::from_millis(100));
+            let out = run_with(&spec(&argv, b""), &stop, use_pidfd).unwrap();
+            handle.join().unwrap();
+            assert_eq!(out.ended, Ended::Stopped);
+            assert!(
+                out.elapsed < Duration::from_millis(600),
+                "{:?}",
+                out.elapsed
+            );
+            assert_group_gone(first_line_pid(&out.stdout));
+
+            // Ignores SIGTERM: killed 500 ms later.
+            let argv = sh("trap '' TERM; echo $$; sleep 1000 & sleep 1000");
+            let (stop, handle) = stop_after(Duration::from_millis(100));
+            let out = run_with(&spec(&argv, b""), &stop, use_pidfd).unwrap();
+            handle.join().unwrap();
+            assert_eq!(out.ended, Ended::Stopped);
+            assert!(
+                out.elapsed >= Duration::from_millis(550),
+                "{:?}",
+                out.elapsed
+            );
+            assert!(
+                out.elapsed < Duration::from_millis(1200),
+                "{:?}",
+                out.elapsed
+            );
+            assert_group_gone(first_line_pid(&out.stdout));
+        }
+    }
+
+    #[test]
+    fn stop_already_set_starts_nothing() {
+        let argv = vec!["/nonexistent/program".to_string()];
+        let out = run_with(&spec(&argv, b""), &AtomicBool::new(true), true).unwrap();
+        assert_eq!(out.ended, Ended::Stopped);
+    }
+
+    #[test]
+    fn on_stdout_false_aborts() {
+        let argv = sh("echo $$; while :; do echo yyyyyyyyyyyyyyyy; done");
+        let mut seen = Vec::new();
+        let mut calls_after_abort = 0;
+        let mut aborted = false;
+        let t = Instant::now();
+        let ended = run_attempt(
+            &spec(&argv, b""),
+            &AtomicBool::new(false),
+            &mut |d| {
+                if aborted {
+                    calls_after_abort += 1;
+                }
+                seen.extend_from_slice(d);
+                aborted = seen.len() > 4096;
+                !aborted
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(ended, Ended::Aborted);
+        assert_eq!(calls_after_abort, 0);
+        assert!(t.elapsed() < Duration::from_secs(2));
+        assert_group_gone(first_line_pid(&seen));
+    }
+
+    #[test]
+    fn many_tiny_attempts_are_fast() {
+        let argv = vec!["true".to_string()];
+        let t = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(run_ok(&spec(&argv, b"")).ended, Ended::Exited(0));
+        }
+        // No sleeps in the fast path: far below 50 x the 100 ms poll tick.
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn start_failures_are_errors() {
+        let stop = AtomicBool::new(false);
+        let empty: Vec<String> = Vec::new();
+        let e = run_with(&spec(&empty, b""), &stop, true).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+
+        let argv = vec!["shardrun-no-such-program-xyz".to_string()];
+        let e = run_with(&spec(&argv, b""), &stop, true).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(
+            e.to_string().contains("shardrun-no-such-program-xyz"),
+            "{e}"
+        );
+
+        let argv = vec!["true".to_string()];
+        let mut s = spec(&argv, b"");
+        s.cwd = Path::new("/nonexistent-dir-for-shardrun-test");
+        let e = run_with(&s, &stop, true).err().unwrap();
+        assert!(
+            e.to_string().contains("/nonexistent-dir-for-shardrun-test"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn path_from_env_is_used_for_lookup() {
+        let dir = temp_dir("envpath");
+        let script = dir.join("my-gen");
+        std::fs::write(&script, "#!/bin/sh\necho from-env-path\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let argv = vec!["my-gen".to_string()];
+        let path = format!("{}:/bin:/usr/bin", dir.display());
+        let env = vec![("PATH".to_string(), path)];
+        let mut s = spec(&argv, b"");
+        s.env = &env;
+        let out = run_ok(&s);
+        assert_eq!(out.stdout, b"from-env-path\n");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn resolve_program_cases() {
+        let cwd = Path::new("/");
+        let found = resolve_program("sh", cwd).expect("sh on PATH");
+        assert!(found.ends_with("sh"), "{}", found.display());
+        assert!(found.is_absolute(), "{}", found.display());
+
+        let e = resolve_program("shardrun-no-such-program-xyz", cwd).unwrap_err();
+        assert!(
+            e.contains("`shardrun-no-such-program-xyz` not found"),
+            "{e}"
+        );
+
+        let dir = temp_dir("resolve");
+        let plain = dir.join("data.txt");
+        std::fs::write(&plain, "not a program").unwrap();
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let exe = dir.join("run-me");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        // As root, X_OK still needs some execute bit, so this holds for every user.
+        let e = resolve_program("./data.txt", &dir).unwrap_err();
+        assert!(e.contains("not executable"), "{e}");
+        let e = resolve_program(plain.to_str().unwrap(), cwd).unwrap_err();
+        assert!(e.contains("not executable"), "{e}");
+        let e = resolve_program("./sub", &dir).unwrap_err();
+        assert!(e.contains("is a directory"), "{e}");
+        let e = resolve_program("./missing", &dir).unwrap_err();
+        assert!(e.contains("not found"), "{e}");
+        assert_eq!(resolve_program("./run-me", &dir).unwrap(), exe);
+        assert_eq!(
+            resolve_program("", &dir).unwrap_err(),
+            "the program name is empty"
+        );
+
+        // PATH search: a non-executable match is reported when nothing better is found, and
+        // skipped when a later directory has a runnable one.
+        let path = format!("{}:/nonexistent", dir.display());
+        let e = resolve_with_path("data.txt", cwd, Some(OsStr::new(&path))).unwrap_err();
+        assert!(e.message.contains("not executable"), "{}", e.message);
+        assert_eq!(e.kind, io::ErrorKind::PermissionDenied);
+        let other = temp_dir("resolve2");
+        let runnable = other.join("data.txt");
+        std::fs::write(&runnable, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&runnable, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = format!("{}:{}", dir.display(), other.display());
+        let got = resolve_with_path("data.txt", cwd, Some(OsStr::new(&path))).unwrap();
+        assert_eq!(got, runnable);
+        // An empty PATH entry means the working directory.
+        let got = resolve_with_path("run-me", &dir, Some(OsStr::new("/nonexistent:"))).unwrap();
+        assert_eq!(got, exe);
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::remove_dir_all(&other).ok();
+    }
+
+    const HELPER_ENV: &str = "SHARDRUN_PROCESS_PDEATHSIG_HELPER";
+
+    /// Not a test on its own: the body of `child_dies_with_killed_worker`, run in a separate
+    /// process of this test binary.
+    #[test]
+    fn pdeathsig_helper() {
+        if std::env::var_os(HELPER_ENV).is_none() {
+            return;
+        }
+        let argv = sh("echo $$; exec sleep 1000");
+        let _ = run_attempt(
+            &spec(&argv, b""),
+            &AtomicBool::new(false),
+            &mut |d| {
+                let mut out = io::stdout().lock();
+                let _ = out.write_all(b"CHILD=");
+                let _ = out.write_all(d);
+                let _ = out.flush();
+                true
+            },
+            &mut |_| {},
+        );
+    }
+
+    #[test]
+    fn child_dies_with_killed_worker() {
+        let exe = std::env::current_exe().unwrap();
+        let test_path = module_path!()
+            .split_once("::")
+            .map_or(module_path!(), |(_, rest)| rest);
+        let mut helper = Command::new(exe)
+            .args([
+                "--exact",
+                &format!("{test_path}::pdeathsig_helper"),
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HELPER_ENV, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reader = io::BufReader::new(helper.stdout.take().unwrap());
+        let mut child_pid = None;
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            // libtest prints the test name on the same line.
+            if let Some((_, pid)) = line.trim().split_once("CHILD=") {
+                child_pid = Some(pid.parse::<libc::pid_t>().unwrap());
+                break;
+            }
+            line.clear();
+        }
+        let child_pid = child_pid.expect("helper reported its child");
+        assert!(pid_alive(child_pid));
+        helper.kill().unwrap(); // SIGKILL
+        helper.wait().unwrap();
+        assert!(
+            eventually(Duration::from_secs(3), || !pid_alive(child_pid)),
+            "generator {child_pid} survived its killed worker"
+        );
+    }
+}

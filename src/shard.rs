@@ -1,0 +1,248 @@
+//! Resolving a shard before it runs: which shard this process is, its items, its generator and
+//! the fingerprint of what defines its outputs. Everything here validates; nothing writes.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, GeneratorKind};
+use crate::error::{Error, Result};
+use crate::generator::command::CommandGen;
+use crate::generator::{builtin, Builtin};
+use crate::items::ItemSource;
+use crate::manifest::Fingerprint;
+use crate::paths::{validate_name, RunPaths};
+use crate::plan::ShardPlan;
+
+/// The shardrun version recorded with every run.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the user asked for on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerArgs {
+    pub config: PathBuf,
+    pub shard_index: Option<u32>,
+    pub num_shards: Option<u32>,
+    pub name: Option<String>,
+    pub force: bool,
+    pub dry_run: bool,
+    pub jobs: Option<u32>,
+    pub no_cache: bool,
+    pub root: Option<PathBuf>,
+}
+
+/// The generator a shard runs.
+pub enum Generator {
+    Builtin(Box<dyn Builtin>),
+    Command(CommandGen),
+}
+
+/// A fully resolved shard, ready to run.
+pub struct Shard {
+    pub config: Config,
+    pub paths: RunPaths,
+    pub index: u32,
+    pub num_shards: u32,
+    pub name: String,
+    pub source: ItemSource,
+    pub plan: ShardPlan,
+    pub generator: Generator,
+    pub columns: Vec<String>,
+    pub generator_id: String,
+    pub fingerprint: Fingerprint,
+    pub jobs: u32,
+    pub use_cache: bool,
+}
+
+/// Environment variables that name the shard index, in order of precedence.
+const INDEX_ENV: [&str; 2] = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"];
+
+impl Shard {
+    /// Validates arguments and configuration and loads the items.
+    pub fn resolve(args: &WorkerArgs) -> Result<Shard> {
+        let root = resolve_root(args.root.as_deref())?;
+        let config = Config::load(&args.config, &root)?;
+        let (index, num_shards) = shard_identity(args, &config)?;
+        let name = args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("process-{index}"));
+        validate_name(&name).map_err(|e| Error::usage(format!("--name: {e}")))?;
+        let jobs = args.jobs.unwrap_or(config.generator.jobs);
+        if jobs == 0 {
+            return Err(Error::usage("--jobs: must be at least 1"));
+        }
+        let source = ItemSource::load(&config.items, config.seed)?;
+        let plan = ShardPlan::new(config.sharding, source.len(), num_shards, index);
+        let (generator, columns, generator_id) =
+            build_generator(&config, &source, index, num_shards)?;
+        let fingerprint = [
+            (
+                "items".to_string(),
+                format!("{} ({} items)", source.content_hash(), source.len()),
+            ),
+            ("generator".to_string(), generator_id.clone()),
+            ("seed".to_string(), config.seed.to_string()),
+            (
+                "plan".to_string(),
+                format!("{}, shard {index} of {num_shards}", config.sharding.name()),
+            ),
+        ]
+        .into();
+        Ok(Shard {
+            paths: RunPaths::new(&root, &config.run),
+            use_cache: config.cache.enabled && !args.no_cache,
+            config,
+            index,
+            num_shards,
+            name,
+            source,
+            plan,
+            generator,
+            columns,
+            generator_id,
+            fingerprint,
+            jobs,
+        })
+    }
+
+    /// The `--dry-run` report: item count and first and last key.
+    pub fn describe(&self) -> String {
+        let head = format!(
+            "shard {}/{} of run {} ({}.csv): {} item{}",
+            self.index,
+            self.num_shards,
+            self.config.run,
+            self.name,
+            self.plan.len(),
+            if self.plan.len() == 1 { "" } else { "s" }
+        );
+        if self.plan.is_empty() {
+            return head;
+        }
+        let first = self.source.key(self.plan.global(0));
+        let last = self.source.key(self.plan.global(self.plan.len() - 1));
+        format!("{head}, {first} … {last}")
+    }
+}
+
+fn resolve_root(root: Option<&Path>) -> Result<PathBuf> {
+    match root {
+        None => std::env::current_dir()
+            .map_err(|e| Error::usage(format!("cannot read the current directory: {e}"))),
+        Some(r) if r.is_dir() => Ok(r.to_path_buf()),
+        Some(r) => Err(Error::usage(format!(
+            "--root {}: not an existing directory",
+            r.display()
+        ))),
+    }
+}
+
+/// The shard index and count: flags first, then the scheduler's environment.
+fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
+    let num = args.num_shards.or(config.shards);
+    let mut index = args.shard_index;
+    if index.is_none() {
+        for var in INDEX_ENV {
+            if let Ok(v) = std::env::var(var) {
+                if v.trim().is_empty() {
+                    continue;
+                }
+                index = Some(v.trim().parse().map_err(|_| {
+                    Error::usage(format!("{var}={v:?} is not a shard index (a whole number)"))
+                })?);
+                break;
+            }
+        }
+    }
+    let (index, num) = match (index, num) {
+        (Some(i), Some(n)) => (i, n),
+        (Some(_), None) => {
+            return Err(Error::usage(
+                "--num-shards is required (or `shards:` in the configuration)",
+            ))
+        }
+        (None, Some(1)) | (None, None) => (0, 1),
+        (None, Some(n)) => {
+            return Err(Error::usage(format!(
+                "which shard? Pass --shard-index (0 to {}), or run as a Slurm array task or Kubernetes indexed job",
+                n.saturating_sub(1)
+            )))
+        }
+    };
+    if num == 0 {
+        return Err(Error::usage("--num-shards must be at least 1"));
+    }
+    if index >= num {
+        return Err(Error::usage(format!(
+            "--shard-index {index} is out of range for --num-shards {num} (valid: 0 to {})",
+            num - 1
+        )));
+    }
+    Ok((index, num))
+}
+
+fn build_generator(
+    config: &Config,
+    source: &ItemSource,
+    index: u32,
+    num_shards: u32,
+) -> Result<(Generator, Vec<String>, String)> {
+    let spec = &config.generator;
+    let bad = |m: String| Error::usage(format!("{}: {m}", config.path.display()));
+    let mut id = blake3::Hasher::new();
+    match &spec.kind {
+        GeneratorKind::Builtin { name, params } => {
+            let b = builtin(name, params).map_err(bad)?;
+            let columns = b.columns();
+            let mut sorted: Vec<_> = params.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            let params_json = serde_json::to_string(&sorted).unwrap_or_default();
+            id.update(
+                format!(
+                    "builtin\0{name}\0{params_json}\0{VERSION}\0{}",
+                    spec.version
+                )
+                .as_bytes(),
+            );
+            Ok((Generator::Builtin(b), columns, hex16(id)))
+        }
+        GeneratorKind::Command { argv } => {
+            let columns = config.columns.clone().unwrap_or_default();
+            let cmd = CommandGen::new(
+                argv,
+                columns.clone(),
+                &source.field_names(),
+                &config.root,
+                spec.timeout,
+                index,
+                num_shards,
+            )
+            .map_err(bad)?;
+            id.update(b"command\0");
+            for a in argv {
+                id.update(a.as_bytes()).update(b"\0");
+            }
+            id.update(b"\x01");
+            for c in &columns {
+                id.update(c.as_bytes()).update(b"\0");
+            }
+            id.update(b"\x01")
+                .update(spec.version.as_bytes())
+                .update(b"\x01");
+            for (arg, path) in cmd.named_files() {
+                let contents = std::fs::read(&path).map_err(|e| {
+                    bad(format!(
+                        "cannot read {} named by the command: {e}",
+                        path.display()
+                    ))
+                })?;
+                id.update(arg.as_bytes()).update(b"\0");
+                id.update(blake3::hash(&contents).as_bytes());
+            }
+            Ok((Generator::Command(cmd), columns, hex16(id)))
+        }
+    }
+}
+
+fn hex16(h: blake3::Hasher) -> String {
+    h.finalize().to_hex()[..16].to_string()
+}

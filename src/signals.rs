@@ -1,0 +1,80 @@
+//! SIGINT/SIGTERM handling: the first signal asks the worker to drain (start nothing new, stop
+//! in-flight generators, commit what is complete); a second SIGINT exits at once. A SIGTERM
+//! during the drain does not cut it short, because a launcher may forward one right after the
+//! terminal's Ctrl-C reached every process.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::error::{Error, ExitCode, Result};
+
+/// Shared view of the signals received so far.
+#[derive(Debug, Clone)]
+pub struct Interrupt {
+    stop: Arc<AtomicBool>,
+    first: Arc<AtomicI32>,
+}
+
+impl Interrupt {
+    /// A flag that is never raised (tests, dry runs).
+    pub fn none() -> Self {
+        Interrupt {
+            stop: Arc::new(AtomicBool::new(false)),
+            first: Arc::new(AtomicI32::new(0)),
+        }
+    }
+
+    /// Installs the handlers; from now on SIGINT/SIGTERM set the flag instead of killing us.
+    pub fn install() -> Result<Self> {
+        let me = Self::none();
+        let mut signals = Signals::new([SIGINT, SIGTERM])
+            .map_err(|e| Error::usage(format!("cannot install signal handlers: {e}")))?;
+        let (stop, first) = (me.stop.clone(), me.first.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if first.load(Ordering::SeqCst) == 0 {
+                        first.store(sig, Ordering::SeqCst);
+                        stop.store(true, Ordering::SeqCst);
+                    } else if sig == SIGINT {
+                        // Second Ctrl-C: leave now. Generators die with us (parent-death signal).
+                        std::process::exit(ExitCode::Interrupted.code());
+                    }
+                }
+            })
+            .map_err(|e| Error::usage(format!("cannot start the signal thread: {e}")))?;
+        Ok(me)
+    }
+
+    /// The flag generators poll.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.stop
+    }
+
+    /// True once a signal asked us to stop.
+    pub fn requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The exit code for the first signal, if any.
+    pub fn exit_code(&self) -> Option<ExitCode> {
+        match self.first.load(Ordering::SeqCst) {
+            0 => None,
+            SIGTERM => Some(ExitCode::Terminated),
+            _ => Some(ExitCode::Interrupted),
+        }
+    }
+
+    /// The first signal's name.
+    pub fn signal_name(&self) -> &'static str {
+        match self.first.load(Ordering::SeqCst) {
+            SIGTERM => "SIGTERM",
+            SIGINT => "SIGINT",
+            _ => "none",
+        }
+    }
+}

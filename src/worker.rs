@@ -1,0 +1,721 @@
+//! Running one shard: lock it, open its store, produce the pending items (cache first, then the
+//! generator, `jobs` at a time), group-commit them, and report through the log.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::cache::{self, Cache};
+use crate::config::Halt;
+use crate::csv_out::RowWriter;
+use crate::error::{Error, ExitCode, IoContext, Result};
+use crate::generator::command::AttemptError;
+use crate::items::Item;
+use crate::lock::ShardLock;
+use crate::log::{EventLog, V};
+use crate::manifest::{self, Header, Record, ShardStore, Status};
+use crate::shard::{Generator, Shard, WorkerArgs, VERSION};
+use crate::signals::Interrupt;
+
+/// Commit at least this often while items complete.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
+/// ... or when this many bytes of rows are waiting.
+const COMMIT_BYTES: usize = 8 << 20;
+/// At most one `item` log line per this interval (every item still counts in `done`).
+const ITEM_LOG_INTERVAL: Duration = Duration::from_millis(50);
+/// First retry delay; doubles per attempt up to `MAX_BACKOFF`.
+const BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Runs the worker as the command line asks and returns its exit code.
+pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
+    let shard = Shard::resolve(args)?;
+    if args.dry_run {
+        println!("{}", shard.describe());
+        return Ok(ExitCode::Ok);
+    }
+    let interrupt = Interrupt::install()?;
+    execute(&shard, args.force, &interrupt)
+}
+
+/// Result of producing one item.
+enum Outcome {
+    Ok {
+        item: Item,
+        rows: Vec<u8>,
+        count: u64,
+        attempts: u32,
+        ms: u64,
+    },
+    Failed {
+        item: Item,
+        attempts: u32,
+        reason: String,
+        ms: u64,
+    },
+    Stopped,
+}
+
+fn create_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        Error::usage(format!(
+            "cannot create the directory {}: {e} (check --root and that it is writable)",
+            dir.display()
+        ))
+    })
+}
+
+/// Identity of this process, as the start line and the lock files record it.
+struct Me {
+    pid: u32,
+    pid_start: String,
+    host: String,
+}
+
+impl Me {
+    fn new() -> Me {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Field 22 (start time in clock ticks since boot) comes after the parenthesised name.
+        let pid_start = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+            .unwrap_or("0")
+            .to_string();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Me {
+            pid: std::process::id(),
+            pid_start,
+            host,
+        }
+    }
+}
+
+fn execute(shard: &Shard, force: bool, interrupt: &Interrupt) -> Result<ExitCode> {
+    let paths = &shard.paths;
+    create_dir(&paths.data_dir)?;
+    create_dir(&paths.logs_dir)?;
+    create_dir(&paths.locks_dir())?;
+    let me = Me::new();
+    let holder = format!(
+        "pid {} on host {} (since {})",
+        me.pid,
+        me.host,
+        crate::log::timestamp()
+    );
+    let _shard_lock = ShardLock::acquire(
+        &paths
+            .locks_dir()
+            .join(format!("shard{}_of_{}.lock", shard.index, shard.num_shards)),
+        &format!(
+            "shard {} of {} of run {:?}",
+            shard.index, shard.num_shards, shard.config.run
+        ),
+        &holder,
+    )?;
+    let _name_lock = ShardLock::acquire(
+        &paths.locks_dir().join(format!("{}.csv.lock", shard.name)),
+        &format!("{}", paths.data_file(&shard.name).display()),
+        &holder,
+    )?;
+    let header = Header {
+        format: manifest::FORMAT.into(),
+        shardrun: VERSION.into(),
+        run: shard.config.run.clone(),
+        shard: shard.index,
+        num_shards: shard.num_shards,
+        name: shard.name.clone(),
+        columns: shard.columns.clone(),
+        items_total: shard.plan.len(),
+        fingerprint: shard.fingerprint.clone(),
+        data_start: crate::csv_out::header_line(&shard.columns).len() as u64,
+    };
+    let (store, resumed) = ShardStore::open(paths, &header, force)?;
+    let log = EventLog::open(&paths.log(shard.index, shard.num_shards), true)?;
+    write_run_record(shard)?;
+
+    let mut committed = vec![false; usize::try_from(shard.source.len()).unwrap_or(usize::MAX)];
+    let mut rows: u64 = 0;
+    for r in &resumed.ok {
+        if let Some(c) = committed.get_mut(r.index as usize) {
+            *c = true;
+        }
+        rows += r.rows;
+    }
+    let done = shard
+        .plan
+        .indices()
+        .filter(|&i| committed[i as usize])
+        .count() as u64;
+    let total = shard.plan.len();
+    let cache = if shard.use_cache && done < total {
+        let wanted: HashSet<u128> = shard
+            .plan
+            .indices()
+            .filter(|&i| !committed[i as usize])
+            .map(|i| {
+                cache::wanted_key(&cache::item_key(&shard.generator_id, &shard.source.item(i)))
+            })
+            .collect();
+        Some(Cache::open(
+            &shard.config.cache.dir,
+            &shard.generator_id,
+            &wanted,
+        )?)
+    } else {
+        None
+    };
+    let restart = std::env::var("SLURM_RESTART_COUNT").unwrap_or_default();
+    let mut start_fields = vec![
+        ("run", V::S(&shard.config.run)),
+        ("shard", V::D(&shard.index)),
+        ("num_shards", V::D(&shard.num_shards)),
+        ("name", V::S(&shard.name)),
+        ("pid", V::D(&me.pid)),
+        ("pid_start", V::S(&me.pid_start)),
+        ("host", V::S(&me.host)),
+        ("items", V::D(&total)),
+        ("committed", V::D(&done)),
+        ("rows", V::D(&rows)),
+        ("jobs", V::D(&shard.jobs)),
+        ("version", V::S(VERSION)),
+    ];
+    if !restart.is_empty() && restart != "0" {
+        start_fields.push(("restart", V::S(&restart)));
+    }
+    log.event("start", &start_fields);
+
+    let rate = RateLimit::new(shard.config.generator.min_start_interval);
+    let mut run = Run {
+        shard,
+        log: &log,
+        store,
+        cache,
+        interrupt,
+        done,
+        total,
+        rows,
+        failed: 0,
+        cached: 0,
+        generated: 0,
+        started: Instant::now(),
+        last_commit: Instant::now(),
+        last_item_log: None,
+        halted: false,
+        attempted: 0,
+        rate: &rate,
+    };
+    let result = run.produce_all(&committed);
+    let result = result.and_then(|()| run.commit());
+    Ok(run.finish(result))
+}
+
+fn write_run_record(shard: &Shard) -> Result<()> {
+    let record = serde_json::json!({
+        "shardrun": VERSION,
+        "run": shard.config.run,
+        "num_shards": shard.num_shards,
+        "fingerprint": {
+            "items": shard.fingerprint.get("items"),
+            "generator": shard.fingerprint.get("generator"),
+            "seed": shard.fingerprint.get("seed"),
+            "sharding": shard.config.sharding.name(),
+        },
+        "columns": shard.columns,
+        "config": shard.config,
+    });
+    let path = shard.paths.run_record();
+    let tmp = shard
+        .paths
+        .data_dir
+        .join(format!(".run.json.{}.tmp", std::process::id()));
+    let text = serde_json::to_vec_pretty(&record).unwrap_or_default();
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .ctx("cannot write the run record", &path)
+}
+
+/// Spaces item starts to honour `generator.rate`.
+struct RateLimit {
+    interval: Option<Duration>,
+    next: Mutex<Instant>,
+}
+
+impl RateLimit {
+    fn new(interval: Option<Duration>) -> Self {
+        RateLimit {
+            interval,
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Waits for this start's turn; false if a stop was requested meanwhile.
+    fn wait(&self, stop: &AtomicBool) -> bool {
+        let Some(interval) = self.interval else {
+            return true;
+        };
+        let at = {
+            let Ok(mut next) = self.next.lock() else {
+                return true;
+            };
+            let at = (*next).max(Instant::now());
+            *next = at + interval;
+            at
+        };
+        sleep_until(at, stop)
+    }
+}
+
+/// Sleeps until `at` in short steps; false if a stop was requested.
+fn sleep_until(at: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= at {
+            return true;
+        }
+        std::thread::sleep((at - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// The state of a running shard.
+struct Run<'a> {
+    shard: &'a Shard,
+    log: &'a EventLog,
+    store: ShardStore,
+    cache: Option<Cache>,
+    interrupt: &'a Interrupt,
+    done: u64,
+    total: u64,
+    rows: u64,
+    failed: u64,
+    cached: u64,
+    generated: u64,
+    started: Instant,
+    last_commit: Instant,
+    last_item_log: Option<Instant>,
+    halted: bool,
+    attempted: u64,
+    rate: &'a RateLimit,
+}
+
+impl Run<'_> {
+    fn stopping(&self) -> bool {
+        self.halted || self.interrupt.requested()
+    }
+
+    /// Produces every pending item, serving the cache first.
+    fn produce_all(&mut self, committed: &[bool]) -> Result<()> {
+        let shard = self.shard;
+        let mut pending = shard
+            .plan
+            .indices()
+            .filter(|&i| !committed[i as usize])
+            .map(|i| shard.source.item(i));
+        if shard.jobs == 1 {
+            let mut out = RowWriter::new();
+            while let Some(item) = self.next_uncached(&mut pending)? {
+                self.attempted += 1;
+                let o = produce(
+                    shard,
+                    item,
+                    0,
+                    self.interrupt.flag(),
+                    self.rate,
+                    self.log,
+                    &mut out,
+                );
+                self.handle(o)?;
+            }
+            return Ok(());
+        }
+        std::thread::scope(|scope| {
+            let (work_tx, work_rx) = crossbeam_channel::bounded::<Item>(0);
+            let (done_tx, done_rx) = crossbeam_channel::unbounded::<Outcome>();
+            for slot in 0..shard.jobs {
+                let (rx, tx) = (work_rx.clone(), done_tx.clone());
+                let (stop, rate, log) = (self.interrupt.flag(), self.rate, self.log);
+                scope.spawn(move || {
+                    let mut out = RowWriter::new();
+                    for item in rx {
+                        let o = produce(shard, item, slot, stop, rate, log, &mut out);
+                        if tx.send(o).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop((work_rx, done_tx));
+            let mut in_flight = 0u32;
+            let result = (|| {
+                while let Some(item) = self.next_uncached(&mut pending)? {
+                    while in_flight >= shard.jobs {
+                        self.wait_one(&done_rx, &mut in_flight)?;
+                    }
+                    if self.stopping() {
+                        break;
+                    }
+                    self.attempted += 1;
+                    if work_tx.send(item).is_err() {
+                        break;
+                    }
+                    in_flight += 1;
+                    while let Ok(o) = done_rx.try_recv() {
+                        in_flight -= 1;
+                        self.handle(o)?;
+                    }
+                }
+                drop(work_tx);
+                while in_flight > 0 {
+                    self.wait_one(&done_rx, &mut in_flight)?;
+                }
+                Ok(())
+            })();
+            if result.is_err() {
+                // Stop the slots' generators so the scope can end promptly.
+                self.interrupt.flag().store(true, Ordering::SeqCst);
+            }
+            result
+        })
+    }
+
+    fn wait_one(
+        &mut self,
+        done_rx: &crossbeam_channel::Receiver<Outcome>,
+        in_flight: &mut u32,
+    ) -> Result<()> {
+        match done_rx.recv_timeout(COMMIT_INTERVAL) {
+            Ok(o) => {
+                *in_flight -= 1;
+                self.handle(o)
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.maybe_commit(),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                *in_flight = 0;
+                Ok(())
+            }
+        }
+    }
+
+    /// The next item that needs the generator; cache hits are committed on the way.
+    fn next_uncached(&mut self, pending: &mut impl Iterator<Item = Item>) -> Result<Option<Item>> {
+        loop {
+            if self.stopping() {
+                return Ok(None);
+            }
+            let Some(item) = pending.next() else {
+                return Ok(None);
+            };
+            let hit = self
+                .cache
+                .as_mut()
+                .and_then(|c| c.get(&cache::item_key(&self.shard.generator_id, &item)));
+            match hit {
+                Some((rows, count)) => {
+                    self.cached += 1;
+                    self.record_ok(item, &rows, count, 1, 0, true)?;
+                }
+                None => return Ok(Some(item)),
+            }
+        }
+    }
+
+    fn handle(&mut self, outcome: Outcome) -> Result<()> {
+        match outcome {
+            Outcome::Ok {
+                item,
+                rows,
+                count,
+                attempts,
+                ms,
+            } => {
+                self.generated += 1;
+                if let Some(c) = self.cache.as_mut() {
+                    let key = cache::item_key(&self.shard.generator_id, &item);
+                    if let Err(e) = c.put(&key, count, &rows) {
+                        self.cache_failed(&e);
+                    }
+                }
+                self.record_ok(item, &rows, count, attempts, ms, false)
+            }
+            Outcome::Failed {
+                item,
+                attempts,
+                reason,
+                ms,
+            } => {
+                self.failed += 1;
+                self.log.event(
+                    "item_failed",
+                    &[
+                        ("done", V::D(&self.done)),
+                        ("total", V::D(&self.total)),
+                        ("key", V::S(&item.key)),
+                        ("index", V::D(&item.index)),
+                        ("attempts", V::D(&attempts)),
+                        ("reason", V::S(&reason)),
+                    ],
+                );
+                self.store.push_failed(Record {
+                    index: item.index,
+                    key: item.key,
+                    status: Status::Failed,
+                    offset: 0,
+                    bytes: 0,
+                    rows: 0,
+                    ms,
+                    cached: false,
+                    attempts,
+                    reason: Some(reason),
+                });
+                self.check_halt();
+                self.maybe_commit()
+            }
+            Outcome::Stopped => Ok(()),
+        }
+    }
+
+    fn cache_failed(&mut self, e: &Error) {
+        self.log.event(
+            "warning",
+            &[(
+                "message",
+                V::S(&format!("cache disabled for this run: {e}")),
+            )],
+        );
+        self.cache = None;
+    }
+
+    fn record_ok(
+        &mut self,
+        item: Item,
+        rows: &[u8],
+        count: u64,
+        attempts: u32,
+        ms: u64,
+        cached: bool,
+    ) -> Result<()> {
+        self.done += 1;
+        self.rows += count;
+        let now = Instant::now();
+        let due = self
+            .last_item_log
+            .is_none_or(|t| now.duration_since(t) >= ITEM_LOG_INTERVAL);
+        if due || self.done == self.total {
+            self.last_item_log = Some(now);
+            self.log.event(
+                "item",
+                &[
+                    ("done", V::D(&self.done)),
+                    ("total", V::D(&self.total)),
+                    ("rows", V::D(&self.rows)),
+                    ("key", V::S(&item.key)),
+                    ("index", V::D(&item.index)),
+                    ("status", V::S(if cached { "cached" } else { "generated" })),
+                    ("item_rows", V::D(&count)),
+                    ("ms", V::D(&ms)),
+                ],
+            );
+        }
+        self.store.push_ok(
+            Record {
+                index: item.index,
+                key: item.key,
+                status: Status::Ok,
+                offset: 0,
+                bytes: 0,
+                rows: count,
+                ms,
+                cached,
+                attempts,
+                reason: None,
+            },
+            rows,
+        );
+        self.maybe_commit()
+    }
+
+    fn check_halt(&mut self) {
+        let Some(halt) = self.shard.config.generator.halt else {
+            return;
+        };
+        let limit_reached = match halt {
+            Halt::Count(n) => self.failed >= n,
+            Halt::Percent(p) => {
+                let todo = self
+                    .total
+                    .saturating_sub(self.done - self.generated - self.cached);
+                (self.failed as f64) * 100.0 >= p * (todo.max(1) as f64)
+            }
+        };
+        if limit_reached && !self.halted {
+            self.halted = true;
+            self.log.event(
+                "halt",
+                &[
+                    ("failed", V::D(&self.failed)),
+                    (
+                        "reason",
+                        V::S("generator.halt.failures reached; starting no new items"),
+                    ),
+                ],
+            );
+        }
+    }
+
+    fn maybe_commit(&mut self) -> Result<()> {
+        let (bytes, items) = self.store.pending();
+        if items > 0 && (bytes >= COMMIT_BYTES || self.last_commit.elapsed() >= COMMIT_INTERVAL) {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if let Some(c) = self.cache.as_mut() {
+            if let Err(e) = c.flush() {
+                self.cache_failed(&e);
+            }
+        }
+        self.store.commit()?;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    /// Logs the finish line and picks the exit code.
+    fn finish(&mut self, result: Result<()>) -> ExitCode {
+        let (status, code) = match &result {
+            Err(e) => {
+                self.log
+                    .event("error", &[("message", V::S(&e.to_string()))]);
+                ("error", ExitCode::ItemsFailed)
+            }
+            Ok(()) => match self.interrupt.exit_code() {
+                Some(code) => ("interrupted", code),
+                None if self.halted => ("halted", ExitCode::ItemsFailed),
+                None if self.failed > 0 => ("failed", ExitCode::ItemsFailed),
+                None => ("ok", ExitCode::Ok),
+            },
+        };
+        if status == "interrupted" {
+            self.log
+                .event("signal", &[("signal", V::S(self.interrupt.signal_name()))]);
+        }
+        let elapsed = format!("{:.3}", self.started.elapsed().as_secs_f64());
+        self.log.event(
+            "finish",
+            &[
+                ("status", V::S(status)),
+                ("done", V::D(&self.done)),
+                ("total", V::D(&self.total)),
+                ("failed", V::D(&self.failed)),
+                ("cached", V::D(&self.cached)),
+                ("generated", V::D(&self.generated)),
+                ("rows", V::D(&self.rows)),
+                ("elapsed_s", V::S(&elapsed)),
+                ("exit", V::D(&code.code())),
+            ],
+        );
+        code
+    }
+}
+
+/// Produces one item with the shard's generator, retrying a failed command with backoff.
+fn produce(
+    shard: &Shard,
+    item: Item,
+    slot: u32,
+    stop: &AtomicBool,
+    rate: &RateLimit,
+    log: &EventLog,
+    out: &mut RowWriter,
+) -> Outcome {
+    let started = Instant::now();
+    let ms = |s: Instant| s.elapsed().as_millis() as u64;
+    match &shard.generator {
+        Generator::Builtin(b) => {
+            out.clear();
+            match b.generate(&item, out) {
+                Ok(()) => {
+                    let (rows, count) = out.take();
+                    Outcome::Ok {
+                        item,
+                        rows,
+                        count,
+                        attempts: 1,
+                        ms: ms(started),
+                    }
+                }
+                Err(reason) => Outcome::Failed {
+                    item,
+                    attempts: 1,
+                    reason,
+                    ms: ms(started),
+                },
+            }
+        }
+        Generator::Command(cmd) => {
+            let max_attempts = shard.config.generator.retries + 1;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                if !rate.wait(stop) {
+                    return Outcome::Stopped;
+                }
+                out.clear();
+                let key = item.key.clone();
+                let mut on_stderr = |line: &[u8]| {
+                    log.event(
+                        "stderr",
+                        &[
+                            ("key", V::S(&key)),
+                            ("line", V::S(&String::from_utf8_lossy(line))),
+                        ],
+                    );
+                };
+                match cmd.attempt(&item, slot, stop, &mut on_stderr, out) {
+                    Ok(()) => {
+                        let (rows, count) = out.take();
+                        return Outcome::Ok {
+                            item,
+                            rows,
+                            count,
+                            attempts: attempt,
+                            ms: ms(started),
+                        };
+                    }
+                    Err(AttemptError::Stopped) => return Outcome::Stopped,
+                    Err(AttemptError::Failed(reason)) => {
+                        log.event(
+                            "attempt_failed",
+                            &[
+                                ("key", V::S(&item.key)),
+                                ("index", V::D(&item.index)),
+                                ("attempt", V::S(&format!("{attempt}/{max_attempts}"))),
+                                ("reason", V::S(&reason)),
+                            ],
+                        );
+                        if attempt >= max_attempts {
+                            return Outcome::Failed {
+                                item,
+                                attempts: attempt,
+                                reason,
+                                ms: ms(started),
+                            };
+                        }
+                        let delay = BACKOFF
+                            .saturating_mul(1 << (attempt - 1).min(16))
+                            .min(MAX_BACKOFF);
+                        if !sleep_until(Instant::now() + delay, stop) {
+                            return Outcome::Stopped;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
