@@ -13,7 +13,6 @@
 //! bytes of BLAKE3(key, rows, payload). An entry torn by a crash fails its length or its check
 //! and is never served; a writer cuts its pack back to the last whole entry on open.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -46,18 +45,28 @@ pub fn item_key(generator_id: &str, item: &Item) -> Key {
     *h.finalize().as_bytes()
 }
 
-fn short(key: &Key) -> u128 {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&key[..16]);
-    u128::from_le_bytes(b)
+/// The first 8 bytes of a key: enough to index by (a collision only costs a failed full-key
+/// comparison, i.e. a cache miss) at a third of the memory.
+fn short(key: &Key) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[..8]);
+    u64::from_le_bytes(b)
 }
 
+/// Where an entry starts: pack number in the top 16 bits, byte offset in the low 48.
 #[derive(Debug, Clone, Copy)]
-struct Loc {
-    pack: usize,
-    offset: u64,
-    len: u64,
-    rows: u64,
+struct Loc(u64);
+
+impl Loc {
+    fn new(pack: usize, offset: u64) -> Self {
+        Loc(((pack as u64) << 48) | offset)
+    }
+    fn pack(self) -> usize {
+        (self.0 >> 48) as usize
+    }
+    fn offset(self) -> u64 {
+        self.0 & ((1 << 48) - 1)
+    }
 }
 
 /// An open cache for one generator identity.
@@ -65,7 +74,8 @@ struct Loc {
 pub struct Cache {
     dir: PathBuf,
     packs: Vec<File>,
-    index: HashMap<u128, Loc>,
+    /// (short key, location), sorted by key; built once at open.
+    index: Vec<(u64, Loc)>,
     writer: BufWriter<File>,
     writer_path: PathBuf,
     writer_pack: usize,
@@ -75,12 +85,12 @@ pub struct Cache {
 impl Cache {
     /// Opens the cache of `generator_id` under `root_dir`, indexing only the `wanted` keys (the
     /// items this worker still has to produce), and takes a pack to append to.
-    pub fn open(root_dir: &Path, generator_id: &str, wanted: &HashSet<u128>) -> Result<Cache> {
+    pub fn open(root_dir: &Path, generator_id: &str, wanted: &Wanted) -> Result<Cache> {
         let dir = root_dir.join(generator_id);
         std::fs::create_dir_all(&dir).ctx("cannot create the cache directory", &dir)?;
         let (writer_file, writer_path, writer_k) = take_pack(&dir)?;
         let mut packs = Vec::new();
-        let mut index = HashMap::new();
+        let mut index = Vec::new();
         let mut writer_pack = 0;
         let mut writer_len = 0;
         let mut k = 0;
@@ -101,6 +111,11 @@ impl Cache {
             packs.push(file);
             k += 1;
         }
+        // Later entries of a key win: a stable sort keeps scan order, then keep the last.
+        index.sort_by_key(|(k, _)| *k);
+        index.reverse();
+        index.dedup_by_key(|(k, _)| *k);
+        index.reverse();
         writer_file
             .set_len(writer_len)
             .ctx("cannot repair the cache pack", &writer_path)?;
@@ -121,21 +136,28 @@ impl Cache {
 
     /// The cached rows and row count of `key`, if a whole, verified entry exists.
     pub fn get(&mut self, key: &Key) -> Option<(Vec<u8>, u64)> {
-        let loc = *self.index.get(&short(key))?;
-        if loc.pack == self.writer_pack && self.writer.flush().is_err() {
+        let short = short(key);
+        let at = self.index.binary_search_by_key(&short, |(k, _)| *k).ok()?;
+        let loc = self.index[at].1;
+        if loc.pack() == self.writer_pack && self.writer.flush().is_err() {
             return None;
         }
-        let file = &self.packs[loc.pack];
-        let mut buf = vec![0u8; HEAD + loc.len as usize + CHECK];
-        file.read_exact_at(&mut buf, loc.offset).ok()?;
-        let (head, rest) = buf.split_at(HEAD);
-        let (payload, check) = rest.split_at(loc.len as usize);
-        if &head[4..36] != key || check != checksum(key, loc.rows, payload) {
+        let file = &self.packs[loc.pack()];
+        let mut head = [0u8; HEAD];
+        file.read_exact_at(&mut head, loc.offset()).ok()?;
+        let (rows, len) = entry_sizes(&head);
+        if &head[..4] != MAGIC || &head[4..36] != key || len > (1 << 40) {
             return None;
         }
-        buf.truncate(HEAD + loc.len as usize);
-        buf.drain(..HEAD);
-        Some((buf, loc.rows))
+        let mut buf = vec![0u8; len as usize + CHECK];
+        file.read_exact_at(&mut buf, loc.offset() + HEAD as u64)
+            .ok()?;
+        let (payload, check) = buf.split_at(len as usize);
+        if check != checksum(key, rows, payload) {
+            return None;
+        }
+        buf.truncate(len as usize);
+        Some((buf, rows))
     }
 
     /// Stores an item's rows. Not synced: a lost entry only means the item is generated again.
@@ -145,22 +167,13 @@ impl Cache {
         head[4..36].copy_from_slice(key);
         head[36..44].copy_from_slice(&rows.to_le_bytes());
         head[44..52].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-        let offset = self.writer_len;
         self.writer
             .write_all(&head)
             .and_then(|_| self.writer.write_all(payload))
             .and_then(|_| self.writer.write_all(&checksum(key, rows, payload)))
             .ctx("cannot write to the cache pack", &self.writer_path)?;
+        // Not indexed: an item is looked up once per run, before it is produced.
         self.writer_len += (HEAD + payload.len() + CHECK) as u64;
-        self.index.insert(
-            short(key),
-            Loc {
-                pack: self.writer_pack,
-                offset,
-                len: payload.len() as u64,
-                rows,
-            },
-        );
         Ok(())
     }
 
@@ -210,8 +223,8 @@ fn take_pack(dir: &Path) -> Result<(File, PathBuf, usize)> {
 fn scan(
     file: &File,
     pack: usize,
-    wanted: &HashSet<u128>,
-    index: &mut HashMap<u128, Loc>,
+    wanted: &Wanted,
+    index: &mut Vec<(u64, Loc)>,
 ) -> std::io::Result<u64> {
     let len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 16, file);
@@ -222,8 +235,7 @@ fn scan(
         if &head[..4] != MAGIC {
             break;
         }
-        let rows = u64::from_le_bytes(head[36..44].try_into().unwrap_or_default());
-        let plen = u64::from_le_bytes(head[44..52].try_into().unwrap_or_default());
+        let (_, plen) = entry_sizes(&head);
         let end = offset + HEAD as u64 + plen + CHECK as u64;
         if end > len {
             break;
@@ -231,16 +243,8 @@ fn scan(
         let mut key = [0u8; 32];
         key.copy_from_slice(&head[4..36]);
         let s = short(&key);
-        if wanted.contains(&s) {
-            index.insert(
-                s,
-                Loc {
-                    pack,
-                    offset,
-                    len: plen,
-                    rows,
-                },
-            );
+        if wanted.contains(s) {
+            index.push((s, Loc::new(pack, offset)));
         }
         r.seek_relative((plen as usize + CHECK) as i64)?;
         offset = end;
@@ -248,9 +252,42 @@ fn scan(
     Ok(offset)
 }
 
-/// The short form of a key used to select what to index.
-pub fn wanted_key(key: &Key) -> u128 {
-    short(key)
+/// The keys a worker may look up, so that only those are indexed (memory stays proportional to
+/// the shard's pending items, not to the whole cache).
+#[derive(Debug, Default)]
+pub struct Wanted(Vec<u64>);
+
+impl Wanted {
+    /// Collects the keys.
+    pub fn new(keys: impl IntoIterator<Item = Key>) -> Self {
+        let mut v: Vec<u64> = keys.into_iter().map(|k| short(&k)).collect();
+        v.sort_unstable();
+        v.dedup();
+        Wanted(v)
+    }
+
+    fn contains(&self, short: u64) -> bool {
+        self.0.binary_search(&short).is_ok()
+    }
+}
+
+/// True when some pack of `generator_id` holds data (else there is nothing to look up).
+pub fn has_entries(root_dir: &Path, generator_id: &str) -> bool {
+    std::fs::read_dir(root_dir.join(generator_id))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
+        })
+        .unwrap_or(false)
+}
+
+/// (rows, payload length) from an entry header.
+fn entry_sizes(head: &[u8; HEAD]) -> (u64, u64) {
+    let mut rows = [0u8; 8];
+    let mut len = [0u8; 8];
+    rows.copy_from_slice(&head[36..44]);
+    len.copy_from_slice(&head[44..52]);
+    (u64::from_le_bytes(rows), u64::from_le_bytes(len))
 }
 
 #[cfg(test)]
@@ -270,14 +307,18 @@ mod tests {
     fn entries_round_trip_across_opens_and_torn_tails_are_never_served() {
         let dir = tempfile::tempdir().unwrap();
         let keys: Vec<Key> = (0..3).map(|i| item_key("g", &item(i))).collect();
-        let wanted: HashSet<u128> = keys.iter().map(wanted_key).collect();
+        let wanted = Wanted::new(keys.iter().copied());
         {
             let mut c = Cache::open(dir.path(), "g", &wanted).unwrap();
             assert!(c.get(&keys[0]).is_none());
             c.put(&keys[0], 2, b"a\nb\n").unwrap();
             c.put(&keys[1], 1, b"c\n").unwrap();
-            assert_eq!(c.get(&keys[0]).unwrap(), (b"a\nb\n".to_vec(), 2));
             c.flush().unwrap();
+        }
+        {
+            let mut c = Cache::open(dir.path(), "g", &wanted).unwrap();
+            assert_eq!(c.get(&keys[0]).unwrap(), (b"a\nb\n".to_vec(), 2));
+            assert_eq!(c.get(&keys[1]).unwrap(), (b"c\n".to_vec(), 1));
         }
         // Tear the last entry as a kill -9 mid-write would.
         let pack = dir.path().join("g/pack-0.bin");
@@ -292,14 +333,18 @@ mod tests {
         assert_eq!(c.get(&keys[0]).unwrap().1, 2);
         assert!(c.get(&keys[1]).is_none(), "a torn entry must not be served");
         c.put(&keys[2], 1, b"z\n").unwrap();
+        c.flush().unwrap();
+        drop(c);
+        let mut c = Cache::open(dir.path(), "g", &wanted).unwrap();
         assert_eq!(c.get(&keys[2]).unwrap().0, b"z\n");
+        assert_eq!(c.get(&keys[0]).unwrap().1, 2);
     }
 
     #[test]
     fn a_corrupted_payload_fails_its_check() {
         let dir = tempfile::tempdir().unwrap();
         let key = item_key("g", &item(0));
-        let wanted = [wanted_key(&key)].into();
+        let wanted = Wanted::new([key]);
         {
             let mut c = Cache::open(dir.path(), "g", &wanted).unwrap();
             c.put(&key, 1, b"hello\n").unwrap();
@@ -315,8 +360,8 @@ mod tests {
     #[test]
     fn concurrent_writers_take_different_packs() {
         let dir = tempfile::tempdir().unwrap();
-        let a = Cache::open(dir.path(), "g", &HashSet::new()).unwrap();
-        let b = Cache::open(dir.path(), "g", &HashSet::new()).unwrap();
+        let a = Cache::open(dir.path(), "g", &Wanted::default()).unwrap();
+        let b = Cache::open(dir.path(), "g", &Wanted::default()).unwrap();
         assert_ne!(a.writer_path, b.writer_path);
     }
 

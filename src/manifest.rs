@@ -9,6 +9,7 @@
 //! the data file after the last committed byte. Nothing torn, nothing duplicated.
 
 use std::collections::BTreeMap;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
@@ -72,9 +73,10 @@ pub struct Record {
     pub reason: Option<String>,
 }
 
-/// Reads a manifest: the header and the records that are whole and consistent, stopping at the
-/// first torn or inconsistent line. Returns the byte length of the valid prefix too.
-pub fn read(path: &Path) -> Result<Option<(Header, Vec<Record>, u64)>> {
+/// Reads a manifest: the header, then each record that is whole and consistent (passed to
+/// `on_record` in file order), stopping at the first torn or inconsistent line. Returns the
+/// header, the byte length of the valid prefix and the end of the committed data.
+pub fn read(path: &Path, mut on_record: impl FnMut(Record)) -> Result<Option<(Header, u64, u64)>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -82,7 +84,6 @@ pub fn read(path: &Path) -> Result<Option<(Header, Vec<Record>, u64)>> {
     };
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
-    let mut valid = 0u64;
     let n = reader
         .read_until(b'\n', &mut line)
         .ctx("cannot read", path)?;
@@ -90,8 +91,7 @@ pub fn read(path: &Path) -> Result<Option<(Header, Vec<Record>, u64)>> {
         (Some(b'\n'), Ok(h)) => h,
         _ => return Ok(None),
     };
-    valid += n as u64;
-    let mut records = Vec::new();
+    let mut valid = n as u64;
     let mut data_end = header.data_start;
     loop {
         line.clear();
@@ -111,10 +111,10 @@ pub fn read(path: &Path) -> Result<Option<(Header, Vec<Record>, u64)>> {
             }
             data_end += rec.bytes;
         }
-        records.push(rec);
+        on_record(rec);
         valid += n as u64;
     }
-    Ok(Some((header, records, valid)))
+    Ok(Some((header, valid, data_end)))
 }
 
 /// Reads only a manifest's header (cheap; for name-conflict checks and the merge).
@@ -141,10 +141,25 @@ pub struct ShardStore {
 /// What a resumed shard already holds.
 #[derive(Debug, Default)]
 pub struct Resumed {
-    /// Latest record per committed-ok item.
-    pub ok: Vec<Record>,
-    /// Items whose latest record is a failure.
-    pub failed: usize,
+    /// Indices of the committed items, in commit order. (An item is committed at most once:
+    /// the worker never produces a committed item again.)
+    pub ok: Vec<u64>,
+    /// Rows of the committed items.
+    pub rows: u64,
+    /// Indices with a failure record, in file order (possibly committed later).
+    pub failed: Vec<u64>,
+}
+
+impl Resumed {
+    fn add(&mut self, r: Record) {
+        match r.status {
+            Status::Ok => {
+                self.ok.push(r.index);
+                self.rows += r.rows;
+            }
+            Status::Failed => self.failed.push(r.index),
+        }
+    }
 }
 
 impl ShardStore {
@@ -154,19 +169,18 @@ impl ShardStore {
         let data_path = paths.data_file(&header.name);
         let manifest_path = paths.manifest(header.shard, header.num_shards);
         check_name_conflicts(paths, header, force)?;
-        let existing = if force { None } else { read(&manifest_path)? };
-        let (mut resumed, valid_len, data_end) = match existing {
-            Some((old, records, valid)) => {
+        let mut resumed = Resumed::default();
+        let existing = if force {
+            None
+        } else {
+            read(&manifest_path, |r| resumed.add(r))?
+        };
+        let (valid_len, data_end) = match existing {
+            Some((old, valid, data_end)) => {
                 check_same_shard(&old, header, &manifest_path)?;
-                let data_end = records
-                    .iter()
-                    .filter(|r| r.status == Status::Ok)
-                    .map(|r| r.offset + r.bytes)
-                    .max()
-                    .unwrap_or(old.data_start);
-                (latest(records), Some(valid), data_end)
+                (Some(valid), data_end)
             }
-            None => (Resumed::default(), None, 0),
+            None => (None, 0),
         };
         let (data, manifest, data_end) = match valid_len {
             Some(valid) => {
@@ -241,9 +255,12 @@ impl ShardStore {
         self.pending_items += 1;
     }
 
-    /// Bytes and items waiting for the next commit.
+    /// Bytes (rows and records) and items waiting for the next commit.
     pub fn pending(&self) -> (usize, usize) {
-        (self.pending_data.len(), self.pending_items)
+        (
+            self.pending_data.len() + self.pending_records.len(),
+            self.pending_items,
+        )
     }
 
     /// Makes the queued items durable: rows first, then their records.
@@ -269,22 +286,6 @@ impl ShardStore {
         self.pending_items = 0;
         Ok(())
     }
-}
-
-/// Keeps the latest record per item.
-fn latest(records: Vec<Record>) -> Resumed {
-    let mut by_index: BTreeMap<u64, Record> = BTreeMap::new();
-    for r in records {
-        by_index.insert(r.index, r);
-    }
-    let mut out = Resumed::default();
-    for (_, r) in by_index {
-        match r.status {
-            Status::Ok => out.ok.push(r),
-            Status::Failed => out.failed += 1,
-        }
-    }
-    out
 }
 
 /// Opens a shard file for reading and writing. The manifest is opened in append mode (records
@@ -445,7 +446,7 @@ mod tests {
             .unwrap();
         m.write_all(b"{\"index\":1,\"key\"").unwrap();
         let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
-        assert_eq!(r.ok.iter().map(|r| r.index).collect::<Vec<_>>(), [0]);
+        assert_eq!(r.ok, [0]);
         assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\n");
         s.push_ok(rec(1), b"y\n");
         s.commit().unwrap();
@@ -485,7 +486,7 @@ mod tests {
         s.push_ok(rec(0), b"x\n");
         s.commit().unwrap();
         let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
-        assert_eq!(r.ok.len(), 1);
-        assert_eq!(r.failed, 1);
+        assert_eq!(r.ok, [0]);
+        assert_eq!(r.failed, [0, 1]);
     }
 }

@@ -138,7 +138,9 @@ fn resolve_root(root: Option<&Path>) -> Result<PathBuf> {
 
 /// The shard index and count: flags first, then the scheduler's environment.
 fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
-    let num = args.num_shards.or(config.shards);
+    // The config's `shards` is the launchers' default; a worker is always told its count, so
+    // that an array of only the failed shards still knows the plan.
+    let num = args.num_shards;
     let mut index = args.shard_index;
     if index.is_none() {
         for var in INDEX_ENV {
@@ -156,9 +158,13 @@ fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
     let (index, num) = match (index, num) {
         (Some(i), Some(n)) => (i, n),
         (Some(_), None) => {
-            return Err(Error::usage(
-                "--num-shards is required (or `shards:` in the configuration)",
-            ))
+            return Err(Error::usage(format!(
+                "--num-shards is required with a shard index{}",
+                config
+                    .shards
+                    .map(|n| format!(" (the configuration's default is {n})"))
+                    .unwrap_or_default()
+            )))
         }
         (None, Some(1)) | (None, None) => (0, 1),
         (None, Some(n)) => {

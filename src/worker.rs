@@ -1,7 +1,6 @@
 //! Running one shard: lock it, open its store, produce the pending items (cache first, then the
 //! generator, `jobs` at a time), group-commit them, and report through the log.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -137,13 +136,13 @@ fn execute(shard: &Shard, force: bool, interrupt: &Interrupt) -> Result<ExitCode
     write_run_record(shard)?;
 
     let mut committed = vec![false; usize::try_from(shard.source.len()).unwrap_or(usize::MAX)];
-    let mut rows: u64 = 0;
-    for r in &resumed.ok {
-        if let Some(c) = committed.get_mut(r.index as usize) {
+    let rows = resumed.rows;
+    for &i in &resumed.ok {
+        if let Some(c) = committed.get_mut(i as usize) {
             *c = true;
         }
-        rows += r.rows;
     }
+    drop(resumed);
     let done = shard
         .plan
         .indices()
@@ -151,19 +150,19 @@ fn execute(shard: &Shard, force: bool, interrupt: &Interrupt) -> Result<ExitCode
         .count() as u64;
     let total = shard.plan.len();
     let cache = if shard.use_cache && done < total {
-        let wanted: HashSet<u128> = shard
-            .plan
-            .indices()
-            .filter(|&i| !committed[i as usize])
-            .map(|i| {
-                cache::wanted_key(&cache::item_key(&shard.generator_id, &shard.source.item(i)))
-            })
-            .collect();
-        Some(Cache::open(
-            &shard.config.cache.dir,
-            &shard.generator_id,
-            &wanted,
-        )?)
+        let dir = &shard.config.cache.dir;
+        let wanted = if cache::has_entries(dir, &shard.generator_id) {
+            cache::Wanted::new(
+                shard
+                    .plan
+                    .indices()
+                    .filter(|&i| !committed[i as usize])
+                    .map(|i| cache::item_key(&shard.generator_id, &shard.source.item(i))),
+            )
+        } else {
+            cache::Wanted::default()
+        };
+        Some(Cache::open(dir, &shard.generator_id, &wanted)?)
     } else {
         None
     };

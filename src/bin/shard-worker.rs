@@ -15,7 +15,7 @@ struct Cli {
     /// This shard's index, 0-based (default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX).
     #[arg(long)]
     shard_index: Option<u32>,
-    /// Number of shards of the run (default: the config's `shards`).
+    /// Number of shards of the run (required with a shard index; default without one: 1).
     #[arg(long)]
     num_shards: Option<u32>,
     /// Data file name, without .csv (default: process-<shard-index>).
