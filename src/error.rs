@@ -36,6 +36,10 @@ pub enum Error {
     /// The shard is locked by another live process: exit 3.
     #[error("{0}")]
     Locked(String),
+    /// An operation refused to act on what it found (merge of an incomplete run): exit 1,
+    /// nothing changed.
+    #[error("{0}")]
+    Refused(String),
     /// A file-system operation failed while the shard was running: exit 1.
     #[error("{what} {}: {source}{}", path.display(), hint(source))]
     Io {
@@ -60,6 +64,7 @@ impl Error {
         match self {
             Error::Usage(_) => ExitCode::Usage,
             Error::Locked(_) => ExitCode::Locked,
+            Error::Refused(_) => ExitCode::ItemsFailed,
             Error::Io { .. } => ExitCode::ItemsFailed,
         }
     }

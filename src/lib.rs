@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod copy;
 pub mod csv_out;
 pub mod error;
 pub mod generator;
@@ -10,10 +11,12 @@ pub mod items;
 pub mod lock;
 pub mod log;
 pub mod manifest;
+pub mod merge;
 pub mod paths;
 pub mod plan;
 pub mod process;
 pub mod rng;
+pub mod runs;
 pub mod seed;
 pub mod shard;
 pub mod signals;

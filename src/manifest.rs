@@ -33,7 +33,12 @@ pub struct Header {
     pub num_shards: u32,
     pub name: String,
     pub columns: Vec<String>,
+    /// Items in this shard.
     pub items_total: u64,
+    /// Items in the whole source, and how they were split: with `shard`/`num_shards` these give
+    /// the shard's plan, so merge can tell which items are missing.
+    pub source_items: u64,
+    pub sharding: crate::config::Sharding,
     pub fingerprint: Fingerprint,
     /// Length of the data file's header line.
     pub data_start: u64,
@@ -77,6 +82,14 @@ pub struct Record {
 /// `on_record` in file order), stopping at the first torn or inconsistent line. Returns the
 /// header, the byte length of the valid prefix and the end of the committed data.
 pub fn read(path: &Path, mut on_record: impl FnMut(Record)) -> Result<Option<(Header, u64, u64)>> {
+    read_with_offsets(path, |r, _| on_record(r))
+}
+
+/// Like [`read`], also giving each record's byte offset in the manifest.
+pub fn read_with_offsets(
+    path: &Path,
+    mut on_record: impl FnMut(Record, u64),
+) -> Result<Option<(Header, u64, u64)>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -111,7 +124,7 @@ pub fn read(path: &Path, mut on_record: impl FnMut(Record)) -> Result<Option<(He
             }
             data_end += rec.bytes;
         }
-        on_record(rec);
+        on_record(rec, valid);
         valid += n as u64;
     }
     Ok(Some((header, valid, data_end)))
@@ -405,6 +418,8 @@ mod tests {
             name: "process-0".into(),
             columns: vec!["a".into()],
             items_total: 3,
+            source_items: 3,
+            sharding: crate::config::Sharding::Contiguous,
             fingerprint: [("seed".to_string(), "1".to_string())].into(),
             data_start: 2,
         };

@@ -128,6 +128,8 @@ fn execute(shard: &Shard, force: bool, interrupt: &Interrupt) -> Result<ExitCode
         name: shard.name.clone(),
         columns: shard.columns.clone(),
         items_total: shard.plan.len(),
+        source_items: shard.source.len(),
+        sharding: shard.config.sharding,
         fingerprint: shard.fingerprint.clone(),
         data_start: crate::csv_out::header_line(&shard.columns).len() as u64,
     };

@@ -1,0 +1,144 @@
+//! `merge`: one dataset out of a run's shards (see the README).
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use shardrun::merge::{MergeArgs, Outcome, Stats};
+
+/// Merges a run's shard outputs into one CSV in global item order, atomically.
+#[derive(Debug, Parser)]
+#[command(name = "merge", version, about)]
+struct Cli {
+    /// Run configuration (YAML); its `run` names the run.
+    #[arg(long, conflicts_with = "run")]
+    config: Option<PathBuf>,
+    /// Run name (data/<run>/). Default: the most recently active run under logs/.
+    #[arg(long)]
+    run: Option<String>,
+    /// Root directory holding data/ and logs/ (default: .).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Name of the merged file in data/<run>/.
+    #[arg(long, default_value = "combined.csv")]
+    output_name: String,
+    /// Keep the shard outputs after a successful merge (default: delete them; never the cache).
+    #[arg(long)]
+    keep_shards: bool,
+    /// Keep only the last row (in merged order) of each value of this column.
+    #[arg(long)]
+    dedupe_key: Option<String>,
+    /// Add this run's rows after the existing output's rows instead of replacing it.
+    #[arg(long)]
+    append: bool,
+    /// Merge what is committed even if shards or items are missing or failed (implies --keep-shards).
+    #[arg(long)]
+    allow_partial: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let args = MergeArgs {
+        config: cli.config,
+        run: cli.run,
+        root: cli.root,
+        output_name: cli.output_name,
+        keep_shards: cli.keep_shards,
+        dedupe_key: cli.dedupe_key,
+        append: cli.append,
+        allow_partial: cli.allow_partial,
+    };
+    let code = match shardrun::merge::run(&args) {
+        Ok(Outcome::Merged(stats)) => {
+            print!(
+                "{}",
+                summary(&stats, args.keep_shards || args.allow_partial)
+            );
+            0
+        }
+        Ok(Outcome::AlreadyMerged(msg)) => {
+            println!("{msg}");
+            0
+        }
+        Err(e) => {
+            eprintln!("merge: error: {e}");
+            e.exit_code().code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn summary(s: &Stats, kept: bool) -> String {
+    let mut out = format!(
+        "merged run {}: {} shards, {} items ({} ok, {} failed, {} missing), {} rows, {:.1} MiB -> {}\n",
+        s.run,
+        s.shards,
+        thousands(s.items),
+        thousands(s.items_ok),
+        thousands(s.items_failed),
+        thousands(s.items_missing),
+        thousands(s.rows),
+        s.bytes as f64 / (1024.0 * 1024.0),
+        s.output.display()
+    );
+    out.push_str("  shard      items       rows  cached  failed\n");
+    for p in &s.per_shard {
+        out.push_str(&format!(
+            "  {:>5} {:>10} {:>10} {:>6.0}% {:>7}\n",
+            p.shard,
+            thousands(p.committed),
+            thousands(p.rows),
+            if p.committed == 0 {
+                0.0
+            } else {
+                100.0 * p.cached as f64 / p.committed as f64
+            },
+            thousands(p.failed)
+        ));
+    }
+    for m in &s.shards_missing {
+        out.push_str(&format!("  {m:>5}    missing\n"));
+    }
+    out.push_str(&format!(
+        "  rows per item: min {}, max {}, mean {:.1}; cached {:.0}%{}{}\n",
+        s.rows_per_item.min,
+        s.rows_per_item.max,
+        s.rows_per_item.mean,
+        100.0 * s.cached_share,
+        s.wall_time_s
+            .map(|w| format!("; run wall time {w:.1} s"))
+            .unwrap_or_default(),
+        if s.rows_deduplicated > 0 {
+            format!(
+                "; {} duplicate rows dropped",
+                thousands(s.rows_deduplicated)
+            )
+        } else {
+            String::new()
+        },
+    ));
+    if !s.incomplete_items.is_empty() {
+        out.push_str(&format!(
+            "  not in the dataset (first {}): {}\n",
+            s.incomplete_items.len(),
+            s.incomplete_items.join(", ")
+        ));
+    }
+    out.push_str(if kept {
+        "  shard outputs kept\n"
+    } else {
+        "  shard outputs removed (the cache is kept)\n"
+    });
+    out
+}

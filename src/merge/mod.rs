@@ -1,0 +1,454 @@
+//! `merge`: one dataset out of a run's shards, in global item order, written atomically.
+//!
+//! The merge is a copy, not a re-parse: rows were validated when the workers wrote them, so the
+//! committed byte ranges the manifests record are copied (adjacent ranges coalesced, with
+//! `copy_file_range`) in item order. Only `--dedupe-key` parses rows. Outputs are written to
+//! temporary files, synced, and renamed into place: `manifest_final.csv`, `stats.json`, then
+//! `combined.csv` last. Shard outputs are deleted only after that, with a marker file so that a
+//! crash during the clean-up is finished by the next merge.
+
+mod output;
+mod scan;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::lock::ShardLock;
+use crate::paths::{validate_name, RunPaths};
+use crate::plan::ShardPlan;
+use crate::runs::{find_run, RunRef};
+pub use output::Stats;
+use scan::ShardScan;
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default)]
+pub struct MergeArgs {
+    pub config: Option<PathBuf>,
+    pub run: Option<String>,
+    pub root: Option<PathBuf>,
+    pub output_name: String,
+    pub keep_shards: bool,
+    pub dedupe_key: Option<String>,
+    pub append: bool,
+    pub allow_partial: bool,
+}
+
+/// How a merge ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The dataset was written; the summary to print.
+    Merged(Box<Stats>),
+    /// Nothing to do: the run was merged before (message says so).
+    AlreadyMerged(String),
+}
+
+const MARKER: &str = ".merge-cleanup";
+
+/// Runs a merge.
+pub fn run(args: &MergeArgs) -> Result<Outcome> {
+    let run = find_run(
+        args.config.as_deref(),
+        args.run.as_deref(),
+        args.root.as_deref(),
+    )?;
+    if run.picked {
+        eprintln!(
+            "merge: using the most recently active run {:?} (pass --run or --config to choose)",
+            run.name
+        );
+    }
+    let paths = &run.paths;
+    let output_name = check_output_name(&args.output_name)?;
+    let output = paths.data_dir.join(output_name);
+    std::fs::create_dir_all(paths.locks_dir()).ctx("cannot create", &paths.locks_dir())?;
+    let _merge_lock = ShardLock::acquire(
+        &paths.locks_dir().join("merge.lock"),
+        &format!("merging run {:?}", run.name),
+        &format!("merge pid {}", std::process::id()),
+    )?;
+    if let Some(msg) = finish_cleanup(paths, &output)? {
+        return Ok(Outcome::AlreadyMerged(msg));
+    }
+    let manifests = paths.manifests().ctx("cannot list", &paths.data_dir)?;
+    if manifests.is_empty() {
+        if output.is_file() {
+            return Ok(Outcome::AlreadyMerged(format!(
+                "run {:?} is already merged into {} and its shards were cleaned up; nothing to do",
+                run.name,
+                output.display()
+            )));
+        }
+        return Err(Error::Refused(format!(
+            "run {:?} has no shard outputs in {}; run its shards first",
+            run.name,
+            paths.data_dir.display()
+        )));
+    }
+    let plan = check_plan(&run, &manifests)?;
+    let _locks = lock_shards(paths, plan.num_shards)?;
+    let scans = plan
+        .present
+        .iter()
+        .map(|(_, m)| scan::scan(m.clone(), &paths.data_dir))
+        .collect::<Result<Vec<_>>>()?;
+    check_shards(&run, &plan, &scans, args)?;
+    let stats = output::write(&run, &plan, &scans, args, &output)?;
+    if !(args.keep_shards || args.allow_partial) {
+        cleanup(paths, &scans, plan.num_shards)?;
+    }
+    Ok(Outcome::Merged(Box::new(stats)))
+}
+
+fn check_output_name(name: &str) -> Result<&str> {
+    validate_name(name).map_err(|e| Error::usage(format!("--output-name: {e}")))?;
+    if !name.ends_with(".csv") || name.starts_with("manifest_") || name == "manifest_final.csv" {
+        return Err(Error::usage(format!(
+            "--output-name {name:?}: give a .csv file name other than the manifests'"
+        )));
+    }
+    Ok(name)
+}
+
+/// The shard plan found on disk.
+pub struct PlanOnDisk {
+    pub num_shards: u32,
+    /// (shard index, manifest path) of the shards present.
+    pub present: Vec<(u32, PathBuf)>,
+    pub missing: Vec<u32>,
+}
+
+fn check_plan(run: &RunRef, manifests: &[(u32, u32, PathBuf)]) -> Result<PlanOnDisk> {
+    let mut counts: Vec<u32> = manifests.iter().map(|(_, n, _)| *n).collect();
+    counts.dedup();
+    if counts.len() > 1 {
+        return Err(Error::Refused(format!(
+            "run {:?} holds shards of different plans ({} shards); they cannot be merged together. \
+             Re-run the run with one shard count (the launcher's --force reuses cached items)",
+            run.name,
+            counts.iter().map(u32::to_string).collect::<Vec<_>>().join(" and ")
+        )));
+    }
+    let num_shards = counts[0];
+    let present: Vec<(u32, PathBuf)> = manifests.iter().map(|(i, _, p)| (*i, p.clone())).collect();
+    let missing = (0..num_shards)
+        .filter(|i| !present.iter().any(|(j, _)| j == i))
+        .collect();
+    Ok(PlanOnDisk {
+        num_shards,
+        present,
+        missing,
+    })
+}
+
+/// Holds every shard's lock for the merge, so no worker writes while it copies.
+fn lock_shards(paths: &RunPaths, num_shards: u32) -> Result<Vec<ShardLock>> {
+    (0..num_shards)
+        .map(|i| {
+            ShardLock::acquire(
+                &paths
+                    .locks_dir()
+                    .join(format!("shard{i}_of_{num_shards}.lock")),
+                &format!("shard {i} of {num_shards}"),
+                &format!("merge pid {}", std::process::id()),
+            )
+            .map_err(|e| match e {
+                Error::Locked(m) => {
+                    Error::Refused(format!("{m}; merge once the shard has finished"))
+                }
+                other => other,
+            })
+        })
+        .collect()
+}
+
+fn check_shards(
+    run: &RunRef,
+    plan: &PlanOnDisk,
+    scans: &[ShardScan],
+    args: &MergeArgs,
+) -> Result<()> {
+    let first = &scans[0];
+    for s in &scans[1..] {
+        if s.header.columns != first.header.columns {
+            let at = s
+                .header
+                .columns
+                .iter()
+                .zip(&first.header.columns)
+                .position(|(a, b)| a != b)
+                .unwrap_or(s.header.columns.len().min(first.header.columns.len()));
+            return Err(Error::Refused(format!(
+                "{}: header differs from {} at column {} ({:?} vs {:?})",
+                s.data.display(),
+                first.data.display(),
+                at + 1,
+                s.header
+                    .columns
+                    .get(at)
+                    .map(String::as_str)
+                    .unwrap_or("<none>"),
+                first
+                    .header
+                    .columns
+                    .get(at)
+                    .map(String::as_str)
+                    .unwrap_or("<none>")
+            )));
+        }
+        for key in ["items", "generator", "seed"] {
+            if s.header.fingerprint.get(key) != first.header.fingerprint.get(key) {
+                return Err(Error::Refused(format!(
+                    "{} and {} were written under different configurations ({key} differs); \
+                     re-run the run under one configuration before merging",
+                    s.manifest.display(),
+                    first.manifest.display()
+                )));
+            }
+        }
+        if (s.header.sharding, s.header.source_items)
+            != (first.header.sharding, first.header.source_items)
+        {
+            return Err(Error::Refused(format!(
+                "{} and {} come from different shard plans",
+                s.manifest.display(),
+                first.manifest.display()
+            )));
+        }
+    }
+    if let Some(cfg) = &run.config {
+        if cfg.seed.to_string()
+            != *first
+                .header
+                .fingerprint
+                .get("seed")
+                .unwrap_or(&String::new())
+        {
+            return Err(Error::Refused(format!(
+                "the shards of run {:?} were written with seed {}, the configuration says {}",
+                run.name,
+                first
+                    .header
+                    .fingerprint
+                    .get("seed")
+                    .map(String::as_str)
+                    .unwrap_or("?"),
+                cfg.seed
+            )));
+        }
+    }
+    if args.allow_partial {
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if !plan.missing.is_empty() {
+        problems.push(format!(
+            "shard{} {} of {} never ran",
+            if plan.missing.len() == 1 { "" } else { "s" },
+            list(&plan.missing),
+            plan.num_shards
+        ));
+    }
+    for s in scans {
+        let h = &s.header;
+        let failed = s.failed.len() as u64;
+        if s.ok < h.items_total {
+            problems.push(format!(
+                "shard {} of {} has {} of {} items committed{}",
+                h.shard,
+                h.num_shards,
+                s.ok,
+                h.items_total,
+                if failed > 0 {
+                    format!(" ({failed} failed)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "run {:?} is not complete: {}. Finish it (./scripts/run_parallel.sh --only-failed) or merge what exists with --allow-partial",
+        run.name,
+        problems.join("; ")
+    )))
+}
+
+fn list(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Global item indices in order, each with the shard that should hold it.
+pub fn shard_of(sharding: crate::config::Sharding, n: u64, num_shards: u32, index: u64) -> u32 {
+    match sharding {
+        crate::config::Sharding::Stride => (index % u64::from(num_shards)) as u32,
+        crate::config::Sharding::Contiguous => {
+            // The first n % N shards hold q + 1 items, the rest q.
+            let k = u64::from(num_shards);
+            let (q, r) = (n / k, n % k);
+            let big = r * (q + 1);
+            let s = if index < big {
+                index / (q + 1)
+            } else {
+                r + (index - big) / q.max(1)
+            };
+            s as u32
+        }
+    }
+}
+
+/// Merges the streams of several shards by item index.
+pub struct Interleave<'a> {
+    scans: &'a [ShardScan],
+    streams: Vec<scan::ItemStream>,
+    heap: BinaryHeap<Reverse<(u64, usize)>>,
+    heads: Vec<Option<crate::manifest::Record>>,
+}
+
+impl<'a> Interleave<'a> {
+    /// Opens every shard's stream.
+    pub fn new(scans: &'a [ShardScan]) -> Result<Self> {
+        let mut streams = scans
+            .iter()
+            .map(ShardScan::stream)
+            .collect::<Result<Vec<_>>>()?;
+        let mut heap = BinaryHeap::new();
+        let mut heads = Vec::new();
+        for (slot, s) in streams.iter_mut().enumerate() {
+            let head = s.next_record()?;
+            if let Some(r) = &head {
+                heap.push(Reverse((r.index, slot)));
+            }
+            heads.push(head);
+        }
+        Ok(Interleave {
+            scans,
+            streams,
+            heap,
+            heads,
+        })
+    }
+
+    /// The next committed item in global order, with its shard slot.
+    pub fn next_item(&mut self) -> Result<Option<(usize, crate::manifest::Record)>> {
+        let Some(Reverse((_, slot))) = self.heap.pop() else {
+            return Ok(None);
+        };
+        let rec = self.heads[slot].take();
+        let next = self.streams[slot].next_record()?;
+        if let Some(r) = &next {
+            heap_push(&mut self.heap, r.index, slot);
+        }
+        self.heads[slot] = next;
+        Ok(rec.map(|r| (slot, r)))
+    }
+
+    /// The scans behind the streams.
+    pub fn scans(&self) -> &'a [ShardScan] {
+        self.scans
+    }
+}
+
+fn heap_push(heap: &mut BinaryHeap<Reverse<(u64, usize)>>, index: u64, slot: usize) {
+    heap.push(Reverse((index, slot)));
+}
+
+/// Finishes a clean-up a crash interrupted; `Some(message)` when the run was already merged.
+fn finish_cleanup(paths: &RunPaths, output: &Path) -> Result<Option<String>> {
+    let marker = paths.data_dir.join(MARKER);
+    let Ok(text) = std::fs::read_to_string(&marker) else {
+        return Ok(None);
+    };
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let p = paths.data_dir.join(line);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx("cannot remove", &p),
+        }
+    }
+    std::fs::remove_file(&marker).ctx("cannot remove", &marker)?;
+    sync_dir(&paths.data_dir)?;
+    Ok(Some(format!(
+        "run already merged into {}; finished removing its shard outputs",
+        output.display()
+    )))
+}
+
+/// Deletes the shard outputs (data files, manifests), never the cache, the logs or the run
+/// record. A marker listing them goes first, so a crash midway is finished by the next merge.
+fn cleanup(paths: &RunPaths, scans: &[ShardScan], num_shards: u32) -> Result<()> {
+    let mut names = Vec::new();
+    for s in scans {
+        for p in [&s.data, &s.manifest] {
+            if let Some(n) = p.file_name() {
+                names.push(n.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let marker = paths.data_dir.join(MARKER);
+    let tmp = paths.data_dir.join(format!("{MARKER}.tmp"));
+    let mut f = File::create(&tmp).ctx("cannot write", &tmp)?;
+    f.write_all(names.join("\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .ctx("cannot write", &tmp)?;
+    std::fs::rename(&tmp, &marker).ctx("cannot write", &marker)?;
+    sync_dir(&paths.data_dir)?;
+    for n in &names {
+        let p = paths.data_dir.join(n);
+        std::fs::remove_file(&p).ctx("cannot remove", &p)?;
+    }
+    for i in 0..num_shards {
+        let _ = std::fs::remove_file(
+            paths
+                .locks_dir()
+                .join(format!("shard{i}_of_{num_shards}.lock")),
+        );
+    }
+    std::fs::remove_file(&marker).ctx("cannot remove", &marker)?;
+    sync_dir(&paths.data_dir)
+}
+
+/// fsync of a directory, so renames and deletions in it are durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("cannot sync the directory", dir)
+}
+
+/// The shard plan of `scan`'s shard.
+pub fn plan_of(scan: &ShardScan) -> ShardPlan {
+    let h = &scan.header;
+    ShardPlan::new(h.sharding, h.source_items, h.num_shards, h.shard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sharding;
+
+    #[test]
+    fn shard_of_inverts_the_plan() {
+        for sharding in [Sharding::Contiguous, Sharding::Stride] {
+            for n in [0u64, 1, 7, 10, 101] {
+                for k in [1u32, 2, 3, 7, 16] {
+                    for i in 0..k {
+                        for idx in ShardPlan::new(sharding, n, k, i).indices() {
+                            assert_eq!(
+                                shard_of(sharding, n, k, idx),
+                                i,
+                                "{sharding:?} n={n} k={k} idx={idx}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

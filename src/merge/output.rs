@@ -1,0 +1,489 @@
+//! Writing the merged dataset, `manifest_final.csv` and `stats.json`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::scan::ShardScan;
+use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk};
+use crate::copy::RangeCopier;
+use crate::csv_out::{header_line, RowWriter};
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::Record;
+use crate::runs::RunRef;
+
+/// Minimum, maximum and mean of a count.
+#[derive(Debug, Default, Serialize)]
+pub struct Spread {
+    pub min: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// Per-shard figures.
+#[derive(Debug, Serialize)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub items: u64,
+    pub committed: u64,
+    pub failed: u64,
+    pub cached: u64,
+    pub rows: u64,
+}
+
+/// What `stats.json` holds, and the summary printed on stdout.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub run: String,
+    pub output: PathBuf,
+    pub shards: u32,
+    pub shards_missing: Vec<u32>,
+    pub items: u64,
+    pub items_ok: u64,
+    pub items_failed: u64,
+    pub items_missing: u64,
+    /// Share of committed items served from the cache.
+    pub cached_share: f64,
+    pub rows: u64,
+    pub rows_per_item: Spread,
+    pub rows_per_shard: Spread,
+    pub bytes: u64,
+    pub wall_time_s: Option<f64>,
+    /// Rows dropped by `--dedupe-key`.
+    pub rows_deduplicated: u64,
+    /// Rows taken over from the existing output with `--append`.
+    pub rows_appended_to: u64,
+    /// The first failed or missing items (all are in manifest_final.csv).
+    pub incomplete_items: Vec<String>,
+    pub per_shard: Vec<ShardStats>,
+}
+
+/// One step of the merged order.
+enum Step<'r> {
+    /// The body of the existing output (`--append`).
+    Old { file: &'r File, from: u64, to: u64 },
+    /// A committed item.
+    Item { slot: usize, rec: Record },
+    /// An item that is not committed (failed or missing), by global index.
+    Gap { index: u64 },
+}
+
+/// Writes the outputs and renames them into place; returns the stats.
+pub fn write(
+    run: &RunRef,
+    plan: &PlanOnDisk,
+    scans: &[ShardScan],
+    args: &MergeArgs,
+    output: &Path,
+) -> Result<Stats> {
+    let dir = &run.paths.data_dir;
+    let columns = &scans[0].header.columns;
+    let header = header_line(columns);
+    let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
+    let (out_tmp, mf_tmp, stats_tmp) = (
+        tmp(&output.file_name().unwrap_or_default().to_string_lossy()),
+        tmp("manifest_final.csv"),
+        tmp("stats.json"),
+    );
+    let old = if args.append {
+        open_old(output, columns)?
+    } else {
+        None
+    };
+    let dedupe_col = match &args.dedupe_key {
+        None => None,
+        Some(k) => Some(columns.iter().position(|c| c == k).ok_or_else(|| {
+            Error::usage(format!(
+                "--dedupe-key {k:?}: no such column (columns: {})",
+                columns.join(", ")
+            ))
+        })?),
+    };
+    let out = File::create(&out_tmp).ctx("cannot create", &out_tmp)?;
+    let mut copier = RangeCopier::new(out, &out_tmp)?;
+    copier.write_bytes(&header)?;
+    let old_slot = match &old {
+        Some((_, path, _)) => Some(copier.add_source(path)?),
+        None => None,
+    };
+    let slots: Vec<usize> = scans
+        .iter()
+        .map(|s| copier.add_source(&s.data))
+        .collect::<Result<_>>()?;
+    let files: Vec<File> = scans
+        .iter()
+        .map(|s| File::open(&s.data).ctx("cannot open", &s.data))
+        .collect::<Result<_>>()?;
+    let mut mf = BufWriter::new(File::create(&mf_tmp).ctx("cannot create", &mf_tmp)?);
+    let mut rw = RowWriter::new();
+    rw.record([
+        "key",
+        "index",
+        "shard",
+        "status",
+        "rows",
+        "duration_ms",
+        "cached",
+        "attempts",
+        "reason",
+    ]);
+    let mut incomplete = Vec::new();
+    let mut rows_per_item = Spread {
+        min: u64::MAX,
+        ..Spread::default()
+    };
+    let (mut items_ok, mut rows) = (0u64, 0u64);
+    let appended = old.as_ref().map(|o| o.2).unwrap_or(0);
+
+    let mut dedupe = match dedupe_col {
+        None => None,
+        Some(col) => Some(Dedupe {
+            col,
+            keep: last_rows_by_key(scans, &old, &files, col)?,
+            row_no: 0,
+            dropped: 0,
+        }),
+    };
+    walk(scans, &old, |step| {
+        match step {
+            Step::Old { file, from, to } => match &mut dedupe {
+                None => copier.push(old_slot.unwrap_or(0), from, to - from)?,
+                Some(d) => d.emit(file, from, to, &mut copier)?,
+            },
+            Step::Item { slot, rec } => {
+                items_ok += 1;
+                rows += rec.rows;
+                rows_per_item.min = rows_per_item.min.min(rec.rows);
+                rows_per_item.max = rows_per_item.max.max(rec.rows);
+                match &mut dedupe {
+                    None => copier.push(slots[slot], rec.offset, rec.bytes)?,
+                    Some(d) => d.emit(
+                        &files[slot],
+                        rec.offset,
+                        rec.offset + rec.bytes,
+                        &mut copier,
+                    )?,
+                }
+                let shard = scans[slot].header.shard.to_string();
+                rw.record([
+                    rec.key.as_str(),
+                    &rec.index.to_string(),
+                    &shard,
+                    "ok",
+                    &rec.rows.to_string(),
+                    &rec.ms.to_string(),
+                    if rec.cached { "true" } else { "false" },
+                    &rec.attempts.to_string(),
+                    "",
+                ]);
+            }
+            Step::Gap { index } => {
+                let h = &scans[0].header;
+                let shard = shard_of(h.sharding, h.source_items, h.num_shards, index);
+                let failed = scans
+                    .iter()
+                    .find(|s| s.header.shard == shard)
+                    .and_then(|s| s.failed.get(&index));
+                let (key, status, attempts, reason) = match failed {
+                    Some(f) => (
+                        f.key.as_str(),
+                        "failed",
+                        f.attempts.to_string(),
+                        f.reason.clone().unwrap_or_default(),
+                    ),
+                    None => ("", "missing", "0".to_string(), String::new()),
+                };
+                if incomplete.len() < 100 {
+                    incomplete.push(format!(
+                        "{index} ({status}{}{})",
+                        if key.is_empty() { "" } else { ": " },
+                        key
+                    ));
+                }
+                rw.record([
+                    key,
+                    &index.to_string(),
+                    &shard.to_string(),
+                    status,
+                    "0",
+                    "0",
+                    "false",
+                    &attempts,
+                    &reason,
+                ]);
+            }
+        }
+        if rw.len() > 1 << 16 {
+            mf.write_all(&rw.take().0).ctx("cannot write", &mf_tmp)?;
+        }
+        Ok(())
+    })?;
+    if rows_per_item.min == u64::MAX {
+        rows_per_item.min = 0;
+    }
+    rows_per_item.mean = if items_ok == 0 {
+        0.0
+    } else {
+        rows as f64 / items_ok as f64
+    };
+    let deduped = dedupe.as_ref().map_or(0, |d| d.dropped);
+    let (out_file, bytes) = copier.finish()?;
+    out_file.sync_all().ctx("cannot sync", &out_tmp)?;
+    mf.write_all(&rw.take().0).ctx("cannot write", &mf_tmp)?;
+    let mf = mf
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .ctx("cannot write", &mf_tmp)?;
+    mf.sync_all().ctx("cannot sync", &mf_tmp)?;
+
+    let h = &scans[0].header;
+    let stats = Stats {
+        run: run.name.clone(),
+        output: output.to_path_buf(),
+        shards: plan.num_shards,
+        shards_missing: plan.missing.clone(),
+        items: h.source_items,
+        items_ok,
+        items_failed: scans.iter().map(|s| s.failed.len() as u64).sum(),
+        items_missing: h.source_items
+            - items_ok
+            - scans.iter().map(|s| s.failed.len() as u64).sum::<u64>(),
+        cached_share: if items_ok == 0 {
+            0.0
+        } else {
+            scans.iter().map(|s| s.cached).sum::<u64>() as f64 / items_ok as f64
+        },
+        rows: rows - deduped + appended,
+        rows_per_item,
+        rows_per_shard: spread(scans.iter().map(|s| s.rows)),
+        bytes,
+        wall_time_s: wall_time(run, plan),
+        rows_deduplicated: deduped,
+        rows_appended_to: appended,
+        incomplete_items: incomplete,
+        per_shard: scans
+            .iter()
+            .map(|s| ShardStats {
+                shard: s.header.shard,
+                items: s.header.items_total,
+                committed: s.ok,
+                failed: s.failed.len() as u64,
+                cached: s.cached,
+                rows: s.rows,
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec_pretty(&stats).unwrap_or_default();
+    let mut f = File::create(&stats_tmp).ctx("cannot create", &stats_tmp)?;
+    f.write_all(&json)
+        .and_then(|_| f.write_all(b"\n"))
+        .and_then(|_| f.sync_all())
+        .ctx("cannot write", &stats_tmp)?;
+    std::fs::rename(&mf_tmp, dir.join("manifest_final.csv")).ctx("cannot rename", &mf_tmp)?;
+    std::fs::rename(&stats_tmp, dir.join("stats.json")).ctx("cannot rename", &stats_tmp)?;
+    std::fs::rename(&out_tmp, output).ctx("cannot rename", &out_tmp)?;
+    sync_dir(dir)?;
+    Ok(stats)
+}
+
+fn spread(values: impl Iterator<Item = u64>) -> Spread {
+    let v: Vec<u64> = values.collect();
+    if v.is_empty() {
+        return Spread::default();
+    }
+    Spread {
+        min: v.iter().copied().min().unwrap_or(0),
+        max: v.iter().copied().max().unwrap_or(0),
+        mean: v.iter().sum::<u64>() as f64 / v.len() as f64,
+    }
+}
+
+/// The existing output for `--append`: (file, path, its row count). Its header must match.
+fn open_old(output: &Path, columns: &[String]) -> Result<Option<(File, PathBuf, u64)>> {
+    let file = match File::open(output) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).ctx("cannot open", output),
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(&file);
+    let mut first = csv::ByteRecord::new();
+    reader
+        .read_byte_record(&mut first)
+        .map_err(|e| Error::Refused(format!("{}: {e}", output.display())))?;
+    let old_cols: Vec<&[u8]> = first.iter().collect();
+    if let Some(at) = (0..old_cols.len().max(columns.len()))
+        .find(|&i| old_cols.get(i).copied() != columns.get(i).map(|c| c.as_bytes()))
+    {
+        return Err(Error::Refused(format!(
+            "{}: header differs from the shards' at column {} ({:?} vs {:?}); --append needs the same columns",
+            output.display(),
+            at + 1,
+            old_cols.get(at).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_else(|| "<none>".into()),
+            columns.get(at).map(String::as_str).unwrap_or("<none>")
+        )));
+    }
+    let mut rows = 0;
+    let mut rec = csv::ByteRecord::new();
+    while reader
+        .read_byte_record(&mut rec)
+        .map_err(|e| Error::Refused(format!("{}: {e}", output.display())))?
+    {
+        rows += 1;
+    }
+    Ok(Some((
+        File::open(output).ctx("cannot open", output)?,
+        output.to_path_buf(),
+        rows,
+    )))
+}
+
+/// Visits the merged order: the old output's body, then every item index of the plan in order
+/// (committed items, and gaps for the others).
+fn walk(
+    scans: &[ShardScan],
+    old: &Option<(File, PathBuf, u64)>,
+    mut visit: impl FnMut(Step<'_>) -> Result<()>,
+) -> Result<()> {
+    if let Some((file, path, _)) = old {
+        let len = file.metadata().ctx("cannot stat", path)?.len();
+        let mut first = Vec::new();
+        let mut r = std::io::BufReader::new(file);
+        std::io::BufRead::read_until(&mut r, b'\n', &mut first).ctx("cannot read", path)?;
+        visit(Step::Old {
+            file,
+            from: first.len() as u64,
+            to: len,
+        })?;
+    }
+    let mut items = Interleave::new(scans)?;
+    let mut expected = 0u64;
+    while let Some((slot, rec)) = items.next_item()? {
+        while expected < rec.index {
+            visit(Step::Gap { index: expected })?;
+            expected += 1;
+        }
+        expected = rec.index + 1;
+        visit(Step::Item { slot, rec })?;
+    }
+    let n = scans[0].header.source_items;
+    while expected < n {
+        visit(Step::Gap { index: expected })?;
+        expected += 1;
+    }
+    Ok(())
+}
+
+/// Pass 1 of `--dedupe-key`: the last row number of every key value, in merged order.
+fn last_rows_by_key(
+    scans: &[ShardScan],
+    old: &Option<(File, PathBuf, u64)>,
+    files: &[File],
+    col: usize,
+) -> Result<HashMap<Vec<u8>, u64>> {
+    let mut last = HashMap::new();
+    let mut row = 0u64;
+    walk(scans, old, |step| {
+        let (file, from, to) = match step {
+            Step::Old { file, from, to, .. } => (file, from, to),
+            Step::Item { slot, rec } => (&files[slot], rec.offset, rec.offset + rec.bytes),
+            Step::Gap { .. } => return Ok(()),
+        };
+        for_each_row(file, from, to, |_, fields| {
+            if let Some(k) = fields.get(col) {
+                last.insert(k.to_vec(), row);
+            }
+            row += 1;
+        })
+    })?;
+    Ok(last)
+}
+
+/// Pass 2 of `--dedupe-key`: copies the rows that are the last of their key. (Rows were written
+/// by our own writer, so their raw bytes are already canonical.)
+struct Dedupe {
+    col: usize,
+    keep: HashMap<Vec<u8>, u64>,
+    row_no: u64,
+    dropped: u64,
+}
+
+impl Dedupe {
+    fn emit(&mut self, file: &File, from: u64, to: u64, copier: &mut RangeCopier) -> Result<()> {
+        let mut out = Vec::new();
+        let (col, keep) = (self.col, &self.keep);
+        let (row_no, dropped) = (&mut self.row_no, &mut self.dropped);
+        for_each_row(file, from, to, |raw, fields| {
+            let last = fields.get(col).and_then(|k| keep.get(*k)).copied();
+            if last == Some(*row_no) {
+                out.extend_from_slice(raw);
+            } else {
+                *dropped += 1;
+            }
+            *row_no += 1;
+        })?;
+        copier.write_bytes(&out)
+    }
+}
+
+/// Parses the rows in `from..to` of `file`, giving each row's raw bytes and fields.
+fn for_each_row(
+    file: &File,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(&[u8], Vec<&[u8]>),
+) -> Result<()> {
+    let mut buf = vec![0u8; (to - from) as usize];
+    file.read_exact_at(&mut buf, from)
+        .map_err(|e| Error::Refused(format!("cannot read shard data: {e}")))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(&buf[..]);
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        let start = reader.position().byte() as usize;
+        if !reader
+            .read_byte_record(&mut rec)
+            .map_err(|e| Error::Refused(format!("bad row in shard data: {e}")))?
+        {
+            break;
+        }
+        let end = reader.position().byte() as usize;
+        f(&buf[start..end], rec.iter().collect());
+    }
+    Ok(())
+}
+
+/// Wall time of the run from its shard logs: first start to last finish.
+fn wall_time(run: &RunRef, plan: &PlanOnDisk) -> Option<f64> {
+    let mut first: Option<chrono::DateTime<chrono::FixedOffset>> = None;
+    let mut last: Option<chrono::DateTime<chrono::FixedOffset>> = None;
+    for i in 0..plan.num_shards {
+        let mut text = String::new();
+        File::open(run.paths.log(i, plan.num_shards))
+            .ok()?
+            .read_to_string(&mut text)
+            .ok()?;
+        for line in text.lines() {
+            let Some((ts, event, _)) = crate::log::parse_line(line) else {
+                continue;
+            };
+            let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) else {
+                continue;
+            };
+            match event {
+                "start" => first = Some(first.map_or(t, |f| f.min(t))),
+                "finish" => last = Some(last.map_or(t, |l| l.max(t))),
+                _ => {}
+            }
+        }
+    }
+    let (a, b) = (first?, last?);
+    Some(((b - a).num_milliseconds() as f64 / 1000.0).max(0.0))
+}
