@@ -7,6 +7,7 @@ pub mod copy;
 pub mod csv_out;
 pub mod error;
 pub mod generator;
+pub mod human;
 pub mod items;
 pub mod lock;
 pub mod log;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use shardrun::human::thousands;
 use shardrun::merge::{MergeArgs, Outcome, Stats};
 
 /// Merges a run's shard outputs into one CSV in global item order, atomically.
@@ -65,18 +66,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn summary(s: &Stats, kept: bool) -> String {
