@@ -19,11 +19,10 @@
 //!
 //! * The child is spawned with `PR_SET_PDEATHSIG = SIGKILL`, so it dies when the worker dies,
 //!   including by `kill -9`. Linux sends that signal when the *thread* that spawned the child
-//!   exits, not when the process does. [`run_attempt`] blocks until the child is reaped, so this
-//!   is only a concern if the calling thread could be torn down while the call is in progress:
-//!   call it from long-lived worker threads (not from threads of a pool that may retire them).
-//!   Processes that the generator itself starts do not inherit the setting; if the worker is
-//!   killed with `SIGKILL`, those may survive it.
+//!   exits, not when the whole process does: call [`run_attempt`] from long-lived threads (the
+//!   worker's own threads), never from short-lived helper threads. Processes that the generator
+//!   itself starts do not inherit the setting; if the worker is killed with `SIGKILL`, those may
+//!   survive it.
 //! * `SIGPIPE` must be ignored in the calling process (the Rust runtime does this by default for
 //!   binaries), so writing to the stdin of a child that has closed it yields `EPIPE`.
 //! * Nothing else in the process may reap this module's children (no `waitpid(-1, ..)` elsewhere,
@@ -31,6 +30,14 @@
 //!   `killpg`.
 //! * A generator that moves itself or its children into another process group or session
 //!   (`setsid`, `setpgid`) escapes the group cleanup.
+//!
+//! # Cost
+//!
+//! The `pre_exec` hook makes the standard library spawn with `fork` instead of `posix_spawn`, so
+//! a spawn costs more as the calling process grows (page tables are copied): keep the worker
+//! process small. When running many attempts of the same program, resolve it once with
+//! [`resolve_program`] and pass the absolute path as `argv[0]`, which skips the `PATH` search
+//! of every attempt.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -72,7 +79,8 @@ pub struct AttemptSpec<'a> {
     pub cwd: &'a Path,
     /// Bytes written to the child's stdin, which is closed afterwards.
     pub stdin: &'a [u8],
-    /// Time limit of the attempt, counted from the spawn.
+    /// Time limit of the attempt, counted from the spawn, while the main process runs (after it
+    /// exited, the wait for its output is bounded by `exit_grace` instead).
     pub timeout: Option<Duration>,
     /// After the main process exited, how long to wait for stdout and stderr to reach EOF
     /// (a background process may keep them open).
@@ -88,7 +96,9 @@ pub enum Ended {
     Signaled(i32),
     /// The attempt ran past [`AttemptSpec::timeout`]; the group was killed.
     TimedOut,
-    /// `stop` was set; the group got `SIGTERM`, then `SIGKILL` at the latest after 500 ms.
+    /// `stop` was set; the group got `SIGTERM`, then `SIGKILL` at the latest after 500 ms (or
+    /// at once if the main process had already exited). Also returned, without starting
+    /// anything, when `stop` was already set on entry.
     Stopped,
     /// `on_stdout` returned `false`; the group was killed.
     Aborted,
@@ -297,9 +307,7 @@ impl Group {
 
     /// Kills the whole group with `SIGKILL`, then reaps the leader and returns its wait status.
     fn kill_and_reap(&mut self) -> io::Result<libc::c_int> {
-        if std::env::var_os("NOKILL").is_none() {
-            self.signal(libc::SIGKILL);
-        }
+        self.signal(libc::SIGKILL);
         if self.reaped {
             return Err(io::Error::other("child already reaped"));
         }
@@ -452,7 +460,7 @@ fn spawn(spec: &AttemptSpec) -> io::Result<Child> {
         io::Error::new(
             e.kind(),
             format!(
-                "cannot start `{argv0}` ({}) in {}: {e}",
+                "spawning `{argv0}` ({}) in {}: {e}",
                 program.display(),
                 spec.cwd.display()
             ),
@@ -480,7 +488,10 @@ fn run(
     let pid = pid.map_err(|_| io::Error::other("child pid out of range"))?;
     let mut group = Group { pid, reaped: false };
 
-    let stdin = stdin.map(|s| File::from(OwnedFd::from(s)));
+    let mut stdin = stdin.map(|s| File::from(OwnedFd::from(s)));
+    if spec.stdin.is_empty() {
+        stdin = None; // Closed right away: the child sees EOF on its first read.
+    }
     let stdout = stdout.map(|s| File::from(OwnedFd::from(s)));
     let stderr = stderr.map(|s| File::from(OwnedFd::from(s)));
     for (file, what) in [(&stdin, "stdin"), (&stdout, "stdout"), (&stderr, "stderr")] {
@@ -491,7 +502,7 @@ fn run(
     let pidfd = if use_pidfd { pidfd_open(pid) } else { None };
 
     let mut sup = Supervisor {
-        stdin: if spec.stdin.is_empty() { None } else { stdin },
+        stdin,
         input: spec.stdin,
         stdout,
         stderr,
@@ -568,6 +579,8 @@ impl Supervisor<'_, '_> {
         let mut exited = false;
         // Without a pidfd, exit is detected by polling waitid; start fast and back off.
         let mut backoff = Duration::from_millis(1);
+        // A fresh pipe takes up to 64 KiB: small inputs are written without a poll round.
+        self.pump_stdin();
 
         let forced: Option<Ended> = 'attempt: loop {
             let now = Instant::now();
@@ -675,7 +688,7 @@ impl Supervisor<'_, '_> {
                     None => group.exited_nowait()?,
                 };
                 if exited {
-                    // Nobody is left to read the rest of the input that matters.
+                    // Whatever input is left has no reader that matters: close stdin.
                     self.stdin = None;
                     if let Phase::Running = phase {
                         phase = Phase::Draining {
@@ -690,8 +703,8 @@ impl Supervisor<'_, '_> {
         if let Some(ended) = forced {
             return Ok(ended);
         }
-        // The main process exited on its own. Everything of the group is dead now; pick up
-        // what is still buffered in the pipes (bounded, in case a writer escaped the group).
+        // The main process exited on its own and the rest of the group was sent SIGKILL; pick
+        // up what is still buffered in the pipes (bounded, in case a writer escaped the group).
         for _ in 0..FINAL_DRAIN_READS {
             match self.read_stdout()? {
                 Got::Data => {}
@@ -1029,6 +1042,17 @@ mod tests {
             assert_eq!(out.ended, Ended::Exited(0));
             assert!(out.stdout == input, "echoed input differs");
         }
+    }
+
+    #[test]
+    fn empty_stdin_is_closed_at_once() {
+        let argv = vec!["cat".to_string()];
+        let mut s = spec(&argv, b"");
+        s.timeout = Some(Duration::from_secs(5));
+        let out = run_ok(&s);
+        assert_eq!(out.ended, Ended::Exited(0));
+        assert!(out.stdout.is_empty());
+        assert!(out.elapsed < Duration::from_secs(1), "{:?}", out.elapsed);
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn write(
     let mut copier = RangeCopier::new(out, &out_tmp)?;
     copier.write_bytes(&header)?;
     let old_slot = match &old {
-        Some((_, path, _)) => Some(copier.add_source(path)?),
+        Some(o) => Some(copier.add_source(&o.path)?),
         None => None,
     };
     let slots: Vec<usize> = scans
@@ -137,7 +137,7 @@ pub fn write(
         ..Spread::default()
     };
     let (mut items_ok, mut rows) = (0u64, 0u64);
-    let appended = old.as_ref().map(|o| o.2).unwrap_or(0);
+    let appended = old.as_ref().map_or(0, |o| o.rows);
 
     let mut dedupe = match dedupe_col {
         None => None,
@@ -302,8 +302,18 @@ fn spread(values: impl Iterator<Item = u64>) -> Spread {
     }
 }
 
-/// The existing output for `--append`: (file, path, its row count). Its header must match.
-fn open_old(output: &Path, columns: &[String]) -> Result<Option<(File, PathBuf, u64)>> {
+/// The existing output that `--append` grows.
+struct OldOutput {
+    file: File,
+    path: PathBuf,
+    rows: u64,
+    /// Where the rows start (after the header line).
+    body_start: u64,
+    len: u64,
+}
+
+/// Opens the existing output for `--append`; its header must match the shards'.
+fn open_old(output: &Path, columns: &[String]) -> Result<Option<OldOutput>> {
     let file = match File::open(output) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -328,6 +338,7 @@ fn open_old(output: &Path, columns: &[String]) -> Result<Option<(File, PathBuf, 
             columns.get(at).map(String::as_str).unwrap_or("<none>")
         )));
     }
+    let body_start = reader.position().byte();
     let mut rows = 0;
     let mut rec = csv::ByteRecord::new();
     while reader
@@ -336,29 +347,28 @@ fn open_old(output: &Path, columns: &[String]) -> Result<Option<(File, PathBuf, 
     {
         rows += 1;
     }
-    Ok(Some((
-        File::open(output).ctx("cannot open", output)?,
-        output.to_path_buf(),
+    let len = reader.position().byte();
+    Ok(Some(OldOutput {
+        file: File::open(output).ctx("cannot open", output)?,
+        path: output.to_path_buf(),
         rows,
-    )))
+        body_start,
+        len,
+    }))
 }
 
 /// Visits the merged order: the old output's body, then every item index of the plan in order
 /// (committed items, and gaps for the others).
 fn walk(
     scans: &[ShardScan],
-    old: &Option<(File, PathBuf, u64)>,
+    old: &Option<OldOutput>,
     mut visit: impl FnMut(Step<'_>) -> Result<()>,
 ) -> Result<()> {
-    if let Some((file, path, _)) = old {
-        let len = file.metadata().ctx("cannot stat", path)?.len();
-        let mut first = Vec::new();
-        let mut r = std::io::BufReader::new(file);
-        std::io::BufRead::read_until(&mut r, b'\n', &mut first).ctx("cannot read", path)?;
+    if let Some(o) = old {
         visit(Step::Old {
-            file,
-            from: first.len() as u64,
-            to: len,
+            file: &o.file,
+            from: o.body_start,
+            to: o.len,
         })?;
     }
     let mut items = Interleave::new(scans)?;
@@ -382,7 +392,7 @@ fn walk(
 /// Pass 1 of `--dedupe-key`: the last row number of every key value, in merged order.
 fn last_rows_by_key(
     scans: &[ShardScan],
-    old: &Option<(File, PathBuf, u64)>,
+    old: &Option<OldOutput>,
     files: &[File],
     col: usize,
 ) -> Result<HashMap<Vec<u8>, u64>> {

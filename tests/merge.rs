@@ -1,0 +1,320 @@
+//! merge: item order, byte identity, refusals that change nothing, crashes, dedupe and append.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::common::*;
+
+pub const MERGE: &str = env!("CARGO_BIN_EXE_merge");
+
+/// A generator whose rows hold commas, quotes, newlines, non-ASCII text and empty fields, with
+/// 0 to 3 rows per item: a pure function of the item.
+const TRICKY: &str = r#"#!/bin/sh
+n=$(( $2 % 4 ))
+i=0
+while [ $i -lt $n ]; do
+  printf '%s,%s,"comma, ""quote""\nnew line — ünïcödé",\n' "$1" "$i"
+  i=$((i + 1))
+done
+"#;
+
+fn tricky_config(
+    p: &Project,
+    run: &str,
+    sharding: &str,
+    jobs: u32,
+    seed: u32,
+    columns: &str,
+) -> String {
+    p.script("gen/tricky.sh", TRICKY);
+    let name = format!("{run}.yaml");
+    p.write(
+        &name,
+        &format!(
+            "run: {run}\nseed: {seed}\nsharding: {sharding}\nitems: {{range: {{start: 0, end: 30}}}}\n\
+             generator: {{command: [gen/tricky.sh, \"{{key}}\", \"{{index}}\"], jobs: {jobs}, retries: 0}}\n\
+             output: {{columns: [{columns}]}}\n"
+        ),
+    );
+    name
+}
+
+fn merge(p: &Project, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(MERGE)
+        .arg("--root")
+        .arg(p.root())
+        .args(args)
+        .output()
+        .expect("run merge")
+}
+
+fn merge_ok(p: &Project, args: &[&str]) -> std::process::Output {
+    let out = merge(p, args);
+    assert_exit(&out, 0, &format!("merge {args:?}"), p.root());
+    out
+}
+
+/// Hash of every file under data/<run>/ (name -> contents), to prove nothing changed.
+fn snapshot(p: &Project, run: &str) -> BTreeMap<String, Vec<u8>> {
+    let dir = p.path(&format!("data/{run}"));
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn combined_is_byte_identical_across_plans_and_in_item_order() {
+    let p = Project::new();
+    let one = tricky_config(&p, "one", "contiguous", 1, 1, "k,i,text,empty");
+    p.run_shard(&one, 0, 1, &[], 0);
+    merge_ok(&p, &["--run", "one", "--keep-shards"]);
+    let reference = std::fs::read(p.path("data/one/combined.csv")).unwrap();
+    assert!(reference.starts_with(b"k,i,text,empty\n"));
+    assert!(String::from_utf8_lossy(&reference)
+        .contains("\"comma, \"\"quote\"\"\nnew line — ünïcödé\","));
+    // Item order: the key column runs 1, 1, 2, 2, 2, 3, ... never backwards.
+    let keys: Vec<u64> = csv::ReaderBuilder::new()
+        .from_reader(&reference[..])
+        .records()
+        .map(|r| r.unwrap()[0].parse().unwrap())
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{keys:?}");
+    for (run, sharding, shards, jobs) in [("three", "stride", 3, 3), ("seven", "contiguous", 7, 2)]
+    {
+        let cfg = tricky_config(&p, run, sharding, jobs, 1, "k,i,text,empty");
+        for i in 0..shards {
+            p.run_shard(&cfg, i, shards, &[], 0);
+        }
+        let out = merge_ok(&p, &["--config", p.path(&cfg).to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{shards} shards")));
+        assert!(
+            std::fs::read(p.path(&format!("data/{run}/combined.csv"))).unwrap() == reference,
+            "{run}"
+        );
+        // Default: shard outputs removed after success, cache and logs kept.
+        assert!(!p.path(&format!("data/{run}/process-0.csv")).exists());
+        assert!(!p
+            .path(&format!("data/{run}/manifest_shard0_of_{shards}.jsonl"))
+            .exists());
+        assert!(p
+            .path(&format!("logs/{run}/shard_0_of_{shards}.log"))
+            .exists());
+        assert!(p.path("data/cache").is_dir());
+        let stats: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(p.path(&format!("data/{run}/stats.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(stats["items_ok"], 30);
+        assert_eq!(stats["rows"], keys.len());
+        assert_eq!(stats["rows_per_item"]["max"], 3);
+        let mf = p.read(&format!("data/{run}/manifest_final.csv"));
+        assert_eq!(mf.lines().count(), 31);
+        assert!(
+            mf.starts_with(
+                "key,index,shard,status,rows,duration_ms,cached,attempts,reason\n0,0,0,ok,0,"
+            ),
+            "{mf}"
+        );
+        // A second merge says it is done.
+        let again = merge_ok(&p, &["--run", run]);
+        assert!(String::from_utf8_lossy(&again.stdout).contains("already merged"));
+    }
+    assert!(
+        p.path("data/one/process-0.csv").exists(),
+        "--keep-shards keeps the shards"
+    );
+}
+
+#[test]
+fn refusals_exit_1_and_change_no_file() {
+    let p = Project::new();
+    // A missing shard.
+    let cfg = tricky_config(&p, "m", "contiguous", 1, 1, "k,i,text,empty");
+    p.run_shard(&cfg, 0, 3, &[], 0);
+    p.run_shard(&cfg, 2, 3, &[], 0);
+    let before = snapshot(&p, "m");
+    let out = merge(&p, &["--run", "m"]);
+    assert_exit(&out, 1, "missing shard", p.root());
+    assert!(
+        stderr(&out).contains("shard 1 of 3 never ran"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&p, "m"), before);
+    // A failed item.
+    p.script(
+        "gen/fail.sh",
+        "#!/bin/sh\n[ \"$1\" = 4 ] && exit 3\necho \"$1,x\"\n",
+    );
+    p.write("f.yaml", "run: f\nitems: {range: {start: 0, end: 8}}\ngenerator: {command: [gen/fail.sh, \"{key}\"], retries: 0}\noutput: {columns: [k, v]}\n");
+    p.run_shard("f.yaml", 0, 2, &[], 0);
+    p.run_shard("f.yaml", 1, 2, &[], 1);
+    let before = snapshot(&p, "f");
+    let out = merge(&p, &["--run", "f"]);
+    assert_exit(&out, 1, "failed item", p.root());
+    assert!(
+        stderr(&out).contains("shard 1 of 2 has 3 of 4 items committed (1 failed)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&p, "f"), before);
+    // --allow-partial merges what exists, lists the failure and keeps the shards.
+    let out = merge_ok(&p, &["--run", "f", "--allow-partial"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4 (failed: 4)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        p.read("data/f/combined.csv"),
+        "k,v\n0,x\n1,x\n2,x\n3,x\n5,x\n6,x\n7,x\n"
+    );
+    assert!(p
+        .read("data/f/manifest_final.csv")
+        .contains("4,4,1,failed,0,0,false,1,exit code 3"));
+    assert!(p.path("data/f/process-1.csv").exists());
+    // Headers that differ, named with the column.
+    let a = tricky_config(&p, "h", "contiguous", 1, 1, "k,i,text,empty");
+    p.run_shard(&a, 0, 2, &[], 0);
+    let b = tricky_config(&p, "h", "contiguous", 1, 1, "k,i,TEXT,empty");
+    p.run_shard(&b, 1, 2, &[], 0);
+    let before = snapshot(&p, "h");
+    let out = merge(&p, &["--run", "h"]);
+    assert_exit(&out, 1, "header mismatch", p.root());
+    assert!(
+        stderr(&out).contains("process-1.csv: header differs") && stderr(&out).contains("column 3"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&p, "h"), before);
+    // Shards written under different seeds.
+    let a = tricky_config(&p, "s", "contiguous", 1, 1, "k,i,text,empty");
+    p.run_shard(&a, 0, 2, &[], 0);
+    let b = tricky_config(&p, "s", "contiguous", 1, 2, "k,i,text,empty");
+    p.run_shard(&b, 1, 2, &[], 0);
+    let before = snapshot(&p, "s");
+    let out = merge(&p, &["--run", "s"]);
+    assert_exit(&out, 1, "fingerprint mismatch", p.root());
+    assert!(stderr(&out).contains("seed differs"), "{}", stderr(&out));
+    assert_eq!(snapshot(&p, "s"), before);
+    // Unknown run: usage error.
+    assert_exit(&merge(&p, &["--run", "nope"]), 2, "unknown run", p.root());
+}
+
+#[test]
+fn kill_9_during_merge_never_leaves_a_truncated_dataset() {
+    let p = Project::new();
+    p.write("big.yaml", "run: big\nitems: {range: {start: 0, end: 60000}}\ngenerator: {builtin: echo, params: {rows: 2, pad: 100}}\n");
+    for i in 0..2 {
+        p.run_shard("big.yaml", i, 2, &["--no-cache"], 0);
+    }
+    let t = std::time::Instant::now();
+    merge_ok(&p, &["--run", "big", "--keep-shards"]);
+    // Kill at random moments spread over a whole merge.
+    let span = (t.elapsed().as_micros() as u64 * 5 / 4).max(1000);
+    let expected_len = std::fs::metadata(p.path("data/big/combined.csv"))
+        .unwrap()
+        .len();
+    std::fs::remove_file(p.path("data/big/combined.csv")).unwrap();
+    let check = |p: &Project| {
+        if let Ok(m) = std::fs::metadata(p.path("data/big/combined.csv")) {
+            assert_eq!(
+                m.len(),
+                expected_len,
+                "a combined.csv of the wrong size is in place"
+            );
+        }
+    };
+    let mut rng = TestRng(77);
+    let mut kills = 0;
+    let mut completed = 0;
+    for keep in [
+        true, true, true, true, true, true, false, false, false, false,
+    ] {
+        let mut cmd = std::process::Command::new(MERGE);
+        cmd.arg("--root").arg(p.root()).args(["--run", "big"]);
+        if keep {
+            cmd.arg("--keep-shards");
+        }
+        let mut child = spawn(cmd);
+        std::thread::sleep(Duration::from_micros(rng.below(span)));
+        if child.try_wait().unwrap().is_none() {
+            signal(child.id(), libc::SIGKILL);
+            kills += 1;
+        }
+        if child.wait().unwrap().success() {
+            completed += 1;
+        }
+        check(&p);
+        if !keep && !p.path("data/big/manifest_shard0_of_2.jsonl").exists() {
+            break;
+        }
+    }
+    eprintln!("{kills} merges killed, {completed} completed before the kill");
+    let out = merge_ok(&p, &["--run", "big"]);
+    check(&p);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("merged run big") || text.contains("already merged"),
+        "{text}"
+    );
+    assert!(!p.path("data/big/process-0.csv").exists());
+    let combined = std::fs::read(p.path("data/big/combined.csv")).unwrap();
+    assert_eq!(combined.iter().filter(|&&b| b == b'\n').count(), 120_001);
+}
+
+#[test]
+fn dedupe_keeps_the_last_row_per_key_and_append_adds_after_the_old_rows() {
+    let p = Project::new();
+    p.script("gen/d.sh", "#!/bin/sh\necho \"$(( $1 % 3 )),$1\"\n");
+    p.write("d.yaml", "run: d\nitems: {range: {start: 0, end: 7}}\ngenerator: {command: [gen/d.sh, \"{key}\"]}\noutput: {columns: [id, item]}\n");
+    for i in 0..2 {
+        p.run_shard("d.yaml", i, 2, &[], 0);
+    }
+    merge_ok(&p, &["--run", "d", "--keep-shards", "--dedupe-key", "id"]);
+    assert_eq!(p.read("data/d/combined.csv"), "id,item\n1,4\n2,5\n0,6\n");
+    merge_ok(
+        &p,
+        &["--run", "d", "--keep-shards", "--output-name", "all.csv"],
+    );
+    merge_ok(
+        &p,
+        &[
+            "--run",
+            "d",
+            "--keep-shards",
+            "--output-name",
+            "all.csv",
+            "--append",
+        ],
+    );
+    let all = p.read("data/d/all.csv");
+    assert_eq!(all.lines().count(), 15, "{all}");
+    merge_ok(
+        &p,
+        &[
+            "--run",
+            "d",
+            "--keep-shards",
+            "--output-name",
+            "all.csv",
+            "--append",
+            "--dedupe-key",
+            "item",
+        ],
+    );
+    assert_eq!(
+        p.read("data/d/all.csv"),
+        "id,item\n0,0\n1,1\n2,2\n0,3\n1,4\n2,5\n0,6\n"
+    );
+    let out = merge(&p, &["--run", "d", "--dedupe-key", "nope"]);
+    assert_exit(&out, 2, "unknown dedupe column", p.root());
+}
