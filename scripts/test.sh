@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command: installs what the tests need on a fresh machine, then runs
-# formatting and lint checks, the unit and integration tests, and shellcheck on every script.
+# formatting and lint checks, the unit and integration tests, shellcheck on every script, and an
+# end-to-end smoke run of the launcher (2 shards, then merge).
 #
 #   ./scripts/test.sh
 set -Eeuo pipefail
@@ -17,10 +18,30 @@ ensure_tools() {
   local missing=()
   have_cmd shellcheck || missing+=(shellcheck)
   have_cmd python3 || missing+=(python3)
+  have_cmd tmux || missing+=(tmux)
+  have_cmd flock || missing+=(util-linux)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     apt_install "${missing[@]}" || true
   fi
+}
+
+# The launcher end to end, as a user runs it: 2 shards of a small config, then merge.
+smoke_run() {
+  say "smoke run: ./scripts/run_parallel.sh --num-shards 2 --merge"
+  local dir
+  dir=$(mktemp -d)
+  mkdir -p "$dir/conf"
+  cat >"$dir/conf/smoke.yaml" <<'YAML'
+run: smoke
+seed: 7
+items: {range: {start: 0, end: 200}}
+generator: {builtin: vitals, params: {hours: 4}}
+YAML
+  (cd "$dir" && "$SHARDRUN_ROOT/scripts/run_parallel.sh" --config conf/smoke.yaml --num-shards 2 --merge) ||
+    die "the smoke run failed (files in $dir)"
+  [ -s "$dir/data/smoke/combined.csv" ] || die "the smoke run wrote no combined.csv (files in $dir)"
+  rm -rf "$dir"
 }
 
 main() {
@@ -45,6 +66,7 @@ main() {
   else
     die "shellcheck is missing and could not be installed"
   fi
+  smoke_run
   say "all tests passed"
 }
 

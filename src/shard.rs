@@ -27,6 +27,10 @@ pub struct WorkerArgs {
     pub jobs: Option<u32>,
     pub no_cache: bool,
     pub root: Option<PathBuf>,
+    /// Log to the log file only, not also to stderr (launchers keep stderr for fatal errors).
+    pub quiet: bool,
+    /// Print the run's name, default shard count and directories, and exit.
+    pub describe: bool,
 }
 
 /// The generator a shard runs.
@@ -124,7 +128,8 @@ impl Shard {
     }
 }
 
-fn resolve_root(root: Option<&Path>) -> Result<PathBuf> {
+/// The root directory: `--root` (must exist) or the current directory.
+pub fn resolve_root(root: Option<&Path>) -> Result<PathBuf> {
     match root {
         None => std::env::current_dir()
             .map_err(|e| Error::usage(format!("cannot read the current directory: {e}"))),

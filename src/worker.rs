@@ -29,13 +29,31 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Runs the worker as the command line asks and returns its exit code.
 pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
+    if args.describe {
+        return describe(args);
+    }
     let shard = Shard::resolve(args)?;
     if args.dry_run {
         println!("{}", shard.describe());
         return Ok(ExitCode::Ok);
     }
     let interrupt = Interrupt::install()?;
-    execute(&shard, args.force, &interrupt)
+    execute(&shard, args.force, !args.quiet, &interrupt)
+}
+
+/// `--describe`: what scripts need to know about a run, as `key=value` lines.
+fn describe(args: &WorkerArgs) -> Result<ExitCode> {
+    let root = crate::shard::resolve_root(args.root.as_deref())?;
+    let config = crate::config::Config::load(&args.config, &root)?;
+    let paths = crate::paths::RunPaths::new(&root, &config.run);
+    println!("run={}", config.run);
+    println!(
+        "shards={}",
+        config.shards.map(|n| n.to_string()).unwrap_or_default()
+    );
+    println!("data_dir={}", paths.data_dir.display());
+    println!("logs_dir={}", paths.logs_dir.display());
+    Ok(ExitCode::Ok)
 }
 
 /// Result of producing one item.
@@ -92,7 +110,7 @@ impl Me {
     }
 }
 
-fn execute(shard: &Shard, force: bool, interrupt: &Interrupt) -> Result<ExitCode> {
+fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Result<ExitCode> {
     let paths = &shard.paths;
     create_dir(&paths.data_dir)?;
     create_dir(&paths.logs_dir)?;
@@ -134,7 +152,7 @@ fn execute(shard: &Shard, force: bool, interrupt: &Interrupt) -> Result<ExitCode
         data_start: crate::csv_out::header_line(&shard.columns).len() as u64,
     };
     let (store, resumed) = ShardStore::open(paths, &header, force)?;
-    let log = EventLog::open(&paths.log(shard.index, shard.num_shards), true)?;
+    let log = EventLog::open(&paths.log(shard.index, shard.num_shards), echo)?;
     write_run_record(shard)?;
 
     let mut committed = vec![false; usize::try_from(shard.source.len()).unwrap_or(usize::MAX)];

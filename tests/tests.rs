@@ -1,6 +1,7 @@
 //! Integration tests: the real binaries on real files and processes, each in its own temp dir.
 
 mod common;
+mod launcher;
 mod merge;
 mod worker_bad_input;
 mod worker_crash;

@@ -36,6 +36,12 @@ struct Cli {
     /// Directory that relative paths resolve against and commands run in (default: .).
     #[arg(long)]
     root: Option<PathBuf>,
+    /// Write log lines only to the shard log, not also to stderr.
+    #[arg(long)]
+    quiet: bool,
+    /// Print the run's name, default shard count and directories as key=value lines, and exit.
+    #[arg(long)]
+    describe: bool,
 }
 
 fn main() {
@@ -50,6 +56,8 @@ fn main() {
         jobs: cli.jobs,
         no_cache: cli.no_cache,
         root: cli.root,
+        quiet: cli.quiet,
+        describe: cli.describe,
     };
     let code = match shardrun::worker::run(&args) {
         Ok(code) => code,

@@ -1,0 +1,400 @@
+#!/usr/bin/env bash
+# run_parallel.sh: run every shard of a shardrun configuration on this machine.
+#
+# Usage: ./scripts/run_parallel.sh [--config FILE] [--num-shards N] [--only-failed] [--force]
+#                                  [--dry-run] [--stagger SECONDS] [--jobs J] [--merge]
+#                                  [--grace SECONDS]
+#
+#   --config FILE      run configuration (default: conf/default.yaml)
+#   --num-shards N     shard count (default: the config's `shards`, else the number of CPUs)
+#   --only-failed      re-run exactly the shards whose last run failed, died, was interrupted
+#                      or never finished, with the recorded shard count
+#   --force            start the run over: discard shard outputs (cached items are reused)
+#   --dry-run          print the plan (per shard: items, first … last key); start nothing
+#   --stagger SECONDS  pause between two worker launches (default: 0)
+#   --jobs J           items in flight per shard (overrides generator.jobs)
+#   --merge            run `merge` after a fully successful run
+#   --grace SECONDS    on SIGINT/SIGTERM, how long workers get to drain before SIGKILL (default: 4)
+#
+# Workers run in the background, each logging to logs/<run>/shard_<I>_of_<N>.log. Their pid,
+# start and end time and exit code go to logs/<run>/launcher.status. SIGINT and SIGTERM are
+# forwarded (as SIGTERM) to the workers this script started, and to nothing else.
+# Exit: 0 when every shard succeeded, 1 otherwise, 2 on usage errors, 130/143 when interrupted.
+set -Eeuo pipefail
+
+# A background job of a non-interactive shell starts with SIGINT ignored, and a shell cannot
+# trap a signal it started with ignored: restore the default disposition and start again.
+reset_ignored_signals() {
+  local mask
+  mask=$(awk '/^SigIgn:/ {print $2}' /proc/$$/status 2>/dev/null || echo 0)
+  if (((16#${mask:-0} & 2) != 0)) && [ -z "${SHARDRUN_SIGNALS_RESET:-}" ]; then
+    export SHARDRUN_SIGNALS_RESET=1
+    exec env --default-signal=INT,QUIT "$0" "$@"
+  fi
+}
+reset_ignored_signals "$@"
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CONFIG=conf/default.yaml
+NUM_SHARDS=''
+ONLY_FAILED=0
+FORCE=0
+DRY_RUN=0
+STAGGER=0
+JOBS=''
+MERGE=0
+GRACE=4
+
+usage() {
+  sed -n '2,/^set -Eeuo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+usage_error() {
+  DIE_CODE=2 die "$1 (see --help)"
+}
+
+parse_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -h | --help) usage 0 ;;
+      --config) [ $# -ge 2 ] || usage_error "--config needs a file"; CONFIG=$2; shift ;;
+      --num-shards) [ $# -ge 2 ] || usage_error "--num-shards needs a number"; NUM_SHARDS=$2; shift ;;
+      --only-failed) ONLY_FAILED=1 ;;
+      --force) FORCE=1 ;;
+      --dry-run) DRY_RUN=1 ;;
+      --stagger) [ $# -ge 2 ] || usage_error "--stagger needs seconds"; STAGGER=$2; shift ;;
+      --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
+      --merge) MERGE=1 ;;
+      --grace) [ $# -ge 2 ] || usage_error "--grace needs seconds"; GRACE=$2; shift ;;
+      *) usage_error "unknown option: $1" ;;
+    esac
+    shift
+  done
+  [ -z "$NUM_SHARDS" ] || [[ "$NUM_SHARDS" =~ ^[1-9][0-9]*$ ]] || usage_error "--num-shards must be a positive whole number, not '$NUM_SHARDS'"
+  [ -z "$JOBS" ] || [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || usage_error "--jobs must be a positive whole number, not '$JOBS'"
+  [[ "$STAGGER" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--stagger must be a number of seconds, not '$STAGGER'"
+  [[ "$GRACE" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--grace must be a number of seconds, not '$GRACE'"
+  [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
+  if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
+}
+
+# Builds the release binaries when they are missing or older than the sources. SHARDRUN_BIN
+# points at prebuilt binaries instead (used as is).
+ensure_binaries() {
+  BIN=${SHARDRUN_BIN:-$SHARDRUN_ROOT/target/release}
+  WORKER=$BIN/shard-worker
+  MERGE_BIN=$BIN/merge
+  if [ -n "${SHARDRUN_BIN:-}" ]; then
+    [ -x "$WORKER" ] && [ -x "$MERGE_BIN" ] && return 0
+    die "SHARDRUN_BIN=$SHARDRUN_BIN does not hold shard-worker and merge"
+  fi
+  local stale=0 b
+  for b in "$WORKER" "$MERGE_BIN"; do
+    [ -x "$b" ] || stale=1
+  done
+  if ((stale == 0)) && [ -n "$(find "$SHARDRUN_ROOT/src" "$SHARDRUN_ROOT/Cargo.toml" -newer "$WORKER" -print -quit 2>/dev/null)" ]; then
+    stale=1
+  fi
+  if ((stale)); then
+    need_cmd cargo
+    say "building the release binaries (cargo build --release)"
+    (cd "$SHARDRUN_ROOT" && cargo build --release --quiet) || die "the build failed"
+  fi
+}
+
+now() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
+
+# status EVENT KEY=VALUE...: appends one line to the status file (one write, so lines stay whole).
+status() {
+  printf '%s %s\n' "$(now)" "$*" >>"$STATUS"
+}
+
+# Reads the run's name and directories from the worker.
+describe_run() {
+  local out line
+  out=$("$WORKER" --config "$CONFIG" --describe 2>&1) || DIE_CODE=2 die "${out#shard-worker: error: }"
+  while IFS= read -r line; do
+    case "$line" in
+      run=*) RUN=${line#run=} ;;
+      shards=*) CONFIG_SHARDS=${line#shards=} ;;
+      data_dir=*) DATA_DIR=${line#data_dir=} ;;
+      logs_dir=*) LOGS_DIR=${line#logs_dir=} ;;
+    esac
+  done <<<"$out"
+  STATUS=$LOGS_DIR/launcher.status
+}
+
+# The value of KEY on the last line of FILE whose event is EVENT ('' if none).
+last_field() {
+  local file=$1 event=$2 key=$3
+  [ -f "$file" ] || return 0
+  grep -E "^[^ ]+ $event( |\$)" "$file" 2>/dev/null | tail -n 1 | sed -n "s/.* $key=\\([^ ]*\\).*/\\1/p"
+}
+
+config_sum() { sha256sum "$CONFIG" | cut -d' ' -f1; }
+
+# Shard counts of the outputs already in the run directory.
+existing_plans() {
+  local m
+  for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
+    [ -e "$m" ] || continue
+    m=${m##*_of_}
+    echo "${m%.jsonl}"
+  done | sort -u
+}
+
+# Removes the outputs of shard plans other than N (the launcher's --force).
+discard_other_plans() {
+  local m name n
+  for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
+    [ -e "$m" ] || continue
+    n=${m##*_of_}
+    n=${n%.jsonl}
+    [ "$n" = "$NUM_SHARDS" ] && continue
+    name=$(head -n 1 "$m" | sed -n 's/.*"name":"\([A-Za-z0-9._-]*\)".*/\1/p')
+    [ -n "$name" ] && rm -f "$DATA_DIR/$name.csv"
+    rm -f "$m"
+  done
+}
+
+choose_shards() {
+  local plans recorded_n recorded_sum i
+  if ((ONLY_FAILED)); then
+    recorded_n=$(last_field "$STATUS" launch num_shards)
+    [ -n "$recorded_n" ] || DIE_CODE=2 die "run '$RUN' has no launcher record ($STATUS); start it without --only-failed"
+    if [ -n "$NUM_SHARDS" ] && [ "$NUM_SHARDS" != "$recorded_n" ]; then
+      DIE_CODE=2 die "run '$RUN' was launched with $recorded_n shards; --only-failed re-runs that plan (use --force to start over with $NUM_SHARDS)"
+    fi
+    NUM_SHARDS=$recorded_n
+    recorded_sum=$(last_field "$STATUS" launch config_sum)
+    if [ "$recorded_sum" != "$(config_sum)" ]; then
+      DIE_CODE=2 die "the configuration $CONFIG changed since run '$RUN' was launched; --only-failed would mix two configurations. Use --force to start the run over (cached items are reused)"
+    fi
+  else
+    NUM_SHARDS=${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}
+    plans=$(existing_plans | grep -vx "$NUM_SHARDS" || true)
+    if [ -n "$plans" ]; then
+      if ((FORCE)); then
+        discard_other_plans
+      else
+        DIE_CODE=2 die "run '$RUN' already has outputs from $(echo "$plans" | tr '\n' ' ' | sed 's/ $//') shards in $DATA_DIR; use --num-shards $(echo "$plans" | head -n 1), or --force to start over with $NUM_SHARDS shards (cached items are reused)"
+      fi
+    fi
+  fi
+  SHARDS=()
+  for ((i = 0; i < NUM_SHARDS; i++)); do
+    if ((ONLY_FAILED)) && [ "$(last_field "$(shard_log "$i")" finish status)" = ok ]; then
+      continue
+    fi
+    SHARDS+=("$i")
+  done
+}
+
+shard_log() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.log"; }
+rel() { echo "${1#"$PWD"/}"; }
+
+dry_run() {
+  local i out
+  for ((i = 0; i < NUM_SHARDS; i++)); do
+    out=$("$WORKER" --config "$CONFIG" --shard-index "$i" --num-shards "$NUM_SHARDS" --dry-run 2>&1) ||
+      DIE_CODE=2 die "${out#shard-worker: error: }"
+    echo "$out"
+  done
+}
+
+take_launcher_lock() {
+  mkdir -p "$LOGS_DIR"
+  LOCK=$LOGS_DIR/launcher.lock
+  exec 9<>"$LOCK"
+  if ! flock -n 9; then
+    DIE_CODE=2 die "another launcher ($(cat "$LOCK" 2>/dev/null || echo 'pid unknown')) is running run '$RUN'; wait for it or stop it first"
+  fi
+  echo "pid $$ on $(hostname)" >"$LOCK"
+}
+
+# ---- running -------------------------------------------------------------------------------
+
+declare -A PID_OF=() SHARD_OF=() START_OF=() EXIT_OF=() STATE_OF=()
+LIVE=()
+INTERRUPTED=''
+KILLER=''
+
+# shellcheck disable=SC2317  # invoked by the INT/TERM traps
+on_signal() {
+  local sig=$1
+  if [ -n "$INTERRUPTED" ]; then
+    # A second signal: no more waiting.
+    kill -KILL "${LIVE[@]}" 2>/dev/null || true
+    return
+  fi
+  INTERRUPTED=$sig
+  printf '\n' >&2
+  say "$sig received: stopping ${#LIVE[@]} worker(s) (SIGKILL after ${GRACE}s)"
+  ((${#LIVE[@]} == 0)) && return
+  kill -TERM "${LIVE[@]}" 2>/dev/null || true
+  # After the grace period, ask ourselves (USR1) to KILL whoever is left: only this shell knows
+  # which workers are still running, and their pids cannot be reused until it reaps them.
+  (
+    sleep "$GRACE"
+    kill -USR1 $$ 2>/dev/null || true
+  ) &
+  KILLER=$!
+}
+
+# shellcheck disable=SC2317  # invoked by the USR1 trap
+on_grace_expired() {
+  ((${#LIVE[@]} == 0)) && return
+  say "grace period over: killing ${#LIVE[@]} worker(s)"
+  kill -KILL "${LIVE[@]}" 2>/dev/null || true
+}
+
+launch_shard() {
+  local i=$1 args
+  args=(--config "$CONFIG" --shard-index "$i" --num-shards "$NUM_SHARDS" --quiet)
+  ((FORCE)) && args+=(--force)
+  [ -n "$JOBS" ] && args+=(--jobs "$JOBS")
+  "$WORKER" "${args[@]}" >/dev/null 2>>"$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" &
+  local pid=$!
+  PID_OF[$i]=$pid
+  SHARD_OF[$pid]=$i
+  START_OF[$i]=$(date +%s)
+  LIVE+=("$pid")
+  status "start shard=$i num_shards=$NUM_SHARDS pid=$pid"
+}
+
+state_for() {
+  case "$1" in
+    0) echo ok ;;
+    1) echo failed ;;
+    2) echo error ;;
+    3) echo locked ;;
+    130 | 143) echo interrupted ;;
+    *) if [ -n "$INTERRUPTED" ]; then echo interrupted; else echo died; fi ;;
+  esac
+}
+
+finish_shard() {
+  local pid=$1 code=$2 i state p rest=()
+  i=${SHARD_OF[$pid]}
+  state=$(state_for "$code")
+  EXIT_OF[$i]=$code
+  STATE_OF[$i]=$state
+  for p in "${LIVE[@]}"; do [ "$p" = "$pid" ] || rest+=("$p"); done
+  LIVE=("${rest[@]+"${rest[@]}"}")
+  status "end shard=$i num_shards=$NUM_SHARDS pid=$pid exit=$code state=$state elapsed_s=$(($(date +%s) - START_OF[$i]))"
+  summary_line "$i"
+}
+
+run_shards() {
+  local i n=0 pid code
+  trap 'on_signal SIGINT' INT
+  trap 'on_signal SIGTERM' TERM
+  trap on_grace_expired USR1
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$CONFIG config_sum=$(config_sum)"
+  say "run '$RUN': starting ${#SHARDS[@]} of $NUM_SHARDS shard(s); logs in $(rel "$LOGS_DIR")/"
+  for i in "${SHARDS[@]}"; do
+    [ -n "$INTERRUPTED" ] && break
+    if ((n > 0)) && [ "$STAGGER" != 0 ]; then
+      sleep "$STAGGER" &
+      wait $! || true
+      [ -n "$INTERRUPTED" ] && break
+    fi
+    launch_shard "$i"
+    n=$((n + 1))
+  done
+  while ((${#LIVE[@]} > 0)); do
+    pid=''
+    code=0
+    wait -n -p pid "${LIVE[@]}" || code=$?
+    # A trap interrupts `wait` without a child ending: wait again.
+    [ -n "${pid:-}" ] || continue
+    finish_shard "$pid" "$code"
+  done
+  if [ -n "$KILLER" ]; then kill "$KILLER" 2>/dev/null || true; wait "$KILLER" 2>/dev/null || true; fi
+  trap - INT TERM USR1
+}
+
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+
+summary_line() {
+  local i=$1 log state code pid done_ failed rows elapsed msg
+  log=$(shard_log "$i")
+  state=${STATE_OF[$i]}
+  code=${EXIT_OF[$i]}
+  pid=${PID_OF[$i]}
+  done_=$(last_field "$log" finish "done")
+  failed=$(last_field "$log" finish failed)
+  rows=$(last_field "$log" finish rows)
+  elapsed=$(last_field "$log" finish elapsed_s)
+  case "$state" in
+    ok)
+      printf '✓ shard %s/%s (pid %s) ok: %s items, %s rows, %.0f s\n' "$i" "$NUM_SHARDS" "$pid" \
+        "$(thousands "${done_:-0}")" "$(thousands "${rows:-0}")" "${elapsed:-0}" ;;
+    failed)
+      printf '✗ shard %s/%s (pid %s) failed: exit %s, %s items failed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
+        "$code" "${failed:-?}" "$(rel "$log")" ;;
+    interrupted)
+      printf '✗ shard %s/%s (pid %s) interrupted: exit %s, %s items committed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
+        "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}")" "$(rel "$log")" ;;
+    *)
+      msg=$(tail -n 1 "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 2>/dev/null | sed 's/^shard-worker: error: //' | cut -c1-200)
+      printf '✗ shard %s/%s (pid %s) %s: exit %s%s (see %s)\n' "$i" "$NUM_SHARDS" "$pid" "$state" "$code" \
+        "${msg:+: $msg}" "$(rel "$log")" ;;
+  esac
+}
+
+report() {
+  local i ok=0 bad=0 items=0 rows=0 log
+  for i in "${SHARDS[@]}"; do
+    [ -n "${STATE_OF[$i]:-}" ] || STATE_OF[$i]=interrupted
+    if [ "${STATE_OF[$i]}" = ok ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+    log=$(shard_log "$i")
+    items=$((items + $(last_field "$log" finish "done" | grep -E '^[0-9]+$' || echo 0)))
+    rows=$((rows + $(last_field "$log" finish rows | grep -E '^[0-9]+$' || echo 0)))
+  done
+  printf '%s shard(s): %s ok, %s not ok; %s items, %s rows\n' "${#SHARDS[@]}" "$ok" "$bad" "$(thousands "$items")" "$(thousands "$rows")"
+  local again="./scripts/run_parallel.sh --config $CONFIG --only-failed"
+  if [ -n "$INTERRUPTED" ]; then
+    echo "interrupted; committed items are kept. To finish: $again"
+    [ "$INTERRUPTED" = SIGTERM ] && exit 143
+    exit 130
+  fi
+  if ((bad > 0)); then
+    echo "next: fix the cause (see the logs), then re-run only those shards: $again"
+    exit 1
+  fi
+  if ((MERGE)); then
+    say "merging"
+    "$MERGE_BIN" --config "$CONFIG"
+  else
+    echo "next: $(rel "$MERGE_BIN") --config $CONFIG   (watch a run with: $(rel "$BIN")/monitor --config $CONFIG --follow)"
+  fi
+  exit 0
+}
+
+main() {
+  parse_args "$@"
+  ensure_binaries
+  describe_run
+  if ((DRY_RUN)); then
+    NUM_SHARDS=${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}
+    dry_run
+    exit 0
+  fi
+  take_launcher_lock
+  choose_shards
+  if ((${#SHARDS[@]} == 0)); then
+    echo "nothing to do: all $NUM_SHARDS shard(s) of run '$RUN' succeeded"
+    exit 0
+  fi
+  if ((ONLY_FAILED)); then
+    say "re-running shard(s) $(IFS=,; echo "${SHARDS[*]}") of $NUM_SHARDS"
+  fi
+  run_shards
+  report
+}
+
+main "$@"
