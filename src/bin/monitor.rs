@@ -1,0 +1,144 @@
+//! `monitor`: live progress of every shard of a run (see the README).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use shardrun::error::{Error, Result};
+use shardrun::monitor::{display, plan_shards, Monitor};
+use shardrun::runs::find_run;
+
+/// Shows progress, ETA, rows and the health of every shard of a run.
+#[derive(Debug, Parser)]
+#[command(name = "monitor", version, about)]
+struct Cli {
+    /// Run configuration (YAML); its `run` names the run.
+    #[arg(long, conflicts_with = "run")]
+    config: Option<PathBuf>,
+    /// Run name (logs/<run>/). Default: the most recently active run under logs/.
+    #[arg(long)]
+    run: Option<String>,
+    /// Root directory holding data/ and logs/ (default: .).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Keep refreshing until every shard has ended (exit 0 if all succeeded, else 1).
+    #[arg(long)]
+    follow: bool,
+    /// Seconds between refreshes with --follow.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Print the snapshot as one JSON document.
+    #[arg(long)]
+    json: bool,
+    /// A running shard whose log has been silent this many seconds is flagged stalled (and, on
+    /// another host, counted as died).
+    #[arg(long, default_value_t = 300.0)]
+    stall: f64,
+    /// Shard count, when neither the launcher's status file nor the logs tell it.
+    #[arg(long)]
+    num_shards: Option<u32>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("monitor: error: {e}");
+            e.exit_code().code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: &Cli) -> Result<i32> {
+    let positive = |x: f64| x > 0.0 && x.is_finite();
+    if !(positive(cli.interval) && positive(cli.stall)) {
+        return Err(Error::usage(
+            "--interval and --stall must be positive numbers of seconds",
+        ));
+    }
+    let run = find_run(
+        cli.config.as_deref(),
+        cli.run.as_deref(),
+        cli.root.as_deref(),
+    )?;
+    if run.picked {
+        eprintln!("monitor: watching the most recently active run {:?} (pass --run or --config to choose)", run.name);
+    }
+    let num_shards = cli
+        .num_shards
+        .or_else(|| plan_shards(&run.paths))
+        .or(run.config.as_ref().and_then(|c| c.shards))
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "run {:?} has no shard logs yet; pass --num-shards",
+                run.name
+            ))
+        })?;
+    let mut monitor = Monitor::new(
+        &run.name,
+        &run.paths,
+        num_shards,
+        Duration::from_secs_f64(cli.stall),
+    );
+    if !cli.follow {
+        let snap = monitor.snapshot();
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&snap).unwrap_or_default()
+            );
+        } else {
+            print!("{}", display::table(&snap));
+        }
+        return Ok(0);
+    }
+    follow(cli, &mut monitor)
+}
+
+fn follow(cli: &Cli, monitor: &mut Monitor) -> Result<i32> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::usage(format!("cannot install signal handlers: {e}")))?;
+    }
+    let interval = Duration::from_secs_f64(cli.interval);
+    let bars = (!cli.json && std::io::stdout().is_terminal())
+        .then(|| display::Bars::new(monitor_shards(monitor)));
+    loop {
+        let snap = monitor.snapshot();
+        match (&bars, cli.json) {
+            (_, true) => println!("{}", serde_json::to_string(&snap).unwrap_or_default()),
+            (Some(b), false) => b.update(&snap),
+            (None, false) => print!("{}", display::plain_line(&snap)),
+        }
+        let _ = std::io::stdout().flush();
+        if snap.all_ended() {
+            if let Some(b) = &bars {
+                b.finish();
+                print!("{}", display::table(&snap));
+            }
+            return Ok(if snap.all_done() { 0 } else { 1 });
+        }
+        let until = Instant::now() + interval;
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                if let Some(b) = &bars {
+                    b.finish();
+                }
+                return Ok(130);
+            }
+            std::thread::sleep(
+                Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
+            );
+        }
+    }
+}
+
+fn monitor_shards(m: &mut Monitor) -> u32 {
+    m.snapshot().num_shards
+}

@@ -1,0 +1,304 @@
+//! `monitor`: the state of every shard of a run, from the shard logs (and `/proc` for live local
+//! workers), as a snapshot, a live display, or JSON.
+
+pub mod display;
+pub mod log_tail;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::paths::RunPaths;
+use log_tail::LogTail;
+
+/// A shard's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Interrupted,
+    Died,
+}
+
+impl State {
+    /// True once the shard will not change without a new run.
+    pub fn ended(self) -> bool {
+        !matches!(self, State::Pending | State::Running)
+    }
+}
+
+/// One row of the snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardView {
+    pub shard: u32,
+    pub state: State,
+    pub stalled: bool,
+    pub items_done: u64,
+    pub items_total: u64,
+    pub items_failed: u64,
+    pub rows: u64,
+    pub current: Option<String>,
+    pub rate: Option<f64>,
+    pub eta_s: Option<f64>,
+    pub pid: Option<u32>,
+    pub host: Option<String>,
+    pub cpu_pct: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub silent_s: Option<f64>,
+}
+
+/// Totals of a snapshot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub done: u32,
+    pub running: u32,
+    pub failed: u32,
+    pub interrupted: u32,
+    pub pending: u32,
+    pub died: u32,
+    pub stalled: u32,
+    pub rows: u64,
+    pub items_done: u64,
+    pub items_total: u64,
+    pub rate: Option<f64>,
+    pub eta_s: Option<f64>,
+    pub unparsed_lines: u64,
+    pub bytes_read: u64,
+}
+
+/// A whole snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub run: String,
+    pub num_shards: u32,
+    pub shards: Vec<ShardView>,
+    pub summary: Summary,
+}
+
+impl Snapshot {
+    /// True when every shard has ended.
+    pub fn all_ended(&self) -> bool {
+        self.shards.iter().all(|s| s.state.ended())
+    }
+
+    /// True when every shard is done.
+    pub fn all_done(&self) -> bool {
+        self.shards.iter().all(|s| s.state == State::Done)
+    }
+}
+
+/// Watches the logs of one run.
+pub struct Monitor {
+    run: String,
+    num_shards: u32,
+    tails: Vec<LogTail>,
+    stall: Duration,
+    host: String,
+    /// (pid, cpu ticks, when) of the previous refresh, for CPU % between refreshes.
+    cpu_prev: Vec<Option<(u32, u64, std::time::Instant)>>,
+}
+
+impl Monitor {
+    /// Watches `run` under `paths` with `num_shards` shards.
+    pub fn new(run: &str, paths: &RunPaths, num_shards: u32, stall: Duration) -> Monitor {
+        Monitor {
+            run: run.to_string(),
+            num_shards,
+            tails: (0..num_shards)
+                .map(|i| LogTail::new(&paths.log(i, num_shards)))
+                .collect(),
+            stall,
+            host: crate::proc_info::hostname(),
+            cpu_prev: vec![None; num_shards as usize],
+        }
+    }
+
+    /// Reads what the logs appended and returns the current snapshot.
+    pub fn snapshot(&mut self) -> Snapshot {
+        refresh_all(&mut self.tails);
+        let now = chrono::Utc::now().fixed_offset();
+        let mut shards = Vec::with_capacity(self.tails.len());
+        let mut summary = Summary::default();
+        for (i, tail) in self.tails.iter().enumerate() {
+            let view = self.view(i as u32, tail, now);
+            summary.rows += view.rows;
+            summary.items_done += view.items_done;
+            summary.items_total += view.items_total;
+            if view.state == State::Running {
+                summary.rate = Some(summary.rate.unwrap_or(0.0) + view.rate.unwrap_or(0.0));
+            }
+            summary.stalled += u32::from(view.stalled);
+            match view.state {
+                State::Pending => summary.pending += 1,
+                State::Running => summary.running += 1,
+                State::Done => summary.done += 1,
+                State::Failed => summary.failed += 1,
+                State::Interrupted => summary.interrupted += 1,
+                State::Died => summary.died += 1,
+            }
+            summary.unparsed_lines += tail.unparsed;
+            summary.bytes_read += tail.bytes_read;
+            shards.push(view);
+        }
+        for (i, view) in shards.iter_mut().enumerate() {
+            self.cpu(i, view);
+        }
+        summary.rate = summary.rate.filter(|r| *r > 0.0);
+        let left = summary.items_total.saturating_sub(summary.items_done);
+        summary.eta_s = match summary.rate {
+            _ if summary.running == 0 || left == 0 => None,
+            Some(r) if summary.pending == 0 => Some(left as f64 / r),
+            _ => None,
+        };
+        Snapshot {
+            run: self.run.clone(),
+            num_shards: self.num_shards,
+            shards,
+            summary,
+        }
+    }
+
+    fn view(
+        &self,
+        shard: u32,
+        tail: &LogTail,
+        now: chrono::DateTime<chrono::FixedOffset>,
+    ) -> ShardView {
+        let s = &tail.state;
+        let silent_s = s
+            .last_event
+            .map(|t| ((now - t).num_milliseconds() as f64 / 1000.0).max(0.0));
+        let stalled_for = silent_s.is_some_and(|x| x > self.stall.as_secs_f64());
+        let start = s.start.as_ref();
+        let local = start.is_some_and(|st| st.host == self.host);
+        let state = match (tail.exists(), start, &s.finish) {
+            (false, _, _) | (true, None, _) => State::Pending,
+            (_, Some(_), Some((status, _))) => match status.as_str() {
+                "ok" => State::Done,
+                "interrupted" => State::Interrupted,
+                _ => State::Failed,
+            },
+            (_, Some(st), None) => {
+                let gone = local && !crate::proc_info::is_same_process(st.pid, &st.pid_start);
+                if gone || (!local && stalled_for) {
+                    State::Died
+                } else {
+                    State::Running
+                }
+            }
+        };
+        let rate = if state == State::Running {
+            s.rate()
+        } else {
+            None
+        };
+        let left = s.total.saturating_sub(s.done);
+        let eta_s = match rate {
+            Some(r) if state == State::Running && left > 0 => Some(left as f64 / r),
+            _ if state == State::Done => Some(0.0),
+            _ => None,
+        };
+        let live = state == State::Running && local;
+        ShardView {
+            shard,
+            state,
+            stalled: state == State::Running && stalled_for,
+            items_done: s.done,
+            items_total: s.total,
+            items_failed: s.failed,
+            rows: s.rows,
+            current: s.current.clone(),
+            rate,
+            eta_s,
+            pid: start.map(|st| st.pid),
+            host: start.map(|st| st.host.clone()),
+            cpu_pct: None,
+            rss_bytes: if live {
+                start.and_then(|st| crate::proc_info::rss_bytes(st.pid))
+            } else {
+                None
+            },
+            silent_s,
+        }
+    }
+
+    /// CPU % since the previous refresh (or since the process started, on the first one).
+    fn cpu(&mut self, i: usize, view: &mut ShardView) {
+        let Some(pid) = view.pid.filter(|_| view.rss_bytes.is_some()) else {
+            self.cpu_prev[i] = None;
+            return;
+        };
+        let Some((ticks, age_s)) = crate::proc_info::cpu_ticks(pid) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let hz = crate::proc_info::clock_ticks_per_second();
+        view.cpu_pct = match self.cpu_prev[i] {
+            Some((p, t0, when)) if p == pid && now > when => Some(
+                100.0 * (ticks.saturating_sub(t0)) as f64
+                    / hz
+                    / now.duration_since(when).as_secs_f64(),
+            ),
+            _ if age_s > 0.0 => Some(100.0 * ticks as f64 / hz / age_s),
+            _ => None,
+        };
+        self.cpu_prev[i] = Some((pid, ticks, now));
+    }
+}
+
+/// Refreshes every log, on all cores when there are many (the first snapshot reads them whole).
+fn refresh_all(tails: &mut [LogTail]) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if tails.len() < 16 || threads == 1 {
+        tails.iter_mut().for_each(LogTail::refresh);
+        return;
+    }
+    let per = tails.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for chunk in tails.chunks_mut(per) {
+            s.spawn(move || chunk.iter_mut().for_each(LogTail::refresh));
+        }
+    });
+}
+
+/// The shard count of a run: the launcher's last record, else the newest log's name.
+pub fn plan_shards(paths: &RunPaths) -> Option<u32> {
+    let status =
+        std::fs::read_to_string(paths.logs_dir.join("launcher.status")).unwrap_or_default();
+    let from_launcher = status
+        .lines()
+        .rev()
+        .filter_map(crate::log::parse_line)
+        .find(|(_, e, _)| *e == "launch")
+        .and_then(|(_, _, f)| {
+            f.iter()
+                .find(|(k, _)| *k == "num_shards")
+                .and_then(|(_, v)| v.parse().ok())
+        });
+    from_launcher.or_else(|| newest_log_plan(&paths.logs_dir))
+}
+
+fn newest_log_plan(dir: &Path) -> Option<u32> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: u32 = name
+                .strip_prefix("shard_")?
+                .strip_suffix(".log")?
+                .split_once("_of_")?
+                .1
+                .parse()
+                .ok()?;
+            Some((e.metadata().ok()?.modified().ok()?, n))
+        })
+        .max()
+        .map(|(_, n)| n)
+}
