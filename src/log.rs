@@ -123,6 +123,15 @@ pub type ParsedLine<'a> = (&'a str, &'a str, Vec<(&'a str, String)>);
 pub fn parse_line(line: &str) -> Option<ParsedLine<'_>> {
     let line = line.strip_suffix('\n').unwrap_or(line);
     let (ts, rest) = line.split_once(' ')?;
+    let b = ts.as_bytes();
+    let looks_like_time = b.len() >= 20
+        && b[0].is_ascii_digit()
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b.last() == Some(&b'Z');
+    if !looks_like_time {
+        return None;
+    }
     let (event, mut rest) = rest.split_once(' ').unwrap_or((rest, ""));
     let mut fields = Vec::new();
     while !rest.is_empty() {
@@ -179,6 +188,7 @@ mod tests {
     #[test]
     fn garbage_lines_do_not_parse() {
         assert!(parse_line("nonsense").is_none());
+        assert!(parse_line("garbage line").is_none());
         assert!(parse_line("ts ev key=\"unterminated").is_none());
     }
 }
