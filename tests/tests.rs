@@ -3,6 +3,7 @@
 mod common;
 mod launcher;
 mod merge;
+mod monitor;
 mod worker_bad_input;
 mod worker_crash;
 mod worker_run;

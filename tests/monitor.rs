@@ -1,0 +1,222 @@
+//! monitor: states from real workers (died included), JSON, follow exit codes, a real terminal.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+const MONITOR: &str = env!("CARGO_BIN_EXE_monitor");
+
+fn monitor(p: &Project, args: &[&str]) -> std::process::Output {
+    Command::new(MONITOR)
+        .arg("--root")
+        .arg(p.root())
+        .args(args)
+        .output()
+        .expect("monitor")
+}
+
+fn json(p: &Project, run: &str) -> serde_json::Value {
+    let out = monitor(p, &["--run", run, "--json"]);
+    assert_exit(&out, 0, "monitor --json", p.root());
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+fn slow_config(p: &Project, run: &str, items: u32, fail_key: Option<&str>) -> String {
+    let fail = fail_key
+        .map(|k| format!("[ \"$1\" = {k} ] && exit 9\n"))
+        .unwrap_or_default();
+    p.script(
+        &format!("{run}.sh"),
+        &format!("#!/bin/sh\n{fail}sleep 0.05\necho \"$1\"\n"),
+    );
+    let cfg = format!("{run}.yaml");
+    p.write(
+        &cfg,
+        &format!("run: {run}\nitems: {{range: {{start: 0, end: {items}}}}}\ngenerator: {{command: [./{run}.sh, \"{{key}}\"], retries: 0}}\noutput: {{columns: [k]}}\n"),
+    );
+    cfg
+}
+
+#[test]
+fn states_come_from_the_logs_with_json_fields_and_pending_shards() {
+    let p = Project::new();
+    let cfg = slow_config(&p, "j", 9, Some("4"));
+    p.run_shard(&cfg, 0, 3, &[], 0);
+    p.run_shard(&cfg, 1, 3, &[], 1);
+    let j = json(&p, "j");
+    assert_eq!(j["num_shards"], 3);
+    let shards = j["shards"].as_array().unwrap();
+    for s in shards {
+        for k in [
+            "shard",
+            "state",
+            "items_done",
+            "items_total",
+            "rows",
+            "current",
+            "eta_s",
+            "pid",
+        ] {
+            assert!(s.get(k).is_some(), "missing {k} in {s}");
+        }
+    }
+    let states: Vec<&str> = shards
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["done", "failed", "pending"]);
+    assert_eq!(shards[0]["items_done"], 3);
+    assert_eq!(shards[1]["items_failed"], 1);
+    let sum = &j["summary"];
+    assert_eq!(
+        (
+            sum["done"].as_u64(),
+            sum["failed"].as_u64(),
+            sum["pending"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    assert_eq!(sum["rows"], 5);
+    // The table names every shard and the summary.
+    let out = monitor(&p, &["--run", "j"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("✓ shard   0/3")
+            && text.contains("✗ shard   1/3")
+            && text.contains("1 pending"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_worker_killed_with_kill_9_is_shown_as_died() {
+    let p = Project::new();
+    let cfg = slow_config(&p, "k", 400, None);
+    let mut worker = spawn(p.worker(&cfg, &["--shard-index", "0", "--num-shards", "1"]));
+    wait_for("some progress", Duration::from_secs(20), || {
+        p.read("logs/k/shard_0_of_1.log").contains(" item ")
+    });
+    let j = json(&p, "k");
+    let s = &j["shards"][0];
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["pid"], worker.id());
+    assert!(s["rss_bytes"].as_u64().unwrap() > 0, "{s}");
+    signal(worker.id(), libc::SIGKILL);
+    let _ = worker.wait();
+    let j = json(&p, "k");
+    assert_eq!(j["shards"][0]["state"], "died", "{}", j["shards"][0]);
+    assert_eq!(j["summary"]["died"], 1);
+}
+
+#[test]
+fn follow_exits_0_when_every_shard_succeeds_and_1_when_one_fails() {
+    for (fail, want) in [(None, 0), (Some("3"), 1)] {
+        let p = Project::new();
+        let cfg = slow_config(&p, "f", 12, fail);
+        let mut workers: Vec<_> = (0..2)
+            .map(|i| {
+                spawn(p.worker(
+                    &cfg,
+                    &["--shard-index", &i.to_string(), "--num-shards", "2"],
+                ))
+            })
+            .collect();
+        wait_for("both logs", Duration::from_secs(20), || {
+            p.path("logs/f/shard_0_of_2.log").exists() && p.path("logs/f/shard_1_of_2.log").exists()
+        });
+        let mut m = Command::new(MONITOR);
+        m.arg("--root")
+            .arg(p.root())
+            .args(["--run", "f", "--follow", "--interval", "0.2"]);
+        let mut child = spawn(m);
+        let status = wait_child(&mut child, Duration::from_secs(30));
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            status.code(),
+            Some(want),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines().all(|l| l.starts_with("20")),
+            "plain lines are timestamped: {text}"
+        );
+        for w in &mut workers {
+            let _ = w.wait();
+        }
+    }
+}
+
+#[test]
+fn follow_draws_progress_bars_in_a_terminal() {
+    let p = Project::new();
+    let cfg = slow_config(&p, "t", 40, None);
+    let mut worker = spawn(p.worker(&cfg, &["--shard-index", "0", "--num-shards", "1"]));
+    wait_for("the log", Duration::from_secs(20), || {
+        p.path("logs/t/shard_0_of_1.log").exists()
+    });
+    let session = format!("shardrun-mon-{}", std::process::id());
+    let cmd = format!(
+        "{MONITOR} --root {} --run t --follow --interval 0.2; echo $? > {}/exit.code; sleep 30",
+        p.root().display(),
+        p.root().display()
+    );
+    let ok = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-x",
+            "180",
+            "-y",
+            "20",
+            "-s",
+            &session,
+            "bash",
+            "-c",
+            &cmd,
+        ])
+        .status()
+        .expect("tmux is required for this test (scripts/test.sh installs it)");
+    assert!(ok.success());
+    let capture = || {
+        String::from_utf8_lossy(
+            &Command::new("tmux")
+                .args(["capture-pane", "-p", "-t", &session])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    let mut seen_bar = String::new();
+    wait_for("a progress bar", Duration::from_secs(20), || {
+        seen_bar = capture();
+        seen_bar.contains("shard   0 [") && seen_bar.contains("total")
+    });
+    wait_for("monitor to exit", Duration::from_secs(30), || {
+        p.path("exit.code").exists()
+    });
+    let screen = capture();
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    let _ = worker.wait();
+    assert_eq!(p.read("exit.code").trim(), "0", "{screen}");
+    assert!(
+        screen.contains("✓ shard   0/1") && screen.contains("1 done"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn an_unknown_run_or_a_broken_config_exits_2() {
+    let p = Project::new();
+    let out = monitor(&p, &["--run", "nope"]);
+    assert_exit(&out, 2, "unknown run", p.root());
+    assert!(stderr(&out).contains("nope"));
+    p.write("bad.yaml", "items: [\n");
+    let out = monitor(&p, &["--config", p.path("bad.yaml").to_str().unwrap()]);
+    assert_exit(&out, 2, "broken config", p.root());
+}
