@@ -221,6 +221,21 @@ declare -A PID_OF=() SHARD_OF=() START_OF=() EXIT_OF=() STATE_OF=()
 LIVE=()
 INTERRUPTED=''
 KILLER=''
+DISPLAY_PID=''
+
+# On a terminal, the monitor's live display runs while the workers do (SHARDRUN_NO_DISPLAY=1
+# turns it off); otherwise a line is printed per shard as it ends.
+start_display() {
+  [ -t 1 ] && [ -x "$BIN/monitor" ] && [ -z "${SHARDRUN_NO_DISPLAY:-}" ] || return 0
+  "$BIN/monitor" --run "$RUN" --root "$PWD" --num-shards "$NUM_SHARDS" --follow --interval 1 &
+  DISPLAY_PID=$!
+}
+
+stop_display() {
+  [ -n "$DISPLAY_PID" ] || return 0
+  kill -TERM "$DISPLAY_PID" 2>/dev/null || true
+  wait "$DISPLAY_PID" 2>/dev/null || true
+}
 
 # shellcheck disable=SC2317  # invoked by the INT/TERM traps
 on_signal() {
@@ -285,7 +300,7 @@ finish_shard() {
   for p in "${LIVE[@]}"; do [ "$p" = "$pid" ] || rest+=("$p"); done
   LIVE=("${rest[@]+"${rest[@]}"}")
   status "end shard=$i num_shards=$NUM_SHARDS pid=$pid exit=$code state=$state elapsed_s=$(($(date +%s) - START_OF[$i]))"
-  summary_line "$i"
+  [ -n "$DISPLAY_PID" ] || summary_line "$i"
 }
 
 run_shards() {
@@ -305,6 +320,7 @@ run_shards() {
     launch_shard "$i"
     n=$((n + 1))
   done
+  start_display
   while ((${#LIVE[@]} > 0)); do
     pid=''
     code=0
@@ -314,6 +330,7 @@ run_shards() {
     finish_shard "$pid" "$code"
   done
   if [ -n "$KILLER" ]; then kill "$KILLER" 2>/dev/null || true; wait "$KILLER" 2>/dev/null || true; fi
+  stop_display
   trap - INT TERM USR1
 }
 
@@ -348,6 +365,10 @@ summary_line() {
 
 report() {
   local i ok=0 bad=0 items=0 rows=0 log
+  for i in "${SHARDS[@]}"; do
+    [ -n "${STATE_OF[$i]:-}" ] || continue
+    [ -z "$DISPLAY_PID" ] || summary_line "$i"
+  done
   for i in "${SHARDS[@]}"; do
     [ -n "${STATE_OF[$i]:-}" ] || STATE_OF[$i]=interrupted
     if [ "${STATE_OF[$i]}" = ok ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi

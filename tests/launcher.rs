@@ -352,6 +352,9 @@ fn ctrl_c_in_a_terminal_stops_the_run_cleanly() {
     kill_session();
     assert_eq!(p.read("exit.code").trim(), "130", "{screen}");
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
-    assert!(screen.contains("interrupted"), "{screen}");
+    assert!(
+        screen.contains("interrupted") && screen.contains("✗ shard 1/2 (pid"),
+        "{screen}"
+    );
     assert_all_gone(&p, "s");
 }
