@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# Merge benchmark: `merge --keep-shards` against a durable copy of the same shard files (`cat` of
+# the shard files into one file, then `sync` of that file), on shards made once by the echo
+# generator: (a) 8 shards of ~256 MiB with wide rows, (b) 2 shards of 2,000,000 one-row items.
+#
+#   ./scripts/bench_merge.sh [--scale S] [--reps N] [--case a|b|all] [--workdir DIR] [--no-hyperfine]
+#
+#   --scale S       multiply the item counts by S (default 1; e.g. 0.02 for a quick run)
+#   --reps N        timed repetitions of each command, alternating the two (default 5)
+#   --case C        a, b or all (default all)
+#   --workdir DIR   where the shards and outputs go (created if missing, kept at exit);
+#                   default: a fresh directory under ${TMPDIR:-/tmp}, removed at exit
+#   --no-hyperfine  time with the built-in bash loop even when hyperfine is installed
+#
+# Reports the median wall time of each command, their ratio against the target, and merge's peak
+# RSS (/usr/bin/time -v). Results: docs/BENCHMARKS.md.
+set -Eeuo pipefail
+shopt -s inherit_errexit
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+# spec_of a|b: sets SPEC to the case's run name, shards, items at scale 1, rows per item, pad,
+# target ratio and description.
+# (a): 64 rows of ~4 KiB per item, 1,042 items per shard: ~256 MiB per shard.
+# (b): one row of ~130 bytes per item, 2,000,000 items per shard.
+spec_of() {
+  case "$1" in
+    a) SPEC=(wide 8 8336 64 4000 1.15 "8 shards x ~256 MiB, wide rows (64 rows x pad 4000 per item)") ;;
+    b) SPEC=(narrow 2 4000000 1 100 2 "2 shards x 2,000,000 one-row items, pad 100") ;;
+  esac
+}
+SPEC=()
+RSS_LIMIT_MIB=64
+
+SCALE=1
+REPS=5
+CASES=all
+WORKDIR=
+OWN_WORKDIR=0
+USE_HYPERFINE=1
+BIN_DIR="${CARGO_TARGET_DIR:-$SHARDRUN_ROOT/target}/release"
+WORKER="$BIN_DIR/shard-worker"
+MERGE="$BIN_DIR/merge"
+GEN_PIDS=()
+RESULTS=()
+LEGEND=()
+
+cleanup() {
+  local pid
+  for pid in "${GEN_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  if [ "$OWN_WORKDIR" -eq 1 ] && [ -n "$WORKDIR" ] && [ -d "$WORKDIR" ]; then
+    rm -rf -- "$WORKDIR"
+  fi
+}
+
+parse_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      -h | --help) usage 0 ;;
+      --scale)
+        [ $# -ge 2 ] || usage 2
+        SCALE=$2
+        shift 2
+        ;;
+      --reps)
+        [ $# -ge 2 ] || usage 2
+        REPS=$2
+        shift 2
+        ;;
+      --case)
+        [ $# -ge 2 ] || usage 2
+        CASES=$2
+        shift 2
+        ;;
+      --workdir)
+        [ $# -ge 2 ] || usage 2
+        WORKDIR=$2
+        shift 2
+        ;;
+      --no-hyperfine)
+        USE_HYPERFINE=0
+        shift
+        ;;
+      *)
+        printf 'unknown argument: %s\n\n' "$1" >&2
+        usage 2
+        ;;
+    esac
+  done
+  DIE_CODE=2
+  if ! [[ "$SCALE" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] ||
+    ! awk -v s="$SCALE" 'BEGIN { exit !(s > 0) }'; then
+    die "--scale must be a positive number, not '$SCALE'"
+  fi
+  [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer, not '$REPS'"
+  case "$CASES" in
+    a | b | all) ;;
+    *) die "--case must be a, b or all, not '$CASES'" ;;
+  esac
+  DIE_CODE=1
+}
+
+ensure_tools() {
+  need_cmd awk
+  need_cmd df
+  need_cmd cat
+  need_cmd sync
+  if [ ! -x "$WORKER" ] || [ ! -x "$MERGE" ]; then
+    need_cmd cargo
+    say "building release binaries (cargo build --release)"
+    (cd "$SHARDRUN_ROOT" && cargo build --release --quiet --bin shard-worker --bin merge)
+  fi
+  if [ ! -x "$WORKER" ] || [ ! -x "$MERGE" ]; then
+    die "no binaries in $BIN_DIR after the build"
+  fi
+  if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
+    say "installing hyperfine"
+    apt_install hyperfine || true
+  fi
+  if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
+    say "hyperfine is not available; timing with a bash loop"
+    USE_HYPERFINE=0
+  fi
+  if [ ! -x /usr/bin/time ]; then
+    say "installing time (for /usr/bin/time -v)"
+    apt_install time || say "no /usr/bin/time; peak RSS will be reported as n/a"
+  fi
+}
+
+# items_of BASE: the scaled item count, at least MIN ($2).
+items_of() {
+  awk -v b="$1" -v s="$SCALE" -v m="$2" 'BEGIN { n = int(b * s + 0.5); print (n < m ? m : n) }'
+}
+
+# Estimated bytes on disk for one case at full use: shard data and manifests, one merged output
+# and its manifest_final.csv. Rows are ~pad + 30 bytes; a manifest record ~120 bytes per item.
+estimate_bytes() {
+  local items=$1 rows=$2 pad=$3
+  awk -v n="$items" -v r="$rows" -v p="$pad" 'BEGIN { printf "%.0f\n", n * (r * (p + 30) + 120) }'
+}
+
+# case_bytes a|b: estimate_bytes for that case at the chosen scale.
+case_bytes() {
+  spec_of "$1"
+  estimate_bytes "$(items_of "${SPEC[2]}" "${SPEC[1]}")" "${SPEC[3]}" "${SPEC[4]}"
+}
+
+check_space() {
+  local need=0 c
+  for c in $(selected_cases); do
+    need=$(awk -v a="$need" -v b="$(case_bytes "$c")" 'BEGIN { printf "%.0f\n", a + b }')
+  done
+  local avail
+  avail=$(df -Pk -- "$WORKDIR" | awk 'NR == 2 { printf "%.0f\n", $4 * 1024 }')
+  say "data: ~$(mib "$need") MiB; free in $WORKDIR: $(mib "$avail") MiB (need 3x the data)"
+  awk -v a="$avail" -v n="$need" 'BEGIN { exit !(a >= 3 * n) }' ||
+    die "not enough free disk space in $WORKDIR: $(mib "$avail") MiB free, need ~$(mib "$((need * 3))") MiB (3x ~$(mib "$need") MiB of data). Pass --workdir on a larger filesystem or a smaller --scale"
+}
+
+selected_cases() {
+  case "$CASES" in
+    all) echo a b ;;
+    *) echo "$CASES" ;;
+  esac
+}
+
+mib() { awk -v b="$1" 'BEGIN { printf "%.0f\n", b / 1048576 }'; }
+
+# generate DIR RUN SHARDS ITEMS ROWS PAD: writes the run's shards (in parallel, no cache).
+generate() {
+  local dir=$1 run=$2 shards=$3 items=$4 rows=$5 pad=$6
+  mkdir -p "$dir/conf"
+  cat >"$dir/conf/$run.yaml" <<EOF
+run: $run
+seed: 0
+sharding: contiguous
+items: {range: {start: 0, end: $items}}
+generator: {builtin: echo, params: {rows: $rows, pad: $pad}, jobs: 1}
+cache: {enabled: false}
+EOF
+  say "generating run $run: $shards shards, $items items x $rows rows, pad $pad"
+  local i start=$EPOCHREALTIME
+  GEN_PIDS=()
+  for ((i = 0; i < shards; i++)); do
+    "$WORKER" --root "$dir" --config "$dir/conf/$run.yaml" --shard-index "$i" \
+      --num-shards "$shards" --no-cache 2>"$dir/gen-$run-$i.err" >/dev/null &
+    GEN_PIDS+=("$!")
+  done
+  local failed=0
+  for i in "${!GEN_PIDS[@]}"; do
+    if ! wait "${GEN_PIDS[$i]}"; then
+      failed=1
+      say "shard $i of run $run failed:"
+      tail -n 5 "$dir/gen-$run-$i.err" >&2 || true
+    fi
+  done
+  GEN_PIDS=()
+  [ "$failed" -eq 0 ] || die "generating run $run failed (a re-run with another --scale in the same --workdir needs a fresh directory)"
+  say "generated in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
+}
+
+# median of the numbers given as arguments.
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+    END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# time_pair PREP NAME1 CMD1 NAME2 CMD2: one timed run of each, in this order; prints "t1 t2".
+time_pair() {
+  local prep=$1 n1=$2 c1=$3 n2=$4 c2=$5
+  if [ "$USE_HYPERFINE" -eq 1 ]; then
+    local csv="$WORKDIR/hyperfine.csv"
+    hyperfine --runs 1 --style none --shell bash --export-csv "$csv" --prepare "$prep" \
+      -n "$n1" "$c1" -n "$n2" "$c2" >/dev/null
+    awk -F, -v a="$n1" -v b="$n2" '$1 == a { t1 = $4 } $1 == b { t2 = $4 } END { print t1, t2 }' "$csv"
+  else
+    local t0 t1 t2
+    bash -c "$prep"
+    t0=$EPOCHREALTIME
+    bash -c "$c1"
+    t1=$EPOCHREALTIME
+    bash -c "$prep"
+    t2=$EPOCHREALTIME
+    bash -c "$c2"
+    awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$EPOCHREALTIME" 'BEGIN { print b - a, d - c }'
+  fi
+}
+
+# bench_case a|b: generate, check, time, measure peak RSS; appends a line to RESULTS.
+bench_case() {
+  spec_of "$1"
+  local run=${SPEC[0]} shards=${SPEC[1]} rows=${SPEC[3]} pad=${SPEC[4]} target=${SPEC[5]}
+  local desc=${SPEC[6]} items dir="$WORKDIR/$1"
+  items=$(items_of "${SPEC[2]}" "$shards")
+  generate "$dir" "$run" "$shards" "$items" "$rows" "$pad"
+
+  local data="$dir/data/$run" files=() i
+  for ((i = 0; i < shards; i++)); do files+=("$data/process-$i.csv"); done
+  local cat_out="$dir/cat.csv"
+  local prep merge_cmd cat_cmd
+  prep="rm -f $(printf '%q ' "$data/combined.csv" "$data/manifest_final.csv" "$data/stats.json" "$cat_out")&& sync -f $(printf '%q' "$dir")"
+  merge_cmd="$(printf '%q ' "$MERGE" --root "$dir" --run "$run" --keep-shards)>/dev/null"
+  cat_cmd="cat $(printf '%q ' "${files[@]}")>$(printf '%q' "$cat_out") && sync $(printf '%q' "$cat_out")"
+
+  # One untimed run of each, which also checks that they wrote the same rows: merge writes one
+  # header line, cat one per shard.
+  say "warm-up run of each command"
+  bash -c "$prep"
+  bash -c "$merge_cmd"
+  bash -c "$cat_cmd"
+  local merged catted header
+  merged=$(stat -c %s "$data/combined.csv")
+  catted=$(stat -c %s "$cat_out")
+  header=$(head -n 1 "${files[0]}" | wc -c)
+  [ "$merged" -eq $((catted - (shards - 1) * header)) ] ||
+    die "merge wrote $merged bytes, cat $catted with $shards headers of $header bytes: they differ"
+
+  local tm=() tc=() r t a b
+  for ((r = 1; r <= REPS; r++)); do
+    if ((r % 2)); then
+      t=$(time_pair "$prep" merge "$merge_cmd" cat+sync "$cat_cmd")
+      read -r a b <<<"$t"
+      tm+=("$a") tc+=("$b")
+    else
+      t=$(time_pair "$prep" cat+sync "$cat_cmd" merge "$merge_cmd")
+      read -r a b <<<"$t"
+      tc+=("$a") tm+=("$b")
+    fi
+    say "case $1 rep $r/$REPS: merge $(printf '%.3f' "${tm[-1]}") s, cat+sync $(printf '%.3f' "${tc[-1]}") s"
+  done
+
+  local rss=n/a
+  if [ -x /usr/bin/time ]; then
+    bash -c "$prep"
+    /usr/bin/time -v -o "$dir/time-v.txt" "$MERGE" --root "$dir" --run "$run" --keep-shards >/dev/null
+    rss=$(awk -F: '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$dir/time-v.txt")
+  fi
+  bash -c "$prep"
+
+  local mm mc ratio met rss_ok
+  mm=$(median "${tm[@]}")
+  mc=$(median "${tc[@]}")
+  ratio=$(awk -v a="$mm" -v b="$mc" 'BEGIN { printf "%.2f", a / b }')
+  met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r <= t ? "yes" : "NO") }')
+  rss_ok=n/a
+  [ "$rss" = n/a ] || rss_ok=$(awk -v r="$rss" -v l="$RSS_LIMIT_MIB" 'BEGIN { print (r < l ? "yes" : "NO") }')
+  t=$(printf '%-4s %6s %8s %9.3f %10.3f %6s %6s %4s %9s %6s' "$1" "$shards" "$(mib "$merged")" \
+    "$mm" "$mc" "${ratio}x" "${target}x" "$met" "$rss" "$rss_ok")
+  RESULTS+=("$t")
+  LEGEND+=("$1: $desc; $items items")
+  say "case $1: merge $(printf '%.3f ' "${tm[@]}")s; cat+sync $(printf '%.3f ' "${tc[@]}")s"
+  # Free the disk before the next case when the directory is ours.
+  if [ "$OWN_WORKDIR" -eq 1 ]; then rm -rf -- "$dir"; fi
+}
+
+report() {
+  local fs
+  fs=$(df -PT -- "$WORKDIR" | awk 'NR == 2 { print $2 }')
+  printf '\nmerge benchmark, %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  printf 'machine: %s CPUs, %s MiB RAM, kernel %s, %s filesystem; scale %s, %s reps (%s), warm page cache\n\n' \
+    "$(nproc)" "$(awk '/MemTotal/ { printf "%.0f", $2 / 1024 }' /proc/meminfo)" "$(uname -r)" "$fs" \
+    "$SCALE" "$REPS" "$([ "$USE_HYPERFINE" -eq 1 ] && echo hyperfine || echo bash loop)"
+  printf '%-4s %6s %8s %9s %10s %6s %6s %4s %9s %6s\n' case shards MiB "merge s" "cat+sync s" \
+    ratio target met "RSS MiB" "< $RSS_LIMIT_MIB"
+  printf '%s\n' "${RESULTS[@]}"
+  printf '\n'
+  printf '%s\n' "${LEGEND[@]}"
+  printf 'times are medians of %s runs; ratio = merge / cat+sync; RSS = merge peak resident set\n' "$REPS"
+}
+
+main() {
+  parse_args "$@"
+  if [ -z "$WORKDIR" ]; then
+    WORKDIR=$(mktemp -d "${TMPDIR:-/tmp}/bench_merge.XXXXXX")
+    OWN_WORKDIR=1
+  else
+    mkdir -p -- "$WORKDIR"
+    WORKDIR=$(cd -- "$WORKDIR" && pwd)
+  fi
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  ensure_tools
+  check_space
+  local c
+  for c in $(selected_cases); do
+    bench_case "$c"
+  done
+  report
+}
+
+main "$@"
