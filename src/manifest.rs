@@ -114,7 +114,7 @@ pub fn read_with_offsets(
         if n == 0 || line.last() != Some(&b'\n') {
             break;
         }
-        let Ok(rec) = serde_json::from_slice::<Record>(&line) else {
+        let Some(rec) = parse_record(&line) else {
             break;
         };
         if rec.status == Status::Ok {
@@ -128,6 +128,98 @@ pub fn read_with_offsets(
         valid += n as u64;
     }
     Ok(Some((header, valid, data_end)))
+}
+
+/// Parses one record line. Lines the worker wrote have a fixed layout that is read directly
+/// (merging millions of items spends most of its time here); anything else goes through the
+/// general JSON parser, so a hand-edited or future line still parses.
+pub fn parse_record(line: &[u8]) -> Option<Record> {
+    parse_fixed(line).or_else(|| serde_json::from_slice(line).ok())
+}
+
+/// The worker's own layout: `{"index":N,"key":"K","status":"ok|failed","offset":N,"bytes":N,
+/// "rows":N,"ms":N,"cached":B,"attempts":N}` with an optional `"reason"` (left to serde), and a
+/// key without escapes.
+fn parse_fixed(line: &[u8]) -> Option<Record> {
+    let mut p = Fixed(line.strip_suffix(b"\n").unwrap_or(line));
+    p.lit(b"{\"index\":")?;
+    let index = p.num()?;
+    p.lit(b",\"key\":\"")?;
+    let key = p.plain_string()?;
+    p.lit(b",\"status\":\"")?;
+    let status = if p.lit(b"ok\"").is_some() {
+        Status::Ok
+    } else {
+        p.lit(b"failed\"")?;
+        Status::Failed
+    };
+    p.lit(b",\"offset\":")?;
+    let offset = p.num()?;
+    p.lit(b",\"bytes\":")?;
+    let bytes = p.num()?;
+    p.lit(b",\"rows\":")?;
+    let rows = p.num()?;
+    p.lit(b",\"ms\":")?;
+    let ms = p.num()?;
+    p.lit(b",\"cached\":")?;
+    let cached = if p.lit(b"true").is_some() {
+        true
+    } else {
+        p.lit(b"false")?;
+        false
+    };
+    p.lit(b",\"attempts\":")?;
+    let attempts = u32::try_from(p.num()?).ok()?;
+    p.lit(b"}")?;
+    if !p.0.is_empty() {
+        return None;
+    }
+    Some(Record {
+        index,
+        key: key.to_string(),
+        status,
+        offset,
+        bytes,
+        rows,
+        ms,
+        cached,
+        attempts,
+        reason: None,
+    })
+}
+
+struct Fixed<'a>(&'a [u8]);
+
+impl<'a> Fixed<'a> {
+    fn lit(&mut self, l: &[u8]) -> Option<()> {
+        self.0 = self.0.strip_prefix(l)?;
+        Some(())
+    }
+    fn num(&mut self) -> Option<u64> {
+        let n = self.0.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 || n > 19 {
+            return None;
+        }
+        let mut v: u64 = 0;
+        for &b in &self.0[..n] {
+            v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        }
+        self.0 = &self.0[n..];
+        Some(v)
+    }
+    /// A JSON string body up to its closing quote, when it has no escapes and no control bytes.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        let end = self
+            .0
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if self.0[end] != b'"' {
+            return None;
+        }
+        let s = std::str::from_utf8(&self.0[..end]).ok()?;
+        self.0 = &self.0[end + 1..];
+        Some(s)
+    }
 }
 
 /// Reads only a manifest's header (cheap; for name-conflict checks and the merge).
@@ -468,6 +560,35 @@ mod tests {
         let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
         assert_eq!(r.ok.len(), 2);
         assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\ny\n");
+    }
+
+    #[test]
+    fn the_fixed_layout_parser_agrees_with_serde() {
+        let mut recs = vec![rec(7)];
+        let mut r = rec(8);
+        r.key = "AAPL|2024-01-02 ü".into();
+        r.cached = true;
+        r.offset = 12345678901;
+        recs.push(r);
+        let mut f = rec(9);
+        f.status = Status::Failed;
+        f.reason = Some("exit code 1".into());
+        recs.push(f);
+        let mut q = rec(10);
+        q.key = "say \"hi\"\n".into();
+        recs.push(q);
+        for r in recs {
+            let line = serde_json::to_vec(&r).unwrap();
+            assert_eq!(
+                parse_record(&line),
+                Some(r.clone()),
+                "{}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+        assert_eq!(parse_fixed(br#"{"index":1,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1}"#).map(|r| r.index), Some(1));
+        assert!(parse_record(br#"{"index":1,"key":"k""#).is_none());
+        assert!(parse_fixed(br#"{"index":99999999999999999999,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1}"#).is_none());
     }
 
     #[test]

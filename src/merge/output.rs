@@ -168,18 +168,17 @@ pub fn write(
                         &mut copier,
                     )?,
                 }
-                let shard = scans[slot].header.shard.to_string();
-                rw.record([
-                    rec.key.as_str(),
-                    &rec.index.to_string(),
-                    &shard,
-                    "ok",
-                    &rec.rows.to_string(),
-                    &rec.ms.to_string(),
-                    if rec.cached { "true" } else { "false" },
-                    &rec.attempts.to_string(),
-                    "",
-                ]);
+                // Numbers go straight into the buffer: this runs once per item.
+                rw.field(rec.key.as_bytes());
+                rw.field_display(rec.index);
+                rw.field_display(scans[slot].header.shard);
+                rw.field(b"ok");
+                rw.field_display(rec.rows);
+                rw.field_display(rec.ms);
+                rw.field(if rec.cached { b"true" } else { b"false" });
+                rw.field_display(rec.attempts);
+                rw.field(b"");
+                rw.end_record();
             }
             Step::Gap { index } => {
                 let h = &scans[0].header;

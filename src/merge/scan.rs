@@ -32,12 +32,11 @@ pub struct ShardScan {
 
 /// Reads and checks one shard's manifest and data file.
 pub fn scan(manifest: PathBuf, data_dir: &Path) -> Result<ShardScan> {
-    let mut ok_lines: Vec<(u64, u64)> = Vec::new();
     let mut failed = BTreeMap::new();
     let (mut ok, mut rows, mut cached, mut rows_min, mut rows_max) = (0, 0, 0, u64::MAX, 0);
     let mut sorted = true;
     let mut last: Option<u64> = None;
-    let found = manifest::read_with_offsets(&manifest, |rec, off| match rec.status {
+    let found = manifest::read_with_offsets(&manifest, |rec, _| match rec.status {
         Status::Ok => {
             failed.remove(&rec.index);
             ok += 1;
@@ -49,7 +48,6 @@ pub fn scan(manifest: PathBuf, data_dir: &Path) -> Result<ShardScan> {
                 sorted = false;
             }
             last = Some(rec.index);
-            ok_lines.push((rec.index, off));
         }
         Status::Failed => {
             failed.insert(rec.index, rec);
@@ -78,6 +76,14 @@ pub fn scan(manifest: PathBuf, data_dir: &Path) -> Result<ShardScan> {
     let order = if sorted {
         None
     } else {
+        // Only a manifest out of item order (jobs > 1, retried items) needs an index to sort:
+        // a second pass collects it, so the common case costs no memory per item.
+        let mut ok_lines: Vec<(u64, u64)> = Vec::new();
+        manifest::read_with_offsets(&manifest, |rec, off| {
+            if rec.status == Status::Ok {
+                ok_lines.push((rec.index, off));
+            }
+        })?;
         ok_lines.sort_unstable_by_key(|(i, _)| *i);
         if let Some(w) = ok_lines.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(Error::Refused(format!(
@@ -154,7 +160,8 @@ impl ItemStream {
                 .read_until(b'\n', &mut self.line)
                 .map_err(changed)?;
             self.pos += n as u64;
-            let rec: Record = serde_json::from_slice(&self.line).map_err(changed)?;
+            let rec: Record = manifest::parse_record(&self.line)
+                .ok_or_else(|| changed(String::from_utf8_lossy(&self.line)))?;
             if rec.status == Status::Ok {
                 return Ok(Some(rec));
             }
