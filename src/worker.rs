@@ -92,20 +92,11 @@ struct Me {
 
 impl Me {
     fn new() -> Me {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // Field 22 (start time in clock ticks since boot) comes after the parenthesised name.
-        let pid_start = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-            .unwrap_or("0")
-            .to_string();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        let pid = std::process::id();
         Me {
-            pid: std::process::id(),
-            pid_start,
-            host,
+            pid,
+            pid_start: crate::proc_info::start_time(pid).unwrap_or_else(|| "0".into()),
+            host: crate::proc_info::hostname(),
         }
     }
 }
