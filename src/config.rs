@@ -58,6 +58,7 @@ struct RawGenerator {
     builtin: Option<String>,
     command: Option<Vec<Yaml>>,
     mode: Option<String>,
+    marker: Option<String>,
     params: Option<Yaml>,
     jobs: Option<u32>,
     retries: Option<u32>,
@@ -139,6 +140,16 @@ pub enum GeneratorKind {
     Command { argv: Vec<String> },
 }
 
+/// How a command generator is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// One process per item attempt.
+    PerItem,
+    /// One long-lived process per slot serves many items.
+    Persistent,
+}
+
 /// Stop starting items after this many failures.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +164,9 @@ pub enum Halt {
 #[derive(Debug, Clone, Serialize)]
 pub struct GeneratorSpec {
     pub kind: GeneratorKind,
+    pub mode: Mode,
+    /// End-of-item marker line of persistent generators.
+    pub marker: String,
     pub jobs: u32,
     pub retries: u32,
     #[serde(with = "opt_duration")]
@@ -409,18 +423,24 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
             GeneratorKind::Command { argv }
         }
     };
-    match raw.mode.as_deref() {
-        None | Some("per-item") => {}
-        Some("persistent") => {
-            return Err(
-                "generator.mode: persistent is not supported by this version; use per-item".into(),
-            )
-        }
+    let mode = match raw.mode.as_deref() {
+        None | Some("per-item") => Mode::PerItem,
+        Some("persistent") => Mode::Persistent,
         Some(m) => {
             return Err(format!(
                 "generator.mode: unknown mode {m:?} (per-item or persistent)"
             ))
         }
+    };
+    if mode == Mode::Persistent && !matches!(kind, GeneratorKind::Command { .. }) {
+        return Err("generator.mode: persistent is for command generators".into());
+    }
+    if raw.marker.is_some() && mode != Mode::Persistent {
+        return Err("generator.marker: only for mode: persistent".into());
+    }
+    let marker = raw.marker.unwrap_or_else(|| "\u{1e}".to_string());
+    if marker.is_empty() || marker.contains(['\n', '\r']) {
+        return Err("generator.marker: must be a non-empty string without line breaks".into());
     }
     let jobs = raw.jobs.unwrap_or(1);
     if jobs == 0 {
@@ -446,6 +466,8 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
     };
     Ok(GeneratorSpec {
         kind,
+        mode,
+        marker,
         jobs,
         retries: raw.retries.unwrap_or(2),
         timeout,
