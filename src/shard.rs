@@ -216,6 +216,9 @@ fn build_generator(
             );
             Ok((Generator::Builtin(b), columns, hex16(id)))
         }
+        GeneratorKind::Command { .. } if spec.mode == crate::config::Mode::Persistent => Err(bad(
+            "generator.mode: persistent is not available in this build; use per-item".into(),
+        )),
         GeneratorKind::Command { argv } => {
             let columns = config.columns.clone().unwrap_or_default();
             let cmd = CommandGen::new(
