@@ -186,7 +186,7 @@ choose_shards() {
   fi
   SHARDS=()
   for ((i = 0; i < NUM_SHARDS; i++)); do
-    if ((ONLY_FAILED)) && [ "$(last_field "$(shard_log "$i")" finish status)" = ok ]; then
+    if ((ONLY_FAILED)) && shard_succeeded "$i"; then
       continue
     fi
     SHARDS+=("$i")
@@ -194,6 +194,15 @@ choose_shards() {
 }
 
 shard_log() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.log"; }
+
+# True when shard I's latest run finished ok: its log's last start/finish line is a finish with
+# status=ok (a start without a finish after it is a worker that died).
+shard_succeeded() {
+  local log
+  log=$(shard_log "$1")
+  [ -f "$log" ] || return 1
+  grep -E '^[^ ]+ (start|finish)( |$)' "$log" | tail -n 1 | grep -q ' finish status=ok'
+}
 rel() { echo "${1#"$PWD"/}"; }
 
 dry_run() {
@@ -241,19 +250,28 @@ stop_display() {
 on_signal() {
   local sig=$1
   if [ -n "$INTERRUPTED" ]; then
-    # A second signal: no more waiting.
-    kill -KILL "${LIVE[@]}" 2>/dev/null || true
+    # A second signal: no more draining. A worker's second SIGINT makes it kill its generators'
+    # process groups and exit at once.
+    ((${#LIVE[@]} == 0)) || kill -INT "${LIVE[@]}" 2>/dev/null || true
     return
   fi
   INTERRUPTED=$sig
   printf '\n' >&2
   say "$sig received: stopping ${#LIVE[@]} worker(s) (SIGKILL after ${GRACE}s)"
-  ((${#LIVE[@]} == 0)) && return
-  kill -TERM "${LIVE[@]}" 2>/dev/null || true
-  # After the grace period, ask ourselves (USR1) to KILL whoever is left: only this shell knows
-  # which workers are still running, and their pids cannot be reused until it reaps them.
+  stop_workers
+}
+
+# Sends SIGTERM to the running workers and, once, starts the grace-period timer: after it, we ask
+# ourselves (USR1) to KILL whoever is left. Only this shell knows which workers still run, and
+# their pids cannot be reused until it reaps them.
+stop_workers() {
+  ((${#LIVE[@]} == 0)) || kill -TERM "${LIVE[@]}" 2>/dev/null || true
+  [ -z "$KILLER" ] || return 0
   (
-    sleep "$GRACE"
+    sleep "$GRACE" &
+    timer=$!
+    trap 'kill "$timer" 2>/dev/null; exit 0' TERM
+    wait "$timer"
     kill -USR1 $$ 2>/dev/null || true
   ) &
   KILLER=$!
@@ -320,6 +338,8 @@ run_shards() {
     launch_shard "$i"
     n=$((n + 1))
   done
+  # A signal that arrived while a worker was being started may have missed it.
+  [ -z "$INTERRUPTED" ] || stop_workers
   start_display
   while ((${#LIVE[@]} > 0)); do
     pid=''

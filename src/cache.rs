@@ -236,10 +236,13 @@ fn scan(
             break;
         }
         let (_, plen) = entry_sizes(&head);
-        let end = offset + HEAD as u64 + plen + CHECK as u64;
-        if end > len {
+        // A corrupt length must not wrap around: anything past the file ends the scan.
+        let Some(end) = plen
+            .checked_add(offset + (HEAD + CHECK) as u64)
+            .filter(|&e| e <= len)
+        else {
             break;
-        }
+        };
         let mut key = [0u8; 32];
         key.copy_from_slice(&head[4..36]);
         let s = short(&key);

@@ -140,6 +140,13 @@ pub enum GeneratorKind {
     Command { argv: Vec<String> },
 }
 
+/// Upper bound of `generator.jobs` (and `--jobs`): threads per worker.
+pub const MAX_JOBS: u32 = 1024;
+/// Upper bound of `generator.retries`.
+pub const MAX_RETRIES: u32 = 100;
+/// Upper bound of the number of items of a source.
+pub const MAX_ITEMS: u64 = 1 << 40;
+
 /// How a command generator is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -300,6 +307,9 @@ fn resolve_items(raw: RawItems, root: &Path) -> Result<ItemSpec, String> {
     let mut found = Vec::new();
     if let Some(r) = raw.range {
         found.push(("range", {
+            if r.end.abs_diff(r.start) > MAX_ITEMS {
+                return Err(format!("items.range: more than {MAX_ITEMS} items"));
+            }
             if r.start > r.end {
                 return Err(format!(
                     "items.range: start ({}) is greater than end ({}); end is exclusive",
@@ -443,8 +453,12 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
         return Err("generator.marker: must be a non-empty string without line breaks".into());
     }
     let jobs = raw.jobs.unwrap_or(1);
-    if jobs == 0 {
-        return Err("generator.jobs: must be at least 1".into());
+    if !(1..=MAX_JOBS).contains(&jobs) {
+        return Err(format!("generator.jobs: must be 1 to {MAX_JOBS}"));
+    }
+    let retries = raw.retries.unwrap_or(2);
+    if retries > MAX_RETRIES {
+        return Err(format!("generator.retries: at most {MAX_RETRIES}"));
     }
     let timeout = match &raw.timeout {
         None => None,
@@ -469,7 +483,7 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
         mode,
         marker,
         jobs,
-        retries: raw.retries.unwrap_or(2),
+        retries,
         timeout,
         min_start_interval,
         halt,
@@ -505,7 +519,12 @@ pub fn parse_duration(v: &Yaml) -> Result<Option<Duration>, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{text:?} is not a valid duration"));
     }
-    Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| format!("{text:?} is out of range"))
 }
 
 /// `10/s`, `600/m`, `1000/h` (or a bare number per second) as the minimum interval between starts.
@@ -529,7 +548,7 @@ pub fn parse_rate(v: &Yaml) -> Result<Duration, String> {
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("{text:?}: the rate must be positive"));
     }
-    Ok(Duration::from_secs_f64(window / n))
+    Duration::try_from_secs_f64(window / n).map_err(|_| format!("{text:?} is out of range"))
 }
 
 fn parse_halt(v: &Yaml) -> Result<Halt, String> {

@@ -32,6 +32,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Names a shard's data file may not take: merge writes these in the same directory.
+pub const RESERVED_NAMES: &[&str] = &["combined", "manifest_final", "stats", "run"];
+
 /// The paths of one run under a root directory.
 #[derive(Debug, Clone)]
 pub struct RunPaths {

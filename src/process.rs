@@ -39,6 +39,7 @@
 //! [`resolve_program`] and pass the absolute path as `argv[0]`, which skips the `PATH` search
 //! of every attempt.
 
+use crate::groups::Group;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -285,97 +286,6 @@ fn resolve_with_path(
     }))
 }
 
-/// The child's process group; kills the group and reaps the leader when dropped, so no error
-/// path can leave a process or a zombie behind.
-struct Group {
-    pid: libc::pid_t,
-    reaped: bool,
-}
-
-impl Group {
-    /// Sends `sig` to every process of the group (no-op once the leader was reaped, because the
-    /// group id could then be reused).
-    fn signal(&self, sig: libc::c_int) {
-        if !self.reaped {
-            // SAFETY: plain syscall; the leader is not reaped, so the group id is still ours.
-            // ESRCH (nobody left) is fine.
-            unsafe {
-                libc::killpg(self.pid, sig);
-            }
-        }
-    }
-
-    /// Kills the whole group with `SIGKILL`, then reaps the leader and returns its wait status.
-    fn kill_and_reap(&mut self) -> io::Result<libc::c_int> {
-        self.signal(libc::SIGKILL);
-        if self.reaped {
-            return Err(io::Error::other("child already reaped"));
-        }
-        let mut status: libc::c_int = 0;
-        loop {
-            // SAFETY: plain syscall with a valid out pointer.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, 0) };
-            if r == self.pid {
-                self.reaped = true;
-                return Ok(status);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // ECHILD: someone else reaped it; there is nothing left for us to reap.
-            self.reaped = true;
-            return Err(io::Error::new(
-                e.kind(),
-                format!(
-                    "waiting for generator process {}: {e} (was it reaped elsewhere, or is \
-                     SIGCHLD ignored?)",
-                    self.pid
-                ),
-            ));
-        }
-    }
-
-    /// Whether the leader has exited (without reaping it), for kernels without pidfds.
-    fn exited_nowait(&self) -> io::Result<bool> {
-        loop {
-            // SAFETY: an all-zero siginfo_t is a valid value.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: plain syscall with a valid out pointer; WNOWAIT leaves the child waitable.
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    self.pid as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-                )
-            };
-            if r == 0 {
-                // SAFETY: waitid filled `info` (or left it zeroed when nothing is waitable).
-                return Ok(unsafe { info.si_pid() } != 0);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!(
-                        "checking whether generator process {} exited: {e}",
-                        self.pid
-                    ),
-                ));
-            }
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = self.kill_and_reap();
-        }
-    }
-}
-
 fn set_nonblocking(fd: RawFd, what: &str) -> io::Result<()> {
     // SAFETY: fcntl on a file descriptor we own.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -486,7 +396,7 @@ fn run(
     let pid = libc::pid_t::try_from(child.id());
     drop(child); // Dropping a std Child neither waits nor kills; `Group` owns the process.
     let pid = pid.map_err(|_| io::Error::other("child pid out of range"))?;
-    let mut group = Group { pid, reaped: false };
+    let mut group = Group::new(pid);
 
     let mut stdin = stdin.map(|s| File::from(OwnedFd::from(s)));
     if spec.stdin.is_empty() {
@@ -661,7 +571,7 @@ impl Supervisor<'_, '_> {
                 }
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("waiting for generator process {}: poll: {e}", group.pid),
+                    format!("waiting for generator process {}: poll: {e}", group.pid()),
                 ));
             }
             let ready = |slot: Option<usize>| slot.is_some_and(|i| fds[i].revents != 0);
@@ -724,7 +634,7 @@ impl Supervisor<'_, '_> {
         } else {
             Err(io::Error::other(format!(
                 "generator process {}: unexpected wait status {status:#x}",
-                group.pid
+                group.pid()
             )))
         }
     }

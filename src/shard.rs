@@ -70,9 +70,17 @@ impl Shard {
             .clone()
             .unwrap_or_else(|| format!("process-{index}"));
         validate_name(&name).map_err(|e| Error::usage(format!("--name: {e}")))?;
+        if crate::paths::RESERVED_NAMES.contains(&name.as_str()) || name.starts_with("manifest_") {
+            return Err(Error::usage(format!(
+                "--name {name:?} is reserved for merge's outputs; choose another name"
+            )));
+        }
         let jobs = args.jobs.unwrap_or(config.generator.jobs);
-        if jobs == 0 {
-            return Err(Error::usage("--jobs: must be at least 1"));
+        if !(1..=crate::config::MAX_JOBS).contains(&jobs) {
+            return Err(Error::usage(format!(
+                "--jobs: must be 1 to {}",
+                crate::config::MAX_JOBS
+            )));
         }
         let source = ItemSource::load(&config.items, config.seed)?;
         let plan = ShardPlan::new(config.sharding, source.len(), num_shards, index);

@@ -41,7 +41,8 @@ impl Interrupt {
                         first.store(sig, Ordering::SeqCst);
                         stop.store(true, Ordering::SeqCst);
                     } else if sig == SIGINT {
-                        // Second Ctrl-C: leave now. Generators die with us (parent-death signal).
+                        // Second Ctrl-C: leave now, taking every generator's group with us.
+                        crate::groups::kill_all();
                         std::process::exit(ExitCode::Interrupted.code());
                     }
                 }

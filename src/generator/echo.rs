@@ -26,6 +26,11 @@ impl Echo {
         }
         let rows = positive_int_param(params, "rows", 1, true)?;
         let pad = positive_int_param(params, "pad", 0, true)?;
+        if rows > 1_000_000 || pad > 1 << 24 {
+            return Err(
+                "generator.params: echo allows at most 1,000,000 rows and a pad of 16 MiB".into(),
+            );
+        }
         Ok(Echo {
             rows,
             pad: "x".repeat(pad as usize),

@@ -96,6 +96,12 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         .map(|(_, m)| scan::scan(m.clone(), &paths.data_dir))
         .collect::<Result<Vec<_>>>()?;
     check_shards(&run, &plan, &scans, args)?;
+    if let Some(s) = scans.iter().find(|s| s.data == output) {
+        return Err(Error::usage(format!(
+            "--output-name {}: that is shard {}'s data file; choose another name",
+            args.output_name, s.header.shard
+        )));
+    }
     let stats = output::write(&run, &plan, &scans, args, &output)?;
     if !(args.keep_shards || args.allow_partial) {
         cleanup(paths, &scans, plan.num_shards)?;
