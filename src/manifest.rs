@@ -291,7 +291,12 @@ impl ShardStore {
             Some(valid) => {
                 let data = open_rw(&data_path, false)?;
                 let len = data.metadata().ctx("cannot stat", &data_path)?.len();
-                if len < data_end {
+                if resumed.ok.is_empty() {
+                    // Nothing committed: the data file is just its header; write it again.
+                    let header_line = crate::csv_out::header_line(&header.columns);
+                    data.write_all_at(&header_line, 0)
+                        .ctx("cannot write", &data_path)?;
+                } else if len < data_end {
                     return Err(Error::usage(format!(
                         "{} is shorter ({len} bytes) than its manifest {} says was committed ({data_end} bytes); \
                          the file was changed outside shardrun. Re-run with --force to regenerate this shard",
@@ -311,11 +316,14 @@ impl ShardStore {
             None => {
                 resumed = Resumed::default();
                 let header_line = crate::csv_out::header_line(&header.columns);
+                // The old manifest goes first: a crash before the data file is replaced then
+                // leaves no record pointing into it (and an empty manifest reads as absent).
+                let mut manifest = open_rw(&manifest_path, true)?;
+                manifest.sync_data().ctx("cannot sync", &manifest_path)?;
                 let data = open_rw(&data_path, true)?;
                 data.write_all_at(&header_line, 0)
                     .and_then(|_| data.sync_data())
                     .ctx("cannot write", &data_path)?;
-                let mut manifest = open_rw(&manifest_path, true)?;
                 let mut line =
                     serde_json::to_vec(header).map_err(|e| Error::usage(e.to_string()))?;
                 line.push(b'\n');

@@ -55,6 +55,26 @@ impl ShardPlan {
         }
     }
 
+    /// The position within this shard of global index `global`, if the shard holds it.
+    pub fn position(&self, global: u64) -> Option<u64> {
+        let (n, k, i) = (
+            self.n_items,
+            u64::from(self.num_shards),
+            u64::from(self.index),
+        );
+        let pos = match self.sharding {
+            Sharding::Contiguous => global.checked_sub(self.global(0).min(n))?,
+            Sharding::Stride => {
+                let d = global.checked_sub(i)?;
+                if d % k != 0 {
+                    return None;
+                }
+                d / k
+            }
+        };
+        (pos < self.len() && global < n).then_some(pos)
+    }
+
     /// The shard's global indices in order.
     pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.len()).map(|p| self.global(p))
@@ -103,6 +123,23 @@ mod tests {
                     let sizes: Vec<usize> = shards.iter().map(Vec::len).collect();
                     let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
                     assert!(hi - lo <= 1, "{sharding:?} n={n} k={k} {sizes:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn position_inverts_global() {
+        for sharding in [Sharding::Contiguous, Sharding::Stride] {
+            for k in [1u32, 3, 7] {
+                for i in 0..k {
+                    let p = ShardPlan::new(sharding, 20, k, i);
+                    for g in 0..25 {
+                        match p.position(g) {
+                            Some(pos) => assert_eq!(p.global(pos), g),
+                            None => assert!(!p.indices().any(|x| x == g)),
+                        }
+                    }
                 }
             }
         }

@@ -146,28 +146,24 @@ fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Res
     let log = EventLog::open(&paths.log(shard.index, shard.num_shards), echo)?;
     write_run_record(shard)?;
 
-    let mut committed = vec![false; usize::try_from(shard.source.len()).unwrap_or(usize::MAX)];
+    let mut committed = Committed::new(shard.plan.len());
     let rows = resumed.rows;
     for &i in &resumed.ok {
-        if let Some(c) = committed.get_mut(i as usize) {
-            *c = true;
+        if let Some(pos) = shard.plan.position(i) {
+            committed.set(pos);
         }
     }
     drop(resumed);
-    let done = shard
-        .plan
-        .indices()
-        .filter(|&i| committed[i as usize])
-        .count() as u64;
+    let done = committed.count();
     let total = shard.plan.len();
     let cache = if shard.use_cache && done < total {
         let dir = &shard.config.cache.dir;
         let wanted = if cache::has_entries(dir, &shard.generator_id) {
+            let stop = interrupt.flag();
             cache::Wanted::new(
-                shard
-                    .plan
-                    .indices()
-                    .filter(|&i| !committed[i as usize])
+                committed
+                    .pending(&shard.plan)
+                    .take_while(|_| !stop.load(Ordering::Relaxed))
                     .map(|i| cache::item_key(&shard.generator_id, &shard.source.item(i))),
             )
         } else {
@@ -247,6 +243,35 @@ fn write_run_record(shard: &Shard) -> Result<()> {
         .ctx("cannot write the run record", &path)
 }
 
+/// Which of the shard's items are committed: one bit per position in the shard, so the memory
+/// is the shard's item count / 8, whatever the size of the source.
+struct Committed(Vec<u64>, u64);
+
+impl Committed {
+    fn new(len: u64) -> Self {
+        Committed(vec![0; usize::try_from(len.div_ceil(64)).unwrap_or(0)], len)
+    }
+    fn set(&mut self, pos: u64) {
+        if let Some(w) = self.0.get_mut((pos / 64) as usize) {
+            *w |= 1 << (pos % 64);
+        }
+    }
+    fn get(&self, pos: u64) -> bool {
+        self.0
+            .get((pos / 64) as usize)
+            .is_some_and(|w| w & (1 << (pos % 64)) != 0)
+    }
+    fn count(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+    /// Global indices of the shard's items that are not committed, in shard order.
+    fn pending<'p>(&'p self, plan: &'p crate::plan::ShardPlan) -> impl Iterator<Item = u64> + 'p {
+        (0..self.1)
+            .filter(|&p| !self.get(p))
+            .map(|p| plan.global(p))
+    }
+}
+
 /// Spaces item starts to honour `generator.rate`.
 struct RateLimit {
     interval: Option<Duration>,
@@ -319,13 +344,9 @@ impl Run<'_> {
     }
 
     /// Produces every pending item, serving the cache first.
-    fn produce_all(&mut self, committed: &[bool]) -> Result<()> {
+    fn produce_all(&mut self, committed: &Committed) -> Result<()> {
         let shard = self.shard;
-        let mut pending = shard
-            .plan
-            .indices()
-            .filter(|&i| !committed[i as usize])
-            .map(|i| shard.source.item(i));
+        let mut pending = committed.pending(&shard.plan).map(|i| shard.source.item(i));
         if shard.jobs == 1 {
             let mut out = RowWriter::new();
             while let Some(item) = self.next_uncached(&mut pending)? {
@@ -649,7 +670,7 @@ fn produce(
     match &shard.generator {
         Generator::Builtin(b) => {
             out.clear();
-            match b.generate(&item, out) {
+            match b.generate(&item, out, stop) {
                 Ok(()) => {
                     let (rows, count) = out.take();
                     Outcome::Ok {

@@ -131,3 +131,58 @@ fn a_second_worker_on_the_same_shard_exits_3_naming_the_holder() {
     );
     assert_exit(&out, 0, "after the holder died", p.root());
 }
+
+#[test]
+fn sigint_stops_a_long_embedded_item_within_2_seconds() {
+    let p = Project::new();
+    p.write(
+        "v.yaml",
+        "run: v\nitems: {range: {start: 0, end: 4}}\ngenerator: {builtin: vitals, params: {hours: 8760, window: 60000, step: 1}}\n",
+    );
+    let mut child = spawn(p.worker("v.yaml", &["--shard-index", "0", "--num-shards", "1"]));
+    wait_for("the start line", Duration::from_secs(10), || {
+        p.read("logs/v/shard_0_of_1.log").contains(" start ")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    signal(child.id(), libc::SIGINT);
+    let status = wait_child(&mut child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_and_kills_every_generator_group() {
+    let p = Project::new();
+    // Generators that ignore SIGTERM and keep a background child: only SIGKILL of the whole
+    // group removes them.
+    p.script(
+        "g.sh",
+        "#!/bin/sh\ntrap '' TERM\nsleep 300 &\necho $! >> pids\necho $$ >> pids\nwait\n",
+    );
+    p.write(
+        "s.yaml",
+        "run: s2\nitems: {range: {start: 0, end: 10}}\ngenerator: {command: [./g.sh], jobs: 3}\noutput: {columns: [k]}\n",
+    );
+    let mut child = spawn(p.worker("s.yaml", &["--shard-index", "0", "--num-shards", "1"]));
+    wait_for("3 generators", Duration::from_secs(10), || {
+        p.read("pids").lines().count() >= 6
+    });
+    signal(child.id(), libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(100));
+    signal(child.id(), libc::SIGINT);
+    let status = wait_child(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(130));
+    for pid in p.read("pids").lines() {
+        let pid: i32 = pid.parse().unwrap();
+        wait_for(
+            &format!("process {pid} to be gone"),
+            Duration::from_secs(2),
+            || !alive(pid),
+        );
+    }
+}

@@ -1,6 +1,8 @@
 //! `echo`: a trivial, fast generator for tests and benchmarks. Columns `key,index,seed,row,pad`;
 //! params `rows` (rows per item, default 1) and `pad` (length of the `pad` column, default 0).
 
+use std::sync::atomic::AtomicBool;
+
 use serde_json::{Map, Value};
 
 use super::{positive_int_param, Builtin};
@@ -45,7 +47,7 @@ impl Builtin for Echo {
             .to_vec()
     }
 
-    fn generate(&self, item: &Item, out: &mut RowWriter) -> Result<(), String> {
+    fn generate(&self, item: &Item, out: &mut RowWriter, _stop: &AtomicBool) -> Result<(), String> {
         for row in 0..self.rows {
             out.field(item.key.as_bytes());
             out.field_display(item.index);

@@ -5,6 +5,8 @@ pub mod command;
 pub mod echo;
 pub mod vitals;
 
+use std::sync::atomic::AtomicBool;
+
 use serde_json::{Map, Value};
 
 use crate::csv_out::RowWriter;
@@ -14,8 +16,9 @@ use crate::items::Item;
 pub trait Builtin: Send + Sync {
     /// The CSV header.
     fn columns(&self) -> Vec<String>;
-    /// Writes the item's rows (each with `columns().len()` fields) to `out`.
-    fn generate(&self, item: &Item, out: &mut RowWriter) -> Result<(), String>;
+    /// Writes the item's rows (each with `columns().len()` fields) to `out`. A long item checks
+    /// `stop` (raised by SIGINT/SIGTERM) now and then and gives up early with an error.
+    fn generate(&self, item: &Item, out: &mut RowWriter, stop: &AtomicBool) -> Result<(), String>;
 }
 
 /// Names of the embedded generators.

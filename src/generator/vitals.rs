@@ -12,6 +12,7 @@
 //! platform and in every version: the tests pin it.
 
 use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Builtin;
 use crate::csv_out::RowWriter;
@@ -232,7 +233,7 @@ impl Builtin for Vitals {
         cols
     }
 
-    fn generate(&self, item: &Item, out: &mut RowWriter) -> Result<(), String> {
+    fn generate(&self, item: &Item, out: &mut RowWriter, stop: &AtomicBool) -> Result<(), String> {
         let minutes = (self.hours * 60) as usize;
         let mut master = Rng::new(item.seed);
         // Independent streams, so that e.g. a longer simulation (or another horizon) leaves the
@@ -308,7 +309,12 @@ impl Builtin for Vitals {
         let sxx = w * (w * w - 1.0) / 12.0;
         let mut next_onset = 0;
         let mut start = 0usize;
+        let mut windows = 0u32;
         while start + window <= minutes {
+            windows = windows.wrapping_add(1);
+            if windows % 256 == 0 && stop.load(Ordering::Relaxed) {
+                return Err("stopped".into());
+            }
             let end = start + window;
             let rows = &series[start..end];
             let mut sum = [0.0; 4];
@@ -481,7 +487,8 @@ mod tests {
             fields: Vec::new(),
         };
         let mut out = RowWriter::new();
-        v.generate(&item, &mut out).unwrap();
+        v.generate(&item, &mut out, &AtomicBool::new(false))
+            .unwrap();
         String::from_utf8(out.take().0).unwrap()
     }
 
@@ -709,7 +716,8 @@ mod tests {
             fields: Vec::new(),
         };
         let mut out = RowWriter::new();
-        v.generate(&item, &mut out).unwrap();
+        v.generate(&item, &mut out, &AtomicBool::new(false))
+            .unwrap();
         assert!(out.as_bytes().starts_with(b"\"a,b\",0,60,"));
     }
 
