@@ -312,7 +312,7 @@ impl Builtin for Vitals {
         let mut windows = 0u32;
         while start + window <= minutes {
             windows = windows.wrapping_add(1);
-            if windows % 256 == 0 && stop.load(Ordering::Relaxed) {
+            if windows.is_multiple_of(256) && stop.load(Ordering::Relaxed) {
                 return Err("stopped".into());
             }
             let end = start + window;
