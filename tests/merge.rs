@@ -318,3 +318,73 @@ fn dedupe_keeps_the_last_row_per_key_and_append_adds_after_the_old_rows() {
     let out = merge(&p, &["--run", "d", "--dedupe-key", "nope"]);
     assert_exit(&out, 2, "unknown dedupe column", p.root());
 }
+
+#[test]
+fn kill_9_during_merge_append_never_appends_the_shards_twice() {
+    let p = Project::new();
+    p.write("ap.yaml", "run: ap\nitems: {range: {start: 0, end: 40000}}\ngenerator: {builtin: echo, params: {rows: 1, pad: 50}}\n");
+    for i in 0..2 {
+        p.run_shard("ap.yaml", i, 2, &["--no-cache"], 0);
+    }
+    // An existing output to append to: the same shards once.
+    let t = std::time::Instant::now();
+    merge_ok(&p, &["--run", "ap", "--keep-shards"]);
+    let span = (t.elapsed().as_micros() as u64 * 3).max(1000);
+    let mut rng = TestRng(4242);
+    let mut kills = 0;
+    for round in 0..15u64 {
+        if !p.path("data/ap/manifest_shard0_of_2.jsonl").exists() {
+            break;
+        }
+        let mut cmd = std::process::Command::new(MERGE);
+        cmd.arg("--root")
+            .arg(p.root())
+            .args(["--run", "ap", "--append"]);
+        let mut child = spawn(cmd);
+        // Later and later kills, so they land in every phase before one merge completes.
+        std::thread::sleep(Duration::from_micros(
+            span * round / 15 + rng.below(span / 15),
+        ));
+        if child.try_wait().unwrap().is_none() {
+            signal(child.id(), libc::SIGKILL);
+            kills += 1;
+        }
+        let _ = child.wait();
+    }
+    eprintln!("{kills} appends killed");
+    assert!(kills >= 3, "only {kills} kills landed");
+    merge_ok(&p, &["--run", "ap", "--append"]);
+    let combined = std::fs::read(p.path("data/ap/combined.csv")).unwrap();
+    let lines = combined.iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(
+        lines,
+        1 + 2 * 40_000,
+        "the shards must be appended exactly once"
+    );
+    assert!(!p.path("data/ap/process-0.csv").exists());
+}
+
+#[test]
+fn a_shard_file_is_never_the_merge_output() {
+    let p = Project::new();
+    p.write(
+        "o.yaml",
+        "run: o\nitems: {list: [a, b]}\ngenerator: {builtin: echo}\n",
+    );
+    p.run_shard("o.yaml", 0, 1, &[], 0);
+    let out = merge(&p, &["--run", "o", "--output-name", "process-0.csv"]);
+    assert_exit(&out, 2, "output over a shard", p.root());
+    assert!(p.path("data/o/process-0.csv").exists());
+    let out = p.run(
+        "o.yaml",
+        &[
+            "--shard-index",
+            "0",
+            "--num-shards",
+            "1",
+            "--name",
+            "combined",
+        ],
+    );
+    assert_exit(&out, 2, "reserved name", p.root());
+}

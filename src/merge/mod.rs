@@ -14,6 +14,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
@@ -102,8 +103,16 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
             args.output_name, s.header.shard
         )));
     }
-    let stats = output::write(&run, &plan, &scans, args, &output)?;
-    if !(args.keep_shards || args.allow_partial) {
+    let (stats, out_tmp) = output::write(&run, &plan, &scans, args, &output)?;
+    let clean = !(args.keep_shards || args.allow_partial);
+    if clean {
+        // The marker names the new dataset (by inode) before it is renamed into place: a re-run
+        // after a crash then knows whether these shards are already in the output.
+        write_marker(paths, &scans, &output, &out_tmp)?;
+    }
+    std::fs::rename(&out_tmp, &output).ctx("cannot rename", &out_tmp)?;
+    sync_dir(&paths.data_dir)?;
+    if clean {
         cleanup(paths, &scans, plan.num_shards)?;
     }
     Ok(Outcome::Merged(Box::new(stats)))
@@ -366,49 +375,80 @@ fn heap_push(heap: &mut BinaryHeap<Reverse<(u64, usize)>>, index: u64, slot: usi
 }
 
 /// Finishes a clean-up a crash interrupted; `Some(message)` when the run was already merged.
+/// The marker's first line names the dataset it belongs to (file name and inode): if that file
+/// is not in place, the crash came before the rename, and the merge simply starts again.
 fn finish_cleanup(paths: &RunPaths, output: &Path) -> Result<Option<String>> {
     let marker = paths.data_dir.join(MARKER);
     let Ok(text) = std::fs::read_to_string(&marker) else {
         return Ok(None);
     };
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let p = paths.data_dir.join(line);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).ctx("cannot remove", &p),
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("");
+    let in_place = first
+        .strip_prefix("output ")
+        .and_then(|r| r.rsplit_once(' '))
+        .is_some_and(|(name, ino)| {
+            let target = paths.data_dir.join(name);
+            std::fs::metadata(&target).is_ok_and(|m| m.ino().to_string() == ino)
+        });
+    if in_place {
+        for line in lines.filter(|l| !l.is_empty()) {
+            let p = paths.data_dir.join(line);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).ctx("cannot remove", &p),
+            }
         }
     }
     std::fs::remove_file(&marker).ctx("cannot remove", &marker)?;
     sync_dir(&paths.data_dir)?;
-    Ok(Some(format!(
-        "run already merged into {}; finished removing its shard outputs",
-        output.display()
-    )))
+    Ok(in_place.then(|| {
+        format!(
+            "run already merged into {}; finished removing its shard outputs",
+            output.display()
+        )
+    }))
 }
 
-/// Deletes the shard outputs (data files, manifests), never the cache, the logs or the run
-/// record. A marker listing them goes first, so a crash midway is finished by the next merge.
-fn cleanup(paths: &RunPaths, scans: &[ShardScan], num_shards: u32) -> Result<()> {
-    let mut names = Vec::new();
+/// Writes the clean-up marker: the dataset about to be renamed into place (name and inode),
+/// then the shard files it contains.
+fn write_marker(
+    paths: &RunPaths,
+    scans: &[ShardScan],
+    output: &Path,
+    out_tmp: &Path,
+) -> Result<()> {
+    let ino = std::fs::metadata(out_tmp)
+        .ctx("cannot stat", out_tmp)?
+        .ino();
+    let name = output.file_name().unwrap_or_default().to_string_lossy();
+    let mut text = format!("output {name} {ino}\n");
     for s in scans {
         for p in [&s.data, &s.manifest] {
             if let Some(n) = p.file_name() {
-                names.push(n.to_string_lossy().into_owned());
+                text.push_str(&n.to_string_lossy());
+                text.push('\n');
             }
         }
     }
     let marker = paths.data_dir.join(MARKER);
     let tmp = paths.data_dir.join(format!("{MARKER}.tmp"));
     let mut f = File::create(&tmp).ctx("cannot write", &tmp)?;
-    f.write_all(names.join("\n").as_bytes())
+    f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .ctx("cannot write", &tmp)?;
     std::fs::rename(&tmp, &marker).ctx("cannot write", &marker)?;
-    sync_dir(&paths.data_dir)?;
-    for n in &names {
-        let p = paths.data_dir.join(n);
-        std::fs::remove_file(&p).ctx("cannot remove", &p)?;
+    sync_dir(&paths.data_dir)
+}
+
+/// Deletes the shard outputs (data files, manifests), never the cache, the logs or the run
+/// record, then the marker that listed them.
+fn cleanup(paths: &RunPaths, scans: &[ShardScan], num_shards: u32) -> Result<()> {
+    for s in scans {
+        for p in [&s.data, &s.manifest] {
+            std::fs::remove_file(p).ctx("cannot remove", p)?;
+        }
     }
     for i in 0..num_shards {
         let _ = std::fs::remove_file(
@@ -417,6 +457,7 @@ fn cleanup(paths: &RunPaths, scans: &[ShardScan], num_shards: u32) -> Result<()>
                 .join(format!("shard{i}_of_{num_shards}.lock")),
         );
     }
+    let marker = paths.data_dir.join(MARKER);
     std::fs::remove_file(&marker).ctx("cannot remove", &marker)?;
     sync_dir(&paths.data_dir)
 }

@@ -2,8 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -72,14 +71,15 @@ enum Step<'r> {
     Gap { index: u64 },
 }
 
-/// Writes the outputs and renames them into place; returns the stats.
+/// Writes the outputs, renames `manifest_final.csv` and `stats.json` into place, and returns the
+/// stats and the synced temporary dataset, which the caller renames into place last.
 pub fn write(
     run: &RunRef,
     plan: &PlanOnDisk,
     scans: &[ShardScan],
     args: &MergeArgs,
     output: &Path,
-) -> Result<Stats> {
+) -> Result<(Stats, PathBuf)> {
     let dir = &run.paths.data_dir;
     let columns = &scans[0].header.columns;
     let header = header_line(columns);
@@ -103,6 +103,7 @@ pub fn write(
             ))
         })?),
     };
+    let mut guard = TempFiles(vec![out_tmp.clone(), mf_tmp.clone(), stats_tmp.clone()]);
     let out = File::create(&out_tmp).ctx("cannot create", &out_tmp)?;
     let mut copier = RangeCopier::new(out, &out_tmp)?;
     copier.write_bytes(&header)?;
@@ -284,9 +285,27 @@ pub fn write(
         .ctx("cannot write", &stats_tmp)?;
     std::fs::rename(&mf_tmp, dir.join("manifest_final.csv")).ctx("cannot rename", &mf_tmp)?;
     std::fs::rename(&stats_tmp, dir.join("stats.json")).ctx("cannot rename", &stats_tmp)?;
-    std::fs::rename(&out_tmp, output).ctx("cannot rename", &out_tmp)?;
     sync_dir(dir)?;
-    Ok(stats)
+    guard.keep();
+    Ok((stats, out_tmp))
+}
+
+/// Removes the temporary outputs unless the merge got far enough to keep them: a failed merge
+/// leaves no debris.
+struct TempFiles(Vec<PathBuf>);
+
+impl TempFiles {
+    fn keep(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 fn spread(values: impl Iterator<Item = u64>) -> Spread {
@@ -447,24 +466,27 @@ fn for_each_row(
     to: u64,
     mut f: impl FnMut(&[u8], Vec<&[u8]>),
 ) -> Result<()> {
-    let mut buf = vec![0u8; (to - from) as usize];
-    file.read_exact_at(&mut buf, from)
-        .map_err(|e| Error::Refused(format!("cannot read shard data: {e}")))?;
+    // Streamed through a small buffer: the old output of `--append` may be large. Rows were
+    // written by our own writer, so re-encoding a parsed row gives back its exact bytes.
+    let bad = |e: std::io::Error| Error::Refused(format!("cannot read shard data: {e}"));
+    let mut src = file.try_clone().map_err(bad)?;
+    src.seek(SeekFrom::Start(from)).map_err(bad)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(&buf[..]);
+        .from_reader(std::io::BufReader::with_capacity(
+            1 << 16,
+            src.take(to - from),
+        ));
     let mut rec = csv::ByteRecord::new();
-    loop {
-        let start = reader.position().byte() as usize;
-        if !reader
-            .read_byte_record(&mut rec)
-            .map_err(|e| Error::Refused(format!("bad row in shard data: {e}")))?
-        {
-            break;
-        }
-        let end = reader.position().byte() as usize;
-        f(&buf[start..end], rec.iter().collect());
+    let mut raw = RowWriter::new();
+    while reader
+        .read_byte_record(&mut rec)
+        .map_err(|e| Error::Refused(format!("bad row in shard data: {e}")))?
+    {
+        raw.clear();
+        raw.record(rec.iter());
+        f(raw.as_bytes(), rec.iter().collect());
     }
     Ok(())
 }
