@@ -224,9 +224,6 @@ fn build_generator(
             );
             Ok((Generator::Builtin(b), columns, hex16(id)))
         }
-        GeneratorKind::Command { .. } if spec.mode == crate::config::Mode::Persistent => Err(bad(
-            "generator.mode: persistent is not available in this build; use per-item".into(),
-        )),
         GeneratorKind::Command { argv } => {
             let columns = config.columns.clone().unwrap_or_default();
             let cmd = CommandGen::new(
@@ -237,6 +234,8 @@ fn build_generator(
                 spec.timeout,
                 index,
                 num_shards,
+                (spec.mode == crate::config::Mode::Persistent)
+                    .then(|| spec.marker.as_bytes().to_vec()),
             )
             .map_err(bad)?;
             id.update(b"command\0");

@@ -9,7 +9,7 @@ use crate::cache::{self, Cache};
 use crate::config::Halt;
 use crate::csv_out::RowWriter;
 use crate::error::{Error, ExitCode, IoContext, Result};
-use crate::generator::command::AttemptError;
+use crate::generator::command::{AttemptError, Slot};
 use crate::items::Item;
 use crate::lock::ShardLock;
 use crate::log::{EventLog, V};
@@ -72,6 +72,13 @@ enum Outcome {
         ms: u64,
     },
     Stopped,
+    /// The shard cannot go on (a persistent generator that never starts): stop with this reason.
+    Fatal {
+        item: Item,
+        attempts: u32,
+        reason: String,
+        ms: u64,
+    },
 }
 
 fn create_dir(dir: &std::path::Path) -> Result<()> {
@@ -349,20 +356,26 @@ impl Run<'_> {
         let mut pending = committed.pending(&shard.plan).map(|i| shard.source.item(i));
         if shard.jobs == 1 {
             let mut out = RowWriter::new();
-            while let Some(item) = self.next_uncached(&mut pending)? {
-                self.attempted += 1;
-                let o = produce(
-                    shard,
-                    item,
-                    0,
-                    self.interrupt.flag(),
-                    self.rate,
-                    self.log,
-                    &mut out,
-                );
-                self.handle(o)?;
-            }
-            return Ok(());
+            let mut state = Slot::default();
+            let result = (|| {
+                while let Some(item) = self.next_uncached(&mut pending)? {
+                    self.attempted += 1;
+                    let o = produce(
+                        shard,
+                        item,
+                        0,
+                        self.interrupt.flag(),
+                        self.rate,
+                        self.log,
+                        &mut out,
+                        &mut state,
+                    );
+                    self.handle(o)?;
+                }
+                Ok(())
+            })();
+            finish_slot(&mut state, self.log);
+            return result;
         }
         std::thread::scope(|scope| {
             let (work_tx, work_rx) = crossbeam_channel::bounded::<Item>(0);
@@ -372,12 +385,14 @@ impl Run<'_> {
                 let (stop, rate, log) = (self.interrupt.flag(), self.rate, self.log);
                 scope.spawn(move || {
                     let mut out = RowWriter::new();
+                    let mut state = Slot::default();
                     for item in rx {
-                        let o = produce(shard, item, slot, stop, rate, log, &mut out);
+                        let o = produce(shard, item, slot, stop, rate, log, &mut out, &mut state);
                         if tx.send(o).is_err() {
                             break;
                         }
                     }
+                    finish_slot(&mut state, log);
                 });
             }
             drop((work_rx, done_tx));
@@ -505,6 +520,29 @@ impl Run<'_> {
                 });
                 self.check_halt();
                 self.maybe_commit()
+            }
+            Outcome::Fatal {
+                item,
+                attempts,
+                reason,
+                ms,
+            } => {
+                if !self.halted {
+                    self.halted = true;
+                    self.log.event(
+                        "halt",
+                        &[
+                            ("failed", V::D(&(self.failed + 1))),
+                            ("reason", V::S(&reason)),
+                        ],
+                    );
+                }
+                self.handle(Outcome::Failed {
+                    item,
+                    attempts,
+                    reason,
+                    ms,
+                })
             }
             Outcome::Stopped => Ok(()),
         }
@@ -655,7 +693,21 @@ impl Run<'_> {
     }
 }
 
+/// Ends a slot's persistent generator, logging what it says on stderr as it goes.
+fn finish_slot(state: &mut Slot, log: &EventLog) {
+    state.finish(&mut |line: &[u8]| {
+        log.event(
+            "stderr",
+            &[
+                ("key", V::S("")),
+                ("line", V::S(&String::from_utf8_lossy(line))),
+            ],
+        );
+    });
+}
+
 /// Produces one item with the shard's generator, retrying a failed command with backoff.
+#[allow(clippy::too_many_arguments)]
 fn produce(
     shard: &Shard,
     item: Item,
@@ -664,6 +716,7 @@ fn produce(
     rate: &RateLimit,
     log: &EventLog,
     out: &mut RowWriter,
+    state: &mut Slot,
 ) -> Outcome {
     let started = Instant::now();
     let ms = |s: Instant| s.elapsed().as_millis() as u64;
@@ -681,6 +734,7 @@ fn produce(
                         ms: ms(started),
                     }
                 }
+                Err(_) if stop.load(Ordering::SeqCst) => Outcome::Stopped,
                 Err(reason) => Outcome::Failed {
                     item,
                     attempts: 1,
@@ -708,7 +762,12 @@ fn produce(
                         ],
                     );
                 };
-                match cmd.attempt(&item, slot, stop, &mut on_stderr, out) {
+                let result = if cmd.is_persistent() {
+                    cmd.serve(&item, slot, state, stop, &mut on_stderr, out)
+                } else {
+                    cmd.attempt(&item, slot, stop, &mut on_stderr, out)
+                };
+                match result {
                     Ok(()) => {
                         let (rows, count) = out.take();
                         return Outcome::Ok {
@@ -720,6 +779,14 @@ fn produce(
                         };
                     }
                     Err(AttemptError::Stopped) => return Outcome::Stopped,
+                    Err(AttemptError::Fatal(reason)) => {
+                        return Outcome::Fatal {
+                            item,
+                            attempts: attempt,
+                            reason,
+                            ms: ms(started),
+                        }
+                    }
                     Err(AttemptError::Failed(reason)) => {
                         log.event(
                             "attempt_failed",

@@ -4,6 +4,7 @@ mod common;
 mod launcher;
 mod merge;
 mod monitor;
+mod persistent;
 mod worker_bad_input;
 mod worker_crash;
 mod worker_run;

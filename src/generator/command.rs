@@ -113,6 +113,27 @@ pub struct CommandGen {
     timeout: Option<Duration>,
     shard: u32,
     num_shards: u32,
+    /// `Some(marker)` in persistent mode.
+    marker: Option<Vec<u8>>,
+}
+
+/// Consecutive start-up failures of a persistent generator after which the shard stops.
+pub const MAX_START_FAILURES: u32 = 3;
+
+/// What one slot keeps between items: its persistent generator process, if any.
+#[derive(Default)]
+pub struct Slot {
+    server: Option<crate::persistent::Server>,
+    start_failures: u32,
+}
+
+impl Slot {
+    /// Ends the slot's persistent process: stdin closed, a short grace, then its group killed.
+    pub fn finish(&mut self, on_stderr: &mut dyn FnMut(&[u8])) {
+        if let Some(mut s) = self.server.take() {
+            s.shutdown(Duration::from_secs(1), on_stderr);
+        }
+    }
 }
 
 /// Why an attempt did not produce rows.
@@ -122,6 +143,8 @@ pub enum AttemptError {
     Failed(String),
     /// A signal asked the worker to stop; the item stays pending.
     Stopped,
+    /// A persistent generator failed to start too many times in a row: the shard must stop.
+    Fatal(String),
 }
 
 impl CommandGen {
@@ -135,12 +158,24 @@ impl CommandGen {
         timeout: Option<Duration>,
         shard: u32,
         num_shards: u32,
+        marker: Option<Vec<u8>>,
     ) -> Result<Self, String> {
         let argv = argv
             .iter()
             .enumerate()
             .map(|(i, a)| Template::parse(a, fields, i))
             .collect::<Result<Vec<_>, _>>()?;
+        if marker.is_some() {
+            let per_item = argv
+                .iter()
+                .flat_map(|t| &t.0)
+                .find(|p| !matches!(p, Piece::Lit(_) | Piece::Shard | Piece::Slot));
+            if per_item.is_some() {
+                return Err("generator.command: a persistent generator is started once per slot, so only \
+                     {shard} and {slot} are available in its argv (items arrive as JSON lines on stdin)"
+                    .into());
+            }
+        }
         match argv.first().and_then(Template::is_literal) {
             Some(program) => {
                 crate::process::resolve_program(program, root)
@@ -159,7 +194,92 @@ impl CommandGen {
             timeout,
             shard,
             num_shards,
+            marker,
         })
+    }
+
+    /// True for a persistent generator.
+    pub fn is_persistent(&self) -> bool {
+        self.marker.is_some()
+    }
+
+    /// Serves one attempt for `item` through the slot's persistent process (started on demand).
+    pub fn serve(
+        &self,
+        item: &Item,
+        slot_no: u32,
+        slot: &mut Slot,
+        stop: &AtomicBool,
+        on_stderr: &mut dyn FnMut(&[u8]),
+        out: &mut RowWriter,
+    ) -> Result<(), AttemptError> {
+        use crate::persistent::{ServeError, Server, ServerSpec};
+        let server = slot.server.get_or_insert_with(|| {
+            let argv = self
+                .argv
+                .iter()
+                .map(|t| t.render(item, self.shard, slot_no))
+                .collect();
+            let marker = self.marker.clone().unwrap_or_default();
+            Server::new(ServerSpec {
+                argv,
+                env: vec![
+                    ("SHARDRUN_SHARD_INDEX".to_string(), self.shard.to_string()),
+                    (
+                        "SHARDRUN_NUM_SHARDS".to_string(),
+                        self.num_shards.to_string(),
+                    ),
+                    ("SHARDRUN_SLOT".to_string(), slot_no.to_string()),
+                    (
+                        "SHARDRUN_MARKER".to_string(),
+                        String::from_utf8_lossy(&marker).into_owned(),
+                    ),
+                ],
+                cwd: self.cwd.clone(),
+                marker,
+            })
+        });
+        let mut parser = StdoutRows::new(&self.columns);
+        let result = server.serve(
+            &item_json(item),
+            self.timeout,
+            stop,
+            &mut |chunk| parser.feed(chunk, out),
+            on_stderr,
+        );
+        let failed = |why: String| Err(AttemptError::Failed(why));
+        match result {
+            Ok(()) => {
+                slot.start_failures = 0;
+                parser.finish(out);
+                match parser.error {
+                    Some(e) => failed(e),
+                    None => Ok(()),
+                }
+            }
+            Err(ServeError::StartFailed(why)) => {
+                slot.start_failures += 1;
+                let why = format!("the generator did not start: {why}");
+                if slot.start_failures >= MAX_START_FAILURES {
+                    return Err(AttemptError::Fatal(format!(
+                        "{why} ({} times in a row; stopping the shard)",
+                        slot.start_failures
+                    )));
+                }
+                failed(why)
+            }
+            Err(ServeError::Stopped) => Err(AttemptError::Stopped),
+            Err(ServeError::TimedOut) => failed(format!(
+                "timed out after {} (generator restarted)",
+                fmt_duration(self.timeout.unwrap_or_default())
+            )),
+            Err(ServeError::Crashed(why)) => failed(format!(
+                "the generator ended before the end-of-item marker: {why}"
+            )),
+            Err(ServeError::Protocol(why)) => failed(format!("protocol error: {why}")),
+            Err(ServeError::Aborted) => failed(parser.error.unwrap_or_else(|| "bad output".into())),
+            Err(ServeError::Io(why)) => failed(format!("cannot talk to the generator: {why}")),
+        }
     }
 
     /// The output columns.

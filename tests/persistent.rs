@@ -1,0 +1,289 @@
+//! Persistent generators: one process per slot serves many items, with every per-item promise.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A Python generator usable in both modes; `BEHAVE` in the environment picks a misbehaviour.
+const GEN: &str = r#"import os, sys, time
+sys.path.insert(0, os.environ["SHARDRUN_PY"])
+import shardrun_gen
+
+def rows(item):
+    k, i = item["key"], item["index"]
+    behave = os.environ.get("BEHAVE", "")
+    with open("calls.log", "a") as f:
+        f.write(f"{os.getpid()} {k}\n")
+    if behave == "hang" and k == "5" and not os.path.exists("hung"):
+        open("hung", "w").close()
+        time.sleep(300)
+    if behave == "crash7" and i % 7 == 6:
+        os._exit(3)
+    if behave == "big" and k == "1":
+        return ([k, j, "x" * 1000] for j in range(52_000))
+    if behave == "slow":
+        time.sleep(0.02)
+    return [[k, j, f'say "{k}", ünï\nline'] for j in range(i % 4)]
+
+if __name__ == "__main__":
+    if "--serve" in sys.argv:
+        shardrun_gen.serve(rows)
+    else:
+        shardrun_gen.run_once(rows)
+"#;
+
+fn setup(p: &Project, run: &str, mode: &str, items: u32, extra: &str) -> String {
+    p.write("gen.py", GEN);
+    let argv = if mode == "persistent" {
+        "[python3, gen.py, --serve]"
+    } else {
+        "[python3, gen.py]"
+    };
+    let cfg = format!("{run}.yaml");
+    p.write(
+        &cfg,
+        &format!(
+            "run: {run}\nseed: 5\nitems: {{range: {{start: 0, end: {items}}}}}\n\
+             generator: {{command: {argv}, mode: {mode}{extra}}}\n\
+             output: {{columns: [key, row, text]}}\ncache: {{enabled: false}}\n"
+        ),
+    );
+    cfg
+}
+
+fn with_py(mut c: std::process::Command, behave: &str) -> std::process::Command {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    c.env("SHARDRUN_PY", py).env("BEHAVE", behave);
+    c
+}
+
+fn run(p: &Project, cfg: &str, args: &[&str], behave: &str) -> std::process::Output {
+    let mut all = vec!["--shard-index", "0", "--num-shards", "1"];
+    all.extend_from_slice(args);
+    with_py(p.worker(cfg, &all), behave)
+        .output()
+        .expect("worker")
+}
+
+fn processes_started(p: &Project) -> usize {
+    let calls = p.read("calls.log");
+    let mut pids: Vec<&str> = calls.lines().filter_map(|l| l.split(' ').next()).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.len()
+}
+
+#[test]
+fn persistent_and_per_item_modes_give_byte_identical_datasets() {
+    let p = Project::new();
+    let a = setup(&p, "per", "per-item", 24, "");
+    assert_exit(&run(&p, &a, &[], ""), 0, "per-item", p.root());
+    assert_eq!(processes_started(&p), 24);
+    std::fs::remove_file(p.path("calls.log")).unwrap();
+    let b = setup(&p, "pers", "persistent", 24, ", jobs: 3");
+    assert_exit(&run(&p, &b, &[], ""), 0, "persistent", p.root());
+    assert_eq!(processes_started(&p), 3, "one process per slot");
+    let (x, y) = (p.dataset("per"), p.dataset("pers"));
+    assert!(!x.is_empty() && x == y, "datasets differ");
+}
+
+#[test]
+fn a_hanging_item_times_out_and_the_restarted_generator_serves_the_rest() {
+    let p = Project::new();
+    let cfg = setup(&p, "h", "persistent", 10, ", timeout: 1s, retries: 0");
+    let out = run(&p, &cfg, &[], "hang");
+    assert_exit(&out, 1, "one item timed out", p.root());
+    let recs = manifest_records(&p.path("data/h/manifest_shard0_of_1.jsonl"));
+    let failed: Vec<_> = recs.iter().filter(|r| r["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{recs:?}");
+    assert_eq!(failed[0]["key"], "5");
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1s"),
+        "{recs:?}"
+    );
+    assert_eq!(recs.iter().filter(|r| r["status"] == "ok").count(), 9);
+    assert_eq!(processes_started(&p), 2);
+    // The re-run retries just that item, and the result equals an undisturbed run.
+    assert_exit(&run(&p, &cfg, &[], "hang"), 0, "re-run", p.root());
+    let reference = setup(&p, "ref", "persistent", 10, "");
+    assert_exit(&run(&p, &reference, &[], ""), 0, "reference", p.root());
+    assert!(p.dataset("h") == p.dataset("ref"));
+}
+
+#[test]
+fn a_generator_that_crashes_every_7th_item_fails_only_those() {
+    let p = Project::new();
+    let cfg = setup(&p, "c", "persistent", 30, ", retries: 0");
+    let out = run(&p, &cfg, &[], "crash7");
+    assert_exit(&out, 1, "crashes", p.root());
+    let recs = manifest_records(&p.path("data/c/manifest_shard0_of_1.jsonl"));
+    let failed: Vec<u64> = recs
+        .iter()
+        .filter(|r| r["status"] == "failed")
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(failed, [6, 13, 20, 27]);
+    let reason = recs.iter().find(|r| r["status"] == "failed").unwrap()["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("exit code 3"), "{reason}");
+    assert_eq!(recs.iter().filter(|r| r["status"] == "ok").count(), 26);
+}
+
+#[test]
+fn a_generator_that_never_starts_stops_the_shard_after_a_few_tries() {
+    let p = Project::new();
+    p.script(
+        "broken.sh",
+        "#!/bin/sh\necho 'cannot import torch' >&2\nexit 7\n",
+    );
+    p.write(
+        "n.yaml",
+        "run: n\nitems: {range: {start: 0, end: 50}}\ngenerator: {command: [./broken.sh], mode: persistent, retries: 5}\noutput: {columns: [k]}\n",
+    );
+    let t = Instant::now();
+    let out = run(&p, "n.yaml", &[], "");
+    assert_exit(&out, 1, "never starts", p.root());
+    assert!(t.elapsed() < Duration::from_secs(20));
+    let log = p.read("logs/n/shard_0_of_1.log");
+    assert!(
+        log.contains("did not start") && log.contains("3 times in a row"),
+        "{log}"
+    );
+    assert!(log.contains("cannot import torch"), "{log}");
+    assert!(log.contains("finish status=halted"), "{log}");
+    assert_eq!(log.matches(" attempt_failed ").count(), 2, "{log}");
+}
+
+#[test]
+fn output_after_the_marker_is_a_protocol_error_and_the_rest_continue() {
+    let p = Project::new();
+    p.script(
+        "junk.py",
+        "#!/usr/bin/env python3\nimport sys, json\nfor line in sys.stdin:\n    k = json.loads(line)['key']\n    out = f'{k}\\n\\x1e\\n'\n    if k == '2':\n        out += 'JUNK\\n'\n    sys.stdout.write(out)\n    sys.stdout.flush()\n",
+    );
+    p.write(
+        "j.yaml",
+        "run: j\nitems: {range: {start: 0, end: 6}}\ngenerator: {command: [./junk.py], mode: persistent, retries: 1}\noutput: {columns: [k]}\n",
+    );
+    let out = run(&p, "j.yaml", &[], "");
+    assert_exit(&out, 0, "protocol error retried", p.root());
+    let log = p.read("logs/j/shard_0_of_1.log");
+    assert!(
+        log.contains("protocol error: output after the end-of-item marker"),
+        "{log}"
+    );
+    assert!(log.contains("JUNK"), "{log}");
+    assert_eq!(p.dataset("j"), b"0\n1\n2\n3\n4\n5\n");
+}
+
+#[test]
+fn fifty_mebibytes_for_one_item_stream_through() {
+    let p = Project::new();
+    let cfg = setup(&p, "b", "persistent", 3, "");
+    let out = run(&p, &cfg, &[], "big");
+    assert_exit(&out, 0, "big item", p.root());
+    let recs = manifest_records(&p.path("data/b/manifest_shard0_of_1.jsonl"));
+    let big = recs.iter().find(|r| r["key"] == "1").unwrap();
+    assert_eq!(big["rows"], 52_000);
+    assert!(big["bytes"].as_u64().unwrap() > 50 << 20);
+}
+
+#[test]
+fn kill_9_of_the_worker_or_the_generator_then_resume_gives_exact_rows() {
+    let p = Project::new();
+    let reference = setup(&p, "r", "persistent", 200, "");
+    assert_exit(&run(&p, &reference, &[], ""), 0, "reference", p.root());
+    let cfg = setup(&p, "k", "persistent", 200, ", jobs: 2, retries: 3");
+    let mut rng = TestRng(99);
+    let mut kills = 0;
+    for round in 0..10 {
+        let mut c = with_py(
+            p.worker(&cfg, &["--shard-index", "0", "--num-shards", "1"]),
+            "slow",
+        );
+        let mut child = spawn({
+            c.stdout(std::process::Stdio::null());
+            c
+        });
+        std::thread::sleep(Duration::from_millis(150 + rng.below(300)));
+        if round % 2 == 0 {
+            // Kill a generator process: its item is retried on a fresh one.
+            if let Some(pid) = p
+                .read("calls.log")
+                .lines()
+                .last()
+                .and_then(|l| l.split(' ').next()?.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) of a process this test's worker started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50 + rng.below(100)));
+        }
+        if child.try_wait().unwrap().is_none() {
+            signal(child.id(), libc::SIGKILL);
+            kills += 1;
+        }
+        let _ = child.wait();
+    }
+    assert!(kills >= 5, "only {kills} worker kills landed");
+    assert_exit(&run(&p, &cfg, &[], ""), 0, "final run", p.root());
+    assert!(p.dataset("k") == p.dataset("r"), "rows differ after kills");
+}
+
+#[test]
+fn sigint_drains_a_persistent_shard_and_leaves_no_process() {
+    let p = Project::new();
+    let cfg = setup(&p, "s", "persistent", 400, ", jobs: 2");
+    let mut child = spawn(with_py(
+        p.worker(&cfg, &["--shard-index", "0", "--num-shards", "1"]),
+        "slow",
+    ));
+    wait_for("both generators", Duration::from_secs(20), || {
+        processes_started(&p) >= 2
+    });
+    let t = Instant::now();
+    signal(child.id(), libc::SIGINT);
+    assert_eq!(
+        wait_child(&mut child, Duration::from_secs(10)).code(),
+        Some(130)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    let calls = p.read("calls.log");
+    for pid in calls
+        .lines()
+        .filter_map(|l| l.split(' ').next()?.parse::<i32>().ok())
+    {
+        wait_for(
+            &format!("generator {pid} to be gone"),
+            Duration::from_secs(2),
+            || !alive(pid),
+        );
+    }
+}
+
+#[test]
+fn per_item_placeholders_are_refused_in_persistent_mode() {
+    let p = Project::new();
+    p.write(
+        "x.yaml",
+        "run: x\nitems: {list: [a]}\ngenerator: {command: [python3, gen.py, \"{key}\"], mode: persistent}\noutput: {columns: [k]}\n",
+    );
+    p.write("gen.py", "");
+    let out = run(&p, "x.yaml", &[], "");
+    assert_exit(&out, 2, "placeholder", p.root());
+    assert!(
+        stderr(&out).contains("only {shard} and {slot}"),
+        "{}",
+        stderr(&out)
+    );
+}
