@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{Config, GeneratorKind};
 use crate::error::{Error, Result};
-use crate::generator::command::CommandGen;
+use crate::generator::command::{CommandGen, CommandSpec};
 use crate::generator::{builtin, Builtin};
 use crate::items::ItemSource;
 use crate::manifest::Fingerprint;

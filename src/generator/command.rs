@@ -117,6 +117,22 @@ pub struct CommandGen {
     marker: Option<Vec<u8>>,
 }
 
+/// What a command generator is built from.
+pub struct CommandSpec<'a> {
+    /// The argv template.
+    pub argv: &'a [String],
+    pub columns: Vec<String>,
+    /// Field names available as placeholders.
+    pub fields: &'a [String],
+    /// The root directory: relative paths and the working directory.
+    pub root: &'a Path,
+    pub timeout: Option<Duration>,
+    pub shard: u32,
+    pub num_shards: u32,
+    /// `Some(end-of-item marker)` for a persistent generator.
+    pub marker: Option<Vec<u8>>,
+}
+
 /// Consecutive start-up failures of a persistent generator after which the shard stops.
 pub const MAX_START_FAILURES: u32 = 3;
 
@@ -150,16 +166,17 @@ pub enum AttemptError {
 impl CommandGen {
     /// Parses the argv template (placeholders checked against `fields`) and checks that the
     /// program can be found, before any item runs.
-    pub fn new(
-        argv: &[String],
-        columns: Vec<String>,
-        fields: &[String],
-        root: &Path,
-        timeout: Option<Duration>,
-        shard: u32,
-        num_shards: u32,
-        marker: Option<Vec<u8>>,
-    ) -> Result<Self, String> {
+    pub fn new(spec: CommandSpec<'_>) -> Result<Self, String> {
+        let CommandSpec {
+            argv,
+            columns,
+            fields,
+            root,
+            timeout,
+            shard,
+            num_shards,
+            marker,
+        } = spec;
         let argv = argv
             .iter()
             .enumerate()
