@@ -226,17 +226,17 @@ fn build_generator(
         }
         GeneratorKind::Command { argv } => {
             let columns = config.columns.clone().unwrap_or_default();
-            let cmd = CommandGen::new(
+            let cmd = CommandGen::new(CommandSpec {
                 argv,
-                columns.clone(),
-                &source.field_names(),
-                &config.root,
-                spec.timeout,
-                index,
+                columns: columns.clone(),
+                fields: &source.field_names(),
+                root: &config.root,
+                timeout: spec.timeout,
+                shard: index,
                 num_shards,
-                (spec.mode == crate::config::Mode::Persistent)
+                marker: (spec.mode == crate::config::Mode::Persistent)
                     .then(|| spec.marker.as_bytes().to_vec()),
-            )
+            })
             .map_err(bad)?;
             id.update(b"command\0");
             for a in argv {
