@@ -177,47 +177,35 @@ impl LogTail {
     }
 
     fn first_read(&mut self, file: &File, len: u64) {
-        let start = find_last_start(file, len, &mut self.bytes_read).unwrap_or(0);
-        // Count failures between the start line and the parsed tail cheaply, then parse the
-        // tail (extended backwards until it holds a progress line).
-        let mut from = len.saturating_sub(TAIL).max(start);
-        loop {
+        // The tail to parse line by line: the last 64 KiB, grown until it holds a progress line.
+        let mut from = len.saturating_sub(TAIL);
+        let tail = loop {
             let mut buf = vec![0u8; (len - from) as usize];
             if file.read_exact_at(&mut buf, from).is_err() {
                 return;
             }
             self.bytes_read += buf.len() as u64;
-            let has_item = memchr::memmem::find(&buf, b" item ").is_some();
-            if has_item || from == start {
-                // Align to a line start (the start line itself when from == start).
-                let skip = if from == start {
-                    0
-                } else {
-                    memchr::memchr(b'\n', &buf).map_or(buf.len(), |i| i + 1)
-                };
-                let head_end = from + skip as u64;
-                if from != start {
-                    self.apply_start_and_failures(file, start, head_end);
-                }
-                self.offset = len;
-                self.feed(&buf[skip..]);
-                return;
+            if from == 0 || memchr::memmem::find(&buf, b" item ").is_some() {
+                break buf;
             }
-            from = len.saturating_sub((len - from) * 4).max(start);
+            from = len.saturating_sub((len - from) * 4);
+        };
+        let skip = if from == 0 {
+            0
+        } else {
+            memchr::memchr(b'\n', &tail).map_or(tail.len(), |i| i + 1)
+        };
+        // Everything before it: one forward pass for the current run's start line and the
+        // failures logged since, without parsing.
+        let head_end = from + skip as u64;
+        if head_end > 0 {
+            if let Some((start_line, failed)) = scan_head(file, head_end, &mut self.bytes_read) {
+                self.feed(&start_line);
+                self.state.failed += failed;
+            }
         }
-    }
-
-    /// Applies the start line at `start` and counts failures in `start..end` without parsing.
-    fn apply_start_and_failures(&mut self, file: &File, start: u64, end: u64) {
-        let mut buf = vec![0u8; (end - start) as usize];
-        if file.read_exact_at(&mut buf, start).is_err() {
-            return;
-        }
-        self.bytes_read += buf.len() as u64;
-        let first_end = memchr::memchr(b'\n', &buf).map_or(buf.len(), |i| i + 1);
-        self.feed(&buf[..first_end]);
-        self.state.failed +=
-            memchr::memmem::find_iter(&buf[first_end..], b" item_failed ").count() as u64;
+        self.offset = len;
+        self.feed(&tail[skip..]);
     }
 
     fn feed(&mut self, bytes: &[u8]) {
@@ -252,32 +240,60 @@ impl LogTail {
     }
 }
 
-/// The offset of the last `start` line, searching backwards in 1 MiB chunks.
-fn find_last_start(file: &File, len: u64, bytes_read: &mut u64) -> Option<u64> {
-    const CHUNK: u64 = 1 << 20;
-    const NEEDLE: &[u8] = b"Z start ";
-    let mut end = len;
-    let mut buf = Vec::new();
-    while end > 0 {
-        // Overlap chunks by a line's worth so a line across a boundary is seen whole.
-        let from = end.saturating_sub(CHUNK);
-        let to = (end + 256).min(len);
-        buf.resize((to - from) as usize, 0);
-        file.read_exact_at(&mut buf, from).ok()?;
-        *bytes_read += buf.len() as u64;
-        let mut hay = &buf[..];
-        while let Some(i) = memchr::memmem::rfind(hay, NEEDLE) {
-            // It must be the event of a line: only the timestamp before it on its line.
-            let line_start = memchr::memrchr(b'\n', &hay[..i]).map_or(0, |j| j + 1);
-            let ts = &hay[line_start..i];
-            if (line_start > 0 || from == 0) && !ts.contains(&b' ') && ts.len() >= 19 {
-                return Some(from + line_start as u64);
-            }
-            hay = &hay[..i];
+/// Reads `0..end` forward (whole lines) and returns the last `start` line with the number of
+/// `item_failed` lines after it. Forward substring search is far faster than a backward one.
+fn scan_head(file: &File, end: u64, bytes_read: &mut u64) -> Option<(Vec<u8>, u64)> {
+    const CHUNK: usize = 4 << 20;
+    let start_finder = memchr::memmem::Finder::new(b"Z start ");
+    let failed_finder = memchr::memmem::Finder::new(b" item_failed ");
+    let mut found: Option<(Vec<u8>, u64)> = None;
+    let mut buf = vec![0u8; CHUNK];
+    let mut carry = 0usize; // bytes of an unfinished line kept at the front of `buf`
+    let mut pos = 0u64;
+    while pos < end {
+        let want = (CHUNK - carry).min((end - pos) as usize);
+        if want == 0 {
+            // A single line longer than the buffer: skip it.
+            carry = 0;
+            continue;
         }
-        end = from;
+        file.read_exact_at(&mut buf[carry..carry + want], pos)
+            .ok()?;
+        *bytes_read += want as u64;
+        pos += want as u64;
+        let filled = carry + want;
+        // Process whole lines only; the rest waits for the next chunk.
+        let whole = if pos >= end {
+            filled
+        } else {
+            memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1)
+        };
+        let text = &buf[..whole];
+        let last_start = start_finder
+            .find_iter(text)
+            .filter_map(|i| {
+                let line_start = memchr::memrchr(b'\n', &text[..i]).map_or(0, |j| j + 1);
+                let ts = &text[line_start..i];
+                (ts.len() >= 19 && !ts.contains(&b' ')).then_some(line_start)
+            })
+            .last();
+        match last_start {
+            Some(ls) => {
+                let line_end =
+                    memchr::memchr(b'\n', &text[ls..]).map_or(text.len(), |j| ls + j + 1);
+                let failed = failed_finder.find_iter(&text[line_end..]).count() as u64;
+                found = Some((text[ls..line_end].to_vec(), failed));
+            }
+            None => {
+                if let Some((_, f)) = &mut found {
+                    *f += failed_finder.find_iter(text).count() as u64;
+                }
+            }
+        }
+        buf.copy_within(whole..filled, 0);
+        carry = filled - whole;
     }
-    None
+    found
 }
 
 #[cfg(test)]
