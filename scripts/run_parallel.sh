@@ -131,7 +131,7 @@ describe_run() {
 last_field() {
   local file=$1 event=$2 key=$3
   [ -f "$file" ] || return 0
-  grep -E "^[^ ]+ $event( |\$)" "$file" 2>/dev/null | tail -n 1 | sed -n "s/.* $key=\\([^ ]*\\).*/\\1/p"
+  { grep -E "^[^ ]+ $event( |\$)" "$file" 2>/dev/null || true; } | tail -n 1 | sed -n "s/.* $key=\\([^ ]*\\).*/\\1/p"
 }
 
 config_sum() { sha256sum "$CONFIG" | cut -d' ' -f1; }
@@ -280,7 +280,11 @@ stop_workers() {
 # shellcheck disable=SC2317  # invoked by the USR1 trap
 on_grace_expired() {
   ((${#LIVE[@]} == 0)) && return
-  say "grace period over: killing ${#LIVE[@]} worker(s)"
+  say "grace period over: stopping ${#LIVE[@]} worker(s) at once"
+  # A worker's second signal makes it SIGKILL its generators' process groups and exit; only a
+  # worker that cannot even do that gets SIGKILL itself, half a second later.
+  kill -INT "${LIVE[@]}" 2>/dev/null || true
+  sleep 0.5
   kill -KILL "${LIVE[@]}" 2>/dev/null || true
 }
 

@@ -358,3 +358,27 @@ fn ctrl_c_in_a_terminal_stops_the_run_cleanly() {
     );
     assert_all_gone(&p, "s");
 }
+
+#[test]
+fn after_the_grace_period_no_generator_survives() {
+    let p = Project::new();
+    // Generators that ignore SIGTERM and keep a background child in their group.
+    p.script(
+        "g.sh",
+        "#!/bin/sh\ntrap '' TERM\necho $$ >> pids\nsleep 60 &\necho $! >> pids\nwait\n",
+    );
+    p.write(
+        "conf/s.yaml",
+        "run: s\nshards: 2\nitems: {range: {start: 0, end: 20}}\ngenerator: {command: [./g.sh], jobs: 2}\noutput: {columns: [k]}\n",
+    );
+    let mut child = spawn(launcher(&p, &["--config", "conf/s.yaml", "--grace", "0"]));
+    wait_for("4 generators", Duration::from_secs(20), || {
+        p.read("pids").lines().count() >= 8
+    });
+    signal(child.id(), libc::SIGINT);
+    assert_eq!(
+        wait_child(&mut child, Duration::from_secs(10)).code(),
+        Some(130)
+    );
+    assert_all_gone(&p, "s");
+}
