@@ -1,5 +1,6 @@
-//! Process groups of running generators, and the registry that lets a second Ctrl-C kill them
-//! all before the worker exits.
+//! Generator processes at the system-call level, shared by per-item and persistent generators:
+//! their process groups (with the registry that lets a second Ctrl-C kill them all before the
+//! worker exits), pidfds, non-blocking pipes and stderr line splitting.
 //!
 //! Every generator leads its own process group. The parent-death signal reaches only the leader,
 //! so anything it started would outlive a worker that exits abruptly; the registry holds the
@@ -7,7 +8,9 @@
 //! [`kill_all`] sends SIGKILL to each.
 
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
+use std::time::Duration;
 
 static LIVE: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 
@@ -129,6 +132,96 @@ impl Drop for Group {
     fn drop(&mut self) {
         if !self.reaped {
             let _ = self.kill_and_reap();
+        }
+    }
+}
+
+/// Longest stderr line delivered in one piece; longer lines are cut.
+pub const MAX_STDERR_LINE: usize = 8 * 1024;
+
+/// Sets `O_NONBLOCK` on a pipe to a child (`what` names it in the error).
+pub fn set_nonblocking(fd: RawFd, what: &str) -> io::Result<()> {
+    // SAFETY: fcntl on a file descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags == -1 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("making the generator's {what} non-blocking: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A pidfd for `pid` (readable once it exits, without reaping it); `None` on old kernels.
+pub fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; the result is a new file descriptor (O_CLOEXEC) or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if r < 0 {
+        return None;
+    }
+    let fd = RawFd::try_from(r).ok()?;
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A poll(2) timeout in milliseconds, rounded up so a deadline is never polled for with a zero
+/// timeout in a busy loop.
+pub fn poll_millis(wait: Duration) -> libc::c_int {
+    let ms = wait.as_micros().div_ceil(1000);
+    libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+}
+
+/// True for errors that only mean "try again".
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+/// Splits a byte stream into lines without their `\n`, cutting lines longer than
+/// [`MAX_STDERR_LINE`] into pieces.
+#[derive(Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    pub fn push(&mut self, mut data: &[u8], sink: &mut dyn FnMut(&[u8])) {
+        while let Some(i) = memchr::memchr(b'\n', data) {
+            if self.partial.is_empty() && i <= MAX_STDERR_LINE {
+                sink(&data[..i]);
+            } else {
+                self.append(&data[..i], sink);
+                sink(&self.partial);
+                self.partial.clear();
+            }
+            data = &data[i + 1..];
+        }
+        self.append(data, sink);
+    }
+
+    /// Adds bytes of an unfinished line, delivering full pieces once more bytes follow them
+    /// (so a line of exactly the maximum length is not followed by an empty piece).
+    fn append(&mut self, mut part: &[u8], sink: &mut dyn FnMut(&[u8])) {
+        while !part.is_empty() {
+            if self.partial.len() == MAX_STDERR_LINE {
+                sink(&self.partial);
+                self.partial.clear();
+            }
+            let take = part.len().min(MAX_STDERR_LINE - self.partial.len());
+            self.partial.extend_from_slice(&part[..take]);
+            part = &part[take..];
+        }
+    }
+
+    /// Delivers the final line if it had no newline.
+    pub fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
+        if !self.partial.is_empty() {
+            sink(&self.partial);
+            self.partial.clear();
         }
     }
 }

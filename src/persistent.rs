@@ -47,11 +47,12 @@
 //! (a zero-timeout `poll` for leftovers, the request `write`, a `poll` that waits, the `read`
 //! that gets the output and the marker, a non-blocking `read` of stderr) and no timer or sleep.
 
-use crate::groups::Group;
+use crate::generator::command::signal_name;
+use crate::groups::{is_transient, pidfd_open, poll_millis, set_nonblocking, Group, LineSplitter};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -173,25 +174,6 @@ impl fmt::Display for Exit {
             Exit::Killed => write!(f, "killed after the shutdown grace period"),
             Exit::Unknown => write!(f, "exit status unknown"),
         }
-    }
-}
-
-/// Conventional name of a signal number.
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        _ => "signal",
     }
 }
 
@@ -831,19 +813,6 @@ impl PollSet {
     }
 }
 
-fn poll_millis(wait: Duration) -> libc::c_int {
-    // Rounded up, so a deadline is never polled for with a zero timeout in a busy loop.
-    let ms = wait.as_micros().div_ceil(1000);
-    libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
-}
-
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
-}
-
 /// The first [`SHOWN_BYTES`] of `bytes`, escaped and quoted, with `...` when there are more.
 fn escape_bytes(bytes: &[u8]) -> String {
     let shown: String = bytes
@@ -957,28 +926,6 @@ impl Framer {
     }
 }
 
-fn set_nonblocking(fd: RawFd, what: &str) -> Result<(), String> {
-    // SAFETY: fcntl on a file descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags == -1 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1 {
-        let e = io::Error::last_os_error();
-        return Err(format!("making the generator's {what} non-blocking: {e}"));
-    }
-    Ok(())
-}
-
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; the result is a new file descriptor (O_CLOEXEC) or -1.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
-    if r < 0 {
-        return None;
-    }
-    let fd = RawFd::try_from(r).ok()?;
-    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Finds the program like `execvp` would, using the `PATH` of `env` if it sets one.
 fn resolve(argv0: &str, env: &[(String, String)], cwd: &Path) -> Result<PathBuf, String> {
     let env_path = env.iter().rev().find(|(k, _)| k == "PATH");
@@ -1062,7 +1009,7 @@ fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
     let stdout = File::from(OwnedFd::from(stdout));
     let stderr = File::from(OwnedFd::from(stderr));
     for (f, what) in [(&stdin, "stdin"), (&stdout, "stdout"), (&stderr, "stderr")] {
-        set_nonblocking(f.as_raw_fd(), what)?;
+        set_nonblocking(f.as_raw_fd(), what).map_err(|e| e.to_string())?;
     }
     let pidfd = if use_pidfd { pidfd_open(pid) } else { None };
     Ok(Live {
@@ -1076,51 +1023,6 @@ fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
         answered: false,
         served: 0,
     })
-}
-
-/// Splits a byte stream into lines without their `\n`, cutting lines longer than
-/// [`MAX_STDERR_LINE`] into pieces.
-#[derive(Default)]
-struct LineSplitter {
-    partial: Vec<u8>,
-}
-
-impl LineSplitter {
-    fn push(&mut self, mut data: &[u8], sink: &mut dyn FnMut(&[u8])) {
-        while let Some(i) = memchr::memchr(b'\n', data) {
-            if self.partial.is_empty() && i <= MAX_STDERR_LINE {
-                sink(&data[..i]);
-            } else {
-                self.append(&data[..i], sink);
-                sink(&self.partial);
-                self.partial.clear();
-            }
-            data = &data[i + 1..];
-        }
-        self.append(data, sink);
-    }
-
-    /// Adds bytes of an unfinished line, delivering full pieces once more bytes follow them
-    /// (so a line of exactly the maximum length is not followed by an empty piece).
-    fn append(&mut self, mut part: &[u8], sink: &mut dyn FnMut(&[u8])) {
-        while !part.is_empty() {
-            if self.partial.len() == MAX_STDERR_LINE {
-                sink(&self.partial);
-                self.partial.clear();
-            }
-            let take = part.len().min(MAX_STDERR_LINE - self.partial.len());
-            self.partial.extend_from_slice(&part[..take]);
-            part = &part[take..];
-        }
-    }
-
-    /// Delivers the final line if it had no newline.
-    fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
-        if !self.partial.is_empty() {
-            sink(&self.partial);
-            self.partial.clear();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -39,11 +39,11 @@
 //! [`resolve_program`] and pass the absolute path as `argv[0]`, which skips the `PATH` search
 //! of every attempt.
 
-use crate::groups::Group;
+use crate::groups::{is_transient, pidfd_open, poll_millis, set_nonblocking, Group, LineSplitter};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -57,7 +57,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Largest piece written to the child's stdin at once.
 const STDIN_CHUNK: usize = 64 * 1024;
 /// Longest stderr line delivered in one piece; longer lines are cut into pieces of this size.
-pub const MAX_STDERR_LINE: usize = 8 * 1024;
+pub use crate::groups::MAX_STDERR_LINE;
 /// Longest single wait, so that `stop` and the timeout are noticed quickly.
 const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// After `SIGTERM` on stop, how long the main process gets before the group is killed.
@@ -286,31 +286,6 @@ fn resolve_with_path(
     }))
 }
 
-fn set_nonblocking(fd: RawFd, what: &str) -> io::Result<()> {
-    // SAFETY: fcntl on a file descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags == -1 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("making the child's {what} non-blocking: {e}"),
-        ));
-    }
-    Ok(())
-}
-
-fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; the result is a new file descriptor (O_CLOEXEC) or -1.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
-    if r < 0 {
-        return None;
-    }
-    let fd = RawFd::try_from(r).ok()?;
-    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn spawn(spec: &AttemptSpec) -> io::Result<Child> {
     let Some(argv0) = spec.argv.first() else {
         return Err(io::Error::new(
@@ -467,12 +442,6 @@ struct Supervisor<'a, 'cb> {
 
 fn remaining(now: Instant, until: Instant) -> Duration {
     until.saturating_duration_since(now)
-}
-
-fn poll_millis(wait: Duration) -> libc::c_int {
-    // Rounded up, so a deadline is never polled for with a zero timeout in a busy loop.
-    let ms = wait.as_micros().div_ceil(1000);
-    libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
 }
 
 impl Supervisor<'_, '_> {
@@ -706,58 +675,6 @@ impl Supervisor<'_, '_> {
                 e.kind(),
                 format!("reading the generator's stderr: {e}"),
             )),
-        }
-    }
-}
-
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
-}
-
-/// Splits a byte stream into lines without their `\n`, cutting lines longer than
-/// [`MAX_STDERR_LINE`] into pieces.
-#[derive(Default)]
-struct LineSplitter {
-    partial: Vec<u8>,
-}
-
-impl LineSplitter {
-    fn push(&mut self, mut data: &[u8], sink: &mut dyn FnMut(&[u8])) {
-        while let Some(i) = data.iter().position(|&b| b == b'\n') {
-            if self.partial.is_empty() && i <= MAX_STDERR_LINE {
-                sink(&data[..i]);
-            } else {
-                self.append(&data[..i], sink);
-                sink(&self.partial);
-                self.partial.clear();
-            }
-            data = &data[i + 1..];
-        }
-        self.append(data, sink);
-    }
-
-    /// Adds bytes of an unfinished line, delivering full pieces once more bytes follow them
-    /// (so a line of exactly the maximum length is not followed by an empty piece).
-    fn append(&mut self, mut part: &[u8], sink: &mut dyn FnMut(&[u8])) {
-        while !part.is_empty() {
-            if self.partial.len() == MAX_STDERR_LINE {
-                sink(&self.partial);
-                self.partial.clear();
-            }
-            let take = part.len().min(MAX_STDERR_LINE - self.partial.len());
-            self.partial.extend_from_slice(&part[..take]);
-            part = &part[take..];
-        }
-    }
-
-    /// Delivers the final line if it had no newline.
-    fn finish(&mut self, sink: &mut dyn FnMut(&[u8])) {
-        if !self.partial.is_empty() {
-            sink(&self.partial);
-            self.partial.clear();
         }
     }
 }
