@@ -1028,7 +1028,6 @@ fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::ffi::OsStrExt;
     use std::sync::Arc;
 
     const SECOND: Duration = Duration::from_secs(1);
@@ -1105,37 +1104,7 @@ mod tests {
         )
     }
 
-    /// Whether a live (non-zombie) process of group `pgid` exists.
-    fn group_alive(pgid: libc::pid_t) -> bool {
-        // SAFETY: signal 0 only checks existence.
-        if unsafe { libc::kill(-pgid, 0) } == -1
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        {
-            return false;
-        }
-        // Killed members may linger as zombies until init reaps them; they do not count.
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return true;
-        };
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            if !name.as_bytes().iter().all(u8::is_ascii_digit) {
-                continue;
-            }
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // state, ppid, pgrp
-            if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-                return true;
-            }
-        }
-        false
-    }
+    use crate::proc_info::group_alive;
 
     /// Whether `pid` is a zombie child of this process (never reaped).
     fn is_our_zombie(pid: libc::pid_t) -> bool {

@@ -70,6 +70,28 @@ fn page_size() -> u64 {
     }
 }
 
+/// Whether a live (non-zombie) process of group `pgid` exists. Killed members may linger as
+/// zombies until their parent (or init) reaps them; they do not count.
+pub fn group_alive(pgid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    if unsafe { libc::kill(-pgid, 0) } == -1
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    let pgid = pgid.to_string();
+    dir.flatten().any(|entry| {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            return false;
+        };
+        // Fields after the name: state (index 0), ppid, pgrp (index 2).
+        stat_fields(pid).is_some_and(|f| f.len() > 2 && f[2] == pgid && f[0] != "Z")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

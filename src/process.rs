@@ -740,37 +740,7 @@ mod tests {
         line.trim().parse().expect("a pid on the first line")
     }
 
-    /// Whether a live (non-zombie) process of group `pgid` exists.
-    fn group_alive(pgid: libc::pid_t) -> bool {
-        // SAFETY: signal 0 only checks existence.
-        if unsafe { libc::kill(-pgid, 0) } == -1
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-        {
-            return false;
-        }
-        // Killed members may linger as zombies until init reaps them; they do not count.
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return true;
-        };
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            if !name.as_bytes().iter().all(u8::is_ascii_digit) {
-                continue;
-            }
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            // state, ppid, pgrp
-            if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
-                return true;
-            }
-        }
-        false
-    }
+    use crate::proc_info::group_alive;
 
     /// Whether process `pid` exists and is not a zombie.
     fn pid_alive(pid: libc::pid_t) -> bool {
