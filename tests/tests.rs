@@ -5,6 +5,7 @@ mod launcher;
 mod merge;
 mod monitor;
 mod persistent;
+mod slurm;
 mod worker_bad_input;
 mod worker_crash;
 mod worker_run;

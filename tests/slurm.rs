@@ -1,0 +1,631 @@
+//! scripts/run_slurm.sh on a real one-node Slurm cluster (scripts/slurm_local.sh): cancel, requeue,
+//! --only-failed, the split at MaxArraySize; and, with no cluster, its plans and refusals, the
+//! Kubernetes Indexed Job example and the worker's JOB_COMPLETION_INDEX.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(WORKER).parent().expect("bin dir").to_path_buf()
+}
+
+/// A launcher script run from the project root `p` with the test build's binaries.
+fn launcher(p: &Project, name: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(script(name));
+    c.current_dir(p.root())
+        .args(args)
+        .env("SHARDRUN_BIN", bin_dir())
+        .env("SHARDRUN_SLURM_POLL", "0.3")
+        .env("SHARDRUN_NO_DISPLAY", "1")
+        .env_remove("SHARDRUN_MAX_ARRAY_SIZE");
+    for v in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_JOB_ID",
+        "SLURM_JOB_ID",
+        "JOB_COMPLETION_INDEX",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+fn slurm(p: &Project, args: &[&str]) -> Output {
+    launcher(p, "run_slurm.sh", args)
+        .output()
+        .expect("run run_slurm.sh")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &stderr(o)
+}
+
+/// Runs a command line, panicking with its output when it fails.
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---- the shared cluster -------------------------------------------------------------------
+
+/// The Slurm tests share one local cluster and take turns on it (2 CPUs are quickly full).
+static TURN: Mutex<()> = Mutex::new(());
+/// `slurm_local.sh up`, once per test process: Ok, or why this machine cannot host a cluster.
+static CLUSTER: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Brings the local cluster up and returns this test's turn on it; `None` after a loud `SKIPPED`
+/// line where that is impossible here (not root, no packages), except under `CI=true`, which
+/// must run these tests and fails instead.
+fn cluster(test: &str) -> Option<MutexGuard<'static, ()>> {
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let up = CLUSTER.get_or_init(|| {
+        // SAFETY: getuid(2) cannot fail.
+        if unsafe { libc::getuid() } != 0 {
+            return Err("not root (slurm_local.sh installs packages and starts daemons)".into());
+        }
+        let t = Instant::now();
+        let out = Command::new(script("slurm_local.sh"))
+            .arg("up")
+            .output()
+            .expect("run slurm_local.sh");
+        match out.status.code() {
+            Some(0) => {
+                eprintln!("slurm_local.sh up: {:.1} s", t.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Some(2 | 3) => Err(format!("slurm_local.sh up: {}", text(&out).trim())),
+            _ => panic!("slurm_local.sh up failed:\n{}", text(&out)),
+        }
+    });
+    match up {
+        Ok(()) => Some(turn),
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: needs a local Slurm cluster under CI=true, but {why}")
+        }
+        Err(why) => {
+            // Straight to the file descriptor: the test harness captures eprintln!.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n*** SKIPPED: {test}: no local Slurm cluster here: {why} ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// The array job ids of a run's submissions, in order.
+fn submitted_jobs(p: &Project, run: &str) -> Vec<String> {
+    p.read(&format!("logs/{run}/slurm.status"))
+        .lines()
+        .filter(|l| l.contains(" submit job="))
+        .filter_map(|l| l.split(" job=").nth(1))
+        .map(|r| r.split(' ').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn last_line_with<'a>(log: &'a str, event: &str) -> &'a str {
+    log.lines()
+        .rev()
+        .find(|l| l.split(' ').nth(1) == Some(event))
+        .unwrap_or("")
+}
+
+/// A generator slow enough to catch its shard mid-run, and a pure function of its item.
+const SLOW: &str = "#!/bin/sh\nsleep 0.4\necho \"$1,$2,$(( $2 % 97 ))\"\n";
+
+fn slow_config(run: &str) -> String {
+    format!(
+        "run: {run}\nseed: 5\nitems: {{range: {{start: 0, end: 18}}}}\n\
+         generator: {{command: [./g.sh, \"{{key}}\", \"{{seed}}\"], retries: 0}}\n\
+         output: {{columns: [key, seed, bucket]}}\n"
+    )
+}
+
+#[test]
+fn a_cancelled_task_is_resubmitted_alone_and_merges_like_a_local_run() {
+    let Some(_turn) = cluster("a_cancelled_task_is_resubmitted_alone_and_merges_like_a_local_run")
+    else {
+        return;
+    };
+    let t0 = Instant::now();
+    // The same configuration, run locally with 2 shards in its own root (no shared cache), meanwhile.
+    let local = Project::new();
+    local.script("g.sh", SLOW);
+    local.write("conf/c.yaml", &slow_config("local"));
+    let mut local_run = spawn(launcher(
+        &local,
+        "run_parallel.sh",
+        &["--config", "conf/c.yaml", "--num-shards", "2", "--merge"],
+    ));
+
+    let p = Project::new();
+    p.script("g.sh", SLOW);
+    p.write("conf/c.yaml", &slow_config("c"));
+    let mut run = spawn(launcher(
+        &p,
+        "run_slurm.sh",
+        &["--config", "conf/c.yaml", "--num-shards", "3", "--wait"],
+    ));
+    for i in [0, 1] {
+        wait_for(
+            &format!("shard {i} under way"),
+            Duration::from_secs(30),
+            || {
+                p.read(&format!("logs/c/shard_{i}_of_3.log"))
+                    .contains(" item done=")
+            },
+        );
+    }
+    let job = submitted_jobs(&p, "c").pop().expect("a submit line");
+    // Shard 1 is cancelled for good; shard 0 is requeued (as after a node failure) and resumes.
+    sh(&["scancel", &format!("{job}_1")]);
+    sh(&["scontrol", "requeue", &format!("{job}_0")]);
+    // While its tasks are queued, the run cannot be submitted again.
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--only-failed"]);
+    assert_exit(&out, 2, "a second submission", p.root());
+    assert!(
+        stderr(&out).contains(&format!("still has job(s) {job} in the Slurm queue")),
+        "{}",
+        stderr(&out)
+    );
+    // slurm_local.sh sets cred_expire=10: the requeued task starts again about 11 s later.
+    wait_for(
+        "the requeued shard 0 to start again",
+        Duration::from_secs(40),
+        || p.read("logs/c/shard_0_of_3.log").contains(" restart=1"),
+    );
+    let status = wait_child(&mut run, Duration::from_secs(60));
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "--wait with a cancelled task:\n{}",
+        text(&out)
+    );
+    let report = text(&out);
+    assert!(
+        report.contains(&format!("✓ shard 0/3 (job {job}_0) ok")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("✗ shard 1/3 (job {job}_1) interrupted")),
+        "{report}"
+    );
+    assert!(report.contains("✓ shard 2/3"), "{report}");
+
+    // The cancelled worker got Slurm's SIGTERM and committed what it had finished.
+    let log1 = p.read("logs/c/shard_1_of_3.log");
+    let finish1 = last_line_with(&log1, "finish");
+    assert!(
+        finish1.contains("status=interrupted") && finish1.ends_with(" exit=143"),
+        "{log1}"
+    );
+    assert!(log1.contains(" signal signal=SIGTERM"), "{log1}");
+    // The requeued one resumed: its second start found items committed by the first.
+    let log0 = p.read("logs/c/shard_0_of_3.log");
+    let restart = last_line_with(&log0, "start");
+    assert!(
+        restart.contains(" restart=1") && !restart.contains(" committed=0 "),
+        "{log0}"
+    );
+    assert!(p
+        .read(&format!("logs/c/slurm-{job}_0.out"))
+        .contains("restart 1"));
+
+    let before: Vec<String> = [0, 2]
+        .iter()
+        .map(|i| p.read(&format!("logs/c/shard_{i}_of_3.log")))
+        .collect();
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--only-failed", "--wait"]);
+    assert_exit(&out, 0, "--only-failed --wait", p.root());
+    let report = text(&out);
+    assert!(report.contains("re-submitting shard(s) 1 of 3"), "{report}");
+    assert!(
+        report.contains("✓ shard 1/3")
+            && !report.contains("shard 0/3")
+            && !report.contains("shard 2/3"),
+        "{report}"
+    );
+    let status_file = p.read("logs/c/slurm.status");
+    let resubmit = last_line_with(&status_file, "submit");
+    assert!(
+        resubmit.ends_with(" offset=0 array=1 shards=1"),
+        "{status_file}"
+    );
+    let after: Vec<String> = [0, 2]
+        .iter()
+        .map(|i| p.read(&format!("logs/c/shard_{i}_of_3.log")))
+        .collect();
+    assert_eq!(before, after, "shards that succeeded must not run again");
+    let start1 = last_line_with(&p.read("logs/c/shard_1_of_3.log"), "start").to_string();
+    assert!(
+        !start1.contains(" committed=0 "),
+        "shard 1 should resume: {start1}"
+    );
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--only-failed"]);
+    assert_exit(&out, 0, "nothing left", p.root());
+    assert!(text(&out).contains("nothing to do"), "{}", text(&out));
+
+    let out = Command::new(bin_dir().join("merge"))
+        .current_dir(p.root())
+        .args(["--config", "conf/c.yaml"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "merge", p.root());
+    let status = wait_child(&mut local_run, Duration::from_secs(60));
+    let out = local_run.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "local run:\n{}", text(&out));
+    let slurm_csv = std::fs::read(p.path("data/c/combined.csv")).unwrap();
+    let local_csv = std::fs::read(local.path("data/local/combined.csv")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&slurm_csv).lines().count(), 19);
+    assert!(
+        slurm_csv == local_csv,
+        "Slurm and local runs differ:\n--- slurm\n{}\n--- local\n{}",
+        String::from_utf8_lossy(&slurm_csv),
+        String::from_utf8_lossy(&local_csv)
+    );
+    eprintln!("slurm end to end: {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn shards_beyond_max_array_size_run_as_several_offset_arrays() {
+    let Some(_turn) = cluster("shards_beyond_max_array_size_run_as_several_offset_arrays") else {
+        return;
+    };
+    let p = Project::new();
+    p.write(
+        "conf/m.yaml",
+        "run: m\nitems: {range: {start: 0, end: 10}}\ngenerator: {builtin: echo, params: {rows: 2}}\n",
+    );
+    let out = launcher(
+        &p,
+        "run_slurm.sh",
+        &["--config", "conf/m.yaml", "--num-shards", "5", "--wait"],
+    )
+    .env("SHARDRUN_MAX_ARRAY_SIZE", "2")
+    .output()
+    .unwrap();
+    assert_exit(&out, 0, "5 shards, MaxArraySize 2", p.root());
+    let status = p.read("logs/m/slurm.status");
+    let submits: Vec<&str> = status
+        .lines()
+        .filter(|l| l.contains(" submit "))
+        .map(|l| l.split_once(" offset=").map(|(_, r)| r).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        submits,
+        [
+            "0 array=0-1 shards=0,1",
+            "2 array=0-1 shards=2,3",
+            "4 array=0 shards=4"
+        ],
+        "{status}"
+    );
+    let jobs = submitted_jobs(&p, "m");
+    for i in 0..5 {
+        let log = p.read(&format!("logs/m/shard_{i}_of_5.log"));
+        assert!(
+            last_line_with(&log, "finish").contains("status=ok"),
+            "shard {i}: {log}"
+        );
+        let job = &jobs[i / 2];
+        let out_file = p.read(&format!("logs/m/slurm-{job}_{}.out", i % 2));
+        assert!(
+            out_file.contains(&format!("shard {i} of 5")),
+            "shard {i}: {out_file}"
+        );
+    }
+    assert!(text(&out).contains("5 shard(s): 5 ok"), "{}", text(&out));
+    let out = Command::new(bin_dir().join("merge"))
+        .current_dir(p.root())
+        .args(["--config", "conf/m.yaml"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "merge", p.root());
+    assert_eq!(p.read("data/m/combined.csv").lines().count(), 21);
+}
+
+// ---- without a cluster ---------------------------------------------------------------------
+
+const ECHO5: &str =
+    "run: d\nitems: {list: [a, b, c, d, e, f, g, h, i, j]}\ngenerator: {builtin: echo}\n";
+
+#[test]
+fn dry_run_prints_the_plan_and_the_split_sbatch_commands_and_writes_nothing() {
+    let p = Project::new();
+    p.write("conf/d.yaml", ECHO5);
+    let out = launcher(
+        &p,
+        "run_slurm.sh",
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "5",
+            "--dry-run",
+            "--jobs",
+            "3",
+            "--",
+            "--array=%3",
+            "--time=10",
+        ],
+    )
+    .env("SHARDRUN_MAX_ARRAY_SIZE", "2")
+    .output()
+    .unwrap();
+    assert_exit(&out, 0, "dry run", p.root());
+    let t = text(&out);
+    assert!(
+        t.contains("shard 0/5 of run d (process-0.csv): 2 items, a … b"),
+        "{t}"
+    );
+    assert!(
+        t.contains("shard 4/5 of run d (process-4.csv): 2 items, i … j"),
+        "{t}"
+    );
+    let sbatch: Vec<&str> = t.lines().filter(|l| l.starts_with("sbatch ")).collect();
+    assert_eq!(sbatch.len(), 3, "{t}");
+    for (line, (array, offset)) in sbatch.iter().zip([("0-1%3", 0), ("0-1%3", 2), ("0%3", 4)]) {
+        assert!(line.contains(&format!(" --array={array} ")), "{line}");
+        assert!(line.contains(" --cpus-per-task=3 --time=10 "), "{line}");
+        assert!(
+            line.contains(" --requeue ") && line.contains("--output=logs/d/slurm-%A_%a.out"),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("logs/d/slurm_task.sh {offset}   #")),
+            "{line}"
+        );
+    }
+    assert!(
+        !p.path("logs").exists() && !p.path("data").exists(),
+        "{}",
+        p.listing()
+    );
+}
+
+#[test]
+fn only_failed_plans_from_the_shard_logs_and_refuses_a_changed_configuration() {
+    let p = Project::new();
+    let cfg = p.write("conf/d.yaml", ECHO5);
+    let sum = sh(&["sha256sum", cfg.to_str().unwrap()]);
+    let sum = sum.split(' ').next().unwrap();
+    p.write(
+        "logs/d/slurm.status",
+        &format!("2026-01-01T00:00:00.000Z launch run=d num_shards=5 shards=0,1,2,3,4 config=conf/d.yaml config_sum={sum}\n"),
+    );
+    let finish = |status: &str| {
+        format!("2026-01-01T00:00:01.000Z finish status={status} done=1 total=2 failed=0 cached=0 generated=1 rows=1 elapsed_s=1 exit=0\n")
+    };
+    p.write("logs/d/shard_0_of_5.log", &finish("ok"));
+    p.write(
+        "logs/d/shard_1_of_5.log",
+        &(finish("ok") + &finish("interrupted")),
+    );
+    p.write(
+        "logs/d/shard_2_of_5.log",
+        &(finish("failed") + &finish("ok")),
+    );
+    p.write("logs/d/shard_3_of_5.log", &finish("ok"));
+    // shard 4 never wrote a log.
+    let dry = |p: &Project| {
+        launcher(
+            p,
+            "run_slurm.sh",
+            &["--config", "conf/d.yaml", "--only-failed", "--dry-run"],
+        )
+        .env("SHARDRUN_MAX_ARRAY_SIZE", "2")
+        .output()
+        .unwrap()
+    };
+    let out = dry(&p);
+    assert_exit(&out, 0, "--only-failed --dry-run", p.root());
+    let t = text(&out);
+    assert!(t.contains("shard 1/5") && t.contains("shard 4/5"), "{t}");
+    assert!(
+        !t.contains("shard 0/5") && !t.contains("shard 2/5") && !t.contains("shard 3/5"),
+        "{t}"
+    );
+    let sbatch: Vec<&str> = t.lines().filter(|l| l.starts_with("sbatch ")).collect();
+    assert_eq!(sbatch.len(), 2, "{t}");
+    assert!(
+        sbatch[0].contains(" --array=1 ") && sbatch[0].ends_with("slurm_task.sh 0   # shards 1"),
+        "{t}"
+    );
+    assert!(
+        sbatch[1].contains(" --array=0 ") && sbatch[1].ends_with("slurm_task.sh 4   # shards 4"),
+        "{t}"
+    );
+
+    let out = launcher(
+        &p,
+        "run_slurm.sh",
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--only-failed",
+            "--num-shards",
+            "4",
+            "--dry-run",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_exit(&out, 2, "--only-failed with another shard count", p.root());
+    assert!(
+        stderr(&out).contains("launched with 5 shards"),
+        "{}",
+        stderr(&out)
+    );
+
+    p.write("conf/d.yaml", &ECHO5.replace("j]", "j, k]"));
+    let out = dry(&p);
+    assert_exit(&out, 2, "changed configuration", p.root());
+    assert!(stderr(&out).contains("changed since"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_run_slurm_arguments_exit_2() {
+    let p = Project::new();
+    p.write("conf/d.yaml", ECHO5);
+    for args in [
+        &["--config", "conf/d.yaml", "--num-shards", "0", "--dry-run"][..],
+        &["--config", "conf/d.yaml", "--bogus"],
+        &["--config", "missing.yaml"],
+        &["--config", "conf/d.yaml", "--only-failed", "--force"],
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--dry-run",
+            "--",
+            "--array=0-3",
+        ],
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--dry-run",
+            "--throttle",
+            "x",
+        ],
+        // No shard count: neither --num-shards nor `shards:` in the configuration.
+        &["--config", "conf/d.yaml", "--dry-run"],
+    ] {
+        let out = slurm(&p, args);
+        assert_exit(&out, 2, &format!("{args:?}"), p.root());
+        assert!(stderr(&out).contains("error:"), "{}", stderr(&out));
+    }
+    let out = slurm(&p, &["--help"]);
+    assert_exit(&out, 0, "--help", p.root());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MaxArraySize"));
+}
+
+// ---- Kubernetes ----------------------------------------------------------------------------
+
+fn k8s_documents() -> Vec<serde_yaml_ng::Value> {
+    use serde::Deserialize as _;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s-indexed-job.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/k8s-indexed-job.yaml");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde_yaml_ng::Value::deserialize(d).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn the_kubernetes_example_is_an_indexed_job_with_one_completion_per_shard() {
+    let docs = k8s_documents();
+    let of_kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(k))
+            .unwrap_or_else(|| panic!("no {k} in the manifest"))
+    };
+    let job = of_kind("Job");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"].as_str(), Some("Indexed"));
+    let completions = spec["completions"].as_u64().expect("completions");
+    assert!(spec["parallelism"].as_u64().is_some());
+    let container = &spec["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][0].as_str(), Some("shard-worker"));
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string args"))
+        .collect();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| *a == flag)
+            .map(|i| args[i + 1])
+            .unwrap_or_else(|| panic!("no {flag} in {args:?}"))
+    };
+    assert_eq!(after("--num-shards"), completions.to_string());
+    assert!(
+        !args.contains(&"--shard-index"),
+        "the index comes from JOB_COMPLETION_INDEX"
+    );
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&after("--root")), "{mounts:?}");
+    assert!(
+        mounts.iter().any(|m| after("--config").starts_with(m)),
+        "{mounts:?}"
+    );
+    assert_eq!(
+        of_kind("PersistentVolumeClaim")["spec"]["accessModes"][0].as_str(),
+        Some("ReadWriteMany")
+    );
+
+    // Its configuration is valid: the worker plans pod 1's shard from JOB_COMPLETION_INDEX.
+    let p = Project::new();
+    let conf = of_kind("ConfigMap")["data"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .next()
+        .map(|(_, v)| v.as_str().unwrap().to_string())
+        .unwrap();
+    p.write("icu.yaml", &conf);
+    let n = completions.to_string();
+    let out = p
+        .worker("icu.yaml", &["--num-shards", &n, "--dry-run"])
+        .env("JOB_COMPLETION_INDEX", "1")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "dry run of the manifest's configuration", p.root());
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains(&format!("shard 1/{n} of run icu")), "{plan}");
+}
+
+#[test]
+fn the_worker_takes_its_shard_from_job_completion_index() {
+    let p = Project::new();
+    p.write(
+        "k.yaml",
+        "run: k\nitems: {range: {start: 0, end: 6}}\ngenerator: {builtin: echo}\n",
+    );
+    let out = p
+        .worker("k.yaml", &["--num-shards", "2"])
+        .env("JOB_COMPLETION_INDEX", "1")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "JOB_COMPLETION_INDEX=1 --num-shards 2", p.root());
+    let keys: Vec<String> = p
+        .read("data/k/process-1.csv")
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["3", "4", "5"]);
+    let log = p.read("logs/k/shard_1_of_2.log");
+    assert!(
+        last_line_with(&log, "finish").contains("status=ok"),
+        "{log}"
+    );
+    assert!(
+        !p.path("logs/k/shard_0_of_2.log").exists(),
+        "{}",
+        p.listing()
+    );
+}
