@@ -39,3 +39,102 @@ apt_install() {
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+
+# ---- shared by the launchers (run_parallel.sh, run_slurm.sh) ------------------------------------
+# They expect CONFIG (the configuration path) and, once chosen, NUM_SHARDS.
+
+# Builds the release binaries when they are missing or older than the sources; sets BIN, WORKER
+# and MERGE_BIN. SHARDRUN_BIN points at prebuilt binaries instead (used as is).
+ensure_binaries() {
+  BIN=${SHARDRUN_BIN:-$SHARDRUN_ROOT/target/release}
+  WORKER=$BIN/shard-worker
+  MERGE_BIN=$BIN/merge
+  if [ -n "${SHARDRUN_BIN:-}" ]; then
+    BIN=$(cd "$BIN" 2>/dev/null && pwd) || die "SHARDRUN_BIN=$SHARDRUN_BIN is not a directory"
+    WORKER=$BIN/shard-worker
+    MERGE_BIN=$BIN/merge
+    [ -x "$WORKER" ] && [ -x "$MERGE_BIN" ] && return 0
+    die "SHARDRUN_BIN=$SHARDRUN_BIN does not hold shard-worker and merge"
+  fi
+  local stale=0 b
+  for b in "$WORKER" "$MERGE_BIN"; do
+    [ -x "$b" ] || stale=1
+  done
+  if ((stale == 0)) && [ -n "$(find "$SHARDRUN_ROOT/src" "$SHARDRUN_ROOT/Cargo.toml" -newer "$WORKER" -print -quit 2>/dev/null)" ]; then
+    stale=1
+  fi
+  if ((stale)); then
+    need_cmd cargo
+    say "building the release binaries (cargo build --release)"
+    (cd "$SHARDRUN_ROOT" && cargo build --release --quiet) || die "the build failed"
+  fi
+}
+
+now() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
+
+# status EVENT KEY=VALUE...: appends one line to $STATUS (one write, so lines stay whole).
+status() {
+  printf '%s %s\n' "$(now)" "$*" >>"$STATUS"
+}
+
+# describe_run STATUS_FILE_NAME: reads the run's name and directories from the worker; sets RUN,
+# CONFIG_SHARDS, DATA_DIR, LOGS_DIR and STATUS (logs/<run>/STATUS_FILE_NAME).
+# shellcheck disable=SC2034  # RUN and CONFIG_SHARDS are read by the scripts that source this
+describe_run() {
+  local out line
+  out=$("$WORKER" --config "$CONFIG" --describe 2>&1) || DIE_CODE=2 die "${out#shard-worker: error: }"
+  while IFS= read -r line; do
+    case "$line" in
+      run=*) RUN=${line#run=} ;;
+      shards=*) CONFIG_SHARDS=${line#shards=} ;;
+      data_dir=*) DATA_DIR=${line#data_dir=} ;;
+      logs_dir=*) LOGS_DIR=${line#logs_dir=} ;;
+    esac
+  done <<<"$out"
+  STATUS=$LOGS_DIR/$1
+}
+
+# last_line FILE EVENT: the last line of FILE whose event is EVENT ('' if none).
+last_line() {
+  [ -f "$1" ] || return 0
+  { grep -E "^[^ ]+ $2( |\$)" "$1" 2>/dev/null || true; } | tail -n 1
+}
+
+# field LINE KEY: the value of KEY on a log line.
+field() { sed -n "s/.* $2=\\([^ ]*\\).*/\\1/p" <<<"$1"; }
+
+# last_field FILE EVENT KEY: the value of KEY on the last EVENT line of FILE ('' if none).
+last_field() { field "$(last_line "$1" "$2")" "$3"; }
+
+config_sum() { sha256sum "$CONFIG" | cut -d' ' -f1; }
+
+shard_log() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.log"; }
+
+# A path relative to the current directory when it is below it.
+rel() { echo "${1#"$PWD"/}"; }
+
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+
+# Shard counts of the outputs already in the run directory.
+existing_plans() {
+  local m
+  for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
+    [ -e "$m" ] || continue
+    m=${m##*_of_}
+    echo "${m%.jsonl}"
+  done | sort -u
+}
+
+# Removes the outputs of shard plans other than NUM_SHARDS (a launcher's --force).
+discard_other_plans() {
+  local m name n
+  for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
+    [ -e "$m" ] || continue
+    n=${m##*_of_}
+    n=${n%.jsonl}
+    [ "$n" = "$NUM_SHARDS" ] && continue
+    name=$(head -n 1 "$m" | sed -n 's/.*"name":"\([A-Za-z0-9._-]*\)".*/\1/p')
+    [ -n "$name" ] && rm -f "$DATA_DIR/$name.csv"
+    rm -f "$m"
+  done
+}

@@ -81,84 +81,13 @@ parse_args() {
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
 }
 
-# Builds the release binaries when they are missing or older than the sources. SHARDRUN_BIN
-# points at prebuilt binaries instead (used as is).
-ensure_binaries() {
-  BIN=${SHARDRUN_BIN:-$SHARDRUN_ROOT/target/release}
-  WORKER=$BIN/shard-worker
-  MERGE_BIN=$BIN/merge
-  if [ -n "${SHARDRUN_BIN:-}" ]; then
-    [ -x "$WORKER" ] && [ -x "$MERGE_BIN" ] && return 0
-    die "SHARDRUN_BIN=$SHARDRUN_BIN does not hold shard-worker and merge"
-  fi
-  local stale=0 b
-  for b in "$WORKER" "$MERGE_BIN"; do
-    [ -x "$b" ] || stale=1
-  done
-  if ((stale == 0)) && [ -n "$(find "$SHARDRUN_ROOT/src" "$SHARDRUN_ROOT/Cargo.toml" -newer "$WORKER" -print -quit 2>/dev/null)" ]; then
-    stale=1
-  fi
-  if ((stale)); then
-    need_cmd cargo
-    say "building the release binaries (cargo build --release)"
-    (cd "$SHARDRUN_ROOT" && cargo build --release --quiet) || die "the build failed"
-  fi
-}
 
-now() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
 
-# status EVENT KEY=VALUE...: appends one line to the status file (one write, so lines stay whole).
-status() {
-  printf '%s %s\n' "$(now)" "$*" >>"$STATUS"
-}
 
-# Reads the run's name and directories from the worker.
-describe_run() {
-  local out line
-  out=$("$WORKER" --config "$CONFIG" --describe 2>&1) || DIE_CODE=2 die "${out#shard-worker: error: }"
-  while IFS= read -r line; do
-    case "$line" in
-      run=*) RUN=${line#run=} ;;
-      shards=*) CONFIG_SHARDS=${line#shards=} ;;
-      data_dir=*) DATA_DIR=${line#data_dir=} ;;
-      logs_dir=*) LOGS_DIR=${line#logs_dir=} ;;
-    esac
-  done <<<"$out"
-  STATUS=$LOGS_DIR/launcher.status
-}
 
-# The value of KEY on the last line of FILE whose event is EVENT ('' if none).
-last_field() {
-  local file=$1 event=$2 key=$3
-  [ -f "$file" ] || return 0
-  { grep -E "^[^ ]+ $event( |\$)" "$file" 2>/dev/null || true; } | tail -n 1 | sed -n "s/.* $key=\\([^ ]*\\).*/\\1/p"
-}
 
-config_sum() { sha256sum "$CONFIG" | cut -d' ' -f1; }
 
-# Shard counts of the outputs already in the run directory.
-existing_plans() {
-  local m
-  for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
-    [ -e "$m" ] || continue
-    m=${m##*_of_}
-    echo "${m%.jsonl}"
-  done | sort -u
-}
 
-# Removes the outputs of shard plans other than N (the launcher's --force).
-discard_other_plans() {
-  local m name n
-  for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
-    [ -e "$m" ] || continue
-    n=${m##*_of_}
-    n=${n%.jsonl}
-    [ "$n" = "$NUM_SHARDS" ] && continue
-    name=$(head -n 1 "$m" | sed -n 's/.*"name":"\([A-Za-z0-9._-]*\)".*/\1/p')
-    [ -n "$name" ] && rm -f "$DATA_DIR/$name.csv"
-    rm -f "$m"
-  done
-}
 
 choose_shards() {
   local plans recorded_n recorded_sum i
@@ -193,7 +122,6 @@ choose_shards() {
   done
 }
 
-shard_log() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.log"; }
 
 # True when shard I's latest run finished ok: its log's last start/finish line is a finish with
 # status=ok (a start without a finish after it is a worker that died).
@@ -203,7 +131,6 @@ shard_succeeded() {
   [ -f "$log" ] || return 1
   grep -E '^[^ ]+ (start|finish)( |$)' "$log" | tail -n 1 | grep -q ' finish status=ok'
 }
-rel() { echo "${1#"$PWD"/}"; }
 
 dry_run() {
   local i out
@@ -358,7 +285,6 @@ run_shards() {
   trap - INT TERM USR1
 }
 
-thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 
 summary_line() {
   local i=$1 log state code pid done_ failed rows elapsed msg
@@ -423,7 +349,7 @@ report() {
 main() {
   parse_args "$@"
   ensure_binaries
-  describe_run
+  describe_run launcher.status
   if ((DRY_RUN)); then
     NUM_SHARDS=${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}
     dry_run

@@ -99,70 +99,14 @@ parse_args() {
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
 }
 
-# Builds the release binaries when they are missing or older than the sources. SHARDRUN_BIN
-# points at prebuilt binaries instead (used as is). The tasks run these very files, so on a
-# cluster the repository must be on a file system the compute nodes share.
-ensure_binaries() {
-  BIN=${SHARDRUN_BIN:-$SHARDRUN_ROOT/target/release}
-  BIN=$(cd "$BIN" 2>/dev/null && pwd) || die "no binary directory at ${SHARDRUN_BIN:-$SHARDRUN_ROOT/target/release}"
-  WORKER=$BIN/shard-worker
-  MERGE_BIN=$BIN/merge
-  if [ -n "${SHARDRUN_BIN:-}" ]; then
-    [ -x "$WORKER" ] && [ -x "$MERGE_BIN" ] && return 0
-    die "SHARDRUN_BIN=$SHARDRUN_BIN does not hold shard-worker and merge"
-  fi
-  local stale=0 b
-  for b in "$WORKER" "$MERGE_BIN"; do
-    [ -x "$b" ] || stale=1
-  done
-  if ((stale == 0)) && [ -n "$(find "$SHARDRUN_ROOT/src" "$SHARDRUN_ROOT/Cargo.toml" -newer "$WORKER" -print -quit 2>/dev/null)" ]; then
-    stale=1
-  fi
-  if ((stale)); then
-    need_cmd cargo
-    say "building the release binaries (cargo build --release)"
-    (cd "$SHARDRUN_ROOT" && cargo build --release --quiet) || die "the build failed"
-  fi
-}
 
-now() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
 
-# status EVENT KEY=VALUE...: appends one line to the status file (one write, so lines stay whole).
-status() {
-  printf '%s %s\n' "$(now)" "$*" >>"$STATUS"
-}
 
-# Reads the run's name and directories from the worker.
-describe_run() {
-  local out line
-  out=$("$WORKER" --config "$CONFIG" --describe 2>&1) || DIE_CODE=2 die "${out#shard-worker: error: }"
-  while IFS= read -r line; do
-    case "$line" in
-      run=*) RUN=${line#run=} ;;
-      shards=*) CONFIG_SHARDS=${line#shards=} ;;
-      data_dir=*) DATA_DIR=${line#data_dir=} ;;
-      logs_dir=*) LOGS_DIR=${line#logs_dir=} ;;
-    esac
-  done <<<"$out"
-  STATUS=$LOGS_DIR/slurm.status
-}
 
-# The last line of FILE whose event is EVENT ('' if none).
-last_line() {
-  [ -f "$1" ] || return 0
-  grep -E "^[^ ]+ $2( |\$)" "$1" 2>/dev/null | tail -n 1
-}
 
-# field LINE KEY: the value of KEY on a log line.
-field() { sed -n "s/.* $2=\\([^ ]*\\).*/\\1/p" <<<"$1"; }
 
-# The value of KEY on the last line of FILE whose event is EVENT ('' if none).
-last_field() { field "$(last_line "$1" "$2")" "$3"; }
 
-config_sum() { sha256sum "$CONFIG" | cut -d' ' -f1; }
 
-shard_log() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.log"; }
-rel() { echo "${1#"$PWD"/}"; }
 # This script, as a user here would type it.
 me() {
   local p
@@ -171,29 +115,7 @@ me() {
   echo "$p"
 }
 
-# Shard counts of the outputs already in the run directory.
-existing_plans() {
-  local m
-  for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
-    [ -e "$m" ] || continue
-    m=${m##*_of_}
-    echo "${m%.jsonl}"
-  done | sort -u
-}
 
-# Removes the outputs of shard plans other than N (the launcher's --force).
-discard_other_plans() {
-  local m name n
-  for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
-    [ -e "$m" ] || continue
-    n=${m##*_of_}
-    n=${n%.jsonl}
-    [ "$n" = "$NUM_SHARDS" ] && continue
-    name=$(head -n 1 "$m" | sed -n 's/.*"name":"\([A-Za-z0-9._-]*\)".*/\1/p')
-    [ -n "$name" ] && rm -f "$DATA_DIR/$name.csv"
-    rm -f "$m"
-  done
-}
 
 # The run's last launch, by either launcher (this one or run_parallel.sh): the later line wins.
 last_launch() {
@@ -449,7 +371,6 @@ wait_for_jobs() {
   trap - INT TERM
 }
 
-thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 
 # The shard's last finish line written since this submission ('' if none).
 finish_since_submit() {
@@ -533,7 +454,7 @@ print_next_steps() {
 main() {
   parse_args "$@"
   ensure_binaries
-  describe_run
+  describe_run slurm.status
   BATCH=$LOGS_DIR/slurm_task.sh
   if ((DRY_RUN)); then
     choose_shards
