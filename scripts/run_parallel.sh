@@ -94,6 +94,8 @@ choose_shards() {
   if ((ONLY_FAILED)); then
     recorded_n=$(last_field "$STATUS" launch num_shards)
     [ -n "$recorded_n" ] || DIE_CODE=2 die "run '$RUN' has no launcher record ($STATUS); start it without --only-failed"
+    [[ "$recorded_n" =~ ^[1-9][0-9]{0,5}$ ]] ||
+      DIE_CODE=2 die "the status file $(rel "$STATUS") is damaged (num_shards='${recorded_n:0:40}'); start the run again with --force"
     if [ -n "$NUM_SHARDS" ] && [ "$NUM_SHARDS" != "$recorded_n" ]; then
       DIE_CODE=2 die "run '$RUN' was launched with $recorded_n shards; --only-failed re-runs that plan (use --force to start over with $NUM_SHARDS)"
     fi
@@ -192,7 +194,8 @@ on_signal() {
 # ourselves (USR1) to KILL whoever is left. Only this shell knows which workers still run, and
 # their pids cannot be reused until it reaps them.
 stop_workers() {
-  ((${#LIVE[@]} == 0)) || kill -TERM "${LIVE[@]}" 2>/dev/null || true
+  ((${#LIVE[@]} > 0)) || return 0
+  kill -TERM "${LIVE[@]}" 2>/dev/null || true
   [ -z "$KILLER" ] || return 0
   (
     sleep "$GRACE" &
@@ -220,7 +223,9 @@ launch_shard() {
   args=(--config "$CONFIG" --shard-index "$i" --num-shards "$NUM_SHARDS" --quiet)
   ((FORCE)) && args+=(--force)
   [ -n "$JOBS" ] && args+=(--jobs "$JOBS")
-  "$WORKER" "${args[@]}" >/dev/null 2>>"$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" &
+  # 9>&-: the launcher's lock must not be inherited by workers and whatever their generators
+  # leave behind, or it would outlive the launcher.
+  "$WORKER" "${args[@]}" >/dev/null 2>>"$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 9>&- &
   local pid=$!
   PID_OF[$i]=$pid
   SHARD_OF[$pid]=$i
@@ -252,11 +257,29 @@ finish_shard() {
   [ -n "$DISPLAY_PID" ] || summary_line "$i"
 }
 
-run_shards() {
-  local i n=0 pid code
+# Finishes workers that are gone but were not reported by `wait -n`.
+reap_gone() {
+  local p code found=0
+  for p in "${LIVE[@]}"; do
+    kill -0 "$p" 2>/dev/null && continue
+    code=0
+    wait "$p" 2>/dev/null || code=$?
+    # 127: bash no longer knows the exit status; the worker was killed.
+    ((code == 127)) && code=137
+    finish_shard "$p" "$code"
+    found=1
+  done
+  ((found)) || sleep 0.05
+}
+
+install_traps() {
   trap 'on_signal SIGINT' INT
   trap 'on_signal SIGTERM' TERM
   trap on_grace_expired USR1
+}
+
+run_shards() {
+  local i n=0 pid code
   status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$CONFIG config_sum=$(config_sum)"
   say "run '$RUN': starting ${#SHARDS[@]} of $NUM_SHARDS shard(s); logs in $(rel "$LOGS_DIR")/"
   for i in "${SHARDS[@]}"; do
@@ -276,8 +299,12 @@ run_shards() {
     pid=''
     code=0
     wait -n -p pid "${LIVE[@]}" || code=$?
-    # A trap interrupts `wait` without a child ending: wait again.
-    [ -n "${pid:-}" ] || continue
+    if [ -z "${pid:-}" ]; then
+      # Either a trap interrupted `wait` (wait again), or bash already reaped workers that died
+      # together and no longer reports them: find those and finish them.
+      reap_gone
+      continue
+    fi
     finish_shard "$pid" "$code"
   done
   if [ -n "$KILLER" ]; then kill "$KILLER" 2>/dev/null || true; wait "$KILLER" 2>/dev/null || true; fi
@@ -347,6 +374,9 @@ report() {
 }
 
 main() {
+  # From the start, so a signal during start-up is not lost (it stops the run before any worker
+  # is started).
+  install_traps
   parse_args "$@"
   ensure_binaries
   describe_run launcher.status
@@ -357,6 +387,11 @@ main() {
   fi
   take_launcher_lock
   choose_shards
+  if [ -n "$INTERRUPTED" ]; then
+    echo "interrupted before any worker started"
+    [ "$INTERRUPTED" = SIGTERM ] && exit 143
+    exit 130
+  fi
   if ((${#SHARDS[@]} == 0)); then
     echo "nothing to do: all $NUM_SHARDS shard(s) of run '$RUN' succeeded"
     exit 0

@@ -131,6 +131,8 @@ choose_shards() {
     launch=$(last_launch)
     recorded_n=$(field "$launch" num_shards)
     [ -n "$recorded_n" ] || DIE_CODE=2 die "run '$RUN' has no launch record ($(rel "$STATUS")); start it without --only-failed"
+    [[ "$recorded_n" =~ ^[1-9][0-9]{0,5}$ ]] ||
+      DIE_CODE=2 die "the status file $(rel "$STATUS") is damaged (num_shards='${recorded_n:0:40}'); start the run again with --force"
     if [ -n "$NUM_SHARDS" ] && [ "$NUM_SHARDS" != "$recorded_n" ]; then
       DIE_CODE=2 die "run '$RUN' was launched with $recorded_n shards; --only-failed re-runs that plan (use --force to start over with $NUM_SHARDS)"
     fi

@@ -1,5 +1,6 @@
 //! Integration tests: the real binaries on real files and processes, each in its own temp dir.
 
+mod battery;
 mod common;
 mod launcher;
 mod merge;
