@@ -765,7 +765,7 @@ fn produce(
                 let result = if cmd.is_persistent() {
                     cmd.serve(&item, slot, state, stop, &mut on_stderr, out)
                 } else {
-                    cmd.attempt(&item, slot, stop, &mut on_stderr, out)
+                    cmd.attempt(&item, slot, state, stop, &mut on_stderr, out)
                 };
                 match result {
                     Ok(()) => {

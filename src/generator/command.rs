@@ -133,6 +133,17 @@ pub struct CommandSpec<'a> {
     pub marker: Option<Vec<u8>>,
 }
 
+/// The kept parser, reset, or a new one.
+fn reused_reader(kept: &mut Option<csv_core::Reader>) -> csv_core::Reader {
+    match kept.take() {
+        Some(mut r) => {
+            r.reset();
+            r
+        }
+        None => csv_core::Reader::new(),
+    }
+}
+
 /// Consecutive start-up failures of a persistent generator after which the shard stops.
 pub const MAX_START_FAILURES: u32 = 3;
 
@@ -141,9 +152,21 @@ pub const MAX_START_FAILURES: u32 = 3;
 pub struct Slot {
     server: Option<crate::persistent::Server>,
     start_failures: u32,
+    /// The CSV parser, kept across items: building one costs more than a whole protocol
+    /// round trip, resetting it nothing.
+    reader: Option<csv_core::Reader>,
 }
 
 impl Slot {
+    /// A parser for the next item's output (reused; give it back with [`Slot::give_back`]).
+    fn parser<'c>(&mut self, columns: &'c [String]) -> StdoutRows<'c> {
+        StdoutRows::with_reader(columns, reused_reader(&mut self.reader))
+    }
+
+    fn give_back(&mut self, parser: StdoutRows<'_>) {
+        self.reader = Some(parser.reader);
+    }
+
     /// Ends the slot's persistent process: stdin closed, a short grace, then its group killed.
     pub fn finish(&mut self, on_stderr: &mut dyn FnMut(&[u8])) {
         if let Some(mut s) = self.server.take() {
@@ -256,7 +279,7 @@ impl CommandGen {
                 marker,
             })
         });
-        let mut parser = StdoutRows::new(&self.columns);
+        let mut parser = StdoutRows::with_reader(&self.columns, reused_reader(&mut slot.reader));
         let result = server.serve(
             &item_json(item),
             self.timeout,
@@ -265,11 +288,15 @@ impl CommandGen {
             on_stderr,
         );
         let failed = |why: String| Err(AttemptError::Failed(why));
+        if result.is_ok() {
+            parser.finish(out);
+        }
+        let error = parser.error.take();
+        slot.give_back(parser);
         match result {
             Ok(()) => {
                 slot.start_failures = 0;
-                parser.finish(out);
-                match parser.error {
+                match error {
                     Some(e) => failed(e),
                     None => Ok(()),
                 }
@@ -294,7 +321,7 @@ impl CommandGen {
                 "the generator ended before the end-of-item marker: {why}"
             )),
             Err(ServeError::Protocol(why)) => failed(format!("protocol error: {why}")),
-            Err(ServeError::Aborted) => failed(parser.error.unwrap_or_else(|| "bad output".into())),
+            Err(ServeError::Aborted) => failed(error.unwrap_or_else(|| "bad output".into())),
             Err(ServeError::Io(why)) => failed(format!("cannot talk to the generator: {why}")),
         }
     }
@@ -321,6 +348,7 @@ impl CommandGen {
         &self,
         item: &Item,
         slot: u32,
+        state: &mut Slot,
         stop: &AtomicBool,
         on_stderr: &mut dyn FnMut(&[u8]),
         out: &mut RowWriter,
@@ -350,17 +378,20 @@ impl CommandGen {
             timeout: self.timeout,
             exit_grace: EXIT_GRACE,
         };
-        let mut parser = StdoutRows::new(&self.columns);
-        let ended = run_attempt(&spec, stop, &mut |chunk| parser.feed(chunk, out), on_stderr)
-            .map_err(|e| AttemptError::Failed(format!("cannot start {:?}: {e}", argv[0])))?;
+        let mut parser = state.parser(&self.columns);
+        let ended = run_attempt(&spec, stop, &mut |chunk| parser.feed(chunk, out), on_stderr);
+        if matches!(ended, Ok(Ended::Exited(0))) {
+            parser.finish(out);
+        }
+        let error = parser.error.take();
+        state.give_back(parser);
+        let ended =
+            ended.map_err(|e| AttemptError::Failed(format!("cannot start {:?}: {e}", argv[0])))?;
         match ended {
-            Ended::Exited(0) => {
-                parser.finish(out);
-                match parser.error {
-                    Some(e) => Err(AttemptError::Failed(e)),
-                    None => Ok(()),
-                }
-            }
+            Ended::Exited(0) => match error {
+                Some(e) => Err(AttemptError::Failed(e)),
+                None => Ok(()),
+            },
             Ended::Exited(code) => Err(AttemptError::Failed(format!("exit code {code}"))),
             Ended::Signaled(sig) => Err(AttemptError::Failed(format!(
                 "killed by signal {sig} ({})",
@@ -372,7 +403,7 @@ impl CommandGen {
             ))),
             Ended::Stopped => Err(AttemptError::Stopped),
             Ended::Aborted => Err(AttemptError::Failed(
-                parser.error.unwrap_or_else(|| "bad output".into()),
+                error.unwrap_or_else(|| "bad output".into()),
             )),
         }
     }
@@ -439,9 +470,14 @@ pub struct StdoutRows<'c> {
 impl<'c> StdoutRows<'c> {
     /// A parser expecting records of `columns.len()` fields.
     pub fn new(columns: &'c [String]) -> Self {
+        Self::with_reader(columns, csv_core::Reader::new())
+    }
+
+    /// A parser using `reader` (freshly reset).
+    fn with_reader(columns: &'c [String], reader: csv_core::Reader) -> Self {
         StdoutRows {
             columns,
-            reader: csv_core::Reader::new(),
+            reader,
             field_buf: vec![0; 4096],
             ends: vec![0; columns.len().max(1) + 1],
             out_len: 0,
@@ -555,6 +591,22 @@ mod tests {
             assert_eq!(err, None);
             assert_eq!(got, want, "chunk size {chunk}");
         }
+    }
+
+    #[test]
+    fn a_reused_parser_forgets_the_previous_items_unfinished_output() {
+        let c = cols(&["a", "b"]);
+        let mut slot = Slot::default();
+        let mut out = RowWriter::new();
+        let mut p = slot.parser(&c);
+        p.feed(b"x,\"unterminated", &mut out);
+        slot.give_back(p);
+        let mut out = RowWriter::new();
+        let mut p = slot.parser(&c);
+        p.feed(b"1,2\n", &mut out);
+        p.finish(&mut out);
+        assert_eq!(p.error, None);
+        assert_eq!(out.as_bytes(), b"1,2\n");
     }
 
     #[test]
