@@ -225,3 +225,54 @@ impl LineSplitter {
         }
     }
 }
+
+/// The `Command` for a generator process: argv without a shell, piped stdin/stdout/stderr, its
+/// own process group (so signals to the group reach everything it starts), and SIGKILL when the
+/// worker thread that spawned it dies (parent-death signal), so a generator never outlives a
+/// worker killed with kill -9. Spawn it from a long-lived thread: the signal follows the thread.
+pub fn generator_command(
+    program: &std::path::Path,
+    argv0: &str,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &std::path::Path,
+) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let parent = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new(program);
+    cmd.arg0(argv0)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let die_with_parent = move || -> io::Result<()> {
+        // SAFETY: runs in the forked child before exec; prctl, getppid and _exit are
+        // async-signal-safe syscalls, and nothing here allocates or takes locks.
+        unsafe {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) == -1
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: the signal will never come.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe calls (see above).
+    unsafe {
+        cmd.pre_exec(die_with_parent);
+    }
+    cmd
+}

@@ -53,9 +53,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -952,41 +950,8 @@ fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
     let program = std::path::absolute(&program)
         .map_err(|e| format!("cannot make {} absolute: {e}", program.display()))?;
 
-    let parent = std::process::id() as libc::pid_t;
-    let mut cmd = Command::new(&program);
-    cmd.arg0(argv0)
-        .args(&spec.argv[1..])
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let die_with_parent = move || -> io::Result<()> {
-        // SAFETY: runs in the forked child before exec; prctl, getppid and _exit are
-        // async-signal-safe syscalls, and nothing here allocates or takes locks.
-        unsafe {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            ) == -1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent died between fork and prctl: the signal will never come.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the closure only makes async-signal-safe calls (see above).
-    unsafe {
-        cmd.pre_exec(die_with_parent);
-    }
+    let mut cmd =
+        crate::groups::generator_command(&program, argv0, &spec.argv[1..], &spec.env, &spec.cwd);
     let mut child = cmd.spawn().map_err(|e| {
         format!(
             "spawning `{argv0}` ({}) in {}: {e}",
@@ -1028,6 +993,7 @@ fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::{Command, Stdio};
     use std::sync::Arc;
 
     const SECOND: Duration = Duration::from_secs(1);
