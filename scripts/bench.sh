@@ -66,9 +66,7 @@ EMBED_ITEMS=1000000
 SCALING_SECONDS=10
 
 cleanup() {
-  if [ "$OWN_WORKDIR" -eq 1 ] && [ -n "$WORKDIR" ] && [ -d "$WORKDIR" ]; then
-    rm -rf -- "$WORKDIR"
-  fi
+  remove_own_workdir
 }
 
 parse_args() {
@@ -637,16 +635,8 @@ main() {
     exec bash "$SHARDRUN_ROOT/scripts/bench_${ONLY[0]}.sh" "${PASS_ARGS[@]}"
   fi
   [ ${#PASS_ARGS[@]} -eq 0 ] || DIE_CODE=2 die "arguments after -- are for --only merge or --only monitor"
-  if [ -z "$WORKDIR" ]; then
-    WORKDIR=$(mktemp -d "${TMPDIR:-/tmp}/bench.XXXXXX")
-    OWN_WORKDIR=1
-  else
-    mkdir -p -- "$WORKDIR"
-    WORKDIR=$(cd -- "$WORKDIR" && pwd)
-  fi
+  use_workdir bench
   trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
   ensure_tools
   local b
   for b in "${ALL_BENCHES[@]}"; do

@@ -55,9 +55,7 @@ cleanup() {
   for pid in "${GEN_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
-  if [ "$OWN_WORKDIR" -eq 1 ] && [ -n "$WORKDIR" ] && [ -d "$WORKDIR" ]; then
-    rm -rf -- "$WORKDIR"
-  fi
+  remove_own_workdir
 }
 
 parse_args() {
@@ -317,16 +315,8 @@ report() {
 
 main() {
   parse_args "$@"
-  if [ -z "$WORKDIR" ]; then
-    WORKDIR=$(mktemp -d "${TMPDIR:-/tmp}/bench_merge.XXXXXX")
-    OWN_WORKDIR=1
-  else
-    mkdir -p -- "$WORKDIR"
-    WORKDIR=$(cd -- "$WORKDIR" && pwd)
-  fi
+  use_workdir bench_merge
   trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
   ensure_tools
   check_space
   local c

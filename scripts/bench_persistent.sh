@@ -61,9 +61,7 @@ AWK_FLAGS=
 REPORT=()
 
 cleanup() {
-  if [ "$OWN_WORKDIR" -eq 1 ] && [ -n "$WORKDIR" ] && [ -d "$WORKDIR" ]; then
-    rm -rf -- "$WORKDIR"
-  fi
+  remove_own_workdir
 }
 
 positive() {
@@ -575,16 +573,8 @@ report() {
 
 main() {
   parse_args "$@"
-  if [ -z "$WORKDIR" ]; then
-    WORKDIR=$(mktemp -d "${TMPDIR:-/tmp}/bench_persistent.XXXXXX")
-    OWN_WORKDIR=1
-  else
-    mkdir -p -- "$WORKDIR"
-    WORKDIR=$(cd -- "$WORKDIR" && pwd)
-  fi
+  use_workdir bench_persistent
   trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
   ensure_tools
   python_env
   write_files

@@ -138,3 +138,26 @@ discard_other_plans() {
     rm -f "$m"
   done
 }
+
+# ---- shared by the benchmarks (bench*.sh) -------------------------------------------------------
+
+# use_workdir NAME: makes WORKDIR absolute (creating it), or a fresh temporary directory when it is
+# empty (OWN_WORKDIR=1: removed by remove_own_workdir); INT/TERM exit with 130/143.
+use_workdir() {
+  if [ -z "$WORKDIR" ]; then
+    WORKDIR=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+    OWN_WORKDIR=1
+  else
+    mkdir -p -- "$WORKDIR"
+    WORKDIR=$(cd -- "$WORKDIR" && pwd)
+  fi
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+# Removes WORKDIR when use_workdir created it.
+remove_own_workdir() {
+  if [ "$OWN_WORKDIR" -eq 1 ] && [ -n "$WORKDIR" ] && [ -d "$WORKDIR" ]; then
+    rm -rf -- "$WORKDIR"
+  fi
+}
