@@ -67,6 +67,30 @@ impl RangeCopier {
         Ok(())
     }
 
+    /// Copies whatever is queued now.
+    pub fn flush(&mut self) -> Result<()> {
+        self.flush_pending()
+    }
+
+    /// Bytes in the output so far, queued ranges included.
+    pub fn position(&self) -> u64 {
+        self.out_pos + self.pending.map_or(0, |(_, start, end)| end - start)
+    }
+
+    /// Asks the kernel to start writing `len` bytes of the output at `from` back to disk now,
+    /// without waiting: the final `fsync` then has little left to do. Advisory only.
+    pub fn start_writeback(&self, from: u64, len: u64) {
+        // SAFETY: sync_file_range on a valid descriptor; it neither reads nor writes our memory.
+        unsafe {
+            libc::sync_file_range(
+                self.out.as_raw_fd(),
+                from as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+
     /// Copies whatever is queued; returns the output length and file.
     pub fn finish(mut self) -> Result<(File, u64)> {
         self.flush_pending()?;

@@ -78,69 +78,195 @@ pub struct Record {
     pub reason: Option<String>,
 }
 
+/// One finished item as parsed from a manifest line, borrowing its strings from the line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecordRef<'a> {
+    pub index: u64,
+    pub key: &'a str,
+    pub status: Status,
+    pub offset: u64,
+    pub bytes: u64,
+    pub rows: u64,
+    pub ms: u64,
+    pub cached: bool,
+    pub attempts: u32,
+    pub reason: Option<&'a str>,
+}
+
+impl Record {
+    /// A borrowed view of the record.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            index: self.index,
+            key: &self.key,
+            status: self.status,
+            offset: self.offset,
+            bytes: self.bytes,
+            rows: self.rows,
+            ms: self.ms,
+            cached: self.cached,
+            attempts: self.attempts,
+            reason: self.reason.as_deref(),
+        }
+    }
+}
+
+impl RecordRef<'_> {
+    /// An owned copy.
+    pub fn to_record(&self) -> Record {
+        Record {
+            index: self.index,
+            key: self.key.to_string(),
+            status: self.status,
+            offset: self.offset,
+            bytes: self.bytes,
+            rows: self.rows,
+            ms: self.ms,
+            cached: self.cached,
+            attempts: self.attempts,
+            reason: self.reason.map(str::to_string),
+        }
+    }
+}
+
 /// Reads a manifest: the header, then each record that is whole and consistent (passed to
 /// `on_record` in file order), stopping at the first torn or inconsistent line. Returns the
 /// header, the byte length of the valid prefix and the end of the committed data.
 pub fn read(path: &Path, mut on_record: impl FnMut(Record)) -> Result<Option<(Header, u64, u64)>> {
-    read_with_offsets(path, |r, _| on_record(r))
+    scan(path, |r, _| on_record(r.to_record()))
 }
 
-/// Like [`read`], also giving each record's byte offset in the manifest.
-pub fn read_with_offsets(
+/// Like [`read`], giving each record as a borrowed view with its byte offset in the manifest:
+/// no allocation per record, for readers of millions of them (merge).
+pub fn scan(
     path: &Path,
-    mut on_record: impl FnMut(Record, u64),
+    mut on_record: impl FnMut(RecordRef<'_>, u64),
 ) -> Result<Option<(Header, u64, u64)>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).ctx("cannot open the manifest", path),
     };
-    let mut reader = BufReader::new(file);
-    let mut line = Vec::new();
-    let n = reader
-        .read_until(b'\n', &mut line)
-        .ctx("cannot read", path)?;
-    let header: Header = match (line.last(), serde_json::from_slice(&line)) {
-        (Some(b'\n'), Ok(h)) => h,
-        _ => return Ok(None),
+    let mut lines = Lines::new(file);
+    let Some((line, _)) = lines.next_line().ctx("cannot read", path)? else {
+        return Ok(None);
     };
-    let mut valid = n as u64;
+    let header: Header = match serde_json::from_slice(line) {
+        Ok(h) => h,
+        Err(_) => return Ok(None),
+    };
+    let mut valid = lines.consumed();
     let mut data_end = header.data_start;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .ctx("cannot read", path)?;
-        if n == 0 || line.last() != Some(&b'\n') {
-            break;
-        }
-        let Some(rec) = parse_record(&line) else {
-            break;
-        };
-        if rec.status == Status::Ok {
+    while let Some((line, at)) = lines.next_line().ctx("cannot read", path)? {
+        let consistent = with_record(line, |rec| {
             // Ranges are appended back to back; anything else is damage.
-            if rec.offset != data_end {
-                break;
+            if rec.status == Status::Ok {
+                if rec.offset != data_end {
+                    return false;
+                }
+                data_end += rec.bytes;
             }
-            data_end += rec.bytes;
+            on_record(rec, at);
+            true
+        });
+        if consistent != Some(true) {
+            break;
         }
-        on_record(rec, valid);
-        valid += n as u64;
+        valid = lines.consumed();
     }
     Ok(Some((header, valid, data_end)))
+}
+
+/// Whole lines of a file, read in large blocks and returned in place (no copy per line). A final
+/// line without its newline is torn and never returned.
+pub struct Lines {
+    file: File,
+    buf: Vec<u8>,
+    /// The unread part of `buf`.
+    start: usize,
+    end: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+}
+
+impl Lines {
+    const BLOCK: usize = 1 << 20;
+
+    /// Lines from the current position of `file` (which must be its start for offsets to be
+    /// file offsets).
+    pub fn new(file: File) -> Self {
+        Lines {
+            file,
+            buf: vec![0; Self::BLOCK],
+            start: 0,
+            end: 0,
+            base: 0,
+            eof: false,
+        }
+    }
+
+    /// Bytes consumed so far, as a file offset (the end of the last line returned).
+    pub fn consumed(&self) -> u64 {
+        self.base + self.start as u64
+    }
+
+    /// The next whole line with its newline, and its file offset.
+    pub fn next_line(&mut self) -> std::io::Result<Option<(&[u8], u64)>> {
+        use std::io::Read;
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                let (from, to) = (self.start, self.start + nl + 1);
+                self.start = to;
+                return Ok(Some((&self.buf[from..to], self.base + from as u64)));
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            // Move the partial line to the front, grow for a line longer than the buffer.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.base += self.start as u64;
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            let n = match self.file.read(&mut self.buf[self.end..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                self.eof = true;
+            }
+            self.end += n;
+        }
+    }
+}
+
+/// Parses one record line and passes it to `f` (borrowed when the line has the worker's own
+/// layout; `None` when the line is not a record).
+pub fn with_record<T>(line: &[u8], f: impl FnOnce(RecordRef<'_>) -> T) -> Option<T> {
+    match parse_fixed(line) {
+        Some(r) => Some(f(r)),
+        None => {
+            let owned: Record = serde_json::from_slice(line).ok()?;
+            Some(f(owned.as_ref()))
+        }
+    }
 }
 
 /// Parses one record line. Lines the worker wrote have a fixed layout that is read directly
 /// (merging millions of items spends most of its time here); anything else goes through the
 /// general JSON parser, so a hand-edited or future line still parses.
 pub fn parse_record(line: &[u8]) -> Option<Record> {
-    parse_fixed(line).or_else(|| serde_json::from_slice(line).ok())
+    with_record(line, |r| r.to_record())
 }
 
 /// The worker's own layout: `{"index":N,"key":"K","status":"ok|failed","offset":N,"bytes":N,
 /// "rows":N,"ms":N,"cached":B,"attempts":N}` with an optional `"reason"` (left to serde), and a
 /// key without escapes.
-fn parse_fixed(line: &[u8]) -> Option<Record> {
+fn parse_fixed(line: &[u8]) -> Option<RecordRef<'_>> {
     let mut p = Fixed(line.strip_suffix(b"\n").unwrap_or(line));
     p.lit(b"{\"index\":")?;
     let index = p.num()?;
@@ -174,9 +300,9 @@ fn parse_fixed(line: &[u8]) -> Option<Record> {
     if !p.0.is_empty() {
         return None;
     }
-    Some(Record {
+    Some(RecordRef {
         index,
-        key: key.to_string(),
+        key,
         status,
         offset,
         bytes,
@@ -195,14 +321,20 @@ impl<'a> Fixed<'a> {
         self.0 = self.0.strip_prefix(l)?;
         Some(())
     }
+    /// A decimal number of at most 19 digits (so it cannot overflow a u64).
     fn num(&mut self) -> Option<u64> {
-        let n = self.0.iter().take_while(|b| b.is_ascii_digit()).count();
+        let mut v: u64 = 0;
+        let mut n = 0;
+        for &b in self.0.iter().take(20) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            v = v.wrapping_mul(10).wrapping_add(u64::from(d));
+            n += 1;
+        }
         if n == 0 || n > 19 {
             return None;
-        }
-        let mut v: u64 = 0;
-        for &b in &self.0[..n] {
-            v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
         }
         self.0 = &self.0[n..];
         Some(v)

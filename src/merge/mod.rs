@@ -7,6 +7,7 @@
 //! `combined.csv` last. Shard outputs are deleted only after that, with a marker file so that a
 //! crash during the clean-up is finished by the next merge.
 
+mod final_rows;
 mod output;
 mod scan;
 
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::lock::ShardLock;
+use crate::manifest::Header;
 use crate::paths::{validate_name, RunPaths};
 use crate::plan::ShardPlan;
 use crate::runs::{find_run, RunRef};
@@ -91,19 +93,21 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     }
     let plan = check_plan(&run, &manifests)?;
     let _locks = lock_shards(paths, plan.num_shards)?;
-    let scans = plan
+    let shards = plan
         .present
         .iter()
-        .map(|(_, m)| scan::scan(m.clone(), &paths.data_dir))
+        .map(|(_, m)| ShardFiles::read(m, &paths.data_dir))
         .collect::<Result<Vec<_>>>()?;
-    check_shards(&run, &plan, &scans, args)?;
-    if let Some(s) = scans.iter().find(|s| s.data == output) {
+    check_headers(&run, &shards)?;
+    if let Some(s) = shards.iter().find(|s| s.data == output) {
         return Err(Error::usage(format!(
             "--output-name {}: that is shard {}'s data file; choose another name",
             args.output_name, s.header.shard
         )));
     }
-    let (stats, out_tmp) = output::write(&run, &plan, &scans, args, &output)?;
+    let (stats, scans, out_tmp) = output::write(&run, &plan, &shards, args, &output, |scans| {
+        check_complete(&run, &plan, scans, args)
+    })?;
     let clean = !(args.keep_shards || args.allow_partial);
     if clean {
         // The marker names the new dataset (by inode) before it is renamed into place: a re-run
@@ -180,14 +184,33 @@ fn lock_shards(paths: &RunPaths, num_shards: u32) -> Result<Vec<ShardLock>> {
         .collect()
 }
 
-fn check_shards(
-    run: &RunRef,
-    plan: &PlanOnDisk,
-    scans: &[ShardScan],
-    args: &MergeArgs,
-) -> Result<()> {
-    let first = &scans[0];
-    for s in &scans[1..] {
+/// A shard's files, and its manifest's header.
+pub struct ShardFiles {
+    pub header: Header,
+    pub manifest: PathBuf,
+    pub data: PathBuf,
+}
+
+impl ShardFiles {
+    fn read(manifest: &Path, data_dir: &Path) -> Result<Self> {
+        let header = crate::manifest::read_header(manifest).ok_or_else(|| {
+            Error::Refused(format!(
+                "{} has no valid header; the shard never started properly. Re-run it before merging",
+                manifest.display()
+            ))
+        })?;
+        Ok(ShardFiles {
+            data: data_dir.join(format!("{}.csv", header.name)),
+            manifest: manifest.to_path_buf(),
+            header,
+        })
+    }
+}
+
+/// Checks that the shards can be merged at all: same columns, configuration and plan.
+fn check_headers(run: &RunRef, shards: &[ShardFiles]) -> Result<()> {
+    let first = &shards[0];
+    for s in &shards[1..] {
         if s.header.columns != first.header.columns {
             let at = s
                 .header
@@ -255,6 +278,16 @@ fn check_shards(
             )));
         }
     }
+    Ok(())
+}
+
+/// Checks that every item of the plan is committed, unless `--allow-partial`.
+fn check_complete(
+    run: &RunRef,
+    plan: &PlanOnDisk,
+    scans: &[ShardScan],
+    args: &MergeArgs,
+) -> Result<()> {
     if args.allow_partial {
         return Ok(());
     }

@@ -2,18 +2,23 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::scan::ShardScan;
-use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk};
+use super::final_rows::{self, FinalRows};
+use super::scan::{self, ScanSpec, ShardScan};
+use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
+use crate::config::Sharding;
 use crate::copy::RangeCopier;
 use crate::csv_out::{header_line, RowWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::Record;
+use crate::plan::ShardPlan;
 use crate::runs::RunRef;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Minimum, maximum and mean of a count.
 #[derive(Debug, Default, Serialize)]
@@ -71,28 +76,32 @@ enum Step<'r> {
     Gap { index: u64 },
 }
 
-/// Writes the outputs, renames `manifest_final.csv` and `stats.json` into place, and returns the
-/// stats and the synced temporary dataset, which the caller renames into place last.
+/// Where merge writes before renaming into place.
+struct Temps {
+    out: PathBuf,
+    manifest_final: PathBuf,
+    stats: PathBuf,
+}
+
+/// Scans the shards, writes the outputs, renames `manifest_final.csv` and `stats.json` into
+/// place, and returns the stats, the scans and the synced temporary dataset, which the caller
+/// renames into place last. `check` refuses incomplete runs after the scan; until then nothing
+/// but temporary files has been written, and they are removed on any error.
 pub fn write(
     run: &RunRef,
     plan: &PlanOnDisk,
-    scans: &[ShardScan],
+    shards: &[ShardFiles],
     args: &MergeArgs,
     output: &Path,
-) -> Result<(Stats, PathBuf)> {
+    check: impl Fn(&[ShardScan]) -> Result<()>,
+) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
     let dir = &run.paths.data_dir;
-    let columns = &scans[0].header.columns;
-    let header = header_line(columns);
+    let columns = &shards[0].header.columns;
     let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
-    let (out_tmp, mf_tmp, stats_tmp) = (
-        tmp(&output.file_name().unwrap_or_default().to_string_lossy()),
-        tmp("manifest_final.csv"),
-        tmp("stats.json"),
-    );
-    let old = if args.append {
-        open_old(output, columns)?
-    } else {
-        None
+    let temps = Temps {
+        out: tmp(&output.file_name().unwrap_or_default().to_string_lossy()),
+        manifest_final: tmp("manifest_final.csv"),
+        stats: tmp("stats.json"),
     };
     let dedupe_col = match &args.dedupe_key {
         None => None,
@@ -103,144 +112,40 @@ pub fn write(
             ))
         })?),
     };
-    let mut guard = TempFiles(vec![out_tmp.clone(), mf_tmp.clone(), stats_tmp.clone()]);
-    let out = File::create(&out_tmp).ctx("cannot create", &out_tmp)?;
-    let mut copier = RangeCopier::new(out, &out_tmp)?;
-    copier.write_bytes(&header)?;
-    let old_slot = match &old {
-        Some(o) => Some(copier.add_source(&o.path)?),
-        None => None,
-    };
-    let slots: Vec<usize> = scans
-        .iter()
-        .map(|s| copier.add_source(&s.data))
-        .collect::<Result<_>>()?;
-    let files: Vec<File> = scans
-        .iter()
-        .map(|s| File::open(&s.data).ctx("cannot open", &s.data))
-        .collect::<Result<_>>()?;
-    let mut mf = BufWriter::new(File::create(&mf_tmp).ctx("cannot create", &mf_tmp)?);
-    let mut rw = RowWriter::new();
-    rw.record([
-        "key",
-        "index",
-        "shard",
-        "status",
-        "rows",
-        "duration_ms",
-        "cached",
-        "attempts",
-        "reason",
-    ]);
-    let mut incomplete = Vec::new();
-    let mut rows_per_item = Spread {
-        min: u64::MAX,
-        ..Spread::default()
-    };
-    let (mut items_ok, mut rows) = (0u64, 0u64);
-    let appended = old.as_ref().map_or(0, |o| o.rows);
-
-    let mut dedupe = match dedupe_col {
-        None => None,
-        Some(col) => Some(Dedupe {
-            col,
-            keep: last_rows_by_key(scans, &old, &files, col)?,
-            row_no: 0,
-            dropped: 0,
-        }),
-    };
-    walk(scans, &old, |step| {
-        match step {
-            Step::Old { file, from, to } => match &mut dedupe {
-                None => copier.push(old_slot.unwrap_or(0), from, to - from)?,
-                Some(d) => d.emit(file, from, to, &mut copier)?,
-            },
-            Step::Item { slot, rec } => {
-                items_ok += 1;
-                rows += rec.rows;
-                rows_per_item.min = rows_per_item.min.min(rec.rows);
-                rows_per_item.max = rows_per_item.max.max(rec.rows);
-                match &mut dedupe {
-                    None => copier.push(slots[slot], rec.offset, rec.bytes)?,
-                    Some(d) => d.emit(
-                        &files[slot],
-                        rec.offset,
-                        rec.offset + rec.bytes,
-                        &mut copier,
-                    )?,
-                }
-                // Numbers go straight into the buffer: this runs once per item.
-                rw.field(rec.key.as_bytes());
-                rw.field_display(rec.index);
-                rw.field_display(scans[slot].header.shard);
-                rw.field(b"ok");
-                rw.field_display(rec.rows);
-                rw.field_display(rec.ms);
-                rw.field(if rec.cached { b"true" } else { b"false" });
-                rw.field_display(rec.attempts);
-                rw.field(b"");
-                rw.end_record();
-            }
-            Step::Gap { index } => {
-                let h = &scans[0].header;
-                let shard = shard_of(h.sharding, h.source_items, h.num_shards, index);
-                let failed = scans
-                    .iter()
-                    .find(|s| s.header.shard == shard)
-                    .and_then(|s| s.failed.get(&index));
-                let (key, status, attempts, reason) = match failed {
-                    Some(f) => (
-                        f.key.as_str(),
-                        "failed",
-                        f.attempts.to_string(),
-                        f.reason.clone().unwrap_or_default(),
-                    ),
-                    None => ("", "missing", "0".to_string(), String::new()),
-                };
-                if incomplete.len() < 100 {
-                    incomplete.push(format!(
-                        "{index} ({status}{}{})",
-                        if key.is_empty() { "" } else { ": " },
-                        key
-                    ));
-                }
-                rw.record([
-                    key,
-                    &index.to_string(),
-                    &shard.to_string(),
-                    status,
-                    "0",
-                    "0",
-                    "false",
-                    &attempts,
-                    &reason,
-                ]);
-            }
-        }
-        if rw.len() > 1 << 16 {
-            mf.write_all(&rw.take().0).ctx("cannot write", &mf_tmp)?;
-        }
-        Ok(())
-    })?;
-    if rows_per_item.min == u64::MAX {
-        rows_per_item.min = 0;
-    }
-    rows_per_item.mean = if items_ok == 0 {
-        0.0
+    let old = if args.append {
+        open_old(output, columns)?
     } else {
-        rows as f64 / items_ok as f64
+        None
     };
-    let deduped = dedupe.as_ref().map_or(0, |d| d.dropped);
-    let (out_file, bytes) = copier.finish()?;
-    out_file.sync_all().ctx("cannot sync", &out_tmp)?;
-    mf.write_all(&rw.take().0).ctx("cannot write", &mf_tmp)?;
-    let mf = mf
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .ctx("cannot write", &mf_tmp)?;
-    mf.sync_all().ctx("cannot sync", &mf_tmp)?;
+    let mut guard = TempFiles(vec![
+        temps.out.clone(),
+        temps.manifest_final.clone(),
+        temps.stats.clone(),
+    ]);
+    let h = &shards[0].header;
+    // When every shard holds one contiguous block of items, the dataset is the shards' rows
+    // one after the other: each shard's rows of manifest_final.csv are written while its
+    // manifest is read, and the data is copied meanwhile.
+    let blocks = (h.sharding == Sharding::Contiguous || h.num_shards == 1) && dedupe_col.is_none();
+    let (scans, written) = if blocks {
+        write_blocks(dir, plan, shards, &old, &temps, &check)?
+    } else {
+        let scans = scan_all(dir, shards, false)?;
+        check(&scans)?;
+        let written = write_interleaved(&scans, &old, dedupe_col, &temps)?;
+        (scans, written)
+    };
+    let Written {
+        deduped,
+        bytes,
+        incomplete,
+    } = written;
 
-    let h = &scans[0].header;
+    let items_ok: u64 = scans.iter().map(|s| s.ok).sum();
+    let rows: u64 = scans.iter().map(|s| s.rows).sum();
+    let committed = || scans.iter().filter(|s| s.ok > 0);
+    let failed: u64 = scans.iter().map(|s| s.failed.len() as u64).sum();
+    let appended = old.as_ref().map_or(0, |o| o.rows);
     let stats = Stats {
         run: run.name.clone(),
         output: output.to_path_buf(),
@@ -248,17 +153,23 @@ pub fn write(
         shards_missing: plan.missing.clone(),
         items: h.source_items,
         items_ok,
-        items_failed: scans.iter().map(|s| s.failed.len() as u64).sum(),
-        items_missing: h.source_items
-            - items_ok
-            - scans.iter().map(|s| s.failed.len() as u64).sum::<u64>(),
+        items_failed: failed,
+        items_missing: h.source_items - items_ok - failed,
         cached_share: if items_ok == 0 {
             0.0
         } else {
             scans.iter().map(|s| s.cached).sum::<u64>() as f64 / items_ok as f64
         },
         rows: rows - deduped + appended,
-        rows_per_item,
+        rows_per_item: Spread {
+            min: committed().map(|s| s.rows_min).min().unwrap_or(0),
+            max: committed().map(|s| s.rows_max).max().unwrap_or(0),
+            mean: if items_ok == 0 {
+                0.0
+            } else {
+                rows as f64 / items_ok as f64
+            },
+        },
         rows_per_shard: spread(scans.iter().map(|s| s.rows)),
         bytes,
         wall_time_s: wall_time(run, plan),
@@ -278,16 +189,329 @@ pub fn write(
             .collect(),
     };
     let json = serde_json::to_vec_pretty(&stats).unwrap_or_default();
-    let mut f = File::create(&stats_tmp).ctx("cannot create", &stats_tmp)?;
+    let mut f = File::create(&temps.stats).ctx("cannot create", &temps.stats)?;
     f.write_all(&json)
         .and_then(|_| f.write_all(b"\n"))
         .and_then(|_| f.sync_all())
-        .ctx("cannot write", &stats_tmp)?;
-    std::fs::rename(&mf_tmp, dir.join("manifest_final.csv")).ctx("cannot rename", &mf_tmp)?;
-    std::fs::rename(&stats_tmp, dir.join("stats.json")).ctx("cannot rename", &stats_tmp)?;
+        .ctx("cannot write", &temps.stats)?;
+    std::fs::rename(&temps.manifest_final, dir.join("manifest_final.csv"))
+        .ctx("cannot rename", &temps.manifest_final)?;
+    std::fs::rename(&temps.stats, dir.join("stats.json")).ctx("cannot rename", &temps.stats)?;
     sync_dir(dir)?;
     guard.keep();
-    Ok((stats, out_tmp))
+    Ok((stats, scans, temps.out))
+}
+
+/// What writing the dataset and `manifest_final.csv` gave.
+struct Written {
+    /// Rows dropped by `--dedupe-key`.
+    deduped: u64,
+    /// Length of the dataset.
+    bytes: u64,
+    /// The first incomplete items, in item order.
+    incomplete: Vec<String>,
+}
+
+/// Scans every shard, on up to one thread per core; with `parts`, each writes its rows of
+/// `manifest_final.csv`.
+fn scan_all(dir: &Path, shards: &[ShardFiles], parts: bool) -> Result<Vec<ShardScan>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(shards.len());
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<(usize, Result<ShardScan>)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(s) = shards.get(i) else { break };
+                let result = scan::scan(ScanSpec {
+                    manifest: s.manifest.clone(),
+                    data_dir: dir,
+                    part: parts.then(|| part_path(dir, s.header.shard)),
+                });
+                done.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push((i, result));
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+fn part_path(dir: &Path, shard: u32) -> PathBuf {
+    dir.join(format!(".manifest_final.part{shard}.tmp"))
+}
+
+/// The merge of contiguous blocks. The data is copied in a background thread from the start,
+/// guessing that each shard's rows are its data file after the header, in item order, which
+/// they are unless the shard committed items out of order (`jobs` > 1, retries) or a crash left
+/// a torn tail; meanwhile the manifests are read (one thread per core), each writing its shard's
+/// rows of `manifest_final.csv`. If the guess was wrong, the data is copied again item by item.
+fn write_blocks(
+    dir: &Path,
+    plan: &PlanOnDisk,
+    shards: &[ShardFiles],
+    old: &Option<OldOutput>,
+    temps: &Temps,
+    check: &dyn Fn(&[ShardScan]) -> Result<()>,
+) -> Result<(Vec<ShardScan>, Written)> {
+    let header = header_line(&shards[0].header.columns);
+    let _parts = TempFiles(
+        shards
+            .iter()
+            .map(|s| part_path(dir, s.header.shard))
+            .collect(),
+    );
+    let mut segments = Vec::new();
+    if let Some(o) = old {
+        segments.push((o.path.clone(), o.body_start, o.len));
+    }
+    for s in shards {
+        let len = std::fs::metadata(&s.data).map_or(0, |m| m.len());
+        segments.push((s.data.clone(), s.header.data_start, len));
+    }
+    let mut out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
+    out.write_all(&header).ctx("cannot write", &temps.out)?;
+    let copy = BackgroundCopy::start(out, &temps.out, segments.clone())?;
+    let scans = scan_all(dir, shards, true)?;
+    check(&scans)?;
+    let guessed = scans
+        .iter()
+        .zip(&segments[segments.len() - scans.len()..])
+        .all(|(s, (_, _, len))| s.in_item_order() && s.data_end == *len);
+    let incomplete = assemble_manifest_final(plan, &scans, &temps.manifest_final)?;
+    let bytes = if guessed {
+        copy.finish()?
+    } else {
+        drop(copy);
+        copy_in_order(&temps.out, &header, old, &scans)?
+    };
+    let written = Written {
+        deduped: 0,
+        bytes,
+        incomplete,
+    };
+    Ok((scans, written))
+}
+
+/// `manifest_final.csv` out of the shards' parts, with the rows of missing shards.
+fn assemble_manifest_final(
+    plan: &PlanOnDisk,
+    scans: &[ShardScan],
+    path: &Path,
+) -> Result<Vec<String>> {
+    let out = File::create(path).ctx("cannot create", path)?;
+    let mut copier = RangeCopier::new(out, path)?;
+    let mut rows = FinalRows::new();
+    rows.header();
+    let mut incomplete = Vec::new();
+    let h = &scans[0].header;
+    let mut present = scans.iter().peekable();
+    for shard in 0..plan.num_shards {
+        if let Some(s) = present.next_if(|s| s.header.shard == shard) {
+            if let Some(p) = &s.part {
+                copier.write_bytes(rows.as_bytes())?;
+                rows.clear();
+                incomplete.extend(p.incomplete.iter().cloned());
+                let slot = copier.add_source(&p.path)?;
+                copier.push(slot, 0, p.len)?;
+            }
+            continue;
+        }
+        for index in ShardPlan::new(h.sharding, h.source_items, h.num_shards, shard).indices() {
+            rows.gap(index, shard, None);
+            if rows.is_full() {
+                copier.write_bytes(rows.as_bytes())?;
+                rows.clear();
+            }
+        }
+        incomplete.append(&mut rows.incomplete);
+    }
+    copier.write_bytes(rows.as_bytes())?;
+    let (file, _) = copier.finish()?;
+    file.sync_all().ctx("cannot sync", path)?;
+    incomplete.truncate(final_rows::LISTED);
+    Ok(incomplete)
+}
+
+/// Copies the committed rows item by item in item order (shards in shard order), after the
+/// header and the old body; syncs; returns the length.
+fn copy_in_order(
+    path: &Path,
+    header: &[u8],
+    old: &Option<OldOutput>,
+    scans: &[ShardScan],
+) -> Result<u64> {
+    let out = File::create(path).ctx("cannot create", path)?;
+    let mut copier = RangeCopier::new(out, path)?;
+    copier.write_bytes(header)?;
+    if let Some(o) = old {
+        let slot = copier.add_source(&o.path)?;
+        copier.push(slot, o.body_start, o.len - o.body_start)?;
+    }
+    for s in scans {
+        let slot = copier.add_source(&s.data)?;
+        let mut items = s.stream()?;
+        while let Some(rec) = items.next_record()? {
+            copier.push(slot, rec.offset, rec.bytes)?;
+        }
+    }
+    let (file, bytes) = copier.finish()?;
+    file.sync_all().ctx("cannot sync", path)?;
+    Ok(bytes)
+}
+
+/// Byte ranges copied to the dataset by a thread of its own, in chunks whose write-back starts
+/// right away, then synced. Dropping it unfinished stops the copy at the next chunk.
+struct BackgroundCopy {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Result<u64>>>,
+    out_path: PathBuf,
+}
+
+/// (source file, from, to) of each range, in output order.
+type Segments = Vec<(PathBuf, u64, u64)>;
+
+impl BackgroundCopy {
+    const CHUNK: u64 = 32 << 20;
+
+    fn start(out: File, out_path: &Path, segments: Segments) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let out_path = out_path.to_path_buf();
+        let thread_path = out_path.clone();
+        let handle = std::thread::Builder::new()
+            .name("merge-copy".into())
+            .spawn(move || Self::run(out, &thread_path, &segments, &flag))
+            .ctx("cannot start a thread to copy into", &out_path)?;
+        Ok(BackgroundCopy {
+            stop,
+            handle: Some(handle),
+            out_path,
+        })
+    }
+
+    fn run(out: File, out_path: &Path, segments: &Segments, stop: &AtomicBool) -> Result<u64> {
+        let mut copier = RangeCopier::new(out, out_path)?;
+        for (path, from, to) in segments {
+            let slot = copier.add_source(path)?;
+            let mut at = *from;
+            while at < *to {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(0);
+                }
+                let len = (*to - at).min(Self::CHUNK);
+                let start = copier.position();
+                copier.push(slot, at, len)?;
+                copier.flush()?;
+                copier.start_writeback(start, len);
+                at += len;
+            }
+        }
+        let (file, bytes) = copier.finish()?;
+        file.sync_all().ctx("cannot sync", out_path)?;
+        Ok(bytes)
+    }
+
+    /// Waits for the copy and its sync; returns the dataset's length.
+    fn finish(mut self) -> Result<u64> {
+        match self.handle.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err(std::io::Error::other("the copy thread panicked"))
+                .ctx("cannot copy into", &self.out_path),
+        }
+    }
+}
+
+impl Drop for BackgroundCopy {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
+    }
+}
+
+/// The general merge: items of all shards interleaved by index (stride plans, `--dedupe-key`).
+fn write_interleaved(
+    scans: &[ShardScan],
+    old: &Option<OldOutput>,
+    dedupe_col: Option<usize>,
+    temps: &Temps,
+) -> Result<Written> {
+    let header = header_line(&scans[0].header.columns);
+    let out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
+    let mut copier = RangeCopier::new(out, &temps.out)?;
+    copier.write_bytes(&header)?;
+    let old_slot = match old {
+        Some(o) => Some(copier.add_source(&o.path)?),
+        None => None,
+    };
+    let slots: Vec<usize> = scans
+        .iter()
+        .map(|s| copier.add_source(&s.data))
+        .collect::<Result<_>>()?;
+    let files: Vec<File> = scans
+        .iter()
+        .map(|s| File::open(&s.data).ctx("cannot open", &s.data))
+        .collect::<Result<_>>()?;
+    let mf_path = &temps.manifest_final;
+    let mut mf = File::create(mf_path).ctx("cannot create", mf_path)?;
+    let mut rows = FinalRows::new();
+    rows.header();
+    let mut dedupe = match dedupe_col {
+        None => None,
+        Some(col) => Some(Dedupe {
+            col,
+            keep: last_rows_by_key(scans, old, &files, col)?,
+            row_no: 0,
+            dropped: 0,
+        }),
+    };
+    let h = &scans[0].header;
+    walk(scans, old, |step| {
+        match step {
+            Step::Old { file, from, to } => match &mut dedupe {
+                None => copier.push(old_slot.unwrap_or(0), from, to - from)?,
+                Some(d) => d.emit(file, from, to, &mut copier)?,
+            },
+            Step::Item { slot, rec } => {
+                match &mut dedupe {
+                    None => copier.push(slots[slot], rec.offset, rec.bytes)?,
+                    Some(d) => d.emit(
+                        &files[slot],
+                        rec.offset,
+                        rec.offset + rec.bytes,
+                        &mut copier,
+                    )?,
+                }
+                rows.ok(&rec.as_ref(), scans[slot].header.shard);
+            }
+            Step::Gap { index } => {
+                let shard = shard_of(h.sharding, h.source_items, h.num_shards, index);
+                let failed = scans
+                    .iter()
+                    .find(|s| s.header.shard == shard)
+                    .and_then(|s| s.failed.get(&index));
+                rows.gap(index, shard, failed);
+            }
+        }
+        rows.flush_to(&mut mf, mf_path, false)?;
+        Ok(())
+    })?;
+    let (out_file, bytes) = copier.finish()?;
+    out_file.sync_all().ctx("cannot sync", &temps.out)?;
+    rows.flush_to(&mut mf, mf_path, true)?;
+    mf.sync_all().ctx("cannot sync", mf_path)?;
+    Ok(Written {
+        deduped: dedupe.as_ref().map_or(0, |d| d.dropped),
+        bytes,
+        incomplete: std::mem::take(&mut rows.incomplete),
+    })
 }
 
 /// Removes the temporary outputs unless the merge got far enough to keep them: a failed merge

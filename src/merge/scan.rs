@@ -1,13 +1,15 @@
-//! Reading a run's shards for merging: validation of each shard, and its committed items as a
-//! stream in item order.
+//! Reading a run's shards for merging: validation of each shard, its committed items as a stream
+//! in item order, and (for plans where every shard holds one contiguous block of items) the
+//! shard's rows of `manifest_final.csv`, written while its manifest is read.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use super::final_rows::FinalRows;
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{self, Header, Record, Status};
+use crate::manifest::{self, Header, Lines, Record, Status};
+use crate::plan::ShardPlan;
 
 /// One shard as merge sees it.
 #[derive(Debug)]
@@ -25,19 +27,76 @@ pub struct ShardScan {
     pub failed: BTreeMap<u64, Record>,
     /// Byte length of the manifest's valid prefix.
     valid_len: u64,
+    /// End of the committed rows in the data file.
+    pub data_end: u64,
     /// Committed items' (index, manifest line offset) in item order, when the manifest does not
     /// list them in item order already (jobs > 1, retried items).
     order: Option<Vec<(u64, u64)>>,
+    /// The shard's rows of `manifest_final.csv`, when asked for.
+    pub part: Option<Part>,
 }
 
-/// Reads and checks one shard's manifest and data file.
-pub fn scan(manifest: PathBuf, data_dir: &Path) -> Result<ShardScan> {
+/// A shard's rows of `manifest_final.csv`, in item order, in a temporary file.
+#[derive(Debug)]
+pub struct Part {
+    pub path: PathBuf,
+    pub len: u64,
+    /// The shard's first incomplete items (see [`FinalRows::incomplete`]).
+    pub incomplete: Vec<String>,
+}
+
+impl ShardScan {
+    /// True when the committed rows lie in the data file in item order, back to back from the
+    /// header on: the shard's part of the dataset is then one byte range.
+    pub fn in_item_order(&self) -> bool {
+        self.order.is_none()
+    }
+}
+
+/// What a scan checks and produces, besides the shard's own manifest.
+pub struct ScanSpec<'a> {
+    pub manifest: PathBuf,
+    pub data_dir: &'a Path,
+    /// Write the shard's rows of `manifest_final.csv` here (contiguous plans only: the rows of
+    /// all shards are then concatenated in shard order).
+    pub part: Option<PathBuf>,
+}
+
+/// Reads and checks one shard's manifest and data file, in one pass over the manifest (two when
+/// it is out of item order or has failures and a part is asked for).
+pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
+    let ScanSpec {
+        manifest,
+        data_dir,
+        part,
+    } = spec;
+    let Some(header) = manifest::read_header(&manifest) else {
+        return Err(no_header(&manifest));
+    };
+    let plan = ShardPlan::new(
+        header.sharding,
+        header.source_items,
+        header.num_shards,
+        header.shard,
+    );
+    let shard = header.shard;
     let mut failed = BTreeMap::new();
     let (mut ok, mut rows, mut cached, mut rows_min, mut rows_max) = (0, 0, 0, u64::MAX, 0);
     let mut sorted = true;
     let mut last: Option<u64> = None;
-    let found = manifest::read_with_offsets(&manifest, |rec, _| match rec.status {
+    let mut stray: Option<u64> = None;
+    // The part is written in the same pass while the manifest is in item order without
+    // failures (the common case); otherwise it is written again afterwards.
+    let mut writer = match &part {
+        Some(path) => Some(PartWriter::create(path, plan.global(0))?),
+        None => None,
+    };
+    let mut write_err = None;
+    let found = manifest::scan(&manifest, |rec, _| match rec.status {
         Status::Ok => {
+            if plan.position(rec.index).is_none() {
+                stray.get_or_insert(rec.index);
+            }
             failed.remove(&rec.index);
             ok += 1;
             rows += rec.rows;
@@ -48,17 +107,36 @@ pub fn scan(manifest: PathBuf, data_dir: &Path) -> Result<ShardScan> {
                 sorted = false;
             }
             last = Some(rec.index);
+            if let Some(w) = &mut writer {
+                if sorted && w.clean {
+                    if let Err(e) = w.ok(&rec, shard, &BTreeMap::new()) {
+                        write_err.get_or_insert(e);
+                    }
+                }
+            }
         }
         Status::Failed => {
-            failed.insert(rec.index, rec);
+            if let Some(w) = &mut writer {
+                w.clean = false;
+            }
+            failed.insert(rec.index, rec.to_record());
         }
     })?;
-    let Some((header, valid_len, data_end)) = found else {
-        return Err(Error::Refused(format!(
-            "{} has no valid header; the shard never started properly. Re-run it before merging",
-            manifest.display()
-        )));
+    if let Some(e) = write_err {
+        return Err(e);
+    }
+    let Some((_, valid_len, data_end)) = found else {
+        return Err(no_header(&manifest));
     };
+    if let Some(index) = stray {
+        return Err(Error::Refused(format!(
+            "{} commits item {index}, which is not in shard {} of {}'s plan; the manifest was \
+             changed outside shardrun. Re-run that shard with --force",
+            manifest.display(),
+            header.shard,
+            header.num_shards
+        )));
+    }
     let data = data_dir.join(format!("{}.csv", header.name));
     let data_len = std::fs::metadata(&data).map(|m| m.len()).map_err(|e| {
         Error::Refused(format!(
@@ -79,7 +157,7 @@ pub fn scan(manifest: PathBuf, data_dir: &Path) -> Result<ShardScan> {
         // Only a manifest out of item order (jobs > 1, retried items) needs an index to sort:
         // a second pass collects it, so the common case costs no memory per item.
         let mut ok_lines: Vec<(u64, u64)> = Vec::new();
-        manifest::read_with_offsets(&manifest, |rec, off| {
+        manifest::scan(&manifest, |rec, off| {
             if rec.status == Status::Ok {
                 ok_lines.push((rec.index, off));
             }
@@ -94,7 +172,7 @@ pub fn scan(manifest: PathBuf, data_dir: &Path) -> Result<ShardScan> {
         }
         Some(ok_lines)
     };
-    Ok(ShardScan {
+    let mut scan = ShardScan {
         header,
         manifest,
         data,
@@ -105,35 +183,135 @@ pub fn scan(manifest: PathBuf, data_dir: &Path) -> Result<ShardScan> {
         rows_max,
         failed,
         valid_len,
+        data_end,
         order,
-    })
+        part: None,
+    };
+    if let (Some(mut w), Some(path)) = (writer, part) {
+        if !(sorted && w.clean) {
+            w = PartWriter::create(&path, plan.global(0))?;
+            let mut items = scan.stream()?;
+            while let Some(rec) = items.next_record()? {
+                w.ok(&rec.as_ref(), shard, &scan.failed)?;
+            }
+        }
+        let end = plan.global(0) + plan.len();
+        scan.part = Some(w.finish(path, end, shard, &scan.failed)?);
+    }
+    Ok(scan)
+}
+
+fn no_header(manifest: &Path) -> Error {
+    Error::Refused(format!(
+        "{} has no valid header; the shard never started properly. Re-run it before merging",
+        manifest.display()
+    ))
+}
+
+/// Writes a shard's part of `manifest_final.csv`: every index of its block in order, committed
+/// items and gaps.
+struct PartWriter {
+    file: File,
+    path: PathBuf,
+    rows: FinalRows,
+    /// The next index a row is due for.
+    next: u64,
+    len: u64,
+    /// Still valid for a single pass: every record so far came in item order, none failed.
+    clean: bool,
+}
+
+impl PartWriter {
+    fn create(path: &Path, first: u64) -> Result<Self> {
+        Ok(PartWriter {
+            file: File::create(path).ctx("cannot create", path)?,
+            path: path.to_path_buf(),
+            rows: FinalRows::new(),
+            next: first,
+            len: 0,
+            clean: true,
+        })
+    }
+
+    /// The row of a committed item, after those of the gaps before it.
+    fn ok(
+        &mut self,
+        rec: &manifest::RecordRef<'_>,
+        shard: u32,
+        failed: &BTreeMap<u64, Record>,
+    ) -> Result<()> {
+        self.gaps_until(rec.index, shard, failed);
+        self.rows.ok(rec, shard);
+        self.next = rec.index + 1;
+        self.len += self.rows.flush_to(&mut self.file, &self.path, false)?;
+        Ok(())
+    }
+
+    fn gaps_until(&mut self, end: u64, shard: u32, failed: &BTreeMap<u64, Record>) {
+        while self.next < end {
+            self.rows.gap(self.next, shard, failed.get(&self.next));
+            self.next += 1;
+        }
+    }
+
+    fn finish(
+        mut self,
+        path: PathBuf,
+        end: u64,
+        shard: u32,
+        failed: &BTreeMap<u64, Record>,
+    ) -> Result<Part> {
+        self.gaps_until(end, shard, failed);
+        self.len += self.rows.flush_to(&mut self.file, &self.path, true)?;
+        Ok(Part {
+            path,
+            len: self.len,
+            incomplete: std::mem::take(&mut self.rows.incomplete),
+        })
+    }
 }
 
 /// The committed items of one shard in item order.
 pub struct ItemStream {
-    reader: BufReader<File>,
+    lines: Lines,
     order: Option<std::vec::IntoIter<(u64, u64)>>,
-    pos: u64,
+    manifest: File,
     end: u64,
+    /// One line read at an offset (out-of-order manifests).
     line: Vec<u8>,
 }
 
 impl ShardScan {
     /// Opens a stream over the committed items.
     pub fn stream(&self) -> Result<ItemStream> {
-        let file = File::open(&self.manifest).ctx("cannot open", &self.manifest)?;
-        let mut reader = BufReader::with_capacity(1 << 16, file);
-        let mut line = Vec::new();
-        let header_len = reader
-            .read_until(b'\n', &mut line)
-            .ctx("cannot read", &self.manifest)? as u64;
+        let open = || File::open(&self.manifest).ctx("cannot open", &self.manifest);
+        let mut lines = Lines::new(open()?);
+        lines.next_line().ctx("cannot read", &self.manifest)?; // the header
         Ok(ItemStream {
-            reader,
+            lines,
             order: self.order.clone().map(Vec::into_iter),
-            pos: header_len,
+            manifest: open()?,
             end: self.valid_len,
-            line,
+            line: Vec::new(),
         })
+    }
+}
+
+/// Reads the line starting at `offset` (with its newline, if any) into `line`.
+fn read_line_at(file: &File, offset: u64, line: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    line.clear();
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = file.read_at(&mut chunk, offset + line.len() as u64)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(nl) = memchr::memchr(b'\n', &chunk[..n]) {
+            line.extend_from_slice(&chunk[..=nl]);
+            return Ok(());
+        }
+        line.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -144,24 +322,26 @@ fn changed(e: impl std::fmt::Display) -> Error {
 impl ItemStream {
     /// The next committed item's record.
     pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if let Some(order) = &mut self.order {
+            // Out of item order: each line is read where the sort put it.
+            let Some((_, off)) = order.next() else {
+                return Ok(None);
+            };
+            read_line_at(&self.manifest, off, &mut self.line).map_err(changed)?;
+            return match manifest::parse_record(&self.line) {
+                Some(rec) if rec.status == Status::Ok => Ok(Some(rec)),
+                _ => Err(changed(format!("no committed record at byte {off}"))),
+            };
+        }
         loop {
-            if let Some(order) = &mut self.order {
-                let Some((_, off)) = order.next() else {
-                    return Ok(None);
-                };
-                self.reader.seek(SeekFrom::Start(off)).map_err(changed)?;
-                self.pos = off;
-            } else if self.pos >= self.end {
+            let Some((line, at)) = self.lines.next_line().map_err(changed)? else {
+                return Ok(None);
+            };
+            if at >= self.end {
                 return Ok(None);
             }
-            self.line.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut self.line)
-                .map_err(changed)?;
-            self.pos += n as u64;
-            let rec: Record = manifest::parse_record(&self.line)
-                .ok_or_else(|| changed(String::from_utf8_lossy(&self.line)))?;
+            let rec = manifest::parse_record(line)
+                .ok_or_else(|| changed(String::from_utf8_lossy(line)))?;
             if rec.status == Status::Ok {
                 return Ok(Some(rec));
             }
