@@ -80,15 +80,7 @@ impl RangeCopier {
     /// Asks the kernel to start writing `len` bytes of the output at `from` back to disk now,
     /// without waiting: the final `fsync` then has little left to do. Advisory only.
     pub fn start_writeback(&self, from: u64, len: u64) {
-        // SAFETY: sync_file_range on a valid descriptor; it neither reads nor writes our memory.
-        unsafe {
-            libc::sync_file_range(
-                self.out.as_raw_fd(),
-                from as libc::off64_t,
-                len as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+        start_writeback(&self.out, from, from + len);
     }
 
     /// Copies whatever is queued; returns the output length and file.
@@ -160,6 +152,20 @@ impl RangeCopier {
             .ctx("cannot copy from", src_path);
         }
         Ok(())
+    }
+}
+
+/// Asks the kernel to start writing bytes `from..to` of `file` back to disk now, without
+/// waiting, so that a later `fsync` has little left to do. Advisory: errors are ignored.
+pub fn start_writeback(file: &File, from: u64, to: u64) {
+    // SAFETY: sync_file_range on a valid descriptor; it neither reads nor writes our memory.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            to.saturating_sub(from) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 

@@ -61,16 +61,28 @@ impl RowWriter {
             self.buf.push(b',');
         }
         self.fields_in_record += 1;
+        // Two digits at a time from a table: half the divisions of the digit-by-digit loop.
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+              2021222324252627282930313233343536373839\
+              4041424344454647484950515253545556575859\
+              6061626364656667686970717273747576777879\
+              8081828384858687888990919293949596979899";
         let mut digits = [0u8; 20];
         let mut at = digits.len();
         let mut v = value;
-        loop {
+        while v >= 100 {
+            let pair = (v % 100) as usize * 2;
+            v /= 100;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        }
+        if v >= 10 {
+            let pair = v as usize * 2;
+            at -= 2;
+            digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
             at -= 1;
-            digits[at] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
+            digits[at] = b'0' + v as u8;
         }
         self.buf.extend_from_slice(&digits[at..]);
     }
@@ -191,6 +203,11 @@ mod tests {
         w.field_display(42);
         w.field_u64(0);
         w.field_u64(u64::MAX);
+        for v in [7, 10, 99, 100, 101, 12345, 1_000_000, 9_999_999_999] {
+            let mut one = RowWriter::new();
+            one.field_u64(v);
+            assert_eq!(one.as_bytes(), v.to_string().as_bytes());
+        }
         w.field_display(format_args!("{:.2}", 1.005f64));
         w.end_record();
         w.record(["x"]);

@@ -341,15 +341,19 @@ impl<'a> Fixed<'a> {
     }
     /// A JSON string body up to its closing quote, when it has no escapes and no control bytes.
     fn plain_string(&mut self) -> Option<&'a str> {
-        let end = self
-            .0
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        if self.0[end] != b'"' {
-            return None;
+        let mut end = None;
+        for (i, &b) in self.0.iter().enumerate() {
+            if b == b'"' {
+                end = Some(i);
+                break;
+            }
+            if b == b'\\' || b < 0x20 {
+                return None;
+            }
         }
-        let s = std::str::from_utf8(&self.0[..end]).ok()?;
-        self.0 = &self.0[end + 1..];
+        let body = &self.0[..end?];
+        let s = std::str::from_utf8(body).ok()?;
+        self.0 = &self.0[body.len() + 1..];
         Some(s)
     }
 }

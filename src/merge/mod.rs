@@ -73,6 +73,7 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         &format!("merging run {:?}", run.name),
         &format!("merge pid {}", std::process::id()),
     )?;
+    remove_stale_temps(&paths.data_dir);
     if let Some(msg) = finish_cleanup(paths, &output)? {
         return Ok(Outcome::AlreadyMerged(msg));
     }
@@ -405,6 +406,22 @@ impl<'a> Interleave<'a> {
 
 fn heap_push(heap: &mut BinaryHeap<Reverse<(u64, usize)>>, index: u64, slot: usize) {
     heap.push(Reverse((index, slot)));
+}
+
+/// Removes the per-shard temporary files of a merge that was killed (under the merge lock, so no
+/// other merge is using them): their number depends on the shard count, so a later merge would
+/// not overwrite them all. Best effort.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".manifest_final.part") && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Finishes a clean-up a crash interrupted; `Some(message)` when the run was already merged.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::final_rows::{self, FinalRows};
-use super::scan::{self, ScanSpec, ShardScan};
+use super::scan::{self, PartSpec, ScanSpec, ShardScan};
 use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
 use crate::config::Sharding;
 use crate::copy::RangeCopier;
@@ -130,7 +130,7 @@ pub fn write(
     let (scans, written) = if blocks {
         write_blocks(dir, plan, shards, &old, &temps, &check)?
     } else {
-        let scans = scan_all(dir, shards, false)?;
+        let scans = scan_all(dir, shards, None)?;
         check(&scans)?;
         let written = write_interleaved(&scans, &old, dedupe_col, &temps)?;
         (scans, written)
@@ -213,8 +213,8 @@ struct Written {
 }
 
 /// Scans every shard, on up to one thread per core; with `parts`, each writes its rows of
-/// `manifest_final.csv`.
-fn scan_all(dir: &Path, shards: &[ShardFiles], parts: bool) -> Result<Vec<ShardScan>> {
+/// `manifest_final.csv` (see [`part_spec`]).
+fn scan_all(dir: &Path, shards: &[ShardFiles], parts: Option<&Path>) -> Result<Vec<ShardScan>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8)
@@ -229,7 +229,7 @@ fn scan_all(dir: &Path, shards: &[ShardFiles], parts: bool) -> Result<Vec<ShardS
                 let result = scan::scan(ScanSpec {
                     manifest: s.manifest.clone(),
                     data_dir: dir,
-                    part: parts.then(|| part_path(dir, s.header.shard)),
+                    part: parts.map(|final_path| part_spec(dir, s.header.shard, final_path)),
                 });
                 done.lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -242,8 +242,24 @@ fn scan_all(dir: &Path, shards: &[ShardFiles], parts: bool) -> Result<Vec<ShardS
     done.into_iter().map(|(_, r)| r).collect()
 }
 
-fn part_path(dir: &Path, shard: u32) -> PathBuf {
-    dir.join(format!(".manifest_final.part{shard}.tmp"))
+/// Where shard `shard`'s rows of `manifest_final.csv` go: shard 0's rows start the final file
+/// itself (after the header row), so only the other shards' rows are copied into it.
+fn part_spec(dir: &Path, shard: u32, final_path: &Path) -> PartSpec {
+    if shard == 0 {
+        let mut header = FinalRows::new();
+        header.header();
+        PartSpec {
+            path: final_path.to_path_buf(),
+            prefix: header.as_bytes().to_vec(),
+            is_final: true,
+        }
+    } else {
+        PartSpec {
+            path: dir.join(format!(".manifest_final.part{shard}.tmp")),
+            prefix: Vec::new(),
+            is_final: false,
+        }
+    }
 }
 
 /// The merge of contiguous blocks. The data is copied in a background thread from the start,
@@ -263,7 +279,9 @@ fn write_blocks(
     let _parts = TempFiles(
         shards
             .iter()
-            .map(|s| part_path(dir, s.header.shard))
+            .map(|s| part_spec(dir, s.header.shard, &temps.manifest_final))
+            .filter(|p| !p.is_final)
+            .map(|p| p.path)
             .collect(),
     );
     let mut segments = Vec::new();
@@ -277,7 +295,7 @@ fn write_blocks(
     let mut out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
     out.write_all(&header).ctx("cannot write", &temps.out)?;
     let copy = BackgroundCopy::start(out, &temps.out, segments.clone())?;
-    let scans = scan_all(dir, shards, true)?;
+    let scans = scan_all(dir, shards, Some(&temps.manifest_final))?;
     check(&scans)?;
     let guessed = scans
         .iter()
@@ -304,12 +322,19 @@ fn assemble_manifest_final(
     scans: &[ShardScan],
     path: &Path,
 ) -> Result<Vec<String>> {
-    let out = File::create(path).ctx("cannot create", path)?;
-    let mut copier = RangeCopier::new(out, path)?;
     let mut rows = FinalRows::new();
-    rows.header();
-    let mut incomplete = Vec::new();
     let h = &scans[0].header;
+    // Shard 0's part is the start of the file (header row included) when it is present.
+    let starts = scans[0].header.shard == 0;
+    let out = if starts {
+        std::fs::OpenOptions::new().write(true).open(path)
+    } else {
+        rows.header();
+        File::create(path)
+    }
+    .ctx("cannot open", path)?;
+    let mut copier = RangeCopier::new(out, path)?;
+    let mut incomplete = Vec::new();
     let mut present = scans.iter().peekable();
     for shard in 0..plan.num_shards {
         if let Some(s) = present.next_if(|s| s.header.shard == shard) {
@@ -317,8 +342,10 @@ fn assemble_manifest_final(
                 copier.write_bytes(rows.as_bytes())?;
                 rows.clear();
                 incomplete.extend(p.incomplete.iter().cloned());
-                let slot = copier.add_source(&p.path)?;
-                copier.push(slot, 0, p.len)?;
+                if !(starts && shard == 0) {
+                    let slot = copier.add_source(&p.path)?;
+                    copier.push(slot, 0, p.len)?;
+                }
             }
             continue;
         }

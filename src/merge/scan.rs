@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::final_rows::FinalRows;
@@ -57,9 +58,19 @@ impl ShardScan {
 pub struct ScanSpec<'a> {
     pub manifest: PathBuf,
     pub data_dir: &'a Path,
-    /// Write the shard's rows of `manifest_final.csv` here (contiguous plans only: the rows of
-    /// all shards are then concatenated in shard order).
-    pub part: Option<PathBuf>,
+    /// Write the shard's rows of `manifest_final.csv` (contiguous plans only: the rows of all
+    /// shards are then concatenated in shard order).
+    pub part: Option<PartSpec>,
+}
+
+/// Where a shard's rows of `manifest_final.csv` go.
+#[derive(Clone)]
+pub struct PartSpec {
+    pub path: PathBuf,
+    /// Bytes that go before the rows (the header row, when the part starts the final file).
+    pub prefix: Vec<u8>,
+    /// The part is the final file itself: its write-back starts as it is written.
+    pub is_final: bool,
 }
 
 /// Reads and checks one shard's manifest and data file, in one pass over the manifest (two when
@@ -88,7 +99,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
     // The part is written in the same pass while the manifest is in item order without
     // failures (the common case); otherwise it is written again afterwards.
     let mut writer = match &part {
-        Some(path) => Some(PartWriter::create(path, plan.global(0))?),
+        Some(spec) => Some(PartWriter::create(spec, plan.global(0))?),
         None => None,
     };
     let mut write_err = None;
@@ -187,16 +198,16 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
         order,
         part: None,
     };
-    if let (Some(mut w), Some(path)) = (writer, part) {
+    if let (Some(mut w), Some(spec)) = (writer, part) {
         if !(sorted && w.clean) {
-            w = PartWriter::create(&path, plan.global(0))?;
+            w = PartWriter::create(&spec, plan.global(0))?;
             let mut items = scan.stream()?;
             while let Some(rec) = items.next_record()? {
                 w.ok(&rec.as_ref(), shard, &scan.failed)?;
             }
         }
         let end = plan.global(0) + plan.len();
-        scan.part = Some(w.finish(path, end, shard, &scan.failed)?);
+        scan.part = Some(w.finish(spec.path, end, shard, &scan.failed)?);
     }
     Ok(scan)
 }
@@ -219,17 +230,28 @@ struct PartWriter {
     len: u64,
     /// Still valid for a single pass: every record so far came in item order, none failed.
     clean: bool,
+    /// Start write-back every [`WRITEBACK`] bytes (the final file).
+    writeback: bool,
+    written_back: u64,
 }
 
+/// How much of the final file is written before its write-back is started.
+const WRITEBACK: u64 = 16 << 20;
+
 impl PartWriter {
-    fn create(path: &Path, first: u64) -> Result<Self> {
+    fn create(spec: &PartSpec, first: u64) -> Result<Self> {
+        let path = &spec.path;
+        let mut file = File::create(path).ctx("cannot create", path)?;
+        file.write_all(&spec.prefix).ctx("cannot write", path)?;
         Ok(PartWriter {
-            file: File::create(path).ctx("cannot create", path)?,
+            file,
             path: path.to_path_buf(),
             rows: FinalRows::new(),
             next: first,
-            len: 0,
+            len: spec.prefix.len() as u64,
             clean: true,
+            writeback: spec.is_final,
+            written_back: 0,
         })
     }
 
@@ -244,6 +266,10 @@ impl PartWriter {
         self.rows.ok(rec, shard);
         self.next = rec.index + 1;
         self.len += self.rows.flush_to(&mut self.file, &self.path, false)?;
+        if self.writeback && self.len - self.written_back >= WRITEBACK {
+            crate::copy::start_writeback(&self.file, self.written_back, self.len);
+            self.written_back = self.len;
+        }
         Ok(())
     }
 
