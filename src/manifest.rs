@@ -358,6 +358,49 @@ impl<'a> Fixed<'a> {
     }
 }
 
+/// Appends `rec` as JSON, byte for byte what `serde_json` writes for it, without going through
+/// serde: the worker writes one record per item, millions per shard.
+pub fn write_record(out: &mut Vec<u8>, rec: &Record) {
+    fn num(out: &mut Vec<u8>, name: &[u8], v: u64) {
+        out.extend_from_slice(name);
+        crate::csv_out::push_decimal(out, v);
+    }
+    num(out, b"{\"index\":", rec.index);
+    out.extend_from_slice(b",\"key\":");
+    json_string(out, &rec.key);
+    out.extend_from_slice(match rec.status {
+        Status::Ok => b",\"status\":\"ok\"",
+        Status::Failed => b",\"status\":\"failed\"",
+    });
+    num(out, b",\"offset\":", rec.offset);
+    num(out, b",\"bytes\":", rec.bytes);
+    num(out, b",\"rows\":", rec.rows);
+    num(out, b",\"ms\":", rec.ms);
+    out.extend_from_slice(if rec.cached {
+        b",\"cached\":true"
+    } else {
+        b",\"cached\":false"
+    });
+    num(out, b",\"attempts\":", u64::from(rec.attempts));
+    if let Some(reason) = &rec.reason {
+        out.extend_from_slice(b",\"reason\":");
+        json_string(out, reason);
+    }
+    out.push(b'}');
+}
+
+/// A JSON string: copied as is unless it needs escapes, which are left to `serde_json`.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
 /// Reads only a manifest's header (cheap; for name-conflict checks and the merge).
 pub fn read_header(path: &Path) -> Option<Header> {
     let file = File::open(path).ok()?;
@@ -498,8 +541,7 @@ impl ShardStore {
     }
 
     fn push_record(&mut self, rec: &Record) {
-        // Serializing a plain struct into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.pending_records, rec);
+        write_record(&mut self.pending_records, rec);
         self.pending_records.push(b'\n');
         self.pending_items += 1;
     }
@@ -704,6 +746,40 @@ mod tests {
         let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
         assert_eq!(r.ok.len(), 2);
         assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\ny\n");
+    }
+
+    #[test]
+    fn records_are_written_exactly_as_serde_writes_them() {
+        let mut recs = vec![rec(0), rec(u64::MAX)];
+        for (key, reason) in [
+            ("AAPL|2024-01-02 ü", None),
+            ("say \"hi\"\n\\ \u{1}\u{7f}", Some("exit code 1")),
+            ("", Some("stderr: \"boom\"\t\u{0}")),
+            ("😀/<>&'", Some("")),
+        ] {
+            let mut r = rec(12_345_678_901);
+            r.key = key.into();
+            r.reason = reason.map(str::to_string);
+            r.status = if reason.is_some() {
+                Status::Failed
+            } else {
+                Status::Ok
+            };
+            r.cached = reason.is_none();
+            r.attempts = u32::MAX;
+            r.ms = 10;
+            recs.push(r);
+        }
+        for r in recs {
+            let mut ours = Vec::new();
+            write_record(&mut ours, &r);
+            let theirs = serde_json::to_vec(&r).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs)
+            );
+            assert_eq!(parse_record(&ours), Some(r));
+        }
     }
 
     #[test]

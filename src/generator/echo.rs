@@ -50,9 +50,9 @@ impl Builtin for Echo {
     fn generate(&self, item: &Item, out: &mut RowWriter, _stop: &AtomicBool) -> Result<(), String> {
         for row in 0..self.rows {
             out.field(item.key.as_bytes());
-            out.field_display(item.index);
-            out.field_display(item.seed);
-            out.field_display(row);
+            out.field_u64(item.index);
+            out.field_u64(item.seed);
+            out.field_u64(row);
             out.field(self.pad.as_bytes());
             out.end_record();
         }
