@@ -317,11 +317,13 @@ fn parse_fixed(line: &[u8]) -> Option<RecordRef<'_>> {
 struct Fixed<'a>(&'a [u8]);
 
 impl<'a> Fixed<'a> {
+    #[inline]
     fn lit(&mut self, l: &[u8]) -> Option<()> {
         self.0 = self.0.strip_prefix(l)?;
         Some(())
     }
     /// A decimal number of at most 19 digits (so it cannot overflow a u64).
+    #[inline]
     fn num(&mut self) -> Option<u64> {
         let mut v: u64 = 0;
         let mut n = 0;
