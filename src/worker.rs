@@ -34,7 +34,7 @@ pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
     }
     let shard = Shard::resolve(args)?;
     if args.dry_run {
-        println!("{}", shard.describe());
+        crate::stdout::println(&shard.describe());
         return Ok(ExitCode::Ok);
     }
     let interrupt = Interrupt::install()?;
@@ -46,13 +46,13 @@ fn describe(args: &WorkerArgs) -> Result<ExitCode> {
     let root = crate::shard::resolve_root(args.root.as_deref())?;
     let config = crate::config::Config::load(&args.config, &root)?;
     let paths = crate::paths::RunPaths::new(&root, &config.run);
-    println!("run={}", config.run);
-    println!(
-        "shards={}",
-        config.shards.map(|n| n.to_string()).unwrap_or_default()
-    );
-    println!("data_dir={}", paths.data_dir.display());
-    println!("logs_dir={}", paths.logs_dir.display());
+    crate::stdout::print(&format!(
+        "run={}\nshards={}\ndata_dir={}\nlogs_dir={}\n",
+        config.run,
+        config.shards.map(|n| n.to_string()).unwrap_or_default(),
+        paths.data_dir.display(),
+        paths.logs_dir.display()
+    ));
     Ok(ExitCode::Ok)
 }
 

@@ -470,3 +470,37 @@ fn block_merge_and_interleaved_merge_write_the_same_outputs() {
         }
     }
 }
+
+/// `merge | head -1`, `monitor | head -1`, `shard-worker --dry-run | head -1`: a reader that goes
+/// away ends the program quietly with exit 0 (the merge is complete by then), never with a panic.
+#[test]
+fn a_closed_stdout_ends_quietly_with_the_work_done() {
+    let p = Project::new();
+    let cfg = tricky_config(&p, "pipe", "contiguous", 1, 1, "k,i,text,empty");
+    p.run_shard(&cfg, 0, 1, &[], 0);
+    let closed = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        writer
+    };
+    let monitor = std::process::Command::new(env!("CARGO_BIN_EXE_monitor"))
+        .args(["--run", "pipe", "--root"])
+        .arg(p.root())
+        .stdout(closed())
+        .output()
+        .expect("run monitor");
+    let mut dry = p.worker(&cfg, &["--dry-run"]);
+    let dry = dry.stdout(closed()).output().expect("run the dry run");
+    let merged = std::process::Command::new(MERGE)
+        .args(["--run", "pipe", "--root"])
+        .arg(p.root())
+        .stdout(closed())
+        .output()
+        .expect("run merge");
+    for (what, out) in [("monitor", monitor), ("dry run", dry), ("merge", merged)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{what}: {err}");
+    }
+    assert!(p.path("data/pipe/combined.csv").is_file());
+}

@@ -50,14 +50,11 @@ fn main() {
     };
     let code = match shardrun::merge::run(&args) {
         Ok(Outcome::Merged(stats)) => {
-            print!(
-                "{}",
-                summary(&stats, args.keep_shards || args.allow_partial)
-            );
+            shardrun::stdout::print(&summary(&stats, args.keep_shards || args.allow_partial));
             0
         }
         Ok(Outcome::AlreadyMerged(msg)) => {
-            println!("{msg}");
+            shardrun::stdout::println(&msg);
             0
         }
         Err(e) => {

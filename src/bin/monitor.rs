@@ -1,6 +1,6 @@
 //! `monitor`: live progress of every shard of a run (see the README).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use clap::Parser;
 use shardrun::error::{Error, Result};
 use shardrun::monitor::{display, plan_shards, Monitor};
 use shardrun::runs::find_run;
+use shardrun::stdout;
 
 /// Shows progress, ETA, rows and the health of every shard of a run.
 #[derive(Debug, Parser)]
@@ -88,12 +89,9 @@ fn run(cli: &Cli) -> Result<i32> {
     if !cli.follow {
         let snap = monitor.snapshot();
         if cli.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&snap).unwrap_or_default()
-            );
+            stdout::println(&serde_json::to_string_pretty(&snap).unwrap_or_default());
         } else {
-            print!("{}", display::table(&snap));
+            stdout::print(&display::table(&snap));
         }
         return Ok(0);
     }
@@ -112,15 +110,14 @@ fn follow(cli: &Cli, monitor: &mut Monitor) -> Result<i32> {
     loop {
         let snap = monitor.snapshot();
         match (&bars, cli.json) {
-            (_, true) => println!("{}", serde_json::to_string(&snap).unwrap_or_default()),
+            (_, true) => stdout::println(&serde_json::to_string(&snap).unwrap_or_default()),
             (Some(b), false) => b.update(&snap),
-            (None, false) => print!("{}", display::plain_line(&snap)),
+            (None, false) => stdout::print(&display::plain_line(&snap)),
         }
-        let _ = std::io::stdout().flush();
         if snap.all_ended() {
             if let Some(b) = &bars {
                 b.finish();
-                print!("{}", display::table(&snap));
+                stdout::print(&display::table(&snap));
             }
             return Ok(if snap.all_done() { 0 } else { 1 });
         }
