@@ -196,14 +196,24 @@ impl Lines {
     /// Lines from the current position of `file` (which must be its start for offsets to be
     /// file offsets).
     pub fn new(file: File) -> Self {
+        Self::with_capacity(file, Self::BLOCK)
+    }
+
+    /// Like [`Lines::new`], reading `capacity` bytes at a time (more for a longer line).
+    pub fn with_capacity(file: File, capacity: usize) -> Self {
         Lines {
             file,
-            buf: vec![0; Self::BLOCK],
+            buf: vec![0; capacity.max(1)],
             start: 0,
             end: 0,
             base: 0,
             eof: false,
         }
+    }
+
+    /// The file read.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Bytes consumed so far, as a file offset (the end of the last line returned).
@@ -335,7 +345,8 @@ impl<'a> Fixed<'a> {
             v = v.wrapping_mul(10).wrapping_add(u64::from(d));
             n += 1;
         }
-        if n == 0 || n > 19 {
+        // At most 19 digits (no overflow), and no leading zero, which JSON forbids.
+        if n == 0 || n > 19 || (n > 1 && self.0[0] == b'0') {
             return None;
         }
         self.0 = &self.0[n..];

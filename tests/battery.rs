@@ -1308,6 +1308,62 @@ fn battery_empty_item_sources_give_a_header_only_dataset() {
     }
 }
 
+/// A shard that stopped right after it started (its manifest holds only the header) leaves
+/// 2,000,000 items missing: `merge --allow-partial` lists every one in manifest_final.csv
+/// without holding those rows in memory.
+#[test]
+fn battery_merge_of_two_million_missing_items_stays_in_bounded_memory() {
+    let p = Project::new();
+    p.write(
+        "g.yaml",
+        "run: g\nitems: {range: {start: 0, end: 10}}\ngenerator: {builtin: echo}\n",
+    );
+    p.run_shard("g.yaml", 0, 1, &[], 0);
+    // Keep the header, grown to 2,000,000 items, and no record; the data file keeps its header.
+    let manifest = p.path("data/g/manifest_shard0_of_1.jsonl");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut header: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    header["items_total"] = 2_000_000.into();
+    header["source_items"] = 2_000_000.into();
+    std::fs::write(&manifest, format!("{header}\n")).unwrap();
+    let data = p.path("data/g/process-0.csv");
+    let first_line = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&data, format!("{first_line}\n")).unwrap();
+    let m = run_measured(
+        {
+            let mut c = Command::new(MERGE_BIN);
+            c.arg("--root")
+                .arg(p.root())
+                .args(["--run", "g", "--allow-partial"]);
+            c
+        },
+        p.root(),
+        "merge",
+        Duration::from_secs(120),
+    );
+    assert_eq!(m.status.code(), Some(0), "{}", m.stderr);
+    let mf = std::fs::read(p.path("data/g/manifest_final.csv")).unwrap();
+    assert_eq!(memchr_count(&mf), 2_000_001);
+    assert!(mf.ends_with(b"\n,1999999,0,missing,0,0,false,0,\n"));
+    eprintln!(
+        "2,000,000 missing items: merge {:.1} s, VmHWM sampled {} KiB, manifest_final.csv {} MiB",
+        m.elapsed.as_secs_f64(),
+        m.hwm_sampled_kib,
+        mf.len() >> 20
+    );
+    assert!(
+        m.hwm_sampled_kib < 32 * 1024,
+        "merge held the missing rows in memory: VmHWM {} KiB for a {} MiB manifest_final.csv",
+        m.hwm_sampled_kib,
+        mf.len() >> 20
+    );
+}
+
 #[test]
 fn battery_a_million_items_stay_in_bounded_memory_and_files() {
     let p = Project::new();

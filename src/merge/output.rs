@@ -93,8 +93,10 @@ pub fn write(
     shards: &[ShardFiles],
     args: &MergeArgs,
     output: &Path,
-    check: impl Fn(&[ShardScan]) -> Result<()>,
+    check: impl Fn(&[ShardScan]) -> Result<()> + Sync,
 ) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
+    // Missing shards refuse the merge before any shard is read (no shard scan needed).
+    check(&[])?;
     let dir = &run.paths.data_dir;
     let columns = &shards[0].header.columns;
     let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
@@ -130,7 +132,7 @@ pub fn write(
     let (scans, written) = if blocks {
         write_blocks(dir, plan, shards, &old, &temps, &check)?
     } else {
-        let scans = scan_all(dir, shards, None)?;
+        let scans = scan_all(dir, shards, None, &|_| {})?;
         check(&scans)?;
         let written = write_interleaved(&scans, &old, dedupe_col, &temps)?;
         (scans, written)
@@ -154,7 +156,7 @@ pub fn write(
         items: h.source_items,
         items_ok,
         items_failed: failed,
-        items_missing: h.source_items - items_ok - failed,
+        items_missing: h.source_items.saturating_sub(items_ok + failed),
         cached_share: if items_ok == 0 {
             0.0
         } else {
@@ -213,29 +215,44 @@ struct Written {
 }
 
 /// Scans every shard, on up to one thread per core; with `parts`, each writes its rows of
-/// `manifest_final.csv` (see [`part_spec`]).
-fn scan_all(dir: &Path, shards: &[ShardFiles], parts: Option<&Path>) -> Result<Vec<ShardScan>> {
+/// `manifest_final.csv` (see [`part_spec`]). `scanned` sees each result as soon as it is known.
+fn scan_all(
+    dir: &Path,
+    shards: &[ShardFiles],
+    parts: Option<&Path>,
+    scanned: &(dyn Fn(&Result<ShardScan>) + Sync),
+) -> Result<Vec<ShardScan>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8)
         .min(shards.len());
     let next = AtomicUsize::new(0);
     let done: Mutex<Vec<(usize, Result<ShardScan>)>> = Mutex::new(Vec::new());
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(s) = shards.get(i) else { break };
+        let result = scan::scan(ScanSpec {
+            manifest: s.manifest.clone(),
+            data_dir: dir,
+            part: parts.map(|final_path| part_spec(dir, s.header.shard, final_path)),
+        });
+        scanned(&result);
+        done.lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((i, result));
+    };
     std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(s) = shards.get(i) else { break };
-                let result = scan::scan(ScanSpec {
-                    manifest: s.manifest.clone(),
-                    data_dir: dir,
-                    part: parts.map(|final_path| part_spec(dir, s.header.shard, final_path)),
-                });
-                done.lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .push((i, result));
-            });
+        for _ in 1..threads {
+            // Without another thread (a process limit), this one does all the work.
+            if std::thread::Builder::new()
+                .name("merge-scan".into())
+                .spawn_scoped(scope, work)
+                .is_err()
+            {
+                break;
+            }
         }
+        work();
     });
     let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
     done.sort_by_key(|(i, _)| *i);
@@ -273,7 +290,7 @@ fn write_blocks(
     shards: &[ShardFiles],
     old: &Option<OldOutput>,
     temps: &Temps,
-    check: &dyn Fn(&[ShardScan]) -> Result<()>,
+    check: &(dyn Fn(&[ShardScan]) -> Result<()> + Sync),
 ) -> Result<(Vec<ShardScan>, Written)> {
     let header = header_line(&shards[0].header.columns);
     let _parts = TempFiles(
@@ -295,7 +312,16 @@ fn write_blocks(
     let mut out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
     out.write_all(&header).ctx("cannot write", &temps.out)?;
     let copy = BackgroundCopy::start(out, &temps.out, segments.clone())?;
-    let scans = scan_all(dir, shards, Some(&temps.manifest_final))?;
+    // A shard that refuses the merge stops the copy at once: a refused merge should not write
+    // much more than it must to find out.
+    let refused = |r: &Result<ShardScan>| {
+        if r.as_ref()
+            .map_or(true, |s| check(std::slice::from_ref(s)).is_err())
+        {
+            copy.stop();
+        }
+    };
+    let scans = scan_all(dir, shards, Some(&temps.manifest_final), &refused)?;
     check(&scans)?;
     let guessed = scans
         .iter()
@@ -444,11 +470,16 @@ impl BackgroundCopy {
         Ok(bytes)
     }
 
+    /// Asks the copy to stop at its next chunk.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Waits for the copy and its sync; returns the dataset's length.
     fn finish(mut self) -> Result<u64> {
         match self.handle.take().map(std::thread::JoinHandle::join) {
             Some(Ok(result)) => result,
-            _ => Err(std::io::Error::other("the copy thread panicked"))
+            _ => Err(std::io::Error::other("the copy thread ended abnormally"))
                 .ctx("cannot copy into", &self.out_path),
         }
     }

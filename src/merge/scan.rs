@@ -73,8 +73,9 @@ pub struct PartSpec {
     pub is_final: bool,
 }
 
-/// Reads and checks one shard's manifest and data file, in one pass over the manifest (two when
-/// it is out of item order or has failures and a part is asked for).
+/// Reads and checks one shard's manifest and data file, in one pass over the manifest. A
+/// manifest out of item order takes a second pass to sort its items, and, when a part is asked
+/// for and the manifest is out of order or has failures, one more to write the part.
 pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
     let ScanSpec {
         manifest,
@@ -104,10 +105,10 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
     };
     let mut write_err = None;
     let found = manifest::scan(&manifest, |rec, _| match rec.status {
+        _ if plan.position(rec.index).is_none() => {
+            stray.get_or_insert(rec.index);
+        }
         Status::Ok => {
-            if plan.position(rec.index).is_none() {
-                stray.get_or_insert(rec.index);
-            }
             failed.remove(&rec.index);
             ok += 1;
             rows += rec.rows;
@@ -141,7 +142,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
     };
     if let Some(index) = stray {
         return Err(Error::Refused(format!(
-            "{} commits item {index}, which is not in shard {} of {}'s plan; the manifest was \
+            "{} records item {index}, which is not in shard {} of {}'s plan; the manifest was \
              changed outside shardrun. Re-run that shard with --force",
             manifest.display(),
             header.shard,
@@ -262,22 +263,31 @@ impl PartWriter {
         shard: u32,
         failed: &BTreeMap<u64, Record>,
     ) -> Result<()> {
-        self.gaps_until(rec.index, shard, failed);
+        self.gaps_until(rec.index, shard, failed)?;
         self.rows.ok(rec, shard);
         self.next = rec.index + 1;
-        self.len += self.rows.flush_to(&mut self.file, &self.path, false)?;
+        self.write(false)
+    }
+
+    /// The rows of the items before `end` that are not committed (a long run of them when a
+    /// shard stopped early: written as the buffer fills).
+    fn gaps_until(&mut self, end: u64, shard: u32, failed: &BTreeMap<u64, Record>) -> Result<()> {
+        while self.next < end {
+            self.rows.gap(self.next, shard, failed.get(&self.next));
+            self.next += 1;
+            self.write(false)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered rows once they fill a block (always with `force`).
+    fn write(&mut self, force: bool) -> Result<()> {
+        self.len += self.rows.flush_to(&mut self.file, &self.path, force)?;
         if self.writeback && self.len - self.written_back >= WRITEBACK {
             crate::copy::start_writeback(&self.file, self.written_back, self.len);
             self.written_back = self.len;
         }
         Ok(())
-    }
-
-    fn gaps_until(&mut self, end: u64, shard: u32, failed: &BTreeMap<u64, Record>) {
-        while self.next < end {
-            self.rows.gap(self.next, shard, failed.get(&self.next));
-            self.next += 1;
-        }
     }
 
     fn finish(
@@ -287,8 +297,8 @@ impl PartWriter {
         shard: u32,
         failed: &BTreeMap<u64, Record>,
     ) -> Result<Part> {
-        self.gaps_until(end, shard, failed);
-        self.len += self.rows.flush_to(&mut self.file, &self.path, true)?;
+        self.gaps_until(end, shard, failed)?;
+        self.write(true)?;
         Ok(Part {
             path,
             len: self.len,
@@ -301,7 +311,6 @@ impl PartWriter {
 pub struct ItemStream {
     lines: Lines,
     order: Option<std::vec::IntoIter<(u64, u64)>>,
-    manifest: File,
     end: u64,
     /// One line read at an offset (out-of-order manifests).
     line: Vec<u8>,
@@ -310,13 +319,13 @@ pub struct ItemStream {
 impl ShardScan {
     /// Opens a stream over the committed items.
     pub fn stream(&self) -> Result<ItemStream> {
-        let open = || File::open(&self.manifest).ctx("cannot open", &self.manifest);
-        let mut lines = Lines::new(open()?);
+        let file = File::open(&self.manifest).ctx("cannot open", &self.manifest)?;
+        // A small buffer: the general merge keeps one stream open per shard.
+        let mut lines = Lines::with_capacity(file, 64 * 1024);
         lines.next_line().ctx("cannot read", &self.manifest)?; // the header
         Ok(ItemStream {
             lines,
             order: self.order.clone().map(Vec::into_iter),
-            manifest: open()?,
             end: self.valid_len,
             line: Vec::new(),
         })
@@ -353,7 +362,7 @@ impl ItemStream {
             let Some((_, off)) = order.next() else {
                 return Ok(None);
             };
-            read_line_at(&self.manifest, off, &mut self.line).map_err(changed)?;
+            read_line_at(self.lines.file(), off, &mut self.line).map_err(changed)?;
             return match manifest::parse_record(&self.line) {
                 Some(rec) if rec.status == Status::Ok => Ok(Some(rec)),
                 _ => Err(changed(format!("no committed record at byte {off}"))),
