@@ -25,4 +25,5 @@ pub mod runs;
 pub mod seed;
 pub mod shard;
 pub mod signals;
+pub mod spawn;
 pub mod worker;
