@@ -1,6 +1,6 @@
 //! Generator processes at the system-call level, shared by per-item and persistent generators:
 //! their process groups (with the registry that lets a second Ctrl-C kill them all before the
-//! worker exits), pidfds, non-blocking pipes and stderr line splitting.
+//! worker exits), pidfds and stderr line splitting. Starting them is [`crate::spawn`]'s job.
 //!
 //! Every generator leads its own process group. The parent-death signal reaches only the leader,
 //! so anything it started would outlive a worker that exits abruptly; the registry holds the
@@ -139,21 +139,6 @@ impl Drop for Group {
 /// Longest stderr line delivered in one piece; longer lines are cut.
 pub const MAX_STDERR_LINE: usize = 8 * 1024;
 
-/// Sets `O_NONBLOCK` on a pipe to a child (`what` names it in the error).
-pub fn set_nonblocking(fd: RawFd, what: &str) -> io::Result<()> {
-    // SAFETY: fcntl on a file descriptor we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags == -1 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("making the generator's {what} non-blocking: {e}"),
-        ));
-    }
-    Ok(())
-}
-
 /// A pidfd for `pid` (readable once it exits, without reaping it); `None` on old kernels.
 pub fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
     // SAFETY: plain syscall; the result is a new file descriptor (O_CLOEXEC) or -1.
@@ -224,55 +209,4 @@ impl LineSplitter {
             self.partial.clear();
         }
     }
-}
-
-/// The `Command` for a generator process: argv without a shell, piped stdin/stdout/stderr, its
-/// own process group (so signals to the group reach everything it starts), and SIGKILL when the
-/// worker thread that spawned it dies (parent-death signal), so a generator never outlives a
-/// worker killed with kill -9. Spawn it from a long-lived thread: the signal follows the thread.
-pub fn generator_command(
-    program: &std::path::Path,
-    argv0: &str,
-    args: &[String],
-    env: &[(String, String)],
-    cwd: &std::path::Path,
-) -> std::process::Command {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let parent = std::process::id() as libc::pid_t;
-    let mut cmd = Command::new(program);
-    cmd.arg0(argv0)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let die_with_parent = move || -> io::Result<()> {
-        // SAFETY: runs in the forked child before exec; prctl, getppid and _exit are
-        // async-signal-safe syscalls, and nothing here allocates or takes locks.
-        unsafe {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            ) == -1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent died between fork and prctl: the signal will never come.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-        }
-        Ok(())
-    };
-    // SAFETY: the closure only makes async-signal-safe calls (see above).
-    unsafe {
-        cmd.pre_exec(die_with_parent);
-    }
-    cmd
 }

@@ -25,5 +25,6 @@ pub mod runs;
 pub mod seed;
 pub mod shard;
 pub mod signals;
+pub mod spawn;
 pub mod stdout;
 pub mod worker;

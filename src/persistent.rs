@@ -26,13 +26,14 @@
 //!
 //! # Process handling
 //!
-//! As in [`crate::process`]: the process leads a new process group (one `killpg` reaches
-//! everything it started), gets `PR_SET_PDEATHSIG = SIGKILL`, and is supervised by the calling
-//! thread alone with `poll` over a pidfd (readable once the process has exited, while it is
-//! still an unreaped zombie) and its non-blocking pipes, so a process that stops reading its
-//! stdin cannot block the caller. Before the leader is reaped the whole group is sent `SIGKILL`;
-//! an unreaped leader keeps the group id from being reused, so that signal only reaches this
-//! process's group. Kernels without pidfds are handled by polling `waitid(WNOWAIT)`.
+//! As in [`crate::process`]: the process is started by [`crate::spawn`], leads a new process
+//! group (one `killpg` reaches everything it started), gets `PR_SET_PDEATHSIG = SIGKILL`, and is
+//! supervised by the calling thread alone with `poll` over a pidfd (readable once the process
+//! has exited, while it is still an unreaped zombie) and its non-blocking pipes, so a process
+//! that stops reading its stdin cannot block the caller. Before the leader is reaped the whole
+//! group is sent `SIGKILL`; an unreaped leader keeps the group id from being reused, so that
+//! signal only reaches this process's group. Kernels without pidfds are handled by polling
+//! `waitid(WNOWAIT)`.
 //!
 //! The same requirements on the calling process apply as for [`crate::process::run_attempt`]:
 //! `PR_SET_PDEATHSIG` fires when the *thread* that started the process exits, so a `Server`
@@ -48,7 +49,7 @@
 //! that gets the output and the marker, a non-blocking `read` of stderr) and no timer or sleep.
 
 use crate::generator::command::signal_name;
-use crate::groups::{is_transient, pidfd_open, poll_millis, set_nonblocking, Group, LineSplitter};
+use crate::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -950,33 +951,26 @@ fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
     let program = std::path::absolute(&program)
         .map_err(|e| format!("cannot make {} absolute: {e}", program.display()))?;
 
-    let mut cmd =
-        crate::groups::generator_command(&program, argv0, &spec.argv[1..], &spec.env, &spec.cwd);
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "spawning `{argv0}` ({}) in {}: {e}",
-            program.display(),
-            spec.cwd.display()
-        )
-    })?;
-    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err("generator pid out of range".into());
+    // Captured at each start: a slot starts its process once, not once per item.
+    let inherited = crate::spawn::Environ::capture();
+    let crate::spawn::Child {
+        group,
+        stdin,
+        stdout,
+        stderr,
+    } = crate::spawn::spawn(&crate::spawn::Command {
+        program: &program,
+        argv: &spec.argv,
+        env: &spec.env,
+        inherited: &inherited,
+        cwd: &spec.cwd,
+    })
+    .map_err(|e| e.to_string())?;
+    let pidfd = if use_pidfd {
+        pidfd_open(group.pid())
+    } else {
+        None
     };
-    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    drop(child); // Dropping a std Child neither waits nor kills; `Group` owns the process.
-    let group = Group::new(pid);
-    let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) else {
-        return Err("the generator's pipes were not created".into()); // `group` kills and reaps.
-    };
-    let stdin = File::from(OwnedFd::from(stdin));
-    let stdout = File::from(OwnedFd::from(stdout));
-    let stderr = File::from(OwnedFd::from(stderr));
-    for (f, what) in [(&stdin, "stdin"), (&stdout, "stdout"), (&stderr, "stderr")] {
-        set_nonblocking(f.as_raw_fd(), what).map_err(|e| e.to_string())?;
-    }
-    let pidfd = if use_pidfd { pidfd_open(pid) } else { None };
     Ok(Live {
         group,
         pidfd,

@@ -3,11 +3,12 @@
 //!
 //! # Model
 //!
-//! [`run_attempt`] spawns `argv` directly (never through a shell) as the leader of a new process
-//! group, so one `killpg` reaches everything the generator started. The calling thread supervises
-//! the attempt alone, without helper threads: it `poll`s a pidfd of the child (readable once the
-//! child has exited, while it is still an unreaped zombie), the child's stdout and stderr, and its
-//! stdin (non-blocking, so a child that never reads its input cannot block anything).
+//! [`run_attempt`] spawns `argv` directly (never through a shell; see [`crate::spawn`]) as the
+//! leader of a new process group, so one `killpg` reaches everything the generator started. The
+//! calling thread supervises the attempt alone, without helper threads: it `poll`s a pidfd of
+//! the child (readable once the child has exited, while it is still an unreaped zombie), the
+//! child's stdout and stderr, and its stdin (non-blocking, so a child that never reads its input
+//! cannot block anything).
 //!
 //! Whatever the outcome, before the leader is reaped the whole group is sent `SIGKILL`. While the
 //! leader is an unreaped zombie its pid, and therefore the group id, cannot be reused, so that
@@ -30,16 +31,9 @@
 //!   `killpg`.
 //! * A generator that moves itself or its children into another process group or session
 //!   (`setsid`, `setpgid`) escapes the group cleanup.
-//!
-//! # Cost
-//!
-//! The `pre_exec` hook makes the standard library spawn with `fork` instead of `posix_spawn`, so
-//! a spawn costs more as the calling process grows (page tables are copied): keep the worker
-//! process small. When running many attempts of the same program, resolve it once with
-//! [`resolve_program`] and pass the absolute path as `argv[0]`, which skips the `PATH` search
-//! of every attempt.
 
-use crate::groups::{is_transient, pidfd_open, poll_millis, set_nonblocking, Group, LineSplitter};
+use crate::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
+use crate::spawn::Environ;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -47,7 +41,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -70,11 +63,19 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 /// What to run for one attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct AttemptSpec<'a> {
-    /// The program (`argv[0]`) and its arguments, executed directly, never through a shell. The
-    /// program is found as by [`resolve_program`] (using the `PATH` of `env` if it sets one).
+    /// The program (`argv[0]`) and its arguments, executed directly, never through a shell.
+    /// Unless `program` is given, the program is found as by [`resolve_program`] (using the
+    /// `PATH` of `env` if it sets one).
     pub argv: &'a [String],
+    /// The file to execute, already resolved from `argv[0]` to an absolute path (with the
+    /// `PATH` that `env` implies), so that attempts of the same program skip the `PATH`
+    /// search; `None`: resolve `argv[0]` for this attempt.
+    pub program: Option<&'a Path>,
     /// Variables added to (or replacing those of) the inherited environment.
     pub env: &'a [(String, String)],
+    /// The inherited environment, captured beforehand so that attempts do not copy it again;
+    /// `None`: the worker's current environment.
+    pub inherited: Option<&'a Environ>,
     /// Working directory of the child.
     pub cwd: &'a Path,
     /// Bytes written to the child's stdin, which is closed afterwards.
@@ -285,37 +286,47 @@ fn resolve_with_path(
     }))
 }
 
-fn spawn(spec: &AttemptSpec) -> io::Result<Child> {
+fn spawn(spec: &AttemptSpec) -> io::Result<crate::spawn::Child> {
     let Some(argv0) = spec.argv.first() else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "empty command: no program to run",
         ));
     };
-    let path_var: Option<OsString> = match spec.env.iter().rev().find(|(k, _)| k == "PATH") {
-        Some((_, v)) => Some(OsString::from(v)),
-        None => std::env::var_os("PATH"),
+    let resolved;
+    let program = match spec.program {
+        Some(program) => program,
+        None => {
+            let path_var: Option<OsString> = match spec.env.iter().rev().find(|(k, _)| k == "PATH")
+            {
+                Some((_, v)) => Some(OsString::from(v)),
+                None => std::env::var_os("PATH"),
+            };
+            let found = resolve_with_path(argv0, spec.cwd, path_var.as_deref())?;
+            // An absolute path, so the child's chdir cannot change which file is executed.
+            resolved = std::path::absolute(&found).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot make {} absolute: {e}", found.display()),
+                )
+            })?;
+            &resolved
+        }
     };
-    let program = resolve_with_path(argv0, spec.cwd, path_var.as_deref())?;
-    // An absolute path, so the child's chdir cannot change which file is executed.
-    let program = std::path::absolute(&program).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot make {} absolute: {e}", program.display()),
-        )
-    })?;
-
-    let mut cmd =
-        crate::groups::generator_command(&program, argv0, &spec.argv[1..], spec.env, spec.cwd);
-    cmd.spawn().map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "spawning `{argv0}` ({}) in {}: {e}",
-                program.display(),
-                spec.cwd.display()
-            ),
-        )
+    let captured;
+    let inherited = match spec.inherited {
+        Some(environ) => environ,
+        None => {
+            captured = Environ::capture();
+            &captured
+        }
+    };
+    crate::spawn::spawn(&crate::spawn::Command {
+        program,
+        argv: spec.argv,
+        env: spec.env,
+        inherited,
+        cwd: spec.cwd,
     })
 }
 
@@ -329,34 +340,26 @@ fn run(
     if stop.load(Ordering::Relaxed) {
         return Ok(Ended::Stopped);
     }
-    let mut child = spawn(spec)?;
+    let crate::spawn::Child {
+        mut group,
+        stdin,
+        stdout,
+        stderr,
+    } = spawn(spec)?;
     let started = Instant::now();
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let pid = libc::pid_t::try_from(child.id());
-    drop(child); // Dropping a std Child neither waits nor kills; `Group` owns the process.
-    let pid = pid.map_err(|_| io::Error::other("child pid out of range"))?;
-    let mut group = Group::new(pid);
-
-    let mut stdin = stdin.map(|s| File::from(OwnedFd::from(s)));
-    if spec.stdin.is_empty() {
-        stdin = None; // Closed right away: the child sees EOF on its first read.
-    }
-    let stdout = stdout.map(|s| File::from(OwnedFd::from(s)));
-    let stderr = stderr.map(|s| File::from(OwnedFd::from(s)));
-    for (file, what) in [(&stdin, "stdin"), (&stdout, "stdout"), (&stderr, "stderr")] {
-        if let Some(f) = file {
-            set_nonblocking(f.as_raw_fd(), what)?;
-        }
-    }
-    let pidfd = if use_pidfd { pidfd_open(pid) } else { None };
+    // Empty input: stdin is closed right away, so the child sees EOF on its first read.
+    let stdin = Some(stdin).filter(|_| !spec.stdin.is_empty());
+    let pidfd = if use_pidfd {
+        pidfd_open(group.pid())
+    } else {
+        None
+    };
 
     let mut sup = Supervisor {
         stdin,
         input: spec.stdin,
-        stdout,
-        stderr,
+        stdout: Some(stdout),
+        stderr: Some(stderr),
         buf: vec![0; READ_CHUNK],
         lines: LineSplitter::default(),
         on_stdout,
@@ -660,7 +663,9 @@ mod tests {
     fn spec<'a>(argv: &'a [String], stdin: &'a [u8]) -> AttemptSpec<'a> {
         AttemptSpec {
             argv,
+            program: None,
             env: &[],
+            inherited: None,
             cwd: Path::new("/"),
             stdin,
             timeout: Some(Duration::from_secs(30)),
@@ -1107,6 +1112,23 @@ mod tests {
             e.to_string().contains("/nonexistent-dir-for-shardrun-test"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn given_program_is_run_without_lookup_and_keeps_argv0() {
+        // argv[0] names nothing on PATH: only `program` says what to run.
+        let argv = vec![
+            "shardrun-no-such-program-xyz".to_string(),
+            "-c".to_string(),
+            "echo \"$0 $ONLY_THIS\"".to_string(),
+        ];
+        let environ = Environ::from_vars([("ONLY_THIS", "1")]);
+        let mut s = spec(&argv, b"");
+        s.program = Some(Path::new("/bin/sh"));
+        s.inherited = Some(&environ);
+        let out = run_ok(&s);
+        assert_eq!(out.ended, Ended::Exited(0));
+        assert_eq!(out.stdout, b"shardrun-no-such-program-xyz 1\n");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::csv_out::RowWriter;
 use crate::items::Item;
 use crate::process::{run_attempt, AttemptSpec, Ended};
+use crate::spawn::Environ;
 
 /// How long a generator's leftovers may hold its stdout after it exits.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
@@ -107,6 +108,11 @@ impl Template {
 /// A configured command generator.
 #[derive(Debug)]
 pub struct CommandGen {
+    /// `argv[0]` resolved once, to an absolute path, so that attempts do not search `PATH`.
+    program: PathBuf,
+    /// The worker's environment, captured once for all attempts (the worker does not change
+    /// its environment while it runs).
+    environ: Environ,
     argv: Vec<Template>,
     columns: Vec<String>,
     cwd: PathBuf,
@@ -216,18 +222,27 @@ impl CommandGen {
                     .into());
             }
         }
-        match argv.first().and_then(Template::is_literal) {
-            Some(program) => {
-                crate::process::resolve_program(program, root)
-                    .map_err(|e| format!("generator.command[0]: {e}"))?;
-            }
+        // Attempts add no `PATH` to the environment, so the worker's `PATH`, which
+        // `resolve_program` searches, is the one they would search too.
+        let program = match argv.first().and_then(Template::is_literal) {
+            Some(program) => crate::process::resolve_program(program, root)
+                .map_err(|e| format!("generator.command[0]: {e}"))?,
             None => {
                 return Err(
                     "generator.command[0]: the program must not contain placeholders".into(),
                 )
             }
-        }
+        };
+        // Absolute, so the child's chdir to the root cannot change which file is executed.
+        let program = std::path::absolute(&program).map_err(|e| {
+            format!(
+                "generator.command[0]: cannot make {} absolute: {e}",
+                program.display()
+            )
+        })?;
         Ok(CommandGen {
+            program,
+            environ: Environ::capture(),
             argv,
             columns,
             cwd: root.to_path_buf(),
@@ -372,7 +387,9 @@ impl CommandGen {
         let stdin = item_json(item);
         let spec = AttemptSpec {
             argv: &argv,
+            program: Some(&self.program),
             env: &env,
+            inherited: Some(&self.environ),
             cwd: &self.cwd,
             stdin: &stdin,
             timeout: self.timeout,
