@@ -130,7 +130,10 @@ pub fn write(
     // manifest is read, and the data is copied meanwhile.
     let blocks = (h.sharding == Sharding::Contiguous || h.num_shards == 1) && dedupe_col.is_none();
     let (scans, written) = if blocks {
-        write_blocks(dir, plan, shards, &old, &temps, &check)?
+        // The data is copied before the manifests are validated only when no refusal is
+        // expected, so that merging an unfinished run does not first write a copy of it.
+        let early = args.allow_partial || logs_say_complete(run, plan);
+        write_blocks(dir, plan, shards, &old, &temps, &check, early)?
     } else {
         let scans = scan_all(dir, shards, None, &|_| {})?;
         check(&scans)?;
@@ -291,6 +294,7 @@ fn write_blocks(
     old: &Option<OldOutput>,
     temps: &Temps,
     check: &(dyn Fn(&[ShardScan]) -> Result<()> + Sync),
+    early: bool,
 ) -> Result<(Vec<ShardScan>, Written)> {
     let header = header_line(&shards[0].header.columns);
     let _parts = TempFiles(
@@ -309,20 +313,29 @@ fn write_blocks(
         let len = std::fs::metadata(&s.data).map_or(0, |m| m.len());
         segments.push((s.data.clone(), s.header.data_start, len));
     }
-    let mut out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
-    out.write_all(&header).ctx("cannot write", &temps.out)?;
-    let copy = BackgroundCopy::start(out, &temps.out, segments.clone())?;
+    let start_copy = || -> Result<BackgroundCopy> {
+        let mut out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
+        out.write_all(&header).ctx("cannot write", &temps.out)?;
+        BackgroundCopy::start(out, &temps.out, segments.clone())
+    };
+    let mut copy = if early { Some(start_copy()?) } else { None };
     // A shard that refuses the merge stops the copy at once: a refused merge should not write
     // much more than it must to find out.
     let refused = |r: &Result<ShardScan>| {
         if r.as_ref()
             .map_or(true, |s| check(std::slice::from_ref(s)).is_err())
         {
-            copy.stop();
+            if let Some(c) = &copy {
+                c.stop();
+            }
         }
     };
     let scans = scan_all(dir, shards, Some(&temps.manifest_final), &refused)?;
     check(&scans)?;
+    let copy = match copy.take() {
+        Some(c) => c,
+        None => start_copy()?,
+    };
     let guessed = scans
         .iter()
         .zip(&segments[segments.len() - scans.len()..])
@@ -773,6 +786,47 @@ fn for_each_row(
     Ok(())
 }
 
+/// Whether every shard's log ends with a `finish` line of a shard that completed (`status=ok`,
+/// `failed=0`, `done` = `total`). Only the last few KiB of each log are read. A hint, never
+/// trusted for the result: the manifests decide.
+fn logs_say_complete(run: &RunRef, plan: &PlanOnDisk) -> bool {
+    plan.missing.is_empty()
+        && (0..plan.num_shards).all(|i| {
+            last_line(&run.paths.log(i, plan.num_shards)).is_some_and(|l| finished_complete(&l))
+        })
+}
+
+/// Whether a log line is the `finish` line of a shard that completed.
+fn finished_complete(line: &str) -> bool {
+    crate::log::parse_line(line).is_some_and(|(_, event, fields)| {
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        event == "finish"
+            && get("status") == Some("ok")
+            && get("failed") == Some("0")
+            && get("done").is_some()
+            && get("done") == get("total")
+    })
+}
+
+/// The last line of a file (read from its last 4 KiB).
+fn last_line(path: &Path) -> Option<String> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    text.trim_end_matches('\n')
+        .rsplit('\n')
+        .next()
+        .map(str::to_string)
+}
+
 /// Wall time of the run from its shard logs: first start to last finish.
 fn wall_time(run: &RunRef, plan: &PlanOnDisk) -> Option<f64> {
     let mut first: Option<chrono::DateTime<chrono::FixedOffset>> = None;
@@ -799,4 +853,30 @@ fn wall_time(run: &RunRef, plan: &PlanOnDisk) -> Option<f64> {
     }
     let (a, b) = (first?, last?);
     Some(((b - a).num_milliseconds() as f64 / 1000.0).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_finish_line_of_a_complete_shard_promises_a_complete_run() {
+        let t = "2026-11-24T08:38:36.075Z";
+        let ok = format!("{t} finish status=ok done=5 total=5 failed=0 rows=9 exit=0");
+        assert!(finished_complete(&ok));
+        for line in [
+            format!("{t} finish status=failed done=4 total=5 failed=1 rows=9 exit=1"),
+            format!("{t} finish status=interrupted done=3 total=5 failed=0 rows=9 exit=130"),
+            format!("{t} finish status=ok done=4 total=5 failed=0 rows=9 exit=0"),
+            format!("{t} start run=r shard=0 num_shards=1 items=5 committed=5"),
+            "not a log line".to_string(),
+        ] {
+            assert!(!finished_complete(&line), "{line}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("shard_0_of_1.log");
+        std::fs::write(&log, format!("{}\n{ok}\n", "x".repeat(10_000))).unwrap();
+        assert_eq!(last_line(&log).as_deref(), Some(ok.as_str()));
+        assert_eq!(last_line(&dir.path().join("none")), None);
+    }
 }
