@@ -504,3 +504,30 @@ fn a_closed_stdout_ends_quietly_with_the_work_done() {
     }
     assert!(p.path("data/pipe/combined.csv").is_file());
 }
+
+/// A stride plan interleaves the shards' items one by one: more items than one read-ahead batch
+/// per shard, merged from 3 shards, must give the same dataset as one contiguous shard.
+#[test]
+fn a_large_stride_merge_equals_the_contiguous_one() {
+    let p = Project::new();
+    for (run, sharding, shards) in [("whole", "contiguous", 1), ("strided", "stride", 3)] {
+        p.write(
+            &format!("{run}.yaml"),
+            &format!(
+                "run: {run}\nsharding: {sharding}\nitems: {{range: {{start: 0, end: 30000}}}}\n\
+                 generator: {{builtin: echo, params: {{rows: 2, pad: 3}}}}\ncache: {{enabled: false}}\n"
+            ),
+        );
+        for i in 0..shards {
+            p.run_shard(&format!("{run}.yaml"), i, shards, &[], 0);
+        }
+        merge_ok(&p, &["--run", run, "--keep-shards"]);
+    }
+    let whole = std::fs::read(p.path("data/whole/combined.csv")).unwrap();
+    let strided = std::fs::read(p.path("data/strided/combined.csv")).unwrap();
+    assert_eq!(whole.iter().filter(|&&b| b == b'\n').count(), 60_001);
+    assert!(
+        whole == strided,
+        "the stride merge differs from the contiguous one"
+    );
+}

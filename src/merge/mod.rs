@@ -356,20 +356,46 @@ pub fn shard_of(sharding: crate::config::Sharding, n: u64, num_shards: u32, inde
 }
 
 /// Merges the streams of several shards by item index.
-pub struct Interleave<'a> {
-    scans: &'a [ShardScan],
-    streams: Vec<scan::ItemStream>,
+pub struct Interleave {
+    streams: Vec<Items>,
     heap: BinaryHeap<Reverse<(u64, usize)>>,
     heads: Vec<Option<crate::manifest::Record>>,
 }
 
-impl<'a> Interleave<'a> {
-    /// Opens every shard's stream.
-    pub fn new(scans: &'a [ShardScan]) -> Result<Self> {
-        let mut streams = scans
-            .iter()
-            .map(ShardScan::stream)
-            .collect::<Result<Vec<_>>>()?;
+/// Shards up to which each shard's manifest is parsed on a thread of its own.
+const READ_AHEAD_SHARDS: usize = 8;
+
+/// A shard's committed items, read directly or ahead.
+enum Items {
+    Direct(scan::ItemStream),
+    Ahead(scan::ReadAhead),
+}
+
+impl Items {
+    fn next_record(&mut self) -> Result<Option<crate::manifest::Record>> {
+        match self {
+            Items::Direct(s) => s.next_record(),
+            Items::Ahead(s) => s.next_record(),
+        }
+    }
+}
+
+impl Interleave {
+    /// Opens every shard's stream (read ahead on threads when there are few shards).
+    pub fn new(scans: &[ShardScan]) -> Result<Self> {
+        let ahead = scans.len() <= READ_AHEAD_SHARDS;
+        let mut streams = Vec::with_capacity(scans.len());
+        for s in scans {
+            let started = if ahead {
+                scan::ReadAhead::start(s.stream()?)
+            } else {
+                None
+            };
+            streams.push(match started {
+                Some(r) => Items::Ahead(r),
+                None => Items::Direct(s.stream()?),
+            });
+        }
         let mut heap = BinaryHeap::new();
         let mut heads = Vec::new();
         for (slot, s) in streams.iter_mut().enumerate() {
@@ -380,7 +406,6 @@ impl<'a> Interleave<'a> {
             heads.push(head);
         }
         Ok(Interleave {
-            scans,
             streams,
             heap,
             heads,
@@ -399,11 +424,6 @@ impl<'a> Interleave<'a> {
         }
         self.heads[slot] = next;
         Ok(rec.map(|r| (slot, r)))
-    }
-
-    /// The scans behind the streams.
-    pub fn scans(&self) -> &'a [ShardScan] {
-        self.scans
     }
 }
 

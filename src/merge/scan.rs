@@ -332,6 +332,79 @@ impl ShardScan {
     }
 }
 
+/// Items handed over by a read-ahead thread at a time.
+const BATCH: usize = 4096;
+
+/// A shard's committed items in item order, parsed on a thread of its own a few batches ahead
+/// of their consumer, so that parsing overlaps the interleave and the copy. The thread stops
+/// when this is dropped.
+pub struct ReadAhead {
+    rx: Option<std::sync::mpsc::Receiver<Result<Vec<Record>>>>,
+    batch: std::vec::IntoIter<Record>,
+    done: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    /// Starts reading `stream` ahead; `None` when no thread can be made (the stream is then
+    /// dropped: open another).
+    pub fn start(mut stream: ItemStream) -> Option<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let thread = std::thread::Builder::new()
+            .name("merge-read".into())
+            .spawn(move || loop {
+                let mut batch = Vec::with_capacity(BATCH);
+                let read = (|| {
+                    while batch.len() < BATCH {
+                        match stream.next_record()? {
+                            Some(r) => batch.push(r),
+                            None => break,
+                        }
+                    }
+                    Ok(())
+                })();
+                let last = batch.len() < BATCH || read.is_err();
+                if tx.send(read.map(|()| batch)).is_err() || last {
+                    return;
+                }
+            })
+            .ok()?;
+        Some(ReadAhead {
+            rx: Some(rx),
+            batch: Vec::new().into_iter(),
+            done: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next committed item's record.
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        loop {
+            if let Some(r) = self.batch.next() {
+                return Ok(Some(r));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let batch = match self.rx.as_ref().map(std::sync::mpsc::Receiver::recv) {
+                Some(Ok(batch)) => batch?,
+                _ => return Err(changed("the thread reading a manifest ended early")),
+            };
+            self.done = batch.len() < BATCH;
+            self.batch = batch.into_iter();
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.rx = None; // A blocked sender sees the channel closed and stops.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Reads the line starting at `offset` (with its newline, if any) into `line`.
 fn read_line_at(file: &File, offset: u64, line: &mut Vec<u8>) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
