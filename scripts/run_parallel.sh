@@ -215,7 +215,28 @@ on_grace_expired() {
   # worker that cannot even do that gets SIGKILL itself, half a second later.
   kill -INT "${LIVE[@]}" 2>/dev/null || true
   sleep 0.5
+  # Each generator leads its own process group; its leader dies with the worker (parent-death
+  # signal), but not what the generator started in the background. So the groups of the
+  # worker's children go too.
+  local groups=() p
+  for p in "${LIVE[@]}"; do
+    while read -r c; do groups+=("-$c"); done < <(children_of "$p")
+  done
   kill -KILL "${LIVE[@]}" 2>/dev/null || true
+  ((${#groups[@]} == 0)) || kill -KILL -- "${groups[@]}" 2>/dev/null || true
+}
+
+# children_of PID: the pids of the process's children, one per line.
+# shellcheck disable=SC2317  # invoked from the USR1 trap
+children_of() {
+  local t
+  if compgen -G "/proc/$1/task/*/children" >/dev/null; then
+    for t in /proc/"$1"/task/*/children; do
+      tr ' ' '\n' <"$t" 2>/dev/null || true
+    done | grep -E '^[0-9]+$' || true
+  elif have_cmd pgrep; then
+    pgrep -P "$1" || true
+  fi
 }
 
 launch_shard() {

@@ -382,3 +382,32 @@ fn after_the_grace_period_no_generator_survives() {
     );
     assert_all_gone(&p, "s");
 }
+
+/// A worker that does not respond at all (here: stopped) is SIGKILLed after the grace period.
+/// Its generator's leader dies with it (parent-death signal), but a background child of the
+/// generator does not get that signal: the launcher kills the worker's generator groups too.
+#[test]
+fn a_hung_worker_killed_after_the_grace_period_leaves_no_generator_behind() {
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\necho $$ >> pids\nsleep 60 &\necho $! >> pids\nwait\n",
+    );
+    p.write(
+        "conf/h.yaml",
+        "run: h\nshards: 1\nitems: {range: {start: 0, end: 5}}\ngenerator: {command: [./g.sh], jobs: 1}\noutput: {columns: [k]}\n",
+    );
+    let mut child = spawn(launcher(&p, &["--config", "conf/h.yaml", "--grace", "1"]));
+    wait_for("the generator and its child", Duration::from_secs(20), || {
+        p.read("pids").lines().count() >= 2
+    });
+    let workers = worker_pids(&p, "h");
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    signal(workers[0] as u32, libc::SIGSTOP);
+    signal(child.id(), libc::SIGINT);
+    assert_eq!(
+        wait_child(&mut child, Duration::from_secs(15)).code(),
+        Some(130)
+    );
+    assert_all_gone(&p, "h");
+}
