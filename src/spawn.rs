@@ -28,7 +28,13 @@
 //!   generator (the standard library opens everything with it).
 //!
 //! Only Linux is supported (`clone`, `prctl`), on architectures whose stack grows downwards
-//! (all the ones Rust supports on Linux but PA-RISC).
+//! (all the ones Rust supports on Linux but PA-RISC), with glibc 2.24 or newer: older `clone`
+//! wrappers wrote the calling thread's cached pid and tid from a `CLONE_VM` child, that is into
+//! the worker's memory. The child's code relies on glibc's `sigaction`, `prctl`, `setpgid`,
+//! `dup2`, `chdir` and `execve` being plain system calls without locks (musl's `sigaction`
+//! takes a lock for `SIGABRT`), and on the binary being linked with immediate binding (Rust's
+//! default `-z now`), so that no lazy symbol resolution runs in the child. Its stack has no
+//! guard page: keep the child's code as small as it is (the `stack_use_is_small` test).
 
 use crate::groups::Group;
 use std::ffi::{CStr, CString, OsStr};
@@ -598,6 +604,29 @@ unsafe fn child_setup(args: &ChildArgs) -> (Stage, libc::c_int) {
         if libc::setpgid(0, 0) == -1 {
             return (Stage::Setpgid, errno());
         }
+        // Signals sent to the worker's process group before this point (Ctrl-C, Ctrl-Z from a
+        // terminal) are pending here, blocked. They were meant for the worker, which gets them
+        // too, not for a generator in a group of its own; unblocked, a SIGTSTP would stop this
+        // child before execve, keeping the spawning thread suspended for good, and a SIGINT
+        // would kill it. Setting SIG_IGN discards a pending signal; the default comes back after.
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::syscall(
+            libc::SYS_rt_sigpending,
+            &mut pending as *mut libc::sigset_t,
+            KERNEL_SIGSET_BYTES,
+        );
+        let mut ign: libc::sigaction = std::mem::zeroed();
+        ign.sa_sigaction = libc::SIG_IGN;
+        for sig in 1..=MAX_SIGNAL {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigismember(&pending, sig) == 1
+                && libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_DFL
+            {
+                libc::sigaction(sig, &ign, std::ptr::null_mut());
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
         // The sources are all above 2 (see `above_stdio`), so no dup2 overwrites a later
         // source. dup2 clears close-on-exec on the copy; the originals are closed by execve.
         for (target, fd) in (0..).zip(args.fds) {
@@ -1111,5 +1140,82 @@ mod tests {
     #[test]
     fn signal_state_of_the_child() {
         in_subprocess("signal_state_helper");
+    }
+
+    /// Not a test on its own: the body of `a_stop_signal_to_the_worker_group_cannot_hang_a_spawn`.
+    #[test]
+    fn stop_signals_helper() {
+        if std::env::var_os(HELPER_ENV).is_none() {
+            return;
+        }
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..300 {
+                        let mut run = Run::new(strings(&["true"]));
+                        run.program = "/bin/true";
+                        let done = finish(run.spawn().unwrap(), b"");
+                        assert_eq!(done.status, 0);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    /// Ctrl-Z sends SIGTSTP to the worker's process group. A child that is between `clone` and
+    /// its own `setpgid` gets it too (blocked, so pending); if it stopped before `execve` it
+    /// would keep its spawning thread suspended for good (`fg` continues the worker's group, not
+    /// the child's). The child discards such signals: a worker stopped and continued over and
+    /// over while spawning must finish.
+    #[test]
+    fn a_stop_signal_to_the_worker_group_cannot_hang_a_spawn() {
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().unwrap();
+        let test_path = module_path!()
+            .split_once("::")
+            .map_or(module_path!(), |(_, rest)| rest);
+        let mut helper = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                &format!("{test_path}::stop_signals_helper"),
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(HELPER_ENV, "1")
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let group = helper.id() as libc::pid_t;
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = helper.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                // SAFETY: kill(2) of the helper's own group.
+                unsafe { libc::killpg(group, libc::SIGKILL) };
+                let _ = helper.wait();
+                panic!("spawning hung while the worker was stopped and continued");
+            }
+            // SAFETY: kill(2) of the helper's own group, which it leads.
+            unsafe {
+                libc::killpg(group, libc::SIGTSTP);
+                std::thread::sleep(Duration::from_millis(2));
+                libc::killpg(group, libc::SIGCONT);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let out = helper.wait_with_output().unwrap();
+        assert!(
+            status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

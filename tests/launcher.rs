@@ -398,9 +398,11 @@ fn a_hung_worker_killed_after_the_grace_period_leaves_no_generator_behind() {
         "run: h\nshards: 1\nitems: {range: {start: 0, end: 5}}\ngenerator: {command: [./g.sh], jobs: 1}\noutput: {columns: [k]}\n",
     );
     let mut child = spawn(launcher(&p, &["--config", "conf/h.yaml", "--grace", "1"]));
-    wait_for("the generator and its child", Duration::from_secs(20), || {
-        p.read("pids").lines().count() >= 2
-    });
+    wait_for(
+        "the generator and its child",
+        Duration::from_secs(20),
+        || p.read("pids").lines().count() >= 2,
+    );
     let workers = worker_pids(&p, "h");
     assert_eq!(workers.len(), 1, "{workers:?}");
     signal(workers[0] as u32, libc::SIGSTOP);
