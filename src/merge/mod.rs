@@ -10,6 +10,7 @@
 //! outputs are deleted only after that, with a marker file so that a crash during the clean-up
 //! is finished by the next merge.
 
+mod blocks;
 mod final_rows;
 mod output;
 mod scan;

@@ -1,0 +1,333 @@
+//! The merge of a plan whose shards each hold one contiguous block of the item order (the
+//! default plan): the dataset is the shards' rows one after the other, and `manifest_final.csv`
+//! the shards' rows of it one after the other. Each shard's manifest is read once, on up to one
+//! thread per core, writing its part of `manifest_final.csv`, while the data is copied in the
+//! background.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::final_rows::{self, FinalRows};
+use super::output::{scan_all, OldOutput, TempFiles, Temps, Written};
+use super::scan::{PartSpec, ShardScan};
+use super::{PlanOnDisk, ShardFiles};
+use crate::copy::RangeCopier;
+use crate::csv_out::header_line;
+use crate::error::{IoContext, Result};
+use crate::plan::ShardPlan;
+use crate::runs::RunRef;
+
+/// Where shard `shard`'s rows of `manifest_final.csv` go: shard 0's rows start the final file
+/// itself (after the header row), so only the other shards' rows are copied into it.
+pub(super) fn part_spec(dir: &Path, shard: u32, final_path: &Path) -> PartSpec {
+    if shard == 0 {
+        let mut header = FinalRows::new();
+        header.header();
+        PartSpec {
+            path: final_path.to_path_buf(),
+            prefix: header.as_bytes().to_vec(),
+            is_final: true,
+        }
+    } else {
+        PartSpec {
+            path: dir.join(format!(".manifest_final.part{shard}.tmp")),
+            prefix: Vec::new(),
+            is_final: false,
+        }
+    }
+}
+
+/// The merge of contiguous blocks. The data is copied in a background thread from the start,
+/// guessing that each shard's rows are its data file after the header, in item order, which
+/// they are unless the shard committed items out of order (`jobs` > 1, retries) or a crash left
+/// a torn tail; meanwhile the manifests are read (one thread per core), each writing its shard's
+/// rows of `manifest_final.csv`. If the guess was wrong, the data is copied again item by item.
+pub(super) fn write_blocks(
+    dir: &Path,
+    plan: &PlanOnDisk,
+    shards: &[ShardFiles],
+    old: &Option<OldOutput>,
+    temps: &Temps,
+    check: &(dyn Fn(&[ShardScan]) -> Result<()> + Sync),
+    early: bool,
+) -> Result<(Vec<ShardScan>, Written)> {
+    let header = header_line(&shards[0].header.columns);
+    let _parts = TempFiles(
+        shards
+            .iter()
+            .map(|s| part_spec(dir, s.header.shard, &temps.manifest_final))
+            .filter(|p| !p.is_final)
+            .map(|p| p.path)
+            .collect(),
+    );
+    let mut segments = Vec::new();
+    if let Some(o) = old {
+        segments.push((o.path.clone(), o.body_start, o.len));
+    }
+    for s in shards {
+        let len = std::fs::metadata(&s.data).map_or(0, |m| m.len());
+        segments.push((s.data.clone(), s.header.data_start, len));
+    }
+    let start_copy = || -> Result<BackgroundCopy> {
+        let mut out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
+        out.write_all(&header).ctx("cannot write", &temps.out)?;
+        BackgroundCopy::start(out, &temps.out, segments.clone())
+    };
+    let mut copy = if early { Some(start_copy()?) } else { None };
+    // A shard that refuses the merge stops the copy at once: a refused merge should not write
+    // much more than it must to find out.
+    let refused = |r: &Result<ShardScan>| {
+        if r.as_ref()
+            .map_or(true, |s| check(std::slice::from_ref(s)).is_err())
+        {
+            if let Some(c) = &copy {
+                c.stop();
+            }
+        }
+    };
+    let scans = scan_all(dir, shards, Some(&temps.manifest_final), &refused)?;
+    check(&scans)?;
+    let copy = match copy.take() {
+        Some(c) => c,
+        None => start_copy()?,
+    };
+    let guessed = scans
+        .iter()
+        .zip(&segments[segments.len() - scans.len()..])
+        .all(|(s, (_, _, len))| s.in_item_order() && s.data_end == *len);
+    let incomplete = assemble_manifest_final(plan, &scans, &temps.manifest_final)?;
+    let bytes = if guessed {
+        copy.finish()?
+    } else {
+        drop(copy);
+        copy_in_order(&temps.out, &header, old, &scans)?
+    };
+    let written = Written {
+        deduped: 0,
+        bytes,
+        incomplete,
+    };
+    Ok((scans, written))
+}
+
+/// `manifest_final.csv` out of the shards' parts, with the rows of missing shards.
+fn assemble_manifest_final(
+    plan: &PlanOnDisk,
+    scans: &[ShardScan],
+    path: &Path,
+) -> Result<Vec<String>> {
+    let mut rows = FinalRows::new();
+    let h = &scans[0].header;
+    // Shard 0's part is the start of the file (header row included) when it is present.
+    let starts = scans[0].header.shard == 0;
+    let out = if starts {
+        std::fs::OpenOptions::new().write(true).open(path)
+    } else {
+        rows.header();
+        File::create(path)
+    }
+    .ctx("cannot open", path)?;
+    let mut copier = RangeCopier::new(out, path)?;
+    let mut incomplete = Vec::new();
+    let mut present = scans.iter().peekable();
+    for shard in 0..plan.num_shards {
+        if let Some(s) = present.next_if(|s| s.header.shard == shard) {
+            if let Some(p) = &s.part {
+                copier.write_bytes(rows.as_bytes())?;
+                rows.clear();
+                incomplete.extend(p.incomplete.iter().cloned());
+                if !(starts && shard == 0) {
+                    let slot = copier.add_source(&p.path)?;
+                    copier.push(slot, 0, p.len)?;
+                }
+            }
+            continue;
+        }
+        for index in ShardPlan::new(h.sharding, h.source_items, h.num_shards, shard).indices() {
+            rows.gap(index, shard, None);
+            if rows.is_full() {
+                copier.write_bytes(rows.as_bytes())?;
+                rows.clear();
+            }
+        }
+        incomplete.append(&mut rows.incomplete);
+    }
+    copier.write_bytes(rows.as_bytes())?;
+    let (file, _) = copier.finish()?;
+    file.sync_all().ctx("cannot sync", path)?;
+    incomplete.truncate(final_rows::LISTED);
+    Ok(incomplete)
+}
+
+/// Copies the committed rows item by item in item order (shards in shard order), after the
+/// header and the old body; syncs; returns the length.
+fn copy_in_order(
+    path: &Path,
+    header: &[u8],
+    old: &Option<OldOutput>,
+    scans: &[ShardScan],
+) -> Result<u64> {
+    let out = File::create(path).ctx("cannot create", path)?;
+    let mut copier = RangeCopier::new(out, path)?;
+    copier.write_bytes(header)?;
+    if let Some(o) = old {
+        let slot = copier.add_source(&o.path)?;
+        copier.push(slot, o.body_start, o.len - o.body_start)?;
+    }
+    for s in scans {
+        let slot = copier.add_source(&s.data)?;
+        let mut items = s.stream()?;
+        while let Some(rec) = items.next_record()? {
+            copier.push(slot, rec.offset, rec.bytes)?;
+        }
+    }
+    let (file, bytes) = copier.finish()?;
+    file.sync_all().ctx("cannot sync", path)?;
+    Ok(bytes)
+}
+
+/// Byte ranges copied to the dataset by a thread of its own, in chunks whose write-back starts
+/// right away, then synced. Dropping it unfinished stops the copy at the next chunk.
+struct BackgroundCopy {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Result<u64>>>,
+    out_path: PathBuf,
+}
+
+/// (source file, from, to) of each range, in output order.
+type Segments = Vec<(PathBuf, u64, u64)>;
+
+impl BackgroundCopy {
+    const CHUNK: u64 = 32 << 20;
+
+    fn start(out: File, out_path: &Path, segments: Segments) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let out_path = out_path.to_path_buf();
+        let thread_path = out_path.clone();
+        let handle = std::thread::Builder::new()
+            .name("merge-copy".into())
+            .spawn(move || Self::run(out, &thread_path, &segments, &flag))
+            .ctx("cannot start a thread to copy into", &out_path)?;
+        Ok(BackgroundCopy {
+            stop,
+            handle: Some(handle),
+            out_path,
+        })
+    }
+
+    fn run(out: File, out_path: &Path, segments: &Segments, stop: &AtomicBool) -> Result<u64> {
+        let mut copier = RangeCopier::new(out, out_path)?;
+        for (path, from, to) in segments {
+            let slot = copier.add_source(path)?;
+            let mut at = *from;
+            while at < *to {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(0);
+                }
+                let len = (*to - at).min(Self::CHUNK);
+                let start = copier.position();
+                copier.push(slot, at, len)?;
+                copier.flush()?;
+                copier.start_writeback(start, len);
+                at += len;
+            }
+        }
+        let (file, bytes) = copier.finish()?;
+        file.sync_all().ctx("cannot sync", out_path)?;
+        Ok(bytes)
+    }
+
+    /// Asks the copy to stop at its next chunk.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the copy and its sync; returns the dataset's length.
+    fn finish(mut self) -> Result<u64> {
+        match self.handle.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            _ => Err(std::io::Error::other("the copy thread ended abnormally"))
+                .ctx("cannot copy into", &self.out_path),
+        }
+    }
+}
+
+impl Drop for BackgroundCopy {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = h.join();
+        }
+    }
+}
+
+/// Whether every shard's log ends with a `finish` line of a shard that completed (`status=ok`,
+/// `failed=0`, `done` = `total`). Only the last few KiB of each log are read. A hint, never
+/// trusted for the result: the manifests decide.
+pub(super) fn logs_say_complete(run: &RunRef, plan: &PlanOnDisk) -> bool {
+    plan.missing.is_empty()
+        && (0..plan.num_shards).all(|i| {
+            last_line(&run.paths.log(i, plan.num_shards)).is_some_and(|l| finished_complete(&l))
+        })
+}
+
+/// Whether a log line is the `finish` line of a shard that completed.
+fn finished_complete(line: &str) -> bool {
+    crate::log::parse_line(line).is_some_and(|(_, event, fields)| {
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        event == "finish"
+            && get("status") == Some("ok")
+            && get("failed") == Some("0")
+            && get("done").is_some()
+            && get("done") == get("total")
+    })
+}
+
+/// The last line of a file (read from its last 4 KiB).
+fn last_line(path: &Path) -> Option<String> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    text.trim_end_matches('\n')
+        .rsplit('\n')
+        .next()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_finish_line_of_a_complete_shard_promises_a_complete_run() {
+        let t = "2026-11-24T08:38:36.075Z";
+        let ok = format!("{t} finish status=ok done=5 total=5 failed=0 rows=9 exit=0");
+        assert!(finished_complete(&ok));
+        for line in [
+            format!("{t} finish status=failed done=4 total=5 failed=1 rows=9 exit=1"),
+            format!("{t} finish status=interrupted done=3 total=5 failed=0 rows=9 exit=130"),
+            format!("{t} finish status=ok done=4 total=5 failed=0 rows=9 exit=0"),
+            format!("{t} start run=r shard=0 num_shards=1 items=5 committed=5"),
+            "not a log line".to_string(),
+        ] {
+            assert!(!finished_complete(&line), "{line}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("shard_0_of_1.log");
+        std::fs::write(&log, format!("{}\n{ok}\n", "x".repeat(10_000))).unwrap();
+        assert_eq!(last_line(&log).as_deref(), Some(ok.as_str()));
+        assert_eq!(last_line(&dir.path().join("none")), None);
+    }
+}
