@@ -30,7 +30,7 @@
 //! Only Linux is supported (`clone`, `prctl`), on architectures whose stack grows downwards
 //! (all the ones Rust supports on Linux but PA-RISC), with glibc 2.24 or newer: older `clone`
 //! wrappers wrote the calling thread's cached pid and tid from a `CLONE_VM` child, that is into
-//! the worker's memory. The child's code relies on glibc's `sigaction`, `prctl`, `setpgid`,
+//! the worker's memory ([`spawn`] refuses with a clear error under an older glibc). The child's code relies on glibc's `sigaction`, `prctl`, `setpgid`,
 //! `dup2`, `chdir` and `execve` being plain system calls without locks (musl's `sigaction`
 //! takes a lock for `SIGABRT`), and on the binary being linked with immediate binding (Rust's
 //! default `-z now`), so that no lazy symbol resolution runs in the child. Its stack has no
@@ -173,6 +173,7 @@ pub fn spawn(cmd: &Command) -> io::Result<Child> {
             "the program is not an absolute path",
         )));
     }
+    check_libc().map_err(context)?;
     let path = c_string(cmd.program.as_os_str().as_bytes()).map_err(context)?;
     let cwd = c_string(cmd.cwd.as_os_str().as_bytes()).map_err(context)?;
     let argv = cmd
@@ -229,6 +230,44 @@ pub fn spawn(cmd: &Command) -> io::Result<Child> {
 }
 
 const SH: &CStr = c"/bin/sh";
+
+/// Refuses to spawn under a glibc older than 2.24, whose `clone` wrapper writes the calling
+/// thread's cached pid and tid from a `CLONE_VM` child, into the worker's memory (glibc bug
+/// 19957): a clear error instead of silent corruption.
+fn check_libc() -> io::Result<()> {
+    static VERSION: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    let version = *VERSION.get_or_init(|| {
+        // SAFETY: gnu_get_libc_version returns a pointer to a static NUL-terminated string.
+        let v = unsafe { CStr::from_ptr(libc::gnu_get_libc_version()) };
+        parse_libc_version(v.to_str().ok()?)
+    });
+    refuse_libc(version).map_or(Ok(()), Err)
+}
+
+/// The error for a glibc version too old to spawn safely.
+fn refuse_libc(version: Option<(u32, u32)>) -> Option<io::Error> {
+    let v = version.filter(|v| *v < (2, 24))?;
+    Some(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "glibc {}.{} is too old to start generators safely (2.24 or newer is needed); \
+             build and run shardrun on a newer system",
+            v.0, v.1
+        ),
+    ))
+}
+
+/// `"2.36"` → `(2, 36)`.
+fn parse_libc_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts
+        .next()?
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
+    Some((major, minor))
+}
 
 fn c_string(bytes: impl Into<Vec<u8>>) -> io::Result<CString> {
     CString::new(bytes).map_err(|e| {
@@ -1029,6 +1068,25 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn old_glibc_versions_are_recognized() {
+        assert_eq!(parse_libc_version("2.36"), Some((2, 36)));
+        assert_eq!(parse_libc_version("2.17"), Some((2, 17)));
+        assert_eq!(parse_libc_version("2.39.9000"), Some((2, 39)));
+        assert_eq!(parse_libc_version("garbage"), None);
+        let e = refuse_libc(Some((2, 17)))
+            .expect("2.17 is refused")
+            .to_string();
+        assert!(e.contains("glibc 2.17") && e.contains("2.24"), "{e}");
+        assert!(refuse_libc(Some((2, 24))).is_none());
+        assert!(refuse_libc(Some((3, 0))).is_none());
+        assert!(
+            refuse_libc(None).is_none(),
+            "an unknown version is not refused"
+        );
+        check_libc().expect("this machine's glibc is recent enough");
     }
 
     #[test]
