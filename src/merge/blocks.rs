@@ -40,11 +40,13 @@ pub(super) fn part_spec(dir: &Path, shard: u32, final_path: &Path) -> PartSpec {
     }
 }
 
-/// The merge of contiguous blocks. The data is copied in a background thread from the start,
-/// guessing that each shard's rows are its data file after the header, in item order, which
-/// they are unless the shard committed items out of order (`jobs` > 1, retries) or a crash left
-/// a torn tail; meanwhile the manifests are read (one thread per core), each writing its shard's
-/// rows of `manifest_final.csv`. If the guess was wrong, the data is copied again item by item.
+/// The merge of contiguous blocks. The data is copied in a background thread, guessing that
+/// each shard's rows are its data file after the header, in item order, which they are unless
+/// the shard committed items out of order (`jobs` > 1, retries) or a crash left a torn tail;
+/// meanwhile the manifests are read (one thread per core), each writing its shard's rows of
+/// `manifest_final.csv`. With `early` (no refusal expected) the copy starts before the
+/// manifests are read, otherwise once they are validated. If the guess was wrong, the data is
+/// copied item by item instead.
 pub(super) fn write_blocks(
     dir: &Path,
     plan: &PlanOnDisk,
@@ -90,20 +92,24 @@ pub(super) fn write_blocks(
     };
     let scans = scan_all(dir, shards, Some(&temps.manifest_final), &refused)?;
     check(&scans)?;
-    let copy = match copy.take() {
-        Some(c) => c,
-        None => start_copy()?,
-    };
     let guessed = scans
         .iter()
         .zip(&segments[segments.len() - scans.len()..])
         .all(|(s, (_, _, len))| s.in_item_order() && s.data_end == *len);
+    // Started now if it was not early, so that it still overlaps the assembly of
+    // manifest_final.csv; stopped (when dropped) if the guess was wrong.
+    let copy = match copy.take() {
+        Some(c) => Some(c),
+        None if guessed => Some(start_copy()?),
+        None => None,
+    };
     let incomplete = assemble_manifest_final(plan, &scans, &temps.manifest_final)?;
-    let bytes = if guessed {
-        copy.finish()?
-    } else {
-        drop(copy);
-        copy_in_order(&temps.out, &header, old, &scans)?
+    let bytes = match copy {
+        Some(c) if guessed => c.finish()?,
+        other => {
+            drop(other);
+            copy_in_order(&temps.out, &header, old, &scans)?
+        }
     };
     let written = Written {
         deduped: 0,
