@@ -429,11 +429,20 @@ pub struct ShardStore {
     data_path: PathBuf,
     manifest: File,
     manifest_path: PathBuf,
+    /// End of the committed rows (what the manifest's records cover).
     data_end: u64,
+    /// End of the rows written to the data file, committed or not (large items are written
+    /// before their commit, unsynced, instead of being copied into `pending_data`).
+    written_end: u64,
+    /// Rows waiting for the next commit, which go at `written_end`.
     pending_data: Vec<u8>,
     pending_records: Vec<u8>,
     pending_items: usize,
 }
+
+/// Rows of one item from this size on are written to the data file at once rather than copied
+/// into the commit buffer, so that a large item is not held in memory twice.
+const DIRECT_WRITE: usize = 4 << 20;
 
 /// What a resumed shard already holds.
 #[derive(Debug, Default)]
@@ -533,6 +542,7 @@ impl ShardStore {
             manifest,
             manifest_path,
             data_end,
+            written_end: data_end,
             pending_data: Vec::new(),
             pending_records: Vec::new(),
             pending_items: 0,
@@ -541,11 +551,34 @@ impl ShardStore {
     }
 
     /// Queues an item's rows and record for the next commit; fills in the record's byte range.
-    pub fn push_ok(&mut self, mut rec: Record, rows: &[u8]) {
-        rec.offset = self.data_end + self.pending_data.len() as u64;
+    /// Large rows are written to the data file right away (not synced: the commit does that,
+    /// before any record points at them).
+    pub fn push_ok(&mut self, mut rec: Record, rows: &[u8]) -> Result<()> {
+        rec.offset = self.written_end + self.pending_data.len() as u64;
         rec.bytes = rows.len() as u64;
-        self.pending_data.extend_from_slice(rows);
+        if rows.len() >= DIRECT_WRITE {
+            self.write_pending_data()?;
+            self.data
+                .write_all_at(rows, self.written_end)
+                .ctx("cannot write rows to", &self.data_path)?;
+            self.written_end += rows.len() as u64;
+        } else {
+            self.pending_data.extend_from_slice(rows);
+        }
         self.push_record(&rec);
+        Ok(())
+    }
+
+    /// Writes the queued rows where they belong, without syncing.
+    fn write_pending_data(&mut self) -> Result<()> {
+        if !self.pending_data.is_empty() {
+            self.data
+                .write_all_at(&self.pending_data, self.written_end)
+                .ctx("cannot write rows to", &self.data_path)?;
+            self.written_end += self.pending_data.len() as u64;
+            self.pending_data.clear();
+        }
+        Ok(())
     }
 
     /// Queues a failed item's record.
@@ -562,7 +595,9 @@ impl ShardStore {
     /// Bytes (rows and records) and items waiting for the next commit.
     pub fn pending(&self) -> (usize, usize) {
         (
-            self.pending_data.len() + self.pending_records.len(),
+            (self.written_end - self.data_end) as usize
+                + self.pending_data.len()
+                + self.pending_records.len(),
             self.pending_items,
         )
     }
@@ -572,10 +607,8 @@ impl ShardStore {
         if self.pending_items == 0 {
             return Ok(());
         }
-        if !self.pending_data.is_empty() {
-            self.data
-                .write_all_at(&self.pending_data, self.data_end)
-                .ctx("cannot write rows to", &self.data_path)?;
+        self.write_pending_data()?;
+        if self.written_end > self.data_end {
             self.data.sync_data().ctx("cannot sync", &self.data_path)?;
         }
         self.manifest
@@ -584,8 +617,7 @@ impl ShardStore {
         self.manifest
             .sync_data()
             .ctx("cannot sync", &self.manifest_path)?;
-        self.data_end += self.pending_data.len() as u64;
-        self.pending_data.clear();
+        self.data_end = self.written_end;
         self.pending_records.clear();
         self.pending_items = 0;
         Ok(())
@@ -738,9 +770,9 @@ mod tests {
         let (paths, h) = header(dir.path());
         let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
         assert!(r.ok.is_empty());
-        s.push_ok(rec(0), b"x\n");
+        s.push_ok(rec(0), b"x\n").unwrap();
         s.commit().unwrap();
-        s.push_ok(rec(1), b"y\n");
+        s.push_ok(rec(1), b"y\n").unwrap();
         drop(s); // crash before the second commit
         let data = paths.data_file("process-0");
         // Simulate a torn data write and a torn manifest line after the crash.
@@ -754,11 +786,52 @@ mod tests {
         let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
         assert_eq!(r.ok, [0]);
         assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\n");
-        s.push_ok(rec(1), b"y\n");
+        s.push_ok(rec(1), b"y\n").unwrap();
         s.commit().unwrap();
         let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
         assert_eq!(r.ok.len(), 2);
         assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\ny\n");
+    }
+
+    #[test]
+    fn a_large_item_is_written_at_once_but_committed_like_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, h) = header(dir.path());
+        let data = paths.data_file("process-0");
+        let big: Vec<u8> = (0..DIRECT_WRITE + 3)
+            .map(|i| if i % 10 == 9 { b'\n' } else { b'b' })
+            .collect();
+        let (mut s, _) = ShardStore::open(&paths, &h, false).unwrap();
+        s.push_ok(rec(0), b"x\n").unwrap();
+        s.push_ok(rec(1), &big).unwrap();
+        // Written already (so not held twice), but not committed: a crash now loses both.
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().len(),
+            2 + 2 + big.len() as u64
+        );
+        assert!(s.pending().0 >= big.len());
+        drop(s);
+        let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
+        assert!(r.ok.is_empty());
+        assert_eq!(std::fs::read(&data).unwrap(), b"a\n");
+        s.push_ok(rec(0), b"x\n").unwrap();
+        s.push_ok(rec(1), &big).unwrap();
+        s.push_ok(rec(2), b"z\n").unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.pending(), (0, 0));
+        let mut records = Vec::new();
+        let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
+        assert_eq!(r.ok, [0, 1, 2]);
+        read(&paths.manifest(0, 1), |rec| {
+            records.push((rec.offset, rec.bytes))
+        })
+        .unwrap();
+        let n = big.len() as u64;
+        assert_eq!(records, [(2, 2), (4, n), (4 + n, 2)]);
+        let mut want = b"a\nx\n".to_vec();
+        want.extend_from_slice(&big);
+        want.extend_from_slice(b"z\n");
+        assert!(std::fs::read(&data).unwrap() == want);
     }
 
     #[test]
@@ -852,7 +925,7 @@ mod tests {
             g.status = Status::Failed;
             g
         });
-        s.push_ok(rec(0), b"x\n");
+        s.push_ok(rec(0), b"x\n").unwrap();
         s.commit().unwrap();
         let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
         assert_eq!(r.ok, [0]);

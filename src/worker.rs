@@ -604,7 +604,7 @@ impl Run<'_> {
                 reason: None,
             },
             rows,
-        );
+        )?;
         self.maybe_commit()
     }
 

@@ -1588,7 +1588,9 @@ fn battery_a_100_mib_item_completes_in_bounded_memory() {
             ""
         }
     );
-    assert!(m.maxrss_kib < 400 * 1024, "peak RSS {} KiB", m.maxrss_kib);
+    // The rows are held once (as the generator's output is re-encoded), not copied again into
+    // the commit buffer: about the item's size, well under twice it.
+    assert!(m.maxrss_kib < 160 * 1024, "peak RSS {} KiB", m.maxrss_kib);
 }
 
 #[test]
