@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Merge benchmark: `merge --keep-shards` against a durable copy of the same shard files (`cat` of
 # the shard files into one file, then `sync` of that file), on shards made once by the echo
-# generator: (a) 8 shards of ~256 MiB with wide rows, (b) 2 shards of 2,000,000 one-row items.
+# generator: (a) 8 shards of ~256 MiB with wide rows, (b) 2 shards of 2,000,000 one-row items,
+# (c) the shards of (b) under a stride plan (items interleaved one by one; no target).
 #
-#   ./scripts/bench_merge.sh [--scale S] [--reps N] [--case a|b|all] [--workdir DIR] [--no-hyperfine]
+#   ./scripts/bench_merge.sh [--scale S] [--reps N] [--case a|b|c|all] [--workdir DIR] [--no-hyperfine]
 #
 #   --scale S       multiply the item counts by S (default 1; e.g. 0.02 for a quick run)
 #   --reps N        timed repetitions of each command, alternating the two (default 5)
-#   --case C        a, b or all (default all)
+#   --case C        a, b, c or all (default all)
 #   --workdir DIR   where the shards and outputs go (created if missing, kept at exit);
 #                   default: a fresh directory under ${TMPDIR:-/tmp}, removed at exit
 #   --no-hyperfine  time with the built-in bash loop even when hyperfine is installed
@@ -20,18 +21,19 @@ shopt -s inherit_errexit
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
-# spec_of a|b: sets SPEC to the case's run name, shards, items at scale 1, rows per item, pad,
-# target ratio and description.
+# spec_of a|b|c: sets SPEC to the case's run name, shards, items at scale 1, rows per item, pad,
+# target ratio (- for none), description and sharding.
 # (a): 64 rows of ~4 KiB per item, 1,042 items per shard: ~256 MiB per shard.
 # (b): one row of ~130 bytes per item, 2,000,000 items per shard.
 spec_of() {
   case "$1" in
-    a) SPEC=(wide 8 8336 64 4000 1.15 "8 shards x ~256 MiB, wide rows (64 rows x pad 4000 per item)") ;;
-    b) SPEC=(narrow 2 4000000 1 100 2 "2 shards x 2,000,000 one-row items, pad 100") ;;
+    a) SPEC=(wide 8 8336 64 4000 1.15 "8 shards x ~256 MiB, wide rows (64 rows x pad 4000 per item)" contiguous) ;;
+    b) SPEC=(narrow 2 4000000 1 100 2 "2 shards x 2,000,000 one-row items, pad 100" contiguous) ;;
+    c) SPEC=(strided 2 4000000 1 100 - "as b, stride plan (no target)" stride) ;;
   esac
 }
 SPEC=()
@@ -99,8 +101,8 @@ parse_args() {
   fi
   [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer, not '$REPS'"
   case "$CASES" in
-    a | b | all) ;;
-    *) die "--case must be a, b or all, not '$CASES'" ;;
+    a | b | c | all) ;;
+    *) die "--case must be a, b, c or all, not '$CASES'" ;;
   esac
   DIE_CODE=1
 }
@@ -164,21 +166,21 @@ check_space() {
 
 selected_cases() {
   case "$CASES" in
-    all) echo a b ;;
+    all) echo a b c ;;
     *) echo "$CASES" ;;
   esac
 }
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.0f\n", b / 1048576 }'; }
 
-# generate DIR RUN SHARDS ITEMS ROWS PAD: writes the run's shards (in parallel, no cache).
+# generate DIR RUN SHARDS ITEMS ROWS PAD SHARDING: writes the run's shards (in parallel, no cache).
 generate() {
-  local dir=$1 run=$2 shards=$3 items=$4 rows=$5 pad=$6
+  local dir=$1 run=$2 shards=$3 items=$4 rows=$5 pad=$6 sharding=$7
   mkdir -p "$dir/conf"
   cat >"$dir/conf/$run.yaml" <<EOF
 run: $run
 seed: 0
-sharding: contiguous
+sharding: $sharding
 items: {range: {start: 0, end: $items}}
 generator: {builtin: echo, params: {rows: $rows, pad: $pad}, jobs: 1}
 cache: {enabled: false}
@@ -235,9 +237,9 @@ time_pair() {
 bench_case() {
   spec_of "$1"
   local run=${SPEC[0]} shards=${SPEC[1]} rows=${SPEC[3]} pad=${SPEC[4]} target=${SPEC[5]}
-  local desc=${SPEC[6]} items dir="$WORKDIR/$1"
+  local desc=${SPEC[6]} sharding=${SPEC[7]} items dir="$WORKDIR/$1"
   items=$(items_of "${SPEC[2]}" "$shards")
-  generate "$dir" "$run" "$shards" "$items" "$rows" "$pad"
+  generate "$dir" "$run" "$shards" "$items" "$rows" "$pad" "$sharding"
 
   local data="$dir/data/$run" files=() i
   for ((i = 0; i < shards; i++)); do files+=("$data/process-$i.csv"); done
@@ -286,11 +288,14 @@ bench_case() {
   mm=$(median "${tm[@]}")
   mc=$(median "${tc[@]}")
   ratio=$(awk -v a="$mm" -v b="$mc" 'BEGIN { printf "%.2f", a / b }')
-  met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r <= t ? "yes" : "NO") }')
+  local target_col=-
+  [ "$target" = - ] || target_col="${target}x"
+  met=-
+  [ "$target" = - ] || met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r <= t ? "yes" : "NO") }')
   rss_ok=n/a
   [ "$rss" = n/a ] || rss_ok=$(awk -v r="$rss" -v l="$RSS_LIMIT_MIB" 'BEGIN { print (r < l ? "yes" : "NO") }')
   t=$(printf '%-4s %6s %8s %9.3f %10.3f %6s %6s %4s %9s %6s' "$1" "$shards" "$(mib "$merged")" \
-    "$mm" "$mc" "${ratio}x" "${target}x" "$met" "$rss" "$rss_ok")
+    "$mm" "$mc" "${ratio}x" "$target_col" "$met" "$rss" "$rss_ok")
   RESULTS+=("$t")
   LEGEND+=("$1: $desc; $items items")
   say "case $1: merge $(printf '%.3f ' "${tm[@]}")s; cat+sync $(printf '%.3f ' "${tc[@]}")s"
