@@ -19,7 +19,7 @@ pub fn print(text: &str) {
     }
 }
 
-/// [`print`] with a newline.
+/// [`print()`] with a newline.
 pub fn println(text: &str) {
     print(&format!("{text}\n"));
 }

@@ -8,18 +8,18 @@ use shardrun::merge::{MergeArgs, Outcome, Stats};
 
 /// Merges a run's shard outputs into one CSV in global item order, atomically.
 #[derive(Debug, Parser)]
-#[command(name = "merge", version, about)]
+#[command(name = "merge", version)]
 struct Cli {
     /// Run configuration (YAML); its `run` names the run.
     #[arg(long, conflicts_with = "run")]
     config: Option<PathBuf>,
-    /// Run name (data/<run>/). Default: the most recently active run under logs/.
+    /// Run name (`data/<run>/`). Default: the most recently active run under logs/.
     #[arg(long)]
     run: Option<String>,
     /// Root directory holding data/ and logs/ (default: .).
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Name of the merged file in data/<run>/.
+    /// Name of the merged file in `data/<run>/`.
     #[arg(long, default_value = "combined.csv")]
     output_name: String,
     /// Keep the shard outputs after a successful merge (default: delete them; never the cache).

@@ -14,12 +14,12 @@ use shardrun::stdout;
 
 /// Shows progress, ETA, rows and the health of every shard of a run.
 #[derive(Debug, Parser)]
-#[command(name = "monitor", version, about)]
+#[command(name = "monitor", version)]
 struct Cli {
     /// Run configuration (YAML); its `run` names the run.
     #[arg(long, conflicts_with = "run")]
     config: Option<PathBuf>,
-    /// Run name (logs/<run>/). Default: the most recently active run under logs/.
+    /// Run name (`logs/<run>/`). Default: the most recently active run under logs/.
     #[arg(long)]
     run: Option<String>,
     /// Root directory holding data/ and logs/ (default: .).

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::Parser;
 use shardrun::shard::WorkerArgs;
 
-/// Runs one shard: turns its slice of the work items into <name>.csv, resumably.
+/// Runs one shard: turns its slice of the work items into `<name>.csv`, resumably.
 #[derive(Debug, Parser)]
-#[command(name = "shard-worker", version, about)]
+#[command(name = "shard-worker", version)]
 struct Cli {
     /// Run configuration (YAML).
     #[arg(long, default_value = "conf/default.yaml")]
@@ -18,7 +18,7 @@ struct Cli {
     /// Number of shards of the run (required with a shard index; default without one: 1).
     #[arg(long)]
     num_shards: Option<u32>,
-    /// Data file name, without .csv (default: process-<shard-index>).
+    /// Data file name, without .csv (default: `process-<shard-index>`).
     #[arg(long)]
     name: Option<String>,
     /// Discard this shard's outputs (not the cache) and regenerate it.
