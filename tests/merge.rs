@@ -220,16 +220,23 @@ fn kill_9_during_merge_never_leaves_a_truncated_dataset() {
     merge_ok(&p, &["--run", "big", "--keep-shards"]);
     // Kill at random moments spread over a whole merge.
     let span = (t.elapsed().as_micros() as u64 * 5 / 4).max(1000);
-    let expected_len = std::fs::metadata(p.path("data/big/combined.csv"))
-        .unwrap()
-        .len();
+    let expected = std::fs::read(p.path("data/big/combined.csv")).unwrap();
+    let expected_final = std::fs::read(p.path("data/big/manifest_final.csv")).unwrap();
     std::fs::remove_file(p.path("data/big/combined.csv")).unwrap();
+    // Whatever is in place is the whole dataset, byte for byte, and so is manifest_final.csv.
     let check = |p: &Project| {
-        if let Ok(m) = std::fs::metadata(p.path("data/big/combined.csv")) {
-            assert_eq!(
-                m.len(),
-                expected_len,
-                "a combined.csv of the wrong size is in place"
+        if let Ok(got) = std::fs::read(p.path("data/big/combined.csv")) {
+            assert!(
+                got == expected,
+                "a different combined.csv is in place ({} bytes, expected {})",
+                got.len(),
+                expected.len()
+            );
+        }
+        if let Ok(got) = std::fs::read(p.path("data/big/manifest_final.csv")) {
+            assert!(
+                got == expected_final,
+                "a different manifest_final.csv is in place"
             );
         }
     };
@@ -269,6 +276,7 @@ fn kill_9_during_merge_never_leaves_a_truncated_dataset() {
     assert!(!p.path("data/big/process-0.csv").exists());
     let combined = std::fs::read(p.path("data/big/combined.csv")).unwrap();
     assert_eq!(combined.iter().filter(|&&b| b == b'\n').count(), 120_001);
+    assert!(combined == expected);
 }
 
 #[test]
