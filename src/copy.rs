@@ -39,9 +39,11 @@ pub struct RangeCopier {
 struct Source {
     file: File,
     path: PathBuf,
-    /// Bytes of the file from offset `window_start`, read ahead for small ranges.
+    /// Bytes of the file from offset `window_start`, read ahead for small ranges: the first
+    /// `window_len` bytes of `window` (allocated once, not cleared between reads).
     window: Vec<u8>,
     window_start: u64,
+    window_len: usize,
 }
 
 impl RangeCopier {
@@ -67,6 +69,7 @@ impl RangeCopier {
             path: path.to_path_buf(),
             window: Vec::new(),
             window_start: 0,
+            window_len: 0,
         });
         Ok(self.sources.len() - 1)
     }
@@ -171,10 +174,12 @@ impl RangeCopier {
         let window_size = (WINDOWS_TOTAL / self.sources.len().max(1)).clamp(MIN_WINDOW, MAX_WINDOW);
         let src = &mut self.sources[slot];
         let in_window = |src: &Source| {
-            start >= src.window_start && end <= src.window_start + src.window.len() as u64
+            start >= src.window_start && end <= src.window_start + src.window_len as u64
         };
         if !in_window(src) {
-            src.window.resize(window_size, 0);
+            if src.window.len() != window_size {
+                src.window = vec![0; window_size];
+            }
             let mut filled = 0;
             while filled < window_size {
                 match src
@@ -187,7 +192,7 @@ impl RangeCopier {
                     Err(e) => return Err(e).ctx("cannot read", &src.path),
                 }
             }
-            src.window.truncate(filled);
+            src.window_len = filled;
             src.window_start = start;
             if !in_window(src) {
                 return Err(ended_early()).ctx("cannot copy from", &src.path);
