@@ -927,19 +927,14 @@ impl Framer {
 
 /// Finds the program like `execvp` would, using the `PATH` of `env` if it sets one.
 fn resolve(argv0: &str, env: &[(String, String)], cwd: &Path) -> Result<PathBuf, String> {
-    let env_path = env.iter().rev().find(|(k, _)| k == "PATH");
-    let Some((_, path)) = env_path.filter(|_| !argv0.is_empty() && !argv0.contains('/')) else {
-        return crate::process::resolve_program(argv0, cwd);
-    };
-    // A name with a `/` is checked as it is, relative to `cwd`.
-    let search = if path.is_empty() { DEFAULT_PATH } else { path };
-    for dir in search.split(':') {
-        let dir = if dir.is_empty() { "." } else { dir };
-        if let Ok(found) = crate::process::resolve_program(&format!("{dir}/{argv0}"), cwd) {
-            return Ok(found);
+    match env.iter().rev().find(|(k, _)| k == "PATH") {
+        None => crate::process::resolve_program(argv0, cwd),
+        // An empty PATH means the system's default, as for execvp.
+        Some((_, path)) => {
+            let search = if path.is_empty() { DEFAULT_PATH } else { path };
+            crate::process::resolve_program_in(argv0, cwd, std::ffi::OsStr::new(search))
         }
     }
-    Err(format!("program `{argv0}` not found in PATH ({path})"))
 }
 
 fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {

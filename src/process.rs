@@ -149,6 +149,12 @@ pub fn resolve_program(program: &str, cwd: &Path) -> Result<PathBuf, String> {
 }
 
 /// Why a program could not be resolved.
+/// Like [`resolve_program`], searching `path` (a `PATH` value, such as one a generator's
+/// environment sets) instead of the worker's own `PATH`.
+pub fn resolve_program_in(program: &str, cwd: &Path, path: &OsStr) -> Result<PathBuf, String> {
+    resolve_with_path(program, cwd, Some(path)).map_err(|e| e.message)
+}
+
 #[derive(Debug)]
 struct ResolveError {
     kind: io::ErrorKind,
