@@ -12,12 +12,40 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::Duration;
 
-static LIVE: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+/// The groups whose leader is not reaped yet, and the pipe to the guard process that kills
+/// them if the worker is SIGKILLed ([`crate::guard`]), when there is one.
+struct Registry {
+    live: Vec<libc::pid_t>,
+    guard: Option<std::fs::File>,
+}
+
+static LIVE: Mutex<Registry> = Mutex::new(Registry {
+    live: Vec::new(),
+    guard: None,
+});
+
+impl Registry {
+    /// Tells the guard `+pgid` or `-pgid`; a guard that is gone is forgotten.
+    fn tell_guard(&mut self, sign: char, pgid: libc::pid_t) {
+        use std::io::Write;
+        if let Some(g) = &mut self.guard {
+            if g.write_all(format!("{sign}{pgid}\n").as_bytes()).is_err() {
+                self.guard = None;
+            }
+        }
+    }
+}
+
+/// Hands the pipe to the guard process to the registry: from now on every group is announced
+/// to it when it starts and when it has been killed.
+pub fn set_guard(pipe: std::fs::File) {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).guard = Some(pipe);
+}
 
 /// Sends SIGKILL to every registered group (used right before an immediate exit).
 pub fn kill_all() {
-    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    for &pgid in live.iter() {
+    let registry = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    for &pgid in registry.live.iter() {
         // SAFETY: plain syscall; registered leaders are unreaped, so the ids are still ours.
         unsafe {
             libc::killpg(pgid, libc::SIGKILL);
@@ -36,7 +64,9 @@ pub struct Group {
 impl Group {
     /// Takes charge of the group led by the child `pid`.
     pub fn new(pid: libc::pid_t) -> Self {
-        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+        let mut registry = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        registry.live.push(pid);
+        registry.tell_guard('+', pid);
         Group { pid, reaped: false }
     }
 
@@ -60,8 +90,8 @@ impl Group {
     fn mark_reaped(&mut self) {
         // Unregister before the id can be reused: the registry lock orders this against
         // `kill_all`.
-        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|&p| p != self.pid);
+        let mut registry = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        registry.live.retain(|&p| p != self.pid);
         self.reaped = true;
     }
 
@@ -71,6 +101,11 @@ impl Group {
         if self.reaped {
             return Err(io::Error::other("child already reaped"));
         }
+        // The group is dead now (its leader an unreaped zombie): the guard can forget it
+        // before the group id can be reused.
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tell_guard('-', self.pid);
         let mut status: libc::c_int = 0;
         loop {
             // SAFETY: plain syscall with a valid out pointer.

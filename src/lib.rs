@@ -8,6 +8,7 @@ pub mod csv_out;
 pub mod error;
 pub mod generator;
 pub mod groups;
+pub mod guard;
 pub mod human;
 pub mod items;
 pub mod lock;

@@ -199,6 +199,23 @@ fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Res
         start_fields.push(("restart", V::S(&restart)));
     }
     log.event("start", &start_fields);
+    if matches!(shard.generator, Generator::Command(_)) && done < total {
+        // Whatever the generators start in the background dies with them, even if this
+        // worker is SIGKILLed (see src/guard.rs). Best effort: without it, only that case
+        // changes.
+        match crate::guard::start() {
+            Ok(pipe) => crate::groups::set_guard(pipe),
+            Err(e) => log.event(
+                "warning",
+                &[(
+                    "message",
+                    V::S(&format!(
+                        "cannot start the guard of the generators' process groups: {e}"
+                    )),
+                )],
+            ),
+        }
+    }
 
     let rate = RateLimit::new(shard.config.generator.min_start_interval);
     let mut run = Run {

@@ -186,3 +186,35 @@ fn a_second_sigint_exits_at_once_and_kills_every_generator_group() {
         );
     }
 }
+
+/// kill -9 of the worker: its generators die with it (parent-death signal), and so does what
+/// they started in the background, which that signal does not reach: the worker's guard
+/// process kills their process groups.
+#[test]
+fn kill_9_of_the_worker_leaves_no_generator_or_background_child() {
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\nsleep 300 &\necho $! >> pids\necho $$ >> pids\nwait\n",
+    );
+    p.write(
+        "k.yaml",
+        "run: k9\nitems: {range: {start: 0, end: 10}}\ngenerator: {command: [./g.sh], jobs: 2}\noutput: {columns: [k]}\n",
+    );
+    let mut child = spawn(p.worker("k.yaml", &["--shard-index", "0", "--num-shards", "1"]));
+    wait_for(
+        "2 generators and their children",
+        Duration::from_secs(10),
+        || p.read("pids").lines().count() >= 4,
+    );
+    signal(child.id(), libc::SIGKILL);
+    child.wait().unwrap();
+    for pid in p.read("pids").lines() {
+        let pid: i32 = pid.parse().unwrap();
+        wait_for(
+            &format!("process {pid} to be gone"),
+            Duration::from_secs(3),
+            || !alive(pid),
+        );
+    }
+}
