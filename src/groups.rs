@@ -29,8 +29,14 @@ impl Registry {
     fn tell_guard(&mut self, sign: char, pgid: libc::pid_t) {
         use std::io::Write;
         if let Some(g) = &mut self.guard {
-            if g.write_all(format!("{sign}{pgid}\n").as_bytes()).is_err() {
-                self.guard = None;
+            // The pipe is non-blocking: a guard that stopped reading (stopped by a signal)
+            // misses messages rather than blocking every generator start. A message is far
+            // shorter than PIPE_BUF, so it is written whole or not at all. Other errors mean
+            // the guard is gone.
+            match g.write(format!("{sign}{pgid}\n").as_bytes()) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => self.guard = None,
             }
         }
     }
@@ -39,6 +45,11 @@ impl Registry {
 /// Hands the pipe to the guard process to the registry: from now on every group is announced
 /// to it when it starts and when it has been killed.
 pub fn set_guard(pipe: std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own; a fresh pipe end has no other status flags.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+    }
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).guard = Some(pipe);
 }
 
