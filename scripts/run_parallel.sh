@@ -217,13 +217,15 @@ on_grace_expired() {
   sleep 0.5
   # Each generator leads its own process group; its leader dies with the worker (parent-death
   # signal), but not what the generator started in the background. So the groups of the
-  # worker's children go too.
+  # worker's children go too. Stopped first, a worker cannot reap its children, so their ids
+  # stay theirs until the groups are killed.
+  kill -STOP "${LIVE[@]}" 2>/dev/null || true
   local groups=() p
   for p in "${LIVE[@]}"; do
     while read -r c; do groups+=("-$c"); done < <(children_of "$p")
   done
-  kill -KILL "${LIVE[@]}" 2>/dev/null || true
   ((${#groups[@]} == 0)) || kill -KILL -- "${groups[@]}" 2>/dev/null || true
+  kill -KILL "${LIVE[@]}" 2>/dev/null || true
 }
 
 # children_of PID: the pids of the process's children, one per line.

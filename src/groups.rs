@@ -16,7 +16,14 @@ use std::time::Duration;
 /// them if the worker is SIGKILLed ([`crate::guard`]), when there is one.
 struct Registry {
     live: Vec<libc::pid_t>,
-    guard: Option<std::fs::File>,
+    guard: Option<Guard>,
+}
+
+/// The pipe to the guard process, and its pid (never reaped by us while we use it, so the pid
+/// stays the guard's).
+struct Guard {
+    pipe: std::fs::File,
+    pid: libc::pid_t,
 }
 
 static LIVE: Mutex<Registry> = Mutex::new(Registry {
@@ -25,32 +32,44 @@ static LIVE: Mutex<Registry> = Mutex::new(Registry {
 });
 
 impl Registry {
-    /// Tells the guard `+pgid` or `-pgid`; a guard that is gone is forgotten.
+    /// Tells the guard `+pgid` or `-pgid`.
     fn tell_guard(&mut self, sign: char, pgid: libc::pid_t) {
         use std::io::Write;
-        if let Some(g) = &mut self.guard {
-            // The pipe is non-blocking: a guard that stopped reading (stopped by a signal)
-            // misses messages rather than blocking every generator start. A message is far
-            // shorter than PIPE_BUF, so it is written whole or not at all. Other errors mean
-            // the guard is gone.
-            match g.write(format!("{sign}{pgid}\n").as_bytes()) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => self.guard = None,
-            }
+        let Some(g) = &mut self.guard else { return };
+        // The pipe is non-blocking, so a guard that stopped reading cannot block generator
+        // starts; a message is far shorter than PIPE_BUF, so it is written whole or not at all.
+        if g.pipe.write(format!("{sign}{pgid}\n").as_bytes()).is_ok() {
+            return;
         }
+        // A guard that missed a message is out of step: a missed `-` would make it kill a
+        // group id that may by then be someone else's. It is SIGKILLed and reaped before its
+        // pipe is closed (closing first would make it kill the running generators).
+        // SAFETY: plain system calls on our own unreaped child.
+        unsafe {
+            libc::kill(g.pid, libc::SIGKILL);
+            let mut status = 0;
+            while libc::waitpid(g.pid, &mut status, 0) == -1
+                && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+            {}
+        }
+        eprintln!(
+            "shard-worker: warning: the guard of the generators' process groups stopped \
+             reading; without it, a SIGKILL of this worker may leave their background \
+             processes running"
+        );
+        self.guard = None;
     }
 }
 
-/// Hands the pipe to the guard process to the registry: from now on every group is announced
-/// to it when it starts and when it has been killed.
-pub fn set_guard(pipe: std::fs::File) {
+/// Hands the guard process (its pipe and pid, see [`crate::guard`]) to the registry: from now on
+/// every group is announced to it when it starts and when it has been killed.
+pub fn set_guard(pipe: std::fs::File, pid: libc::pid_t) {
     use std::os::fd::AsRawFd;
     // SAFETY: fcntl on a descriptor we own; a fresh pipe end has no other status flags.
     unsafe {
         libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
     }
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).guard = Some(pipe);
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).guard = Some(Guard { pipe, pid });
 }
 
 /// Sends SIGKILL to every registered group (used right before an immediate exit).

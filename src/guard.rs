@@ -22,8 +22,10 @@ use std::process::{Command, Stdio};
 /// The hidden argument that makes `shard-worker` run as a guard.
 pub const GUARD_ARG: &str = "--guard-generator-groups";
 
-/// Starts the guard for this worker; returns the pipe to tell it about groups.
-pub fn start() -> io::Result<File> {
+/// Starts the guard for this worker; returns the pipe to tell it about groups, and its pid.
+/// The executable must be `shard-worker` (or any program that runs [`serve`] when its first
+/// argument is [`GUARD_ARG`]).
+pub fn start() -> io::Result<(File, libc::pid_t)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg(GUARD_ARG)
@@ -36,31 +38,55 @@ pub fn start() -> io::Result<File> {
         .stdin
         .take()
         .ok_or_else(|| io::Error::other("the guard has no stdin"))?;
+    let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
     // Dropping `child` neither waits nor kills: the guard lives until the pipe ends.
-    Ok(File::from(OwnedFd::from(stdin)))
+    Ok((File::from(OwnedFd::from(stdin)), pid))
+}
+
+/// The guard process's `main`: closes the descriptors it inherited beyond 0, 1 and 2 (a
+/// caller's `$(...)` pipe must not stay open because of the guard; best effort, Linux 5.9 and
+/// later), then [`serve`]s its stdin.
+pub fn run() -> i32 {
+    // SAFETY: called first thing in the guard process, where no Rust object owns any
+    // descriptor above 2.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+    }
+    serve(std::io::stdin().lock())
 }
 
 /// The guard's life: follows the groups announced on `input` until it ends, then SIGKILLs the
 /// groups that are still listed. Returns the exit code.
-pub fn serve(input: impl BufRead) -> i32 {
+pub fn serve(mut input: impl BufRead) -> i32 {
     let mut live = BTreeSet::new();
-    for line in input.lines() {
-        let Ok(line) = line else { break };
-        let (sign, pgid) = line.split_at(line.len().min(1));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            // Not the end of the worker: killing the groups now could hit running generators.
+            Err(_) => return 1,
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end();
+        let (sign, pgid) = match text.strip_prefix('+') {
+            Some(rest) => (true, rest),
+            None => match text.strip_prefix('-') {
+                Some(rest) => (false, rest),
+                None => continue,
+            },
+        };
         let Ok(pgid) = pgid.parse::<libc::pid_t>() else {
             continue;
         };
         if pgid <= 1 {
             continue; // Never a group of ours; -1 and 0 would mean "everything".
         }
-        match sign {
-            "+" => {
-                live.insert(pgid);
-            }
-            "-" => {
-                live.remove(&pgid);
-            }
-            _ => {}
+        if sign {
+            live.insert(pgid);
+        } else {
+            live.remove(&pgid);
         }
     }
     for pgid in live {
@@ -90,7 +116,12 @@ mod tests {
                 .unwrap()
         };
         let (mut a, mut b) = (start(), start());
-        let script = format!("+{}\n+{}\n-{}\nnonsense\n+0\n+-1\n", a.id(), b.id(), b.id());
+        let script = format!(
+            "+{}\n+{}\n-{}\nnonsense\n\u{e9}\n+0\n+-1\n",
+            a.id(),
+            b.id(),
+            b.id()
+        );
         assert_eq!(serve(script.as_bytes()), 0);
         let status = a.wait().unwrap();
         assert_eq!(

@@ -204,7 +204,7 @@ fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Res
         // worker is SIGKILLed (see src/guard.rs). Best effort: without it, only that case
         // changes.
         match crate::guard::start() {
-            Ok(pipe) => crate::groups::set_guard(pipe),
+            Ok((pipe, pid)) => crate::groups::set_guard(pipe, pid),
             Err(e) => log.event(
                 "warning",
                 &[(

@@ -218,3 +218,68 @@ fn kill_9_of_the_worker_leaves_no_generator_or_background_child() {
         );
     }
 }
+
+/// A guard that stops reading (stopped by a signal) would miss messages and could later kill a
+/// group id that is no longer a generator's: once its pipe is full, the worker SIGKILLs and
+/// reaps it, says so on stderr, and carries on.
+#[test]
+fn a_guard_that_stops_reading_is_killed_rather_than_kept_out_of_step() {
+    let p = Project::new();
+    p.write(
+        "many.yaml",
+        "run: many\nitems: {range: {start: 0, end: 3000}}\ngenerator: {command: [echo, \"{key}\"], jobs: 1}\noutput: {columns: [k]}\ncache: {enabled: false}\n",
+    );
+    let mut child = spawn(p.worker("many.yaml", &["--shard-index", "0", "--num-shards", "1"]));
+    let worker = child.id() as i32;
+    let mut guard = None;
+    wait_for("the guard process", Duration::from_secs(10), || {
+        guard = children(worker).into_iter().find(|&c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .is_ok_and(|cmd| cmd.windows(8).any(|w| w == b"--guard-"))
+        });
+        guard.is_some()
+    });
+    let guard = guard.unwrap();
+    signal(guard as u32, libc::SIGSTOP);
+    // The smallest pipe (one page): full after a few hundred messages.
+    let fd0 = std::fs::File::open(format!("/proc/{guard}/fd/0")).unwrap();
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd0),
+            libc::F_SETPIPE_SZ,
+            4096,
+        )
+    };
+    drop(fd0);
+    let status = wait_child(&mut child, Duration::from_secs(120));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("guard of the generators' process groups stopped reading"),
+        "{stderr}"
+    );
+    assert!(!alive(guard), "the stopped guard was left behind");
+    assert_eq!(
+        p.dataset("many").iter().filter(|&&b| b == b'\n').count(),
+        3000
+    );
+}
+
+/// The children of `pid`, from /proc.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .flat_map(|s| {
+                    s.split_whitespace()
+                        .filter_map(|c| c.parse().ok())
+                        .collect::<Vec<i32>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -47,7 +47,7 @@ struct Cli {
 fn main() {
     // Not a user-facing option: how a worker starts the guard of its generators' groups.
     if std::env::args().nth(1).as_deref() == Some(shardrun::guard::GUARD_ARG) {
-        std::process::exit(shardrun::guard::serve(std::io::stdin().lock()));
+        std::process::exit(shardrun::guard::run());
     }
     let cli = Cli::parse();
     let args = WorkerArgs {
