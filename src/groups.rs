@@ -17,6 +17,8 @@ use std::time::Duration;
 struct Registry {
     live: Vec<libc::pid_t>,
     guard: Option<Guard>,
+    /// The message being written to the guard (reused: two per generator start).
+    message: Vec<u8>,
 }
 
 /// The pipe to the guard process, and its pid (never reaped by us while we use it, so the pid
@@ -29,16 +31,21 @@ struct Guard {
 static LIVE: Mutex<Registry> = Mutex::new(Registry {
     live: Vec::new(),
     guard: None,
+    message: Vec::new(),
 });
 
 impl Registry {
     /// Tells the guard `+pgid` or `-pgid`.
-    fn tell_guard(&mut self, sign: char, pgid: libc::pid_t) {
+    fn tell_guard(&mut self, sign: u8, pgid: libc::pid_t) {
         use std::io::Write;
         let Some(g) = &mut self.guard else { return };
+        self.message.clear();
+        self.message.push(sign);
+        crate::csv_out::push_decimal(&mut self.message, u64::try_from(pgid).unwrap_or(0));
+        self.message.push(b'\n');
         // The pipe is non-blocking, so a guard that stopped reading cannot block generator
         // starts; a message is far shorter than PIPE_BUF, so it is written whole or not at all.
-        if g.pipe.write(format!("{sign}{pgid}\n").as_bytes()).is_ok() {
+        if g.pipe.write(&self.message).is_ok() {
             return;
         }
         // A guard that missed a message is out of step: a missed `-` would make it kill a
@@ -96,7 +103,7 @@ impl Group {
     pub fn new(pid: libc::pid_t) -> Self {
         let mut registry = LIVE.lock().unwrap_or_else(|e| e.into_inner());
         registry.live.push(pid);
-        registry.tell_guard('+', pid);
+        registry.tell_guard(b'+', pid);
         Group { pid, reaped: false }
     }
 
@@ -135,7 +142,7 @@ impl Group {
         // before the group id can be reused.
         LIVE.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .tell_guard('-', self.pid);
+            .tell_guard(b'-', self.pid);
         let mut status: libc::c_int = 0;
         loop {
             // SAFETY: plain syscall with a valid out pointer.

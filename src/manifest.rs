@@ -130,14 +130,9 @@ impl RecordRef<'_> {
 }
 
 /// Reads a manifest: the header, then each record that is whole and consistent (passed to
-/// `on_record` in file order), stopping at the first torn or inconsistent line. Returns the
-/// header, the byte length of the valid prefix and the end of the committed data.
-pub fn read(path: &Path, mut on_record: impl FnMut(Record)) -> Result<Option<(Header, u64, u64)>> {
-    scan(path, |r, _| on_record(r.to_record()))
-}
-
-/// Like [`read`], giving each record as a borrowed view with its byte offset in the manifest:
-/// no allocation per record, for readers of millions of them (merge).
+/// `on_record` in file order, as a borrowed view with its byte offset in the manifest: no
+/// allocation per record), stopping at the first torn or inconsistent line. Returns the header,
+/// the byte length of the valid prefix and the end of the committed data.
 pub fn scan(
     path: &Path,
     mut on_record: impl FnMut(RecordRef<'_>, u64),
@@ -457,7 +452,7 @@ pub struct Resumed {
 }
 
 impl Resumed {
-    fn add(&mut self, r: Record) {
+    fn add(&mut self, r: RecordRef<'_>) {
         match r.status {
             Status::Ok => {
                 self.ok.push(r.index);
@@ -479,7 +474,7 @@ impl ShardStore {
         let existing = if force {
             None
         } else {
-            read(&manifest_path, |r| resumed.add(r))?
+            scan(&manifest_path, |r, _| resumed.add(r))?
         };
         let (valid_len, data_end) = match existing {
             Some((old, valid, data_end)) => {
@@ -822,7 +817,7 @@ mod tests {
         let mut records = Vec::new();
         let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
         assert_eq!(r.ok, [0, 1, 2]);
-        read(&paths.manifest(0, 1), |rec| {
+        scan(&paths.manifest(0, 1), |rec, _| {
             records.push((rec.offset, rec.bytes))
         })
         .unwrap();

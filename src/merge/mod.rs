@@ -198,12 +198,8 @@ pub struct ShardFiles {
 
 impl ShardFiles {
     fn read(manifest: &Path, data_dir: &Path) -> Result<Self> {
-        let header = crate::manifest::read_header(manifest).ok_or_else(|| {
-            Error::Refused(format!(
-                "{} has no valid header; the shard never started properly. Re-run it before merging",
-                manifest.display()
-            ))
-        })?;
+        let header =
+            crate::manifest::read_header(manifest).ok_or_else(|| scan::no_header(manifest))?;
         Ok(ShardFiles {
             data: data_dir.join(format!("{}.csv", header.name)),
             manifest: manifest.to_path_buf(),

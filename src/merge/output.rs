@@ -238,8 +238,7 @@ pub(super) fn scan_all(
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(s) = shards.get(i) else { break };
         let result = scan::scan(ScanSpec {
-            manifest: s.manifest.clone(),
-            data_dir: dir,
+            files: s,
             part: parts.map(|final_path| part_spec(dir, s.header.shard, final_path)),
         });
         scanned(&result);

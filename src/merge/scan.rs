@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::final_rows::FinalRows;
+use super::ShardFiles;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Header, Lines, Record, Status};
 use crate::plan::ShardPlan;
@@ -56,8 +57,8 @@ impl ShardScan {
 
 /// What a scan checks and produces, besides the shard's own manifest.
 pub struct ScanSpec<'a> {
-    pub manifest: PathBuf,
-    pub data_dir: &'a Path,
+    /// The shard's files and manifest header, as read before the scan.
+    pub files: &'a ShardFiles,
     /// Write the shard's rows of `manifest_final.csv` (contiguous plans only: the rows of all
     /// shards are then concatenated in shard order).
     pub part: Option<PartSpec>,
@@ -77,14 +78,9 @@ pub struct PartSpec {
 /// manifest out of item order takes a second pass to sort its items, and, when a part is asked
 /// for and the manifest is out of order or has failures, one more to write the part.
 pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
-    let ScanSpec {
-        manifest,
-        data_dir,
-        part,
-    } = spec;
-    let Some(header) = manifest::read_header(&manifest) else {
-        return Err(no_header(&manifest));
-    };
+    let ScanSpec { files, part } = spec;
+    let header = files.header.clone();
+    let manifest = files.manifest.clone();
     let plan = ShardPlan::new(
         header.sharding,
         header.source_items,
@@ -121,7 +117,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
             last = Some(rec.index);
             if let Some(w) = &mut writer {
                 if sorted && w.clean {
-                    if let Err(e) = w.ok(&rec, shard, &BTreeMap::new()) {
+                    if let Err(e) = w.ok(&rec, shard, &failed) {
                         write_err.get_or_insert(e);
                     }
                 }
@@ -149,7 +145,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
             header.num_shards
         )));
     }
-    let data = data_dir.join(format!("{}.csv", header.name));
+    let data = files.data.clone();
     let data_len = std::fs::metadata(&data).map(|m| m.len()).map_err(|e| {
         Error::Refused(format!(
             "cannot read the shard data {}: {e}",
@@ -213,7 +209,8 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
     Ok(scan)
 }
 
-fn no_header(manifest: &Path) -> Error {
+/// The refusal for a manifest without a valid header line.
+pub fn no_header(manifest: &Path) -> Error {
     Error::Refused(format!(
         "{} has no valid header; the shard never started properly. Re-run it before merging",
         manifest.display()
