@@ -199,6 +199,25 @@ pub fn spawn(cmd: &Command) -> io::Result<Child> {
 
     let mut stack = Box::<[u8]>::new_uninit_slice(CHILD_STACK);
     let mut result = launch(&mut stack, &path, &argv_ptrs, &envp, &cwd, fds);
+    // "Text file busy": a script written just before it is run can still be open for writing
+    // in a process that another thread forked or spawned in the meantime (the copy of the
+    // descriptor lives until that child execs). That lasts microseconds: try again a few times
+    // (about 0.13 s in all) before calling it a failure.
+    let mut pause = std::time::Duration::from_micros(500);
+    for _ in 0..8 {
+        if !matches!(
+            result,
+            Err(Failure {
+                stage: Stage::Execve,
+                errno: libc::ETXTBSY
+            })
+        ) {
+            break;
+        }
+        std::thread::sleep(pause);
+        pause *= 2;
+        result = launch(&mut stack, &path, &argv_ptrs, &envp, &cwd, fds);
+    }
     if let Err(Failure {
         stage: Stage::Execve,
         errno: libc::ENOEXEC,
@@ -1068,6 +1087,27 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    #[test]
+    fn a_script_still_open_for_writing_briefly_is_run_once_it_is_closed() {
+        let dir = temp_dir("txtbsy");
+        let script = dir.join("gen.sh");
+        let mut writer = std::fs::File::create(&script).unwrap();
+        writer.write_all(b"#!/bin/sh\necho ran\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Still open for writing when the spawn starts, closed 20 ms later.
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            drop(writer);
+        });
+        let mut run = Run::new(vec!["gen.sh".into()]);
+        let program = script.to_string_lossy().into_owned();
+        run.program = &program;
+        let done = finish(run.spawn().expect("runs once the writer is closed"), b"");
+        closer.join().unwrap();
+        assert_eq!(done.stdout, "ran\n");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
