@@ -74,6 +74,10 @@ pub struct Record {
     #[serde(default)]
     pub cached: bool,
     pub attempts: u32,
+    /// The generator revision that made (or failed) the item; empty in manifests written
+    /// before revisions were recorded.
+    #[serde(default)]
+    pub rev: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -90,6 +94,7 @@ pub struct RecordRef<'a> {
     pub ms: u64,
     pub cached: bool,
     pub attempts: u32,
+    pub rev: &'a str,
     pub reason: Option<&'a str>,
 }
 
@@ -106,6 +111,7 @@ impl Record {
             ms: self.ms,
             cached: self.cached,
             attempts: self.attempts,
+            rev: &self.rev,
             reason: self.reason.as_deref(),
         }
     }
@@ -124,6 +130,7 @@ impl RecordRef<'_> {
             ms: self.ms,
             cached: self.cached,
             attempts: self.attempts,
+            rev: self.rev.to_string(),
             reason: self.reason.map(str::to_string),
         }
     }
@@ -269,8 +276,8 @@ pub fn parse_record(line: &[u8]) -> Option<Record> {
 }
 
 /// The worker's own layout: `{"index":N,"key":"K","status":"ok|failed","offset":N,"bytes":N,
-/// "rows":N,"ms":N,"cached":B,"attempts":N}` with an optional `"reason"` (left to serde), and a
-/// key without escapes.
+/// "rows":N,"ms":N,"cached":B,"attempts":N,"rev":"R"}` with an optional `"reason"` (left to
+/// serde), and a key and revision without escapes.
 fn parse_fixed(line: &[u8]) -> Option<RecordRef<'_>> {
     let mut p = Fixed(line.strip_suffix(b"\n").unwrap_or(line));
     p.lit(b"{\"index\":")?;
@@ -301,6 +308,8 @@ fn parse_fixed(line: &[u8]) -> Option<RecordRef<'_>> {
     };
     p.lit(b",\"attempts\":")?;
     let attempts = u32::try_from(p.num()?).ok()?;
+    p.lit(b",\"rev\":\"")?;
+    let rev = p.plain_string()?;
     p.lit(b"}")?;
     if !p.0.is_empty() {
         return None;
@@ -315,6 +324,7 @@ fn parse_fixed(line: &[u8]) -> Option<RecordRef<'_>> {
         ms,
         cached,
         attempts,
+        rev,
         reason: None,
     })
 }
@@ -390,6 +400,8 @@ pub fn write_record(out: &mut Vec<u8>, rec: &Record) {
         b",\"cached\":false"
     });
     num(out, b",\"attempts\":", u64::from(rec.attempts));
+    out.extend_from_slice(b",\"rev\":");
+    json_string(out, &rec.rev);
     if let Some(reason) = &rec.reason {
         out.extend_from_slice(b",\"reason\":");
         json_string(out, reason);
@@ -439,42 +451,29 @@ pub struct ShardStore {
 /// into the commit buffer, so that a large item is not held in memory twice.
 const DIRECT_WRITE: usize = 4 << 20;
 
-/// What a resumed shard already holds.
-#[derive(Debug, Default)]
-pub struct Resumed {
-    /// Indices of the committed items, in commit order. (An item is committed at most once:
-    /// the worker never produces a committed item again.)
-    pub ok: Vec<u64>,
-    /// Rows of the committed items.
-    pub rows: u64,
-    /// Indices with a failure record, in file order (possibly committed later).
-    pub failed: Vec<u64>,
-}
-
-impl Resumed {
-    fn add(&mut self, r: RecordRef<'_>) {
-        match r.status {
-            Status::Ok => {
-                self.ok.push(r.index);
-                self.rows += r.rows;
-            }
-            Status::Failed => self.failed.push(r.index),
-        }
-    }
-}
-
 impl ShardStore {
     /// Opens the shard for appending: resumes a matching manifest (repairing a torn tail), or
-    /// starts fresh. `force` discards the shard's previous outputs first.
-    pub fn open(paths: &RunPaths, header: &Header, force: bool) -> Result<(ShardStore, Resumed)> {
+    /// starts fresh. `force` discards the shard's previous outputs first. `resumed` sees each
+    /// record that is kept, in file order (the latest record of an item is the one that counts);
+    /// it is also called for the records of a manifest that turns out to be refused or, with
+    /// `force`, not at all.
+    pub fn open(
+        paths: &RunPaths,
+        header: &Header,
+        force: bool,
+        mut resumed: impl FnMut(RecordRef<'_>),
+    ) -> Result<ShardStore> {
         let data_path = paths.data_file(&header.name);
         let manifest_path = paths.manifest(header.shard, header.num_shards);
         check_name_conflicts(paths, header, force)?;
-        let mut resumed = Resumed::default();
+        let mut committed_any = false;
         let existing = if force {
             None
         } else {
-            scan(&manifest_path, |r, _| resumed.add(r))?
+            scan(&manifest_path, |r, _| {
+                committed_any |= r.status == Status::Ok;
+                resumed(r);
+            })?
         };
         let (valid_len, data_end) = match existing {
             Some((old, valid, data_end)) => {
@@ -487,7 +486,7 @@ impl ShardStore {
             Some(valid) => {
                 let data = open_rw(&data_path, false)?;
                 let len = data.metadata().ctx("cannot stat", &data_path)?.len();
-                if resumed.ok.is_empty() {
+                if !committed_any {
                     // Nothing committed: the data file is just its header; write it again.
                     let header_line = crate::csv_out::header_line(&header.columns);
                     data.write_all_at(&header_line, 0)
@@ -510,7 +509,6 @@ impl ShardStore {
                 (data, manifest, data_end)
             }
             None => {
-                resumed = Resumed::default();
                 let header_line = crate::csv_out::header_line(&header.columns);
                 // The old manifest goes first: a crash before the data file is replaced then
                 // leaves no record pointing into it (and an empty manifest reads as absent).
@@ -542,7 +540,7 @@ impl ShardStore {
             pending_records: Vec::new(),
             pending_items: 0,
         };
-        Ok((store, resumed))
+        Ok(store)
     }
 
     /// Queues an item's rows and record for the next commit; fills in the record's byte range.
@@ -744,6 +742,17 @@ mod tests {
         (paths, h)
     }
 
+    /// Opens the store and lists the committed items' indices it resumed.
+    fn open(paths: &RunPaths, h: &Header, force: bool) -> Result<(ShardStore, Vec<u64>)> {
+        let mut ok = Vec::new();
+        let s = ShardStore::open(paths, h, force, |r| {
+            if r.status == Status::Ok {
+                ok.push(r.index);
+            }
+        })?;
+        Ok((s, ok))
+    }
+
     fn rec(index: u64) -> Record {
         Record {
             index,
@@ -755,6 +764,7 @@ mod tests {
             ms: 1,
             cached: false,
             attempts: 1,
+            rev: "0123456789ab".into(),
             reason: None,
         }
     }
@@ -763,8 +773,8 @@ mod tests {
     fn committed_items_survive_and_uncommitted_tails_are_cut() {
         let dir = tempfile::tempdir().unwrap();
         let (paths, h) = header(dir.path());
-        let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
-        assert!(r.ok.is_empty());
+        let (mut s, r) = open(&paths, &h, false).unwrap();
+        assert!(r.is_empty());
         s.push_ok(rec(0), b"x\n").unwrap();
         s.commit().unwrap();
         s.push_ok(rec(1), b"y\n").unwrap();
@@ -778,13 +788,13 @@ mod tests {
             .open(paths.manifest(0, 1))
             .unwrap();
         m.write_all(b"{\"index\":1,\"key\"").unwrap();
-        let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
-        assert_eq!(r.ok, [0]);
+        let (mut s, r) = open(&paths, &h, false).unwrap();
+        assert_eq!(r, [0]);
         assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\n");
         s.push_ok(rec(1), b"y\n").unwrap();
         s.commit().unwrap();
-        let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
-        assert_eq!(r.ok.len(), 2);
+        let (_, r) = open(&paths, &h, false).unwrap();
+        assert_eq!(r.len(), 2);
         assert_eq!(std::fs::read(&data).unwrap(), b"a\nx\ny\n");
     }
 
@@ -796,7 +806,7 @@ mod tests {
         let big: Vec<u8> = (0..DIRECT_WRITE + 3)
             .map(|i| if i % 10 == 9 { b'\n' } else { b'b' })
             .collect();
-        let (mut s, _) = ShardStore::open(&paths, &h, false).unwrap();
+        let (mut s, _) = open(&paths, &h, false).unwrap();
         s.push_ok(rec(0), b"x\n").unwrap();
         s.push_ok(rec(1), &big).unwrap();
         // Written already (so not held twice), but not committed: a crash now loses both.
@@ -806,8 +816,8 @@ mod tests {
         );
         assert!(s.pending().0 >= big.len());
         drop(s);
-        let (mut s, r) = ShardStore::open(&paths, &h, false).unwrap();
-        assert!(r.ok.is_empty());
+        let (mut s, r) = open(&paths, &h, false).unwrap();
+        assert!(r.is_empty());
         assert_eq!(std::fs::read(&data).unwrap(), b"a\n");
         s.push_ok(rec(0), b"x\n").unwrap();
         s.push_ok(rec(1), &big).unwrap();
@@ -815,8 +825,8 @@ mod tests {
         s.commit().unwrap();
         assert_eq!(s.pending(), (0, 0));
         let mut records = Vec::new();
-        let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
-        assert_eq!(r.ok, [0, 1, 2]);
+        let (_, r) = open(&paths, &h, false).unwrap();
+        assert_eq!(r, [0, 1, 2]);
         scan(&paths.manifest(0, 1), |rec, _| {
             records.push((rec.offset, rec.bytes))
         })
@@ -887,7 +897,13 @@ mod tests {
                 String::from_utf8_lossy(&line)
             );
         }
-        assert_eq!(parse_fixed(br#"{"index":1,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1}"#).map(|r| r.index), Some(1));
+        assert_eq!(parse_fixed(br#"{"index":1,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1,"rev":"ab"}"#).map(|r| (r.index, r.rev)), Some((1, "ab")));
+        // A record written before revisions were recorded still reads, with no revision.
+        let old = br#"{"index":1,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1}"#;
+        assert_eq!(
+            parse_record(old).map(|r| (r.index, r.rev)),
+            Some((1, String::new()))
+        );
         assert!(parse_record(br#"{"index":1,"key":"k""#).is_none());
         assert!(parse_fixed(br#"{"index":99999999999999999999,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1}"#).is_none());
     }
@@ -896,21 +912,19 @@ mod tests {
     fn a_changed_fingerprint_refuses_and_says_what_changed() {
         let dir = tempfile::tempdir().unwrap();
         let (paths, h) = header(dir.path());
-        drop(ShardStore::open(&paths, &h, false).unwrap());
+        drop(open(&paths, &h, false).unwrap());
         let mut h2 = h.clone();
         h2.fingerprint.insert("seed".into(), "2".into());
-        let e = ShardStore::open(&paths, &h2, false)
-            .unwrap_err()
-            .to_string();
+        let e = open(&paths, &h2, false).unwrap_err().to_string();
         assert!(e.contains("seed (1 -> 2)") && e.contains("--force"), "{e}");
-        ShardStore::open(&paths, &h2, true).unwrap();
+        open(&paths, &h2, true).unwrap();
     }
 
     #[test]
-    fn a_later_record_supersedes_an_earlier_failure() {
+    fn resume_sees_every_record_in_file_order() {
         let dir = tempfile::tempdir().unwrap();
         let (paths, h) = header(dir.path());
-        let (mut s, _) = ShardStore::open(&paths, &h, false).unwrap();
+        let (mut s, _) = open(&paths, &h, false).unwrap();
         let mut f = rec(0);
         f.status = Status::Failed;
         f.reason = Some("exit code 1".into());
@@ -922,8 +936,11 @@ mod tests {
         });
         s.push_ok(rec(0), b"x\n").unwrap();
         s.commit().unwrap();
-        let (_, r) = ShardStore::open(&paths, &h, false).unwrap();
-        assert_eq!(r.ok, [0]);
-        assert_eq!(r.failed, [0, 1]);
+        let mut seen = Vec::new();
+        ShardStore::open(&paths, &h, false, |r| seen.push((r.index, r.status))).unwrap();
+        assert_eq!(
+            seen,
+            [(0, Status::Failed), (1, Status::Failed), (0, Status::Ok)]
+        );
     }
 }

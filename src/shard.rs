@@ -31,6 +31,8 @@ pub struct WorkerArgs {
     pub quiet: bool,
     /// Print the run's name, default shard count and directories, and exit.
     pub describe: bool,
+    /// Also regenerate the committed items that an older revision of the generator made.
+    pub redo_stale: bool,
 }
 
 /// The generator a shard runs.
@@ -50,8 +52,13 @@ pub struct Shard {
     pub plan: ShardPlan,
     pub generator: Generator,
     pub columns: Vec<String>,
+    /// Names the generator's outputs in the cache: its identity and its revision together.
     pub generator_id: String,
+    /// What defines the dataset; a change refuses a resume (see [`Fingerprint`]).
     pub fingerprint: Fingerprint,
+    /// The code that makes the items (a short hash): argv-named files and `generator.version`.
+    /// A change is not refused: each manifest record names the revision that made it.
+    pub revision: String,
     pub jobs: u32,
     pub use_cache: bool,
 }
@@ -84,14 +91,19 @@ impl Shard {
         }
         let source = ItemSource::load(&config.items, config.seed)?;
         let plan = ShardPlan::new(config.sharding, source.len(), num_shards, index);
-        let (generator, columns, generator_id) =
-            build_generator(&config, &source, index, num_shards)?;
+        let GeneratorIds {
+            generator,
+            columns,
+            identity,
+            revision,
+            cache_id: generator_id,
+        } = build_generator(&config, &source, index, num_shards)?;
         let fingerprint = [
             (
                 "items".to_string(),
                 format!("{} ({} items)", source.content_hash(), source.len()),
             ),
-            ("generator".to_string(), generator_id.clone()),
+            ("generator".to_string(), identity),
             ("seed".to_string(), config.seed.to_string()),
             (
                 "plan".to_string(),
@@ -112,6 +124,7 @@ impl Shard {
             columns,
             generator_id,
             fingerprint,
+            revision,
             jobs,
         })
     }
@@ -199,15 +212,30 @@ fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
     Ok((index, num))
 }
 
+/// The generator and the hashes that name what it makes.
+struct GeneratorIds {
+    generator: Generator,
+    columns: Vec<String>,
+    /// What the generator is: kind, argv template or builtin name and parameters, columns.
+    identity: String,
+    /// Which code it runs: the contents of the files its argv names, `generator.version` (and
+    /// shardrun's version for a builtin, whose code is shardrun's).
+    revision: String,
+    /// Identity and revision together, as earlier versions hashed them: cached items stay valid.
+    cache_id: String,
+}
+
 fn build_generator(
     config: &Config,
     source: &ItemSource,
     index: u32,
     num_shards: u32,
-) -> Result<(Generator, Vec<String>, String)> {
+) -> Result<GeneratorIds> {
     let spec = &config.generator;
     let bad = |m: String| Error::usage(format!("{}: {m}", config.path.display()));
-    let mut id = blake3::Hasher::new();
+    let mut cache_id = blake3::Hasher::new();
+    let mut identity = blake3::Hasher::new();
+    let mut revision = blake3::Hasher::new();
     match &spec.kind {
         GeneratorKind::Builtin { name, params } => {
             let b = builtin(name, params).map_err(bad)?;
@@ -215,14 +243,22 @@ fn build_generator(
             let mut sorted: Vec<_> = params.iter().collect();
             sorted.sort_by(|a, b| a.0.cmp(b.0));
             let params_json = serde_json::to_string(&sorted).unwrap_or_default();
-            id.update(
+            cache_id.update(
                 format!(
                     "builtin\0{name}\0{params_json}\0{VERSION}\0{}",
                     spec.version
                 )
                 .as_bytes(),
             );
-            Ok((Generator::Builtin(b), columns, hex16(id)))
+            identity.update(format!("builtin\0{name}\0{params_json}").as_bytes());
+            revision.update(format!("{VERSION}\0{}", spec.version).as_bytes());
+            Ok(GeneratorIds {
+                generator: Generator::Builtin(b),
+                columns,
+                identity: hex16(identity),
+                revision: short_revision(revision),
+                cache_id: hex16(cache_id),
+            })
         }
         GeneratorKind::Command { argv } => {
             let columns = config.columns.clone().unwrap_or_default();
@@ -238,17 +274,23 @@ fn build_generator(
                     .then(|| spec.marker.as_bytes().to_vec()),
             })
             .map_err(bad)?;
-            id.update(b"command\0");
+            let mut what = Vec::new();
+            what.extend_from_slice(b"command\0");
             for a in argv {
-                id.update(a.as_bytes()).update(b"\0");
+                what.extend_from_slice(a.as_bytes());
+                what.push(0);
             }
-            id.update(b"\x01");
+            what.push(1);
             for c in &columns {
-                id.update(c.as_bytes()).update(b"\0");
+                what.extend_from_slice(c.as_bytes());
+                what.push(0);
             }
-            id.update(b"\x01")
-                .update(spec.version.as_bytes())
-                .update(b"\x01");
+            what.push(1);
+            identity.update(&what);
+            cache_id.update(&what);
+            for h in [&mut cache_id, &mut revision] {
+                h.update(spec.version.as_bytes()).update(b"\x01");
+            }
             for (arg, path) in cmd.named_files() {
                 let contents = std::fs::read(&path).map_err(|e| {
                     bad(format!(
@@ -256,12 +298,26 @@ fn build_generator(
                         path.display()
                     ))
                 })?;
-                id.update(arg.as_bytes()).update(b"\0");
-                id.update(blake3::hash(&contents).as_bytes());
+                let digest = blake3::hash(&contents);
+                for h in [&mut cache_id, &mut revision] {
+                    h.update(arg.as_bytes()).update(b"\0");
+                    h.update(digest.as_bytes());
+                }
             }
-            Ok((Generator::Command(cmd), columns, hex16(id)))
+            Ok(GeneratorIds {
+                generator: Generator::Command(cmd),
+                columns,
+                identity: hex16(identity),
+                revision: short_revision(revision),
+                cache_id: hex16(cache_id),
+            })
         }
     }
+}
+
+/// A revision as records and reports show it: 12 hex digits.
+fn short_revision(h: blake3::Hasher) -> String {
+    h.finalize().to_hex()[..12].to_string()
 }
 
 fn hex16(h: blake3::Hasher) -> String {

@@ -38,7 +38,7 @@ pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let interrupt = Interrupt::install()?;
-    execute(&shard, args.force, !args.quiet, &interrupt)
+    execute(&shard, args, &interrupt)
 }
 
 /// `--describe`: what scripts need to know about a run, as `key=value` lines.
@@ -108,7 +108,8 @@ impl Me {
     }
 }
 
-fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Result<ExitCode> {
+fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<ExitCode> {
+    let echo = !args.quiet;
     let paths = &shard.paths;
     create_dir(&paths.data_dir)?;
     create_dir(&paths.logs_dir)?;
@@ -149,18 +150,18 @@ fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Res
         fingerprint: shard.fingerprint.clone(),
         data_start: crate::csv_out::header_line(&shard.columns).len() as u64,
     };
-    let (store, resumed) = ShardStore::open(paths, &header, force)?;
+    let mut resumed = Resumed::new(&shard.plan, &shard.revision);
+    let store = ShardStore::open(paths, &header, args.force, |r| resumed.add(r))?;
     let log = EventLog::open(&paths.log(shard.index, shard.num_shards), echo)?;
     write_run_record(shard)?;
 
-    let mut committed = Committed::new(shard.plan.len());
-    let rows = resumed.rows;
-    for &i in &resumed.ok {
-        if let Some(pos) = shard.plan.position(i) {
-            committed.set(pos);
-        }
+    let stale = resumed.stale_count();
+    if args.redo_stale {
+        resumed.forget_stale();
     }
-    drop(resumed);
+    let Resumed {
+        committed, rows, ..
+    } = resumed;
     let done = committed.count();
     let total = shard.plan.len();
     let cache = if shard.use_cache && done < total {
@@ -194,7 +195,12 @@ fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Res
         ("rows", V::D(&rows)),
         ("jobs", V::D(&shard.jobs)),
         ("version", V::S(VERSION)),
+        ("revision", V::S(&shard.revision)),
+        ("stale", V::D(&stale)),
     ];
+    if args.redo_stale {
+        start_fields.push(("redo_stale", V::S("yes")));
+    }
     if !restart.is_empty() && restart != "0" {
         start_fields.push(("restart", V::S(&restart)));
     }
@@ -253,6 +259,7 @@ fn write_run_record(shard: &Shard) -> Result<()> {
             "seed": shard.fingerprint.get("seed"),
             "sharding": shard.config.sharding.name(),
         },
+        "revision": shard.revision,
         "columns": shard.columns,
         "config": shard.config,
     });
@@ -280,6 +287,11 @@ impl Committed {
             *w |= 1 << (pos % 64);
         }
     }
+    fn clear(&mut self, pos: u64) {
+        if let Some(w) = self.0.get_mut((pos / 64) as usize) {
+            *w &= !(1 << (pos % 64));
+        }
+    }
     fn get(&self, pos: u64) -> bool {
         self.0
             .get((pos / 64) as usize)
@@ -293,6 +305,84 @@ impl Committed {
         (0..self.1)
             .filter(|&p| !self.get(p))
             .map(|p| plan.global(p))
+    }
+}
+
+/// What a resumed shard already holds, built from its manifest's records in file order: the
+/// latest record of an item counts (a failure after a commit, or a second commit made by
+/// `--redo-stale`, supersedes the earlier record).
+struct Resumed<'a> {
+    plan: &'a crate::plan::ShardPlan,
+    revision: &'a str,
+    committed: Committed,
+    /// Committed items that an older revision made.
+    stale: Committed,
+    /// Rows of each committed item (by position), to keep `rows` right when a record is
+    /// superseded.
+    item_rows: Vec<u64>,
+    rows: u64,
+}
+
+impl<'a> Resumed<'a> {
+    fn new(plan: &'a crate::plan::ShardPlan, revision: &'a str) -> Self {
+        Resumed {
+            plan,
+            revision,
+            committed: Committed::new(plan.len()),
+            stale: Committed::new(plan.len()),
+            item_rows: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    fn add(&mut self, r: manifest::RecordRef<'_>) {
+        let Some(pos) = self.plan.position(r.index) else {
+            return;
+        };
+        if self.committed.get(pos) {
+            // Superseded: take the earlier commit's rows back.
+            self.rows -= self.item_rows.get(pos as usize).copied().unwrap_or(0);
+        }
+        match r.status {
+            Status::Ok => {
+                self.committed.set(pos);
+                if r.rev == self.revision {
+                    self.stale.clear(pos);
+                } else {
+                    self.stale.set(pos);
+                }
+                self.rows += r.rows;
+                let pos = pos as usize;
+                if self.item_rows.len() <= pos {
+                    self.item_rows.resize(pos + 1, 0);
+                }
+                self.item_rows[pos] = r.rows;
+            }
+            Status::Failed => {
+                self.committed.clear(pos);
+                self.stale.clear(pos);
+            }
+        }
+    }
+
+    fn stale_count(&self) -> u64 {
+        self.stale.count()
+    }
+
+    /// Makes the stale items pending again (`--redo-stale`): their new commits will supersede
+    /// the old ones.
+    fn forget_stale(&mut self) {
+        let words = self.stale.0.iter().zip(self.committed.0.iter_mut());
+        for (w, (&stale, committed)) in words.enumerate() {
+            *committed &= !stale;
+            let mut bits = stale;
+            while bits != 0 {
+                let b = u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                let pos = w as u64 * 64 + b;
+                self.rows -= self.item_rows.get(pos as usize).copied().unwrap_or(0);
+            }
+        }
     }
 }
 
@@ -533,6 +623,7 @@ impl Run<'_> {
                     ms,
                     cached: false,
                     attempts,
+                    rev: self.shard.revision.clone(),
                     reason: Some(reason),
                 });
                 self.check_halt();
@@ -618,6 +709,7 @@ impl Run<'_> {
                 ms,
                 cached,
                 attempts,
+                rev: self.shard.revision.clone(),
                 reason: None,
             },
             rows,
@@ -832,5 +924,50 @@ fn produce(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sharding;
+    use crate::manifest::RecordRef;
+    use crate::plan::ShardPlan;
+
+    fn rec(index: u64, status: Status, rows: u64, rev: &str) -> RecordRef<'_> {
+        RecordRef {
+            index,
+            key: "",
+            status,
+            offset: 0,
+            bytes: 0,
+            rows,
+            ms: 0,
+            cached: false,
+            attempts: 1,
+            rev,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn the_latest_record_of_an_item_counts_on_resume() {
+        // Shard 1 of 2 of 10 items: indices 5 to 9.
+        let plan = ShardPlan::new(Sharding::Contiguous, 10, 2, 1);
+        let mut r = Resumed::new(&plan, "new");
+        r.add(rec(5, Status::Ok, 3, "old"));
+        r.add(rec(6, Status::Ok, 2, "old"));
+        r.add(rec(7, Status::Failed, 0, "old"));
+        r.add(rec(8, Status::Ok, 4, "new"));
+        // A redone item supersedes its stale commit; a failure after a commit uncommits it.
+        r.add(rec(5, Status::Ok, 10, "new"));
+        r.add(rec(8, Status::Failed, 0, "new"));
+        r.add(rec(7, Status::Ok, 1, "new"));
+        assert_eq!((r.committed.count(), r.rows, r.stale_count()), (3, 13, 1));
+        assert!(r.stale.get(plan.position(6).unwrap()));
+        r.forget_stale();
+        assert_eq!((r.committed.count(), r.rows), (2, 11));
+        let pending: Vec<u64> = r.committed.pending(&plan).collect();
+        assert_eq!(pending, [6, 8, 9]);
     }
 }

@@ -39,7 +39,7 @@ fn tricky_config(
     name
 }
 
-fn merge(p: &Project, args: &[&str]) -> std::process::Output {
+pub fn merge(p: &Project, args: &[&str]) -> std::process::Output {
     std::process::Command::new(MERGE)
         .arg("--root")
         .arg(p.root())
@@ -48,14 +48,14 @@ fn merge(p: &Project, args: &[&str]) -> std::process::Output {
         .expect("run merge")
 }
 
-fn merge_ok(p: &Project, args: &[&str]) -> std::process::Output {
+pub fn merge_ok(p: &Project, args: &[&str]) -> std::process::Output {
     let out = merge(p, args);
     assert_exit(&out, 0, &format!("merge {args:?}"), p.root());
     out
 }
 
 /// Hash of every file under data/<run>/ (name -> contents), to prove nothing changed.
-fn snapshot(p: &Project, run: &str) -> BTreeMap<String, Vec<u8>> {
+pub fn snapshot(p: &Project, run: &str) -> BTreeMap<String, Vec<u8>> {
     let dir = p.path(&format!("data/{run}"));
     std::fs::read_dir(&dir)
         .unwrap()

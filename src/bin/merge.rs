@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use shardrun::human::thousands;
-use shardrun::merge::{MergeArgs, Outcome, Stats};
+use shardrun::merge::{describe_revisions, MergeArgs, Outcome, Stats};
 
 /// Merges a run's shard outputs into one CSV in global item order, atomically.
 #[derive(Debug, Parser)]
@@ -34,6 +34,10 @@ struct Cli {
     /// Merge what is committed even if shards or items are missing or failed (implies --keep-shards).
     #[arg(long)]
     allow_partial: bool,
+    /// Refuse (exit 1, nothing changed) when the committed items were made by more than one
+    /// revision of the generator.
+    #[arg(long)]
+    single_revision: bool,
 }
 
 fn main() {
@@ -47,10 +51,14 @@ fn main() {
         dedupe_key: cli.dedupe_key,
         append: cli.append,
         allow_partial: cli.allow_partial,
+        single_revision: cli.single_revision,
     };
     let code = match shardrun::merge::run(&args) {
         Ok(Outcome::Merged(stats)) => {
-            shardrun::stdout::print(&summary(&stats, args.keep_shards || args.allow_partial));
+            if stats.revisions.len() > 1 {
+                eprintln!("merge: warning: {}", mixed_revisions(&stats));
+            }
+            shardrun::stdout::print(&summary(&stats));
             0
         }
         Ok(Outcome::AlreadyMerged(msg)) => {
@@ -65,7 +73,24 @@ fn main() {
     std::process::exit(code);
 }
 
-fn summary(s: &Stats, kept: bool) -> String {
+/// The warning for a dataset made by more than one revision of the generator, with the command
+/// that makes it uniform.
+fn mixed_revisions(s: &Stats) -> String {
+    let config = s
+        .config
+        .as_ref()
+        .map(|c| format!(" --config {}", c.display()))
+        .unwrap_or_default();
+    format!(
+        "the dataset mixes {} revisions of the generator: {}. To regenerate the items that older \
+         code made: ./scripts/run_parallel.sh{config} --redo-stale, then merge again (the shard \
+         outputs are kept for that)",
+        s.revisions.len(),
+        describe_revisions(&s.revisions)
+    )
+}
+
+fn summary(s: &Stats) -> String {
     let mut out = format!(
         "merged run {}: {} shards, {} items ({} ok, {} failed, {} missing), {} rows, {:.1} MiB -> {}\n",
         s.run,
@@ -121,7 +146,17 @@ fn summary(s: &Stats, kept: bool) -> String {
             s.incomplete_items.join(", ")
         ));
     }
-    out.push_str(if kept {
+    if let [only] = s.revisions.as_slice() {
+        if !only.revision.is_empty() {
+            out.push_str(&format!("  generator revision {}\n", only.revision));
+        }
+    } else if !s.revisions.is_empty() {
+        out.push_str(&format!(
+            "  generator revisions: {}\n",
+            describe_revisions(&s.revisions)
+        ));
+    }
+    out.push_str(if s.shards_kept {
         "  shard outputs kept\n"
     } else {
         "  shard outputs removed (the cache is kept)\n"

@@ -42,6 +42,10 @@ struct Cli {
     /// Print the run's name, default shard count and directories as key=value lines, and exit.
     #[arg(long)]
     describe: bool,
+    /// Also regenerate the committed items that an older revision of the generator made
+    /// (a changed script or generator.version); the new commits supersede the old ones.
+    #[arg(long, conflicts_with = "force")]
+    redo_stale: bool,
 }
 
 fn main() {
@@ -62,6 +66,7 @@ fn main() {
         root: cli.root,
         quiet: cli.quiet,
         describe: cli.describe,
+        redo_stale: cli.redo_stale,
     };
     let code = match shardrun::worker::run(&args) {
         Ok(code) => code,

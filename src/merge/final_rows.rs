@@ -10,7 +10,7 @@ use crate::error::{IoContext, Result};
 use crate::manifest::{Record, RecordRef};
 
 /// Column names of `manifest_final.csv`.
-pub const COLUMNS: [&str; 9] = [
+pub const COLUMNS: [&str; 10] = [
     "key",
     "index",
     "shard",
@@ -20,6 +20,7 @@ pub const COLUMNS: [&str; 9] = [
     "cached",
     "attempts",
     "reason",
+    "revision",
 ];
 
 /// How many incomplete items the summary and `stats.json` list (all are in the file).
@@ -56,19 +57,21 @@ impl FinalRows {
         rw.field(if rec.cached { b"true" } else { b"false" });
         rw.field_u64(u64::from(rec.attempts));
         rw.field(b"");
+        rw.field(rec.rev.as_bytes());
         rw.end_record();
     }
 
     /// The row of an item that is not committed: `failed` (its latest failure) or missing.
     pub fn gap(&mut self, index: u64, shard: u32, failed: Option<&Record>) {
-        let (key, status, attempts, reason) = match failed {
+        let (key, status, attempts, reason, rev) = match failed {
             Some(f) => (
                 f.key.as_str(),
                 "failed",
                 f.attempts,
                 f.reason.as_deref().unwrap_or(""),
+                f.rev.as_str(),
             ),
-            None => ("", "missing", 0, ""),
+            None => ("", "missing", 0, "", ""),
         };
         if self.incomplete.len() < LISTED {
             self.incomplete.push(format!(
@@ -86,6 +89,7 @@ impl FinalRows {
         rw.field(b"false");
         rw.field_u64(u64::from(attempts));
         rw.field(reason.as_bytes());
+        rw.field(rev.as_bytes());
         rw.end_record();
     }
 

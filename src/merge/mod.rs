@@ -28,7 +28,7 @@ use crate::manifest::Header;
 use crate::paths::{validate_name, RunPaths};
 use crate::plan::ShardPlan;
 use crate::runs::{find_run, RunRef};
-pub use output::Stats;
+pub use output::{describe_revisions, RevisionCount, Stats};
 use scan::ShardScan;
 
 /// What the command line asked for.
@@ -42,6 +42,8 @@ pub struct MergeArgs {
     pub dedupe_key: Option<String>,
     pub append: bool,
     pub allow_partial: bool,
+    /// Refuse a dataset whose items were made by more than one generator revision.
+    pub single_revision: bool,
 }
 
 /// How a merge ended.
@@ -110,10 +112,15 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
             args.output_name, s.header.shard
         )));
     }
-    let (stats, scans, out_tmp) = output::write(&run, &plan, &shards, args, &output, |scans| {
-        check_complete(&run, &plan, scans, args)
-    })?;
-    let clean = !(args.keep_shards || args.allow_partial);
+    let (mut stats, scans, out_tmp) =
+        output::write(&run, &plan, &shards, args, &output, |scans| {
+            check_complete(&run, &plan, scans, args)?;
+            check_revisions(&run, scans, args)
+        })?;
+    stats.config = args.config.clone().or_else(|| recorded_config(paths));
+    // A dataset of mixed revisions keeps its shards, so that --redo-stale can make it uniform.
+    stats.shards_kept = args.keep_shards || args.allow_partial || stats.revisions.len() > 1;
+    let clean = !stats.shards_kept;
     if clean {
         // The marker names the new dataset (by inode) before it is renamed into place: a re-run
         // after a crash then knows whether these shards are already in the output.
@@ -327,6 +334,31 @@ fn check_complete(
         run.name,
         problems.join("; ")
     )))
+}
+
+/// With `--single-revision`, refuses a run whose committed items were made by more than one
+/// generator revision.
+fn check_revisions(run: &RunRef, scans: &[ShardScan], args: &MergeArgs) -> Result<()> {
+    let revisions = output::revisions(scans);
+    if !args.single_revision || revisions.len() <= 1 {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "run {:?} mixes {} generator revisions ({}); --single-revision refuses it, and nothing \
+         was changed. Regenerate the items of the older code with the launcher's --redo-stale, \
+         then merge again",
+        run.name,
+        revisions.len(),
+        output::describe_revisions(&revisions)
+    )))
+}
+
+/// The configuration file the run was last started with, as its run record names it.
+fn recorded_config(paths: &RunPaths) -> Option<PathBuf> {
+    let text = std::fs::read(paths.run_record()).ok()?;
+    let record: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let path = record.get("config")?.get("path")?.as_str()?;
+    Some(PathBuf::from(path))
 }
 
 fn list(v: &[u32]) -> String {

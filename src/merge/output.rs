@@ -66,7 +66,63 @@ pub struct Stats {
     pub rows_appended_to: u64,
     /// The first failed or missing items (all are in manifest_final.csv).
     pub incomplete_items: Vec<String>,
+    /// Committed items per generator revision that made them, most items first. More than one
+    /// means the dataset mixes the outputs of different code.
+    pub revisions: Vec<RevisionCount>,
+    /// The run's configuration file, for the commands the summary suggests.
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The shard outputs were kept (asked for, a partial merge, or mixed revisions).
+    #[serde(skip)]
+    pub shards_kept: bool,
     pub per_shard: Vec<ShardStats>,
+}
+
+/// How many committed items one generator revision made.
+#[derive(Debug, Serialize)]
+pub struct RevisionCount {
+    /// The short hash the manifests record (empty: written before revisions were recorded).
+    pub revision: String,
+    pub items: u64,
+}
+
+/// The revisions of a run's committed items, most items first (then by name).
+pub fn revisions(scans: &[ShardScan]) -> Vec<RevisionCount> {
+    let mut all: std::collections::BTreeMap<&str, u64> = Default::default();
+    for s in scans {
+        for (rev, n) in &s.revisions {
+            *all.entry(rev).or_default() += n;
+        }
+    }
+    let mut out: Vec<RevisionCount> = all
+        .into_iter()
+        .map(|(r, items)| RevisionCount {
+            revision: r.to_string(),
+            items,
+        })
+        .collect();
+    out.sort_by(|a, b| b.items.cmp(&a.items).then(a.revision.cmp(&b.revision)));
+    out
+}
+
+/// `N items by R, M items by S`, as messages show revisions.
+pub fn describe_revisions(revisions: &[RevisionCount]) -> String {
+    revisions
+        .iter()
+        .map(|r| {
+            format!(
+                "{} item{} by {}",
+                crate::human::thousands(r.items),
+                if r.items == 1 { "" } else { "s" },
+                if r.revision.is_empty() {
+                    "an unrecorded revision"
+                } else {
+                    &r.revision
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One step of the merged order.
@@ -184,6 +240,9 @@ pub fn write(
         rows_deduplicated: deduped,
         rows_appended_to: appended,
         incomplete_items: incomplete,
+        revisions: revisions(&scans),
+        config: None,
+        shards_kept: false,
         per_shard: scans
             .iter()
             .map(|s| ShardStats {

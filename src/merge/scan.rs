@@ -27,6 +27,8 @@ pub struct ShardScan {
     pub rows_max: u64,
     /// Latest failure of items that never committed, by index.
     pub failed: BTreeMap<u64, Record>,
+    /// Committed items per generator revision that made them.
+    pub revisions: BTreeMap<String, u64>,
     /// Byte length of the manifest's valid prefix.
     valid_len: u64,
     /// End of the committed rows in the data file.
@@ -89,7 +91,13 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
     );
     let shard = header.shard;
     let mut failed = BTreeMap::new();
+    let mut revisions: BTreeMap<String, u64> = BTreeMap::new();
     let (mut ok, mut rows, mut cached, mut rows_min, mut rows_max) = (0, 0, 0, u64::MAX, 0);
+    // Items with a committed record so far, by position in the shard: a second record of one
+    // (a failure after it, or a new commit by --redo-stale) supersedes it, and the figures are
+    // then worked out again from the latest records.
+    let mut committed = vec![0u64; usize::try_from(plan.len().div_ceil(64)).unwrap_or(0)];
+    let mut superseded = false;
     let mut sorted = true;
     let mut last: Option<u64> = None;
     let mut stray: Option<u64> = None;
@@ -100,36 +108,43 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
         None => None,
     };
     let mut write_err = None;
-    let found = manifest::scan(&manifest, |rec, _| match rec.status {
-        _ if plan.position(rec.index).is_none() => {
-            stray.get_or_insert(rec.index);
-        }
-        Status::Ok => {
-            failed.remove(&rec.index);
-            ok += 1;
-            rows += rec.rows;
-            cached += u64::from(rec.cached);
-            rows_min = rows_min.min(rec.rows);
-            rows_max = rows_max.max(rec.rows);
-            if last.is_some_and(|l| l >= rec.index) {
-                sorted = false;
+    let found = manifest::scan(&manifest, |rec, _| {
+        match (rec.status, plan.position(rec.index)) {
+            (_, None) => {
+                stray.get_or_insert(rec.index);
             }
-            last = Some(rec.index);
-            if let Some(w) = &mut writer {
-                if sorted && w.clean {
-                    if let Err(e) = w.ok(&rec, shard, &failed) {
-                        write_err.get_or_insert(e);
+            (_, Some(pos)) if superseded || test_and_set(&mut committed, pos, rec.status) => {
+                superseded = true;
+            }
+            (Status::Ok, _) => {
+                count_revision(&mut revisions, rec.rev);
+                failed.remove(&rec.index);
+                ok += 1;
+                rows += rec.rows;
+                cached += u64::from(rec.cached);
+                rows_min = rows_min.min(rec.rows);
+                rows_max = rows_max.max(rec.rows);
+                if last.is_some_and(|l| l >= rec.index) {
+                    sorted = false;
+                }
+                last = Some(rec.index);
+                if let Some(w) = &mut writer {
+                    if sorted && w.clean {
+                        if let Err(e) = w.ok(&rec, shard, &failed) {
+                            write_err.get_or_insert(e);
+                        }
                     }
                 }
             }
-        }
-        Status::Failed => {
-            if let Some(w) = &mut writer {
-                w.clean = false;
+            (Status::Failed, _) => {
+                if let Some(w) = &mut writer {
+                    w.clean = false;
+                }
+                failed.insert(rec.index, rec.to_record());
             }
-            failed.insert(rec.index, rec.to_record());
         }
     })?;
+    drop(committed);
     if let Some(e) = write_err {
         return Err(e);
     }
@@ -159,7 +174,19 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
             data.display()
         )));
     }
-    let order = if sorted {
+    let order = if superseded {
+        let latest = latest_records(&manifest)?;
+        (ok, rows, cached, rows_min, rows_max) = (
+            latest.ok,
+            latest.rows,
+            latest.cached,
+            latest.rows_min,
+            latest.rows_max,
+        );
+        (failed, revisions) = (latest.failed, latest.revisions);
+        sorted = false;
+        Some(latest.order)
+    } else if sorted {
         None
     } else {
         // Only a manifest out of item order (jobs > 1, retried items) needs an index to sort:
@@ -190,6 +217,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
         rows_min: if ok == 0 { 0 } else { rows_min },
         rows_max,
         failed,
+        revisions,
         valid_len,
         data_end,
         order,
@@ -207,6 +235,92 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
         scan.part = Some(w.finish(spec.path, end, shard, &scan.failed)?);
     }
     Ok(scan)
+}
+
+/// Marks `pos` as committed (for an ok record); true when it was already committed, that is
+/// when this record supersedes a commit.
+fn test_and_set(bits: &mut [u64], pos: u64, status: Status) -> bool {
+    let (word, bit) = ((pos / 64) as usize, 1u64 << (pos % 64));
+    let Some(w) = bits.get_mut(word) else {
+        return false;
+    };
+    let was = *w & bit != 0;
+    if status == Status::Ok {
+        *w |= bit;
+    }
+    was
+}
+
+fn count_revision(revisions: &mut BTreeMap<String, u64>, rev: &str) {
+    // Looked up before inserting: one allocation per revision, not per item.
+    match revisions.get_mut(rev) {
+        Some(n) => *n += 1,
+        None => {
+            revisions.insert(rev.to_string(), 1);
+        }
+    }
+}
+
+/// A shard's figures from the latest record of each item.
+struct Latest {
+    ok: u64,
+    rows: u64,
+    cached: u64,
+    rows_min: u64,
+    rows_max: u64,
+    failed: BTreeMap<u64, Record>,
+    revisions: BTreeMap<String, u64>,
+    /// The committed items' (index, manifest line offset), in item order.
+    order: Vec<(u64, u64)>,
+}
+
+/// Works out a shard's figures again when some item has more than one record: the latest
+/// record of each item counts. Two more passes over the manifest (one finds each item's last
+/// record, one reads them), 16 bytes per record; only shards with superseded records pay it.
+fn latest_records(manifest: &Path) -> Result<Latest> {
+    let mut last: Vec<(u64, u64)> = Vec::new();
+    manifest::scan(manifest, |rec, off| last.push((rec.index, off)))?;
+    // Sorted by index, then by position in the file: the last of each index is its latest.
+    last.sort_unstable();
+    let mut keep = 0;
+    for i in 0..last.len() {
+        if i + 1 == last.len() || last[i + 1].0 != last[i].0 {
+            last[keep] = last[i];
+            keep += 1;
+        }
+    }
+    last.truncate(keep);
+    let mut out = Latest {
+        ok: 0,
+        rows: 0,
+        cached: 0,
+        rows_min: u64::MAX,
+        rows_max: 0,
+        failed: BTreeMap::new(),
+        revisions: BTreeMap::new(),
+        order: Vec::new(),
+    };
+    manifest::scan(manifest, |rec, off| {
+        if last.binary_search(&(rec.index, off)).is_err() {
+            return;
+        }
+        match rec.status {
+            Status::Ok => {
+                out.ok += 1;
+                out.rows += rec.rows;
+                out.cached += u64::from(rec.cached);
+                out.rows_min = out.rows_min.min(rec.rows);
+                out.rows_max = out.rows_max.max(rec.rows);
+                count_revision(&mut out.revisions, rec.rev);
+                out.order.push((rec.index, off));
+            }
+            Status::Failed => {
+                out.failed.insert(rec.index, rec.to_record());
+            }
+        }
+    })?;
+    out.order.sort_unstable();
+    Ok(out)
 }
 
 /// The refusal for a manifest without a valid header line.
