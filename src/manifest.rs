@@ -67,6 +67,10 @@ pub struct Record {
     /// Byte length of the item's rows.
     #[serde(default)]
     pub bytes: u64,
+    /// CRC-32 of the item's rows, checked by `merge --verify` and on resume; absent in
+    /// manifests written before checksums were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc: Option<u32>,
     #[serde(default)]
     pub rows: u64,
     /// Wall time of the item, milliseconds.
@@ -90,6 +94,7 @@ pub struct RecordRef<'a> {
     pub status: Status,
     pub offset: u64,
     pub bytes: u64,
+    pub crc: Option<u32>,
     pub rows: u64,
     pub ms: u64,
     pub cached: bool,
@@ -107,6 +112,7 @@ impl Record {
             status: self.status,
             offset: self.offset,
             bytes: self.bytes,
+            crc: self.crc,
             rows: self.rows,
             ms: self.ms,
             cached: self.cached,
@@ -126,6 +132,7 @@ impl RecordRef<'_> {
             status: self.status,
             offset: self.offset,
             bytes: self.bytes,
+            crc: self.crc,
             rows: self.rows,
             ms: self.ms,
             cached: self.cached,
@@ -276,7 +283,7 @@ pub fn parse_record(line: &[u8]) -> Option<Record> {
 }
 
 /// The worker's own layout: `{"index":N,"key":"K","status":"ok|failed","offset":N,"bytes":N,
-/// "rows":N,"ms":N,"cached":B,"attempts":N,"rev":"R"}` with an optional `"reason"` (left to
+/// "crc":N,"rows":N,"ms":N,"cached":B,"attempts":N,"rev":"R"}` with an optional `"reason"` (left to
 /// serde), and a key and revision without escapes.
 fn parse_fixed(line: &[u8]) -> Option<RecordRef<'_>> {
     let mut p = Fixed(line.strip_suffix(b"\n").unwrap_or(line));
@@ -295,6 +302,8 @@ fn parse_fixed(line: &[u8]) -> Option<RecordRef<'_>> {
     let offset = p.num()?;
     p.lit(b",\"bytes\":")?;
     let bytes = p.num()?;
+    p.lit(b",\"crc\":")?;
+    let crc = u32::try_from(p.num()?).ok()?;
     p.lit(b",\"rows\":")?;
     let rows = p.num()?;
     p.lit(b",\"ms\":")?;
@@ -320,6 +329,7 @@ fn parse_fixed(line: &[u8]) -> Option<RecordRef<'_>> {
         status,
         offset,
         bytes,
+        crc: Some(crc),
         rows,
         ms,
         cached,
@@ -392,6 +402,9 @@ pub fn write_record(out: &mut Vec<u8>, rec: &Record) {
     });
     num(out, b",\"offset\":", rec.offset);
     num(out, b",\"bytes\":", rec.bytes);
+    if let Some(crc) = rec.crc {
+        num(out, b",\"crc\":", u64::from(crc));
+    }
     num(out, b",\"rows\":", rec.rows);
     num(out, b",\"ms\":", rec.ms);
     out.extend_from_slice(if rec.cached {
@@ -445,6 +458,9 @@ pub struct ShardStore {
     pending_data: Vec<u8>,
     pending_records: Vec<u8>,
     pending_items: usize,
+    /// What opening it repaired (items whose rows no longer match their checksum), to be
+    /// reported.
+    pub repaired: Option<String>,
 }
 
 /// Rows of one item from this size on are written to the data file at once rather than copied
@@ -467,9 +483,22 @@ impl ShardStore {
         let manifest_path = paths.manifest(header.shard, header.num_shards);
         check_name_conflicts(paths, header, force)?;
         let mut committed_any = false;
+        let mut repaired = None;
         let existing = if force {
             None
         } else {
+            if let Some((cut, message)) = bad_tail(&manifest_path, &data_path)? {
+                // What follows the damaged item is cut with it: the records of a shard cover
+                // its data file back to back, and those items are simply generated again.
+                let m = OpenOptions::new()
+                    .write(true)
+                    .open(&manifest_path)
+                    .ctx("cannot open", &manifest_path)?;
+                m.set_len(cut)
+                    .and_then(|()| m.sync_data())
+                    .ctx("cannot truncate", &manifest_path)?;
+                repaired = Some(message);
+            }
             scan(&manifest_path, |r, _| {
                 committed_any |= r.status == Status::Ok;
                 resumed(r);
@@ -539,6 +568,7 @@ impl ShardStore {
             pending_data: Vec::new(),
             pending_records: Vec::new(),
             pending_items: 0,
+            repaired,
         };
         Ok(store)
     }
@@ -549,6 +579,7 @@ impl ShardStore {
     pub fn push_ok(&mut self, mut rec: Record, rows: &[u8]) -> Result<()> {
         rec.offset = self.written_end + self.pending_data.len() as u64;
         rec.bytes = rows.len() as u64;
+        rec.crc = Some(crc32fast::hash(rows));
         if rows.len() >= DIRECT_WRITE {
             self.write_pending_data()?;
             self.data
@@ -615,6 +646,78 @@ impl ShardStore {
         self.pending_items = 0;
         Ok(())
     }
+}
+
+/// How many bytes of the last committed rows a resume checks against their checksums, and how
+/// much of the manifest's end it reads to find their records: a resume stays cheap, and the
+/// rows written just before a crash (the likeliest to be damaged) are checked.
+const TAIL_DATA: u64 = 16 << 20;
+const TAIL_MANIFEST: u64 = 1 << 20;
+
+/// Checks the last committed items' rows against their checksums; the manifest offset of the
+/// first record whose rows differ, and a message saying so.
+fn bad_tail(manifest: &Path, data: &Path) -> Result<Option<(u64, String)>> {
+    let Ok(m) = File::open(manifest) else {
+        return Ok(None);
+    };
+    let len = m.metadata().ctx("cannot stat", manifest)?.len();
+    let from = len.saturating_sub(TAIL_MANIFEST);
+    let mut buf = vec![0; (len - from) as usize];
+    m.read_exact_at(&mut buf, from)
+        .ctx("cannot read", manifest)?;
+    // The first line is the header, or part of a record: skip it.
+    let Some(first) = memchr::memchr(b'\n', &buf) else {
+        return Ok(None);
+    };
+    let mut tail = Vec::new();
+    let mut at = first + 1;
+    while let Some(nl) = memchr::memchr(b'\n', &buf[at..]) {
+        let line = &buf[at..at + nl + 1];
+        if let Some(Some((offset, bytes, crc, index))) = with_record(line, |r| {
+            (r.status == Status::Ok)
+                .then_some(r.crc.map(|c| (r.offset, r.bytes, c, r.index)))
+                .flatten()
+        }) {
+            tail.push((from + at as u64, offset, bytes, crc, index));
+        }
+        at += nl + 1;
+    }
+    let mut budget = TAIL_DATA;
+    let keep = tail
+        .iter()
+        .rev()
+        .take_while(|r| {
+            let fits = r.2 <= budget;
+            budget = budget.saturating_sub(r.2);
+            fits
+        })
+        .count();
+    let Ok(d) = File::open(data) else {
+        return Ok(None);
+    };
+    let data_len = d.metadata().ctx("cannot stat", data)?.len();
+    let mut rows = Vec::new();
+    for &(line_at, offset, bytes, crc, index) in &tail[tail.len() - keep..] {
+        if offset.saturating_add(bytes) > data_len {
+            break; // Cut by the resume anyway.
+        }
+        rows.resize(bytes as usize, 0);
+        d.read_exact_at(&mut rows, offset)
+            .ctx("cannot read", data)?;
+        if crc32fast::hash(&rows) != crc {
+            return Ok(Some((
+                line_at,
+                format!(
+                    "the rows of item {index} in {} (bytes {offset}..{}) no longer match their \
+                     checksum (a disk error or an edit); that item and those committed after it \
+                     are generated again",
+                    data.display(),
+                    offset + bytes
+                ),
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Opens a shard file for reading and writing. The manifest is opened in append mode (records
@@ -760,6 +863,7 @@ mod tests {
             status: Status::Ok,
             offset: 0,
             bytes: 0,
+            crc: None,
             rows: 1,
             ms: 1,
             cached: false,
@@ -859,6 +963,8 @@ mod tests {
             r.cached = reason.is_none();
             r.attempts = u32::MAX;
             r.ms = 10;
+            r.crc = reason.is_none().then_some(u32::MAX);
+            r.rev = key.chars().rev().collect();
             recs.push(r);
         }
         for r in recs {
@@ -877,6 +983,7 @@ mod tests {
     fn the_fixed_layout_parser_agrees_with_serde() {
         let mut recs = vec![rec(7)];
         let mut r = rec(8);
+        r.crc = Some(0xdead_beef);
         r.key = "AAPL|2024-01-02 ü".into();
         r.cached = true;
         r.offset = 12345678901;
@@ -897,7 +1004,7 @@ mod tests {
                 String::from_utf8_lossy(&line)
             );
         }
-        assert_eq!(parse_fixed(br#"{"index":1,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1,"rev":"ab"}"#).map(|r| (r.index, r.rev)), Some((1, "ab")));
+        assert_eq!(parse_fixed(br#"{"index":1,"key":"k","status":"ok","offset":0,"bytes":0,"crc":5,"rows":1,"ms":1,"cached":false,"attempts":1,"rev":"ab"}"#).map(|r| (r.index, r.crc, r.rev)), Some((1, Some(5), "ab")));
         // A record written before revisions were recorded still reads, with no revision.
         let old = br#"{"index":1,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1}"#;
         assert_eq!(
@@ -905,7 +1012,7 @@ mod tests {
             Some((1, String::new()))
         );
         assert!(parse_record(br#"{"index":1,"key":"k""#).is_none());
-        assert!(parse_fixed(br#"{"index":99999999999999999999,"key":"k","status":"ok","offset":0,"bytes":0,"rows":1,"ms":1,"cached":false,"attempts":1}"#).is_none());
+        assert!(parse_fixed(br#"{"index":99999999999999999999,"key":"k","status":"ok","offset":0,"bytes":0,"crc":0,"rows":1,"ms":1,"cached":false,"attempts":1}"#).is_none());
     }
 
     #[test]

@@ -205,6 +205,9 @@ fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<Ex
         start_fields.push(("restart", V::S(&restart)));
     }
     log.event("start", &start_fields);
+    if let Some(message) = &store.repaired {
+        log.event("warning", &[("message", V::S(message))]);
+    }
     if matches!(shard.generator, Generator::Command(_)) && done < total {
         // Whatever the generators start in the background dies with them, even if this
         // worker is SIGKILLed (see src/guard.rs). Best effort: without it, only that case
@@ -619,6 +622,7 @@ impl Run<'_> {
                     status: Status::Failed,
                     offset: 0,
                     bytes: 0,
+                    crc: None,
                     rows: 0,
                     ms,
                     cached: false,
@@ -705,6 +709,7 @@ impl Run<'_> {
                 status: Status::Ok,
                 offset: 0,
                 bytes: 0,
+                crc: None,
                 rows: count,
                 ms,
                 cached,
@@ -941,6 +946,7 @@ mod tests {
             status,
             offset: 0,
             bytes: 0,
+            crc: None,
             rows,
             ms: 0,
             cached: false,

@@ -119,7 +119,7 @@ fn combined_is_byte_identical_across_plans_and_in_item_order() {
         assert_eq!(mf.lines().count(), 31);
         assert!(
             mf.starts_with(
-                "key,index,shard,status,rows,duration_ms,cached,attempts,reason\n0,0,0,ok,0,"
+                "key,index,shard,status,rows,duration_ms,cached,attempts,reason,revision\n0,0,0,ok,0,"
             ),
             "{mf}"
         );
@@ -410,15 +410,15 @@ fn block_merge_and_interleaved_merge_write_the_same_outputs() {
             "sorted",
             1,
             2,
-            "\n3,3,0,failed,0,0,false,1,exit code 3\n",
-            "\n,25,2,missing,0,0,false,0,\n",
+            "\n3,3,0,failed,0,0,false,1,exit code 3,",
+            "\n,25,2,missing,0,0,false,0,,\n",
         ),
         (
             "unsorted",
             3,
             0,
-            "\n17,17,1,failed,0,0,false,1,exit code 3\n",
-            "\n,5,0,missing,0,0,false,0,\n",
+            "\n17,17,1,failed,0,0,false,1,exit code 3,",
+            "\n,5,0,missing,0,0,false,0,,\n",
         ),
     ] {
         // One script per run, so the second run does not take its items from the cache.

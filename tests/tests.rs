@@ -1,6 +1,7 @@
 //! Integration tests: the real binaries on real files and processes, each in its own temp dir.
 
 mod battery;
+mod checksums;
 mod common;
 mod launcher;
 mod merge;

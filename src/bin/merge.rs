@@ -38,6 +38,10 @@ struct Cli {
     /// revision of the generator.
     #[arg(long)]
     single_revision: bool,
+    /// Check every committed item's rows against the checksum in its manifest record before
+    /// anything is renamed into place (reads the shard data once more).
+    #[arg(long)]
+    verify: bool,
 }
 
 fn main() {
@@ -52,6 +56,7 @@ fn main() {
         append: cli.append,
         allow_partial: cli.allow_partial,
         single_revision: cli.single_revision,
+        verify: cli.verify,
     };
     let code = match shardrun::merge::run(&args) {
         Ok(Outcome::Merged(stats)) => {
@@ -144,6 +149,17 @@ fn summary(s: &Stats) -> String {
             "  not in the dataset (first {}): {}\n",
             s.incomplete_items.len(),
             s.incomplete_items.join(", ")
+        ));
+    }
+    if let Some(n) = s.items_verified {
+        out.push_str(&format!(
+            "  checksums verified: {} items{}\n",
+            thousands(n),
+            match s.items_unverified {
+                Some(u) if u > 0 =>
+                    format!(" ({} committed by shardrun 0.1 have none)", thousands(u)),
+                _ => String::new(),
+            }
         ));
     }
     if let [only] = s.revisions.as_slice() {

@@ -14,6 +14,7 @@ mod blocks;
 mod final_rows;
 mod output;
 mod scan;
+mod verify;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -44,6 +45,8 @@ pub struct MergeArgs {
     pub allow_partial: bool,
     /// Refuse a dataset whose items were made by more than one generator revision.
     pub single_revision: bool,
+    /// Check every committed item's rows against its checksum before anything is renamed.
+    pub verify: bool,
 }
 
 /// How a merge ended.

@@ -69,6 +69,12 @@ pub struct Stats {
     /// Committed items per generator revision that made them, most items first. More than one
     /// means the dataset mixes the outputs of different code.
     pub revisions: Vec<RevisionCount>,
+    /// With `--verify`: items whose rows matched their checksum, and committed items without
+    /// one (written by shardrun 0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items_verified: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub items_unverified: Option<u64>,
     /// The run's configuration file, for the commands the summary suggests.
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -204,6 +210,11 @@ pub fn write(
         bytes,
         incomplete,
     } = written;
+    let verified = if args.verify {
+        Some(super::verify::verify_all(&scans)?)
+    } else {
+        None
+    };
 
     let items_ok: u64 = scans.iter().map(|s| s.ok).sum();
     let rows: u64 = scans.iter().map(|s| s.rows).sum();
@@ -241,6 +252,8 @@ pub fn write(
         rows_appended_to: appended,
         incomplete_items: incomplete,
         revisions: revisions(&scans),
+        items_verified: verified.map(|v| v.items),
+        items_unverified: verified.map(|v| v.unchecked),
         config: None,
         shards_kept: false,
         per_shard: scans
