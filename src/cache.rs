@@ -13,7 +13,7 @@
 //! bytes of BLAKE3(key, rows, payload). An entry torn by a crash fails its length or its check
 //! and is never served; a writer cuts its pack back to the last whole entry on open.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ impl Cache {
     /// items this worker still has to produce), and takes a pack to append to.
     pub fn open(root_dir: &Path, generator_id: &str, wanted: &Wanted) -> Result<Cache> {
         let dir = root_dir.join(generator_id);
-        std::fs::create_dir_all(&dir).ctx("cannot create the cache directory", &dir)?;
+        crate::files::create_dir_all(&dir).ctx("cannot create the cache directory", &dir)?;
         let (writer_file, writer_path, writer_k) = take_pack(&dir)?;
         let mut packs = Vec::new();
         let mut index = Vec::new();
@@ -202,13 +202,15 @@ fn checksum(key: &Key, rows: u64, payload: &[u8]) -> [u8; CHECK] {
 fn take_pack(dir: &Path) -> Result<(File, PathBuf, usize)> {
     for k in 0.. {
         let path = dir.join(format!("pack-{k}.bin"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .ctx("cannot open the cache pack", &path)?;
+        let file = crate::files::open(
+            crate::files::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+            &path,
+            "cannot open the cache pack",
+        )?;
         match file.try_lock() {
             Ok(()) => return Ok((file, path, k)),
             Err(std::fs::TryLockError::WouldBlock) => continue,
@@ -326,7 +328,7 @@ mod tests {
         // Tear the last entry as a kill -9 mid-write would.
         let pack = dir.path().join("g/pack-0.bin");
         let len = std::fs::metadata(&pack).unwrap().len();
-        OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .open(&pack)
             .unwrap()
@@ -354,7 +356,7 @@ mod tests {
             c.flush().unwrap();
         }
         let pack = dir.path().join("g/pack-0.bin");
-        let f = OpenOptions::new().write(true).open(&pack).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
         f.write_all_at(b"J", HEAD as u64).unwrap();
         let mut c = Cache::open(dir.path(), "g", &wanted).unwrap();
         assert!(c.get(&key).is_none());

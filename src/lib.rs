@@ -6,6 +6,7 @@ pub mod config;
 pub mod copy;
 pub mod csv_out;
 pub mod error;
+pub mod files;
 pub mod generator;
 pub mod groups;
 pub mod guard;

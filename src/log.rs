@@ -10,12 +10,12 @@
 //! ```
 
 use std::fmt::{Display, Write as _};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 
 /// Where events go.
 #[derive(Debug)]
@@ -35,11 +35,11 @@ pub enum V<'a> {
 impl EventLog {
     /// Opens (appending, creating) the log file at `path`.
     pub fn open(path: &Path, echo_stderr: bool) -> Result<EventLog> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ctx("cannot open the log", path)?;
+        let file = crate::files::open(
+            crate::files::options().create(true).append(true),
+            path,
+            "cannot open the log",
+        )?;
         Ok(EventLog {
             file: Some(Mutex::new(file)),
             echo_stderr,

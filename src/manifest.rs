@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -490,10 +490,11 @@ impl ShardStore {
             if let Some((cut, message)) = bad_tail(&manifest_path, &data_path)? {
                 // What follows the damaged item is cut with it: the records of a shard cover
                 // its data file back to back, and those items are simply generated again.
-                let m = OpenOptions::new()
-                    .write(true)
-                    .open(&manifest_path)
-                    .ctx("cannot open", &manifest_path)?;
+                let m = crate::files::open(
+                    crate::files::options().write(true),
+                    &manifest_path,
+                    "cannot open",
+                )?;
                 m.set_len(cut)
                     .and_then(|()| m.sync_data())
                     .ctx("cannot truncate", &manifest_path)?;
@@ -724,14 +725,16 @@ fn bad_tail(manifest: &Path, data: &Path) -> Result<Option<(u64, String)>> {
 /// only ever go at its end); the data file is written at explicit offsets.
 fn open_rw(path: &Path, truncate: bool) -> Result<File> {
     let append = path.extension().is_some_and(|e| e == "jsonl");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .append(append)
-        .open(path)
-        .ctx("cannot open", path)?;
+    let file = crate::files::open(
+        crate::files::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .append(append),
+        path,
+        "cannot open",
+    )?;
     if truncate {
         file.set_len(0).ctx("cannot truncate", path)?;
     }
@@ -885,9 +888,12 @@ mod tests {
         drop(s); // crash before the second commit
         let data = paths.data_file("process-0");
         // Simulate a torn data write and a torn manifest line after the crash.
-        let mut f = OpenOptions::new().append(true).open(&data).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&data)
+            .unwrap();
         f.write_all(b"garbage").unwrap();
-        let mut m = OpenOptions::new()
+        let mut m = std::fs::OpenOptions::new()
             .append(true)
             .open(paths.manifest(0, 1))
             .unwrap();

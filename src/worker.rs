@@ -272,7 +272,8 @@ fn write_run_record(shard: &Shard) -> Result<()> {
         .data_dir
         .join(format!(".run.json.{}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(&record).unwrap_or_default();
-    std::fs::write(&tmp, text)
+    let mut f = crate::files::create(&tmp)?;
+    std::io::Write::write_all(&mut f, &text)
         .and_then(|_| std::fs::rename(&tmp, &path))
         .ctx("cannot write the run record", &path)
 }

@@ -2201,3 +2201,64 @@ fn battery_a_process_left_by_a_generator_does_not_hold_the_launcher_lock() {
     );
     assert_exit(&out, 0, "a launcher after the first one exited", p.root());
 }
+
+#[test]
+fn battery_planted_symlinks_are_refused_and_their_targets_left_alone() {
+    // Each file a run writes, replaced by a link to a file that must survive.
+    let cases = [
+        "data/ln/process-0.csv",
+        "data/ln/manifest_shard0_of_1.jsonl",
+        "logs/ln/shard_0_of_1.log",
+        "data/cache/PACKDIR/pack-0.bin",
+        "data/ln/.combined.csv.tmp",
+    ];
+    for rel in cases {
+        let p = Project::new();
+        p.write(
+            "c.yaml",
+            "run: ln\nitems: {range: {start: 0, end: 5}}\ngenerator: {builtin: echo}\n",
+        );
+        let victim = p.write("victim.txt", "precious\n");
+        let rel = if rel.contains("PACKDIR") {
+            // The cache directory is named by the generator: find it from a first run.
+            let probe = Project::new();
+            probe.write("c.yaml", &p.read("c.yaml"));
+            probe.run_shard("c.yaml", 0, 1, &[], 0);
+            let dir = std::fs::read_dir(probe.path("data/cache"))
+                .unwrap()
+                .flatten()
+                .next()
+                .unwrap()
+                .file_name();
+            rel.replace("PACKDIR", &dir.to_string_lossy())
+        } else {
+            rel.to_string()
+        };
+        let merge_case = rel.ends_with(".tmp");
+        if merge_case {
+            p.run_shard("c.yaml", 0, 1, &[], 0);
+        }
+        std::fs::create_dir_all(p.path(&rel).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&victim, p.path(&rel)).unwrap();
+        let out = if merge_case {
+            Command::new(MERGE_BIN)
+                .args(["--root", p.root().to_str().unwrap(), "--run", "ln"])
+                .output()
+                .unwrap()
+        } else {
+            p.run("c.yaml", &[])
+        };
+        let code = out.status.code();
+        let err = stderr(&out);
+        println!("{rel}: exit {code:?}: {}", err.lines().last().unwrap_or(""));
+        assert!(
+            matches!(code, Some(1 | 2)) && err.contains("symbolic link"),
+            "{rel}: exit {code:?}\n{err}"
+        );
+        assert_eq!(
+            p.read("victim.txt"),
+            "precious\n",
+            "{rel}: the target was written"
+        );
+    }
+}

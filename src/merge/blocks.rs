@@ -74,7 +74,7 @@ pub(super) fn write_blocks(
         segments.push((s.data.clone(), s.header.data_start, len));
     }
     let start_copy = || -> Result<BackgroundCopy> {
-        let mut out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
+        let mut out = crate::files::create(&temps.out)?;
         out.write_all(&header).ctx("cannot write", &temps.out)?;
         BackgroundCopy::start(out, &temps.out, segments.clone())
     };
@@ -130,12 +130,11 @@ fn assemble_manifest_final(
     // Shard 0's part is the start of the file (header row included) when it is present.
     let starts = scans[0].header.shard == 0;
     let out = if starts {
-        std::fs::OpenOptions::new().write(true).open(path)
+        crate::files::open(crate::files::options().write(true), path, "cannot open")?
     } else {
         rows.header();
-        File::create(path)
-    }
-    .ctx("cannot open", path)?;
+        crate::files::create(path)?
+    };
     let mut copier = RangeCopier::new(out, path)?;
     let mut incomplete = Vec::new();
     let mut present = scans.iter().peekable();
@@ -176,7 +175,7 @@ fn copy_in_order(
     old: &Option<OldOutput>,
     scans: &[ShardScan],
 ) -> Result<u64> {
-    let out = File::create(path).ctx("cannot create", path)?;
+    let out = crate::files::create(path)?;
     let mut copier = RangeCopier::new(out, path)?;
     copier.write_bytes(header)?;
     if let Some(o) = old {

@@ -539,7 +539,7 @@ fn write_marker(
     }
     let marker = paths.data_dir.join(MARKER);
     let tmp = paths.data_dir.join(format!("{MARKER}.tmp"));
-    let mut f = File::create(&tmp).ctx("cannot write", &tmp)?;
+    let mut f = crate::files::create(&tmp)?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .ctx("cannot write", &tmp)?;

@@ -269,7 +269,7 @@ pub fn write(
             .collect(),
     };
     let json = serde_json::to_vec_pretty(&stats).unwrap_or_default();
-    let mut f = File::create(&temps.stats).ctx("cannot create", &temps.stats)?;
+    let mut f = crate::files::create(&temps.stats)?;
     f.write_all(&json)
         .and_then(|_| f.write_all(b"\n"))
         .and_then(|_| f.sync_all())
@@ -344,7 +344,7 @@ fn write_interleaved(
     temps: &Temps,
 ) -> Result<Written> {
     let header = header_line(&scans[0].header.columns);
-    let out = File::create(&temps.out).ctx("cannot create", &temps.out)?;
+    let out = crate::files::create(&temps.out)?;
     let mut copier = RangeCopier::new(out, &temps.out)?;
     copier.write_bytes(&header)?;
     let old_slot = match old {
@@ -360,7 +360,7 @@ fn write_interleaved(
         .map(|s| File::open(&s.data).ctx("cannot open", &s.data))
         .collect::<Result<_>>()?;
     let mf_path = &temps.manifest_final;
-    let mut mf = File::create(mf_path).ctx("cannot create", mf_path)?;
+    let mut mf = crate::files::create(mf_path)?;
     let mut rows = FinalRows::new();
     rows.header();
     let mut dedupe = match dedupe_col {

@@ -353,7 +353,7 @@ const WRITEBACK: u64 = 16 << 20;
 impl PartWriter {
     fn create(spec: &PartSpec, first: u64) -> Result<Self> {
         let path = &spec.path;
-        let mut file = File::create(path).ctx("cannot create", path)?;
+        let mut file = crate::files::create(path)?;
         file.write_all(&spec.prefix).ctx("cannot write", path)?;
         Ok(PartWriter {
             file,
