@@ -2,7 +2,7 @@
 # run_parallel.sh: run every shard of a shardrun configuration on this machine.
 #
 # Usage: ./scripts/run_parallel.sh [--config FILE] [--num-shards N] [--only-failed] [--force]
-#                                  [--dry-run] [--stagger SECONDS] [--jobs J] [--merge]
+#                                  [--redo-stale] [--dry-run] [--stagger SECONDS] [--jobs J] [--merge]
 #                                  [--grace SECONDS]
 #
 #   --config FILE      run configuration (default: conf/default.yaml)
@@ -10,6 +10,8 @@
 #   --only-failed      re-run exactly the shards whose last run failed, died, was interrupted
 #                      or never finished, with the recorded shard count
 #   --force            start the run over: discard shard outputs (cached items are reused)
+#   --redo-stale       run every shard, regenerating the items that an older revision of the
+#                      generator made (a fixed script); the rest is kept
 #   --dry-run          print the plan (per shard: items, first … last key); start nothing
 #   --stagger SECONDS  pause between two worker launches (default: 0)
 #   --jobs J           items in flight per shard (overrides generator.jobs)
@@ -41,6 +43,7 @@ CONFIG=conf/default.yaml
 NUM_SHARDS=''
 ONLY_FAILED=0
 FORCE=0
+REDO_STALE=0
 DRY_RUN=0
 STAGGER=0
 JOBS=''
@@ -64,6 +67,7 @@ parse_args() {
       --num-shards) [ $# -ge 2 ] || usage_error "--num-shards needs a number"; NUM_SHARDS=$2; shift ;;
       --only-failed) ONLY_FAILED=1 ;;
       --force) FORCE=1 ;;
+      --redo-stale) REDO_STALE=1 ;;
       --dry-run) DRY_RUN=1 ;;
       --stagger) [ $# -ge 2 ] || usage_error "--stagger needs seconds"; STAGGER=$2; shift ;;
       --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
@@ -79,6 +83,8 @@ parse_args() {
   [[ "$GRACE" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--grace must be a number of seconds, not '$GRACE'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
+  if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
+  if ((REDO_STALE && ONLY_FAILED)); then usage_error "--redo-stale runs every shard (stale items can be in any); drop --only-failed"; fi
 }
 
 
@@ -105,6 +111,10 @@ choose_shards() {
       DIE_CODE=2 die "the configuration $CONFIG changed since run '$RUN' was launched; --only-failed would mix two configurations. Use --force to start the run over (cached items are reused)"
     fi
   else
+    # --redo-stale acts on the run as it is: its existing plan, unless told otherwise.
+    if ((REDO_STALE)) && [ -z "$NUM_SHARDS" ]; then
+      NUM_SHARDS=$(existing_plans | head -n 1)
+    fi
     NUM_SHARDS=${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}
     plans=$(existing_plans | grep -vx "$NUM_SHARDS" || true)
     if [ -n "$plans" ]; then
@@ -245,6 +255,7 @@ launch_shard() {
   local i=$1 args
   args=(--config "$CONFIG" --shard-index "$i" --num-shards "$NUM_SHARDS" --quiet)
   ((FORCE)) && args+=(--force)
+  ((REDO_STALE)) && args+=(--redo-stale)
   [ -n "$JOBS" ] && args+=(--jobs "$JOBS")
   # 9>&-: the launcher's lock must not be inherited by workers and whatever their generators
   # leave behind, or it would outlive the launcher.

@@ -2,7 +2,7 @@
 # run_slurm.sh: run every shard of a shardrun configuration as a Slurm job array.
 #
 # Usage: ./scripts/run_slurm.sh [--config FILE] [--num-shards N] [--only-failed] [--wait]
-#                               [--force] [--dry-run] [--jobs J] [--throttle K]
+#                               [--force | --redo-stale] [--dry-run] [--jobs J] [--throttle K]
 #                               [-- SBATCH_OPTION...]
 #
 #   --config FILE      run configuration (default: conf/default.yaml)
@@ -13,6 +13,8 @@
 #   --wait             wait until the array ends; exit 0 only if every shard succeeded
 #   --force            start the run over: workers discard their outputs, and outputs of another
 #                      shard count are removed (cached items are reused)
+#   --redo-stale       submit every shard, regenerating the items that an older revision of the
+#                      generator made (a fixed script); the rest is kept
 #   --dry-run          print the plan (per shard: items, first … last key) and the sbatch
 #                      command(s); submit nothing
 #   --jobs J           items in flight per shard: passed to the workers, and --cpus-per-task=J
@@ -40,6 +42,7 @@ NUM_SHARDS=''
 ONLY_FAILED=0
 WAIT=0
 FORCE=0
+REDO_STALE=0
 DRY_RUN=0
 JOBS=''
 THROTTLE=''
@@ -83,6 +86,7 @@ parse_args() {
       --only-failed) ONLY_FAILED=1 ;;
       --wait) WAIT=1 ;;
       --force) FORCE=1 ;;
+      --redo-stale) REDO_STALE=1 ;;
       --dry-run) DRY_RUN=1 ;;
       --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
       --throttle) [ $# -ge 2 ] || usage_error "--throttle needs a number"; THROTTLE=$2; shift ;;
@@ -97,6 +101,8 @@ parse_args() {
   [[ "$POLL" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "SHARDRUN_SLURM_POLL must be a number of seconds, not '$POLL'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
+  if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
+  if ((REDO_STALE && ONLY_FAILED)); then usage_error "--redo-stale runs every shard (stale items can be in any); drop --only-failed"; fi
 }
 
 
@@ -141,6 +147,10 @@ choose_shards() {
       DIE_CODE=2 die "the configuration $CONFIG changed since run '$RUN' was launched; --only-failed would mix two configurations. Use --force to start the run over (cached items are reused)"
     fi
   else
+    # --redo-stale acts on the run as it is: its existing plan, unless told otherwise.
+    if ((REDO_STALE)) && [ -z "$NUM_SHARDS" ]; then
+      NUM_SHARDS=$(existing_plans | head -n 1)
+    fi
     [ -n "$NUM_SHARDS$CONFIG_SHARDS" ] || usage_error "$CONFIG sets no shard count: pass --num-shards N"
     NUM_SHARDS=${NUM_SHARDS:-$CONFIG_SHARDS}
     plans=$(existing_plans | grep -vx "$NUM_SHARDS" || true)
@@ -231,6 +241,8 @@ write_batch_script() {
   q_config=$(printf '%q' "$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")")
   q_run=$(printf '%q' "$RUN")
   [ -n "$JOBS" ] && extra=" --jobs $JOBS"
+  # A requeued task redoes what is still stale: the same work, never more.
+  ((REDO_STALE)) && extra+=" --redo-stale"
   cat <<EOF
 #!/bin/bash
 # Slurm batch script of shardrun run $q_run, written by scripts/run_slurm.sh.
