@@ -253,3 +253,38 @@ fn a_changed_identity_is_still_refused() {
     let out = p.run_shard("conf.yaml", 0, 1, &[], 0);
     assert!(stderr(&out).contains("stale=90"), "{}", stderr(&out));
 }
+
+#[test]
+fn merge_config_compares_the_whole_identity_but_not_the_revision() {
+    let p = project("contiguous", false, 2, "0");
+    run_all(&p, &[], 0);
+    let conf = p.read("conf.yaml");
+    let config = p.path("conf.yaml");
+    let config = config.to_str().unwrap();
+    for (change, what) in [
+        (conf.replace("seed: 3", "seed: 4"), "the seed"),
+        (conf.replace("end: 90", "end: 91"), "the item source"),
+        (conf.replace("calls]", "calls, x]"), "the generator"),
+        (conf.replace("[key, value]", "[key, v]"), "the generator"),
+        (
+            conf.replace("sharding: contiguous", "sharding: stride"),
+            "the sharding",
+        ),
+    ] {
+        p.write("conf.yaml", &change);
+        let before = snapshot(&p, "fix");
+        let out = merge(&p, &["--config", config]);
+        assert_exit(
+            &out,
+            1,
+            &format!("merge --config after {what} changed"),
+            p.root(),
+        );
+        assert!(stderr(&out).contains(what), "{what}: {}", stderr(&out));
+        assert_eq!(before, snapshot(&p, "fix"));
+    }
+    // A fixed script is a new revision of the same dataset: merged.
+    p.write("conf.yaml", &conf);
+    p.script("gen.sh", &generator(false, 2, "0.0"));
+    merge_ok(&p, &["--config", config]);
+}

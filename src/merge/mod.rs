@@ -269,25 +269,70 @@ fn check_headers(run: &RunRef, shards: &[ShardFiles]) -> Result<()> {
         }
     }
     if let Some(cfg) = &run.config {
-        if cfg.seed.to_string()
-            != *first
-                .header
-                .fingerprint
-                .get("seed")
-                .unwrap_or(&String::new())
-        {
-            return Err(Error::Refused(format!(
-                "the shards of run {:?} were written with seed {}, the configuration says {}",
-                run.name,
-                first
-                    .header
-                    .fingerprint
-                    .get("seed")
-                    .map(String::as_str)
-                    .unwrap_or("?"),
-                cfg.seed
-            )));
+        check_config(run, cfg, &first.header)?;
+    }
+    Ok(())
+}
+
+/// With `--config`, checks that the shards were written under that configuration's identity
+/// (items, generator, seed, sharding, columns), not only its run name. The generator revision
+/// may differ (a fixed script): merge reports revisions separately.
+fn check_config(run: &RunRef, cfg: &crate::config::Config, header: &Header) -> Result<()> {
+    let mismatch = |what: &str, shards: &str, config: &str| {
+        Error::Refused(format!(
+            "the shards of run {:?} were written under another configuration than {}: {what} \
+             differs (shards: {shards}; configuration: {config}). Merge them as they are with \
+             --run {}, or re-run the run under this configuration (the launcher's --force \
+             reuses cached items)",
+            run.name,
+            cfg.path.display(),
+            run.name
+        ))
+    };
+    let recorded = |k: &str| header.fingerprint.get(k).map(String::as_str).unwrap_or("?");
+    if cfg.seed.to_string() != recorded("seed") {
+        return Err(mismatch(
+            "the seed",
+            recorded("seed"),
+            &cfg.seed.to_string(),
+        ));
+    }
+    if cfg.sharding != header.sharding {
+        return Err(mismatch(
+            "the sharding",
+            header.sharding.name(),
+            cfg.sharding.name(),
+        ));
+    }
+    // The full identity needs the items and the generator resolved as a worker would; when that
+    // is not possible here (a generator's program missing on this machine), the checks above
+    // are what can be told.
+    let args = crate::shard::WorkerArgs {
+        config: cfg.path.clone(),
+        shard_index: Some(header.shard),
+        num_shards: Some(header.num_shards),
+        root: Some(run.root.clone()),
+        ..Default::default()
+    };
+    let Ok(shard) = crate::shard::Shard::resolve(&args) else {
+        return Ok(());
+    };
+    for (key, what) in [("items", "the item source"), ("generator", "the generator")] {
+        let wanted = shard
+            .fingerprint
+            .get(key)
+            .map(String::as_str)
+            .unwrap_or("?");
+        if wanted != recorded(key) {
+            return Err(mismatch(what, recorded(key), wanted));
         }
+    }
+    if shard.columns != header.columns {
+        return Err(mismatch(
+            "the columns",
+            &header.columns.join(","),
+            &shard.columns.join(","),
+        ));
     }
     Ok(())
 }
