@@ -33,6 +33,9 @@ item's CSV records on stdout, then a line holding only the end-of-item marker (t
 separator ``\\x1e`` by default, or ``$SHARDRUN_MARKER`` when set), then a flush. EOF on stdin
 ends the process with exit status 0.
 
+Supported: Python 3.8 or newer, standard library only (tested with the ``python3`` of the test
+machine; values with CR are quoted on every version, see ``write_rows``).
+
 Decisions:
 
 * An exception in the function (also while its rows are being iterated) prints the item's key and
@@ -71,6 +74,13 @@ def _open_stdout():
     )
 
 
+def _quoted(value):
+    """A field as CSV needs it, quoted when it holds a comma, a quote, LF or CR."""
+    if any(c in value for c in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
 def write_rows(rows, out=None):
     """Writes ``rows`` (an iterable of lists or tuples) as CSV records to ``out`` (default: stdout)."""
     out = sys.stdout if out is None else out
@@ -80,7 +90,13 @@ def write_rows(rows, out=None):
             raise TypeError(
                 "a row must be a list or tuple of values, not %s %r" % (type(row).__name__, row)
             )
-        writerow(row)
+        fields = ["" if v is None else str(v) for v in row]
+        if any("\r" in f for f in fields):
+            # Before Python 3.13, csv.writer with lineterminator="\n" leaves a lone CR unquoted,
+            # and a reader takes it for a line break: such a row is quoted here instead.
+            out.write(",".join(_quoted(f) for f in fields) + "\n")
+        else:
+            writerow(fields)
 
 
 def _fail(item):

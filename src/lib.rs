@@ -5,6 +5,7 @@ pub mod cache;
 pub mod config;
 pub mod copy;
 pub mod csv_out;
+pub mod csv_quotes;
 pub mod error;
 pub mod files;
 pub mod generator;

@@ -48,6 +48,7 @@
 //! (a zero-timeout `poll` for leftovers, the request `write`, a `poll` that waits, the `read`
 //! that gets the output and the marker, a non-blocking `read` of stderr) and no timer or sleep.
 
+use crate::csv_quotes::Quotes;
 use crate::generator::command::signal_name;
 use crate::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
 use std::fmt;
@@ -57,8 +58,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use memchr::memmem;
 
 /// The default end-of-item marker: the ASCII record separator.
 pub const DEFAULT_MARKER: &[u8] = b"\x1e";
@@ -74,6 +73,11 @@ const TERM_GRACE: Duration = Duration::from_millis(500);
 /// After the process closed its stdout in the middle of an item, how long to wait for it to
 /// exit (so its exit status can be reported) before calling it a protocol error.
 const EOF_GRACE: Duration = Duration::from_millis(500);
+/// How long the output may rest right after a line equal to the end-of-item marker inside a
+/// quoted field before the item is taken to end there, in an unclosed quote (invalid CSV). A
+/// value that really holds a marker line goes on without such a pause; a generator that left a
+/// quote open waits for the next request, and would otherwise wait for ever.
+const OPEN_QUOTE_GRACE: Duration = Duration::from_secs(2);
 /// Upper bound on the reads of a drain that does not wait, per stream, so that a writer that
 /// escaped the group cannot keep the caller busy.
 const DRAIN_READS: usize = 64;
@@ -229,6 +233,8 @@ enum Step {
     },
     /// stdout reached EOF and the process did not exit within [`EOF_GRACE`].
     StdoutClosed,
+    /// The output rested for [`OPEN_QUOTE_GRACE`] after a marker line inside a quoted field.
+    OpenQuote,
     Io(String),
 }
 
@@ -444,6 +450,15 @@ impl Server {
                     "the generator closed its stdout before the end-of-item marker".into(),
                 ))
             }
+            Step::OpenQuote => {
+                self.kill(on_stderr);
+                Err(ServeError::Protocol(format!(
+                    "the output ends inside a quoted field: a \" opened a field and was never \
+                     closed, so the end-of-item marker line reads as part of a value (no more \
+                     output came for {} s; generator restarted)",
+                    OPEN_QUOTE_GRACE.as_secs()
+                )))
+            }
             Step::Io(e) => {
                 self.kill(on_stderr);
                 Err(ServeError::Io(e))
@@ -523,6 +538,7 @@ impl Live {
         self.pump(&mut input);
         let mut got_stdout = false;
         let mut eof_until: Option<Instant> = None;
+        let mut open_quote_until: Option<Instant> = None;
         // Without a pidfd, exit is detected by polling waitid: start fast and back off.
         let mut backoff = Duration::from_millis(1);
         loop {
@@ -540,6 +556,12 @@ impl Live {
             if let Some(until) = eof_until {
                 if now >= until {
                     return Step::StdoutClosed;
+                }
+                wait = wait.min(until - now);
+            }
+            if let Some(until) = open_quote_until {
+                if now >= until {
+                    return Step::OpenQuote;
                 }
                 wait = wait.min(until - now);
             }
@@ -583,6 +605,9 @@ impl Live {
                             }
                             Fed::Abort => return Step::Abort,
                         }
+                        open_quote_until = framer
+                            .ends_with_quoted_marker_line()
+                            .then(|| Instant::now() + OPEN_QUOTE_GRACE);
                     }
                     Err(e) if is_transient(&e) => {}
                     Err(e) => return Step::Io(format!("reading the generator's stdout: {e}")),
@@ -836,33 +861,67 @@ enum Fed {
 }
 
 /// Finds the end-of-item marker line in a stream of stdout chunks, passing on everything
-/// before it. Only the start of a line that still matches `marker`, `marker\r` is held back.
+/// before it. Only the start of a line that still matches `marker`, `marker\r` is held back. A
+/// line counts as a line only where CSV quoting is closed: a quoted field may hold a line equal to
+/// the marker, and it is data (per-item mode reads the same bytes the same way).
 struct Framer {
     marker: Vec<u8>,
-    /// `\n` followed by the marker's first byte: where a marker line can start mid-chunk.
-    line_start: memmem::Finder<'static>,
     /// Bytes at the start of the current line that match the beginning of the marker line.
     held: Vec<u8>,
-    /// Whether the next byte starts a line.
+    /// Whether the next byte starts a line (outside quotes).
     at_line_start: bool,
+    /// The quoting state of the data passed on so far.
+    quotes: Quotes,
+    /// The last bytes passed on (up to the marker line's length plus a line feed before it).
+    tail: Vec<u8>,
 }
 
 impl Framer {
     fn new(marker: &[u8]) -> Self {
-        let mut needle = vec![b'\n'];
-        needle.extend(marker.first());
         Framer {
             marker: marker.to_vec(),
-            line_start: memmem::Finder::new(&needle).into_owned(),
             held: Vec::with_capacity(marker.len() + 1),
             at_line_start: true,
+            quotes: Quotes::default(),
+            tail: Vec::with_capacity(marker.len() + 3),
         }
+    }
+
+    /// True when the data passed on so far ends with a line equal to the marker line, inside
+    /// a quoted field: a value holding such a line, or a quote left open.
+    fn ends_with_quoted_marker_line(&self) -> bool {
+        if !self.quotes.in_quoted_field() {
+            return false;
+        }
+        let t = &self.tail;
+        let line = t
+            .strip_suffix(b"\r\n")
+            .or_else(|| t.strip_suffix(b"\n"))
+            .unwrap_or(b"");
+        line.strip_suffix(self.marker.as_slice())
+            .is_some_and(|before| before.last() == Some(&b'\n'))
+    }
+
+    /// Passes `bytes` on, remembering the last few.
+    fn pass(&mut self, bytes: &[u8], on_stdout: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        let keep = self.marker.len() + 3;
+        if bytes.len() >= keep {
+            self.tail.clear();
+            self.tail.extend_from_slice(&bytes[bytes.len() - keep..]);
+        } else {
+            self.tail.extend_from_slice(bytes);
+            let excess = self.tail.len().saturating_sub(keep);
+            self.tail.drain(..excess);
+        }
+        on_stdout(bytes)
     }
 
     /// Prepares for a new item (whose output starts at a line start).
     fn reset(&mut self) {
         self.held.clear();
         self.at_line_start = true;
+        self.quotes = Quotes::default();
+        self.tail.clear();
     }
 
     fn feed(&mut self, data: &[u8], on_stdout: &mut dyn FnMut(&[u8]) -> bool) -> Fed {
@@ -896,7 +955,11 @@ impl Framer {
                 // Not the marker line: what was held is data, and so is the rest of the line.
                 self.at_line_start = false;
                 if !self.held.is_empty() {
-                    let ok = on_stdout(&self.held);
+                    // The held bytes hold no line feed (the marker has none).
+                    let held = std::mem::take(&mut self.held);
+                    self.quotes.consume(&held);
+                    let ok = self.pass(&held, on_stdout);
+                    self.held = held;
                     self.held.clear();
                     if !ok {
                         return Fed::Abort;
@@ -904,19 +967,18 @@ impl Framer {
                 }
             }
             let rest = &data[i..];
-            match self.line_start.find(rest) {
+            match self.quotes.line_end(rest) {
                 Some(p) => {
-                    if !on_stdout(&rest[..=p]) {
+                    if !self.pass(&rest[..p], on_stdout) {
                         return Fed::Abort;
                     }
-                    i += p + 1;
+                    i += p;
                     self.at_line_start = true;
                 }
                 None => {
-                    if !on_stdout(rest) {
+                    if !self.pass(rest, on_stdout) {
                         return Fed::Abort;
                     }
-                    self.at_line_start = rest.last() == Some(&b'\n');
                     i = data.len();
                 }
             }
@@ -1258,6 +1320,23 @@ for line in sys.stdin:
             ),
             (b"END", b"ENEND\nEND", b"ENEND\n", None),
             (b"END", b"x\nEND\n", b"x\n", Some(b"")),
+            // A marker line inside a quoted field is data.
+            (
+                b"---",
+                b"k,\"Intro\n---\nDetails\"\n---\n",
+                b"k,\"Intro\n---\nDetails\"\n",
+                Some(b""),
+            ),
+            (
+                b"\x1e",
+                b"k,\"a\n\x1e\n\"\"\x1e\"\"\n\"\n\x1e\nz",
+                b"k,\"a\n\x1e\n\"\"\x1e\"\"\n\"\n",
+                Some(b"z"),
+            ),
+            // A quote that does not open a field does not hide the marker.
+            (b"END", b"a\"b,1\nEND\n", b"a\"b,1\n", Some(b"")),
+            // A marker starting with a quote, and data lines that only start like it.
+            (b"\"E", b"\"Ex\"\n\"E\n", b"\"Ex\"\n", Some(b"")),
         ];
         for &(marker, stream, delivered, rest) in cases {
             let rest = rest.map(<[u8]>::to_vec);

@@ -287,3 +287,118 @@ fn per_item_placeholders_are_refused_in_persistent_mode() {
         stderr(&out)
     );
 }
+
+/// Values that hold a line equal to the end-of-item marker, and carriage returns.
+const TRICKY: &str = r#"import os, sys
+sys.path.insert(0, os.environ["SHARDRUN_PY"])
+import shardrun_gen
+
+def rows(item):
+    k = item["key"]
+    return [
+        [k, "Intro\n---\nDetails"],
+        [k, "a\n\x1e\nb"],
+        [k, "ends in CR\r"],
+        [k, "CR\rinside"],
+        [k, "\r"],
+    ]
+
+if __name__ == "__main__":
+    if "--serve" in sys.argv:
+        shardrun_gen.serve(rows)
+    else:
+        shardrun_gen.run_once(rows)
+"#;
+
+#[test]
+fn marker_lines_inside_quoted_values_and_carriage_returns_arrive_exactly_in_both_modes() {
+    let p = Project::new();
+    p.write("tricky.py", TRICKY);
+    let mut datasets = Vec::new();
+    for (name, argv, extra) in [
+        ("per", "[python3, tricky.py]", ""),
+        (
+            "pers",
+            "[python3, tricky.py, --serve]",
+            ", mode: persistent",
+        ),
+        (
+            "dash",
+            "[python3, tricky.py, --serve]",
+            ", mode: persistent, marker: \"---\"",
+        ),
+    ] {
+        let cfg = format!("{name}.yaml");
+        p.write(
+            &cfg,
+            &format!(
+                "run: {name}\nitems: {{range: {{start: 0, end: 6}}}}\n\
+                 generator: {{command: {argv}, timeout: 20s{extra}}}\n\
+                 output: {{columns: [key, text]}}\ncache: {{enabled: false}}\n"
+            ),
+        );
+        let out = run(&p, &cfg, &[], "");
+        assert_exit(&out, 0, name, p.root());
+        datasets.push(p.dataset(name));
+    }
+    let want: String = (0..6)
+        .map(|k| {
+            format!(
+                "{k},\"Intro\n---\nDetails\"\n{k},\"a\n\x1e\nb\"\n{k},\"ends in CR\r\"\n\
+                 {k},\"CR\rinside\"\n{k},\"\r\"\n"
+            )
+        })
+        .collect();
+    for (d, run) in datasets.iter().zip(["per", "pers", "dash"]) {
+        assert_eq!(String::from_utf8_lossy(d), want, "{run}");
+    }
+}
+
+#[test]
+fn output_that_ends_inside_a_quoted_field_fails_the_item_in_both_modes() {
+    let p = Project::new();
+    // Key 2 leaves a quote open: a shell generator for per-item mode, and a Python loop
+    // speaking the protocol for persistent mode (which then waits for the next request).
+    p.script(
+        "open.sh",
+        "#!/bin/sh\nif [ \"$1\" = 2 ]; then printf '%s,\"abc' \"$1\"; else echo \"$1,ok\"; fi\n",
+    );
+    p.write(
+        "serve.py",
+        "import sys, json\nfor line in sys.stdin:\n    k = json.loads(line)['key']\n    \
+         sys.stdout.write(k + (',\"abc\\n' if k == '2' else ',ok\\n') + '\\x1e\\n')\n    \
+         sys.stdout.flush()\n",
+    );
+    for (name, argv, extra) in [
+        ("per", "[./open.sh, \"{key}\"]", ""),
+        ("pers", "[python3, serve.py]", ", mode: persistent"),
+    ] {
+        let cfg = format!("{name}.yaml");
+        p.write(
+            &cfg,
+            &format!(
+                "run: {name}\nitems: {{range: {{start: 0, end: 5}}}}\n\
+                 generator: {{command: {argv}, retries: 0{extra}}}\n\
+                 output: {{columns: [key, text]}}\ncache: {{enabled: false}}\n"
+            ),
+        );
+        let started = Instant::now();
+        let out = run(&p, &cfg, &[], "");
+        assert_exit(&out, 1, name, p.root());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{name}: no hang"
+        );
+        let recs = manifest_records(&p.path(&format!("data/{name}/manifest_shard0_of_1.jsonl")));
+        let failed: Vec<_> = recs.iter().filter(|r| r["status"] == "failed").collect();
+        assert_eq!(failed.len(), 1, "{name}: {recs:?}");
+        assert_eq!(failed[0]["key"], "2");
+        let reason = failed[0]["reason"].as_str().unwrap();
+        assert!(reason.contains("inside a quoted field"), "{name}: {reason}");
+        assert_eq!(
+            String::from_utf8_lossy(&p.dataset(name)),
+            "0,ok\n1,ok\n3,ok\n4,ok\n",
+            "{name}"
+        );
+    }
+}

@@ -307,6 +307,14 @@ impl CommandGen {
             parser.finish(out);
         }
         let error = parser.error.take();
+        // A quote left open hides the marker line (it could be a value's line): say so when
+        // the item then times out or the generator ends, or the reason would mislead.
+        let open_quote = if parser.in_quoted_field() {
+            "; the output was inside a quoted field (a \" opened a field and was not closed, so \
+             the end-of-item marker line was read as part of a value)"
+        } else {
+            ""
+        };
         slot.give_back(parser);
         match result {
             Ok(()) => {
@@ -329,11 +337,11 @@ impl CommandGen {
             }
             Err(ServeError::Stopped) => Err(AttemptError::Stopped),
             Err(ServeError::TimedOut) => failed(format!(
-                "timed out after {} (generator restarted)",
+                "timed out after {} (generator restarted){open_quote}",
                 fmt_duration(self.timeout.unwrap_or_default())
             )),
             Err(ServeError::Crashed(why)) => failed(format!(
-                "the generator ended before the end-of-item marker: {why}"
+                "the generator ended before the end-of-item marker: {why}{open_quote}"
             )),
             Err(ServeError::Protocol(why)) => failed(format!("protocol error: {why}")),
             Err(ServeError::Aborted) => failed(error.unwrap_or_else(|| "bad output".into())),
@@ -480,6 +488,8 @@ pub struct StdoutRows<'c> {
     out_len: usize,
     ends_len: usize,
     records: u64,
+    /// Whether the output so far ends inside a quoted field.
+    quotes: crate::csv_quotes::Quotes,
     /// The first problem found (wrong field count), which fails the attempt.
     pub error: Option<String>,
 }
@@ -500,12 +510,14 @@ impl<'c> StdoutRows<'c> {
             out_len: 0,
             ends_len: 0,
             records: 0,
+            quotes: crate::csv_quotes::Quotes::default(),
             error: None,
         }
     }
 
     /// Consumes a chunk of stdout; returns false once the output is known to be bad.
     pub fn feed(&mut self, mut input: &[u8], out: &mut RowWriter) -> bool {
+        self.quotes.consume(input);
         loop {
             let (res, nin, nout, nend) = self.reader.read_record(
                 input,
@@ -536,8 +548,21 @@ impl<'c> StdoutRows<'c> {
         }
     }
 
-    /// Signals the end of stdout (flushes a last record without a newline).
+    /// True when the output so far ends inside a quoted field.
+    pub fn in_quoted_field(&self) -> bool {
+        self.quotes.in_quoted_field()
+    }
+
+    /// Signals the end of stdout (flushes a last record without a newline). Output that ends
+    /// inside a quoted field is invalid CSV, not a value that happens to end there: it fails.
     pub fn finish(&mut self, out: &mut RowWriter) {
+        if self.error.is_none() && self.quotes.in_quoted_field() {
+            self.error = Some(format!(
+                "bad output: it ends inside a quoted field (record {}: a \" opened a field and was \
+                 never closed)",
+                self.records + 1
+            ));
+        }
         if self.error.is_none() {
             self.feed(&[], out);
         }
@@ -624,6 +649,19 @@ mod tests {
         p.finish(&mut out);
         assert_eq!(p.error, None);
         assert_eq!(out.as_bytes(), b"1,2\n");
+    }
+
+    #[test]
+    fn output_ending_inside_a_quoted_field_fails() {
+        let c = cols(&["k", "v"]);
+        for chunk in [1, 3, 64] {
+            let (_, err) = parse_in_chunks(b"k,\"abc", &c, chunk);
+            assert!(err.unwrap().contains("ends inside a quoted field"));
+            let (_, err) = parse_in_chunks(b"a,1\nk,\"ab\"\"\n", &c, chunk);
+            assert!(err.unwrap().contains("record 2"));
+            let (got, err) = parse_in_chunks(b"k,\"ab\"\"\"", &c, chunk);
+            assert_eq!((got.as_str(), err), ("k,\"ab\"\"\"\n", None));
+        }
     }
 
     #[test]
