@@ -66,6 +66,7 @@ struct RawGenerator {
     rate: Option<Yaml>,
     halt: Option<RawHalt>,
     version: Option<Yaml>,
+    max_item_bytes: Option<Yaml>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +184,8 @@ pub struct GeneratorSpec {
     pub min_start_interval: Option<Duration>,
     pub halt: Option<Halt>,
     pub version: String,
+    /// The most output one item of a command generator may write (its stdout, in bytes).
+    pub max_item_bytes: u64,
 }
 
 /// Cache settings.
@@ -478,6 +481,10 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
         None => String::new(),
         Some(v) => scalar(&v).ok_or("generator.version: must be a string or number")?,
     };
+    let max_item_bytes = match &raw.max_item_bytes {
+        None => DEFAULT_MAX_ITEM_BYTES,
+        Some(v) => parse_size(v).map_err(|e| format!("generator.max_item_bytes: {e}"))?,
+    };
     Ok(GeneratorSpec {
         kind,
         mode,
@@ -488,7 +495,42 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
         min_start_interval,
         halt,
         version,
+        max_item_bytes,
     })
+}
+
+/// The default of `generator.max_item_bytes`: an item is held in memory while it is made, so
+/// this bounds a worker's memory per slot.
+pub const DEFAULT_MAX_ITEM_BYTES: u64 = 1 << 30;
+/// The largest `generator.max_item_bytes` accepted.
+pub const MAX_ITEM_BYTES: u64 = 16 << 30;
+
+/// A size: a whole number of bytes, or one with a `KiB`, `MiB` or `GiB` suffix.
+pub fn parse_size(v: &Yaml) -> Result<u64, String> {
+    let bad = || {
+        "must be a size such as 1048576, 64MiB or 1GiB (at least 1 byte, at most 16GiB)".to_string()
+    };
+    let text = match v {
+        Yaml::Number(n) => n.to_string(),
+        Yaml::String(s) => s.trim().to_string(),
+        _ => return Err(bad()),
+    };
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text.as_str(), ""),
+    };
+    let unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    match n.checked_mul(unit) {
+        Some(b) if (1..=MAX_ITEM_BYTES).contains(&b) => Ok(b),
+        _ => Err(bad()),
+    }
 }
 
 /// `300s`, `5m`, `1h`, `250ms`, or a bare number of seconds; `0` or `none` means no limit.

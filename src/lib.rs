@@ -29,5 +29,6 @@ pub mod seed;
 pub mod shard;
 pub mod signals;
 pub mod spawn;
+pub mod stderr_cap;
 pub mod stdout;
 pub mod worker;

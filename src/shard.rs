@@ -272,6 +272,7 @@ fn build_generator(
                 num_shards,
                 marker: (spec.mode == crate::config::Mode::Persistent)
                     .then(|| spec.marker.as_bytes().to_vec()),
+                max_item_bytes: spec.max_item_bytes,
             })
             .map_err(bad)?;
             let mut what = Vec::new();

@@ -16,6 +16,7 @@ use crate::log::{EventLog, V};
 use crate::manifest::{self, Header, Record, ShardStore, Status};
 use crate::shard::{Generator, Shard, WorkerArgs, VERSION};
 use crate::signals::Interrupt;
+use crate::stderr_cap::StderrCap;
 
 /// Commit at least this often while items complete.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
@@ -810,15 +811,35 @@ impl Run<'_> {
 
 /// Ends a slot's persistent generator, logging what it says on stderr as it goes.
 fn finish_slot(state: &mut Slot, log: &EventLog) {
-    state.finish(&mut |line: &[u8]| {
-        log.event(
-            "stderr",
-            &[
-                ("key", V::S("")),
-                ("line", V::S(&String::from_utf8_lossy(line))),
-            ],
-        );
-    });
+    let mut cap = StderrCap::new();
+    state.finish(&mut |line: &[u8]| cap.line(line, &mut |l| log_stderr(log, "", l)));
+    cap.finish(
+        &mut |lines, bytes| log_dropped(log, "", lines, bytes),
+        &mut |l| log_stderr(log, "", l),
+    );
+}
+
+/// One line of a generator's stderr, tagged with the item being made.
+fn log_stderr(log: &EventLog, key: &str, line: &[u8]) {
+    log.event(
+        "stderr",
+        &[
+            ("key", V::S(key)),
+            ("line", V::S(&String::from_utf8_lossy(line))),
+        ],
+    );
+}
+
+/// Says how much of an attempt's stderr the log left out (see [`StderrCap`]).
+fn log_dropped(log: &EventLog, key: &str, lines: u64, bytes: u64) {
+    log.event(
+        "stderr_dropped",
+        &[
+            ("key", V::S(key)),
+            ("lines", V::D(&lines)),
+            ("bytes", V::D(&bytes)),
+        ],
+    );
 }
 
 /// Produces one item with the shard's generator, retrying a failed command with backoff.
@@ -867,21 +888,21 @@ fn produce(
                     return Outcome::Stopped;
                 }
                 out.clear();
-                let key = item.key.clone();
-                let mut on_stderr = |line: &[u8]| {
-                    log.event(
-                        "stderr",
-                        &[
-                            ("key", V::S(&key)),
-                            ("line", V::S(&String::from_utf8_lossy(line))),
-                        ],
-                    );
+                let key = &item.key;
+                let mut cap = StderrCap::new();
+                let result = {
+                    let mut on_stderr =
+                        |line: &[u8]| cap.line(line, &mut |l| log_stderr(log, key, l));
+                    if cmd.is_persistent() {
+                        cmd.serve(&item, slot, state, stop, &mut on_stderr, out)
+                    } else {
+                        cmd.attempt(&item, slot, state, stop, &mut on_stderr, out)
+                    }
                 };
-                let result = if cmd.is_persistent() {
-                    cmd.serve(&item, slot, state, stop, &mut on_stderr, out)
-                } else {
-                    cmd.attempt(&item, slot, state, stop, &mut on_stderr, out)
-                };
+                cap.finish(
+                    &mut |lines, bytes| log_dropped(log, key, lines, bytes),
+                    &mut |l| log_stderr(log, key, l),
+                );
                 match result {
                     Ok(()) => {
                         let (rows, count) = out.take();

@@ -230,3 +230,60 @@ fn two_shards_cannot_share_a_name() {
         stderr(&out)
     );
 }
+
+#[test]
+fn an_item_past_max_item_bytes_fails_and_a_stderr_flood_is_capped_in_the_log() {
+    let p = Project::new();
+    // Item 1 writes 5,000 bytes of one field; item 2 writes 20 MiB to stderr and succeeds.
+    p.script(
+        "g.sh",
+        "#!/bin/sh\nif [ \"$1\" = 1 ]; then printf '1,%05000d\\n' 0; exit 0; fi\n\
+         if [ \"$1\" = 2 ]; then i=0; while [ $i -lt 20 ]; do head -c 1048576 /dev/zero | tr '\\0' 'e' | fold -w 100; i=$((i+1)); done >&2; echo last-line >&2; fi\n\
+         echo \"$1,ok\"\n",
+    );
+    p.write(
+        "c.yaml",
+        "run: lim\nitems: {range: {start: 0, end: 4}}\n\
+         generator: {command: [./g.sh, \"{key}\"], retries: 0, max_item_bytes: 4KiB}\n\
+         output: {columns: [k, v]}\n",
+    );
+    let out = p.run_shard("c.yaml", 0, 1, &["--quiet"], 1);
+    let recs = manifest_records(&p.path("data/lim/manifest_shard0_of_1.jsonl"));
+    let failed: Vec<_> = recs.iter().filter(|r| r["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{recs:?}");
+    assert_eq!(failed[0]["key"], "1");
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_item_bytes (4096 bytes)"),
+        "{:?}",
+        failed[0]
+    );
+    let log = p.read("logs/lim/shard_0_of_1.log");
+    assert!(
+        log.len() < 1 << 20,
+        "the log keeps a bounded part of the stderr flood: {} bytes",
+        log.len()
+    );
+    assert!(
+        log.contains(" stderr_dropped key=2 lines="),
+        "{}",
+        &log[..2000]
+    );
+    assert!(log.contains("last-line\n"), "the end of stderr is kept");
+    drop(out);
+    // A bad size is a clear configuration error.
+    p.write(
+        "d.yaml",
+        &p.read("c.yaml")
+            .replace("4KiB", "4 parsecs")
+            .replace("run: lim", "run: d"),
+    );
+    let out = p.run_shard("d.yaml", 0, 1, &[], 2);
+    assert!(
+        stderr(&out).contains("generator.max_item_bytes"),
+        "{}",
+        stderr(&out)
+    );
+}

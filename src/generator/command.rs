@@ -121,6 +121,8 @@ pub struct CommandGen {
     num_shards: u32,
     /// `Some(marker)` in persistent mode.
     marker: Option<Vec<u8>>,
+    /// The most stdout one item may write.
+    max_item_bytes: u64,
 }
 
 /// What a command generator is built from.
@@ -137,6 +139,8 @@ pub struct CommandSpec<'a> {
     pub num_shards: u32,
     /// `Some(end-of-item marker)` for a persistent generator.
     pub marker: Option<Vec<u8>>,
+    /// The most stdout one item may write (`generator.max_item_bytes`).
+    pub max_item_bytes: u64,
 }
 
 /// The kept parser, reset, or a new one.
@@ -205,6 +209,7 @@ impl CommandGen {
             shard,
             num_shards,
             marker,
+            max_item_bytes,
         } = spec;
         let argv = argv
             .iter()
@@ -250,6 +255,7 @@ impl CommandGen {
             shard,
             num_shards,
             marker,
+            max_item_bytes,
         })
     }
 
@@ -294,7 +300,8 @@ impl CommandGen {
                 marker,
             })
         });
-        let mut parser = StdoutRows::with_reader(&self.columns, reused_reader(&mut slot.reader));
+        let mut parser = StdoutRows::with_reader(&self.columns, reused_reader(&mut slot.reader))
+            .with_limit(self.max_item_bytes);
         let result = server.serve(
             &item_json(item),
             self.timeout,
@@ -403,7 +410,7 @@ impl CommandGen {
             timeout: self.timeout,
             exit_grace: EXIT_GRACE,
         };
-        let mut parser = state.parser(&self.columns);
+        let mut parser = state.parser(&self.columns).with_limit(self.max_item_bytes);
         let ended = run_attempt(&spec, stop, &mut |chunk| parser.feed(chunk, out), on_stderr);
         if matches!(ended, Ok(Ended::Exited(0))) {
             parser.finish(out);
@@ -490,6 +497,9 @@ pub struct StdoutRows<'c> {
     records: u64,
     /// Whether the output so far ends inside a quoted field.
     quotes: crate::csv_quotes::Quotes,
+    /// Bytes of output taken so far, and the most allowed.
+    taken: u64,
+    limit: u64,
     /// The first problem found (wrong field count), which fails the attempt.
     pub error: Option<String>,
 }
@@ -511,12 +521,30 @@ impl<'c> StdoutRows<'c> {
             ends_len: 0,
             records: 0,
             quotes: crate::csv_quotes::Quotes::default(),
+            taken: 0,
+            limit: u64::MAX,
             error: None,
         }
     }
 
+    /// Fails the output once it passes `limit` bytes.
+    pub fn with_limit(mut self, limit: u64) -> Self {
+        self.limit = limit;
+        self
+    }
+
     /// Consumes a chunk of stdout; returns false once the output is known to be bad.
     pub fn feed(&mut self, mut input: &[u8], out: &mut RowWriter) -> bool {
+        self.taken += input.len() as u64;
+        if self.taken > self.limit {
+            self.error.get_or_insert_with(|| {
+                format!(
+                    "bad output: more than generator.max_item_bytes ({} bytes) for one item",
+                    self.limit
+                )
+            });
+            return false;
+        }
         self.quotes.consume(input);
         loop {
             let (res, nin, nout, nend) = self.reader.read_record(
@@ -534,8 +562,16 @@ impl<'c> StdoutRows<'c> {
                     self.field_buf.resize(n, 0);
                 }
                 csv_core::ReadRecordResult::OutputEndsFull => {
-                    let n = self.ends.len() * 2;
-                    self.ends.resize(n, 0);
+                    // The ends hold one more field than a record may have: this record has too
+                    // many, known before it is read whole (a line of commas costs nothing).
+                    self.error = Some(format!(
+                        "bad output: record {} has more than {} fields, expected {} ({})",
+                        self.records + 1,
+                        self.columns.len(),
+                        self.columns.len(),
+                        self.columns.join(",")
+                    ));
+                    return false;
                 }
                 csv_core::ReadRecordResult::Record => {
                     self.record(out);
@@ -662,6 +698,30 @@ mod tests {
             let (got, err) = parse_in_chunks(b"k,\"ab\"\"\"", &c, chunk);
             assert_eq!((got.as_str(), err), ("k,\"ab\"\"\"\n", None));
         }
+    }
+
+    #[test]
+    fn a_flood_of_fields_fails_before_the_record_ends_and_in_bounded_memory() {
+        let c = cols(&["k", "v"]);
+        let mut out = RowWriter::new();
+        let mut p = StdoutRows::new(&c);
+        let commas = vec![b','; 10 << 20];
+        assert!(!p.feed(&commas, &mut out));
+        assert!(p.ends.len() <= 3, "{} field ends", p.ends.len());
+        assert_eq!(
+            p.error.as_deref(),
+            Some("bad output: record 1 has more than 2 fields, expected 2 (k,v)")
+        );
+    }
+
+    #[test]
+    fn output_past_the_item_limit_fails() {
+        let c = cols(&["k"]);
+        let mut out = RowWriter::new();
+        let mut p = StdoutRows::new(&c).with_limit(10);
+        assert!(p.feed(b"12345\n", &mut out));
+        assert!(!p.feed(b"67890\n", &mut out));
+        assert!(p.error.unwrap().contains("max_item_bytes (10 bytes)"));
     }
 
     #[test]
