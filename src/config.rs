@@ -590,8 +590,18 @@ pub fn parse_rate(v: &Yaml) -> Result<Duration, String> {
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("{text:?}: the rate must be positive"));
     }
-    Duration::try_from_secs_f64(window / n).map_err(|_| format!("{text:?} is out of range"))
+    // Slower than one item a day is no rate limit anyone means; it also keeps the spacing of
+    // item starts far from the clock's range.
+    match Duration::try_from_secs_f64(window / n) {
+        Ok(d) if d <= MAX_RATE_INTERVAL => Ok(d),
+        _ => Err(format!(
+            "{text:?} is too slow: the slowest rate is one item a day (1/h is 24 times that)"
+        )),
+    }
 }
+
+/// The longest spacing of item starts `generator.rate` may ask for.
+pub const MAX_RATE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 fn parse_halt(v: &Yaml) -> Result<Halt, String> {
     match v {
