@@ -120,6 +120,8 @@ fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Res
         me.host,
         crate::log::timestamp()
     );
+    // Shared with the run's other workers, whatever their plan; a merge takes it exclusive.
+    let _run_lock = ShardLock::share_run(&paths.locks_dir(), &shard.config.run)?;
     let _shard_lock = ShardLock::acquire(
         &paths
             .locks_dir()

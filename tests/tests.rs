@@ -6,6 +6,7 @@ mod launcher;
 mod merge;
 mod monitor;
 mod persistent;
+mod run_lock;
 mod slurm;
 mod worker_bad_input;
 mod worker_crash;

@@ -77,6 +77,12 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         &format!("merging run {:?}", run.name),
         &format!("merge pid {}", std::process::id()),
     )?;
+    // Exclusive: no worker of any shard plan writes while the merge reads (or cleans up).
+    let _run_lock = ShardLock::own_run(
+        &paths.locks_dir(),
+        &run.name,
+        &format!("merge pid {}", std::process::id()),
+    )?;
     remove_stale_temps(&paths.data_dir);
     if let Some(msg) = finish_cleanup(paths, &output)? {
         return Ok(Outcome::AlreadyMerged(msg));
@@ -97,7 +103,6 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         )));
     }
     let plan = check_plan(&run, &manifests)?;
-    let _locks = lock_shards(paths, plan.num_shards)?;
     let shards = plan
         .present
         .iter()
@@ -166,27 +171,6 @@ fn check_plan(run: &RunRef, manifests: &[(u32, u32, PathBuf)]) -> Result<PlanOnD
         present,
         missing,
     })
-}
-
-/// Holds every shard's lock for the merge, so no worker writes while it copies.
-fn lock_shards(paths: &RunPaths, num_shards: u32) -> Result<Vec<ShardLock>> {
-    (0..num_shards)
-        .map(|i| {
-            ShardLock::acquire(
-                &paths
-                    .locks_dir()
-                    .join(format!("shard{i}_of_{num_shards}.lock")),
-                &format!("shard {i} of {num_shards}"),
-                &format!("merge pid {}", std::process::id()),
-            )
-            .map_err(|e| match e {
-                Error::Locked(m) => {
-                    Error::Refused(format!("{m}; merge once the shard has finished"))
-                }
-                other => other,
-            })
-        })
-        .collect()
 }
 
 /// A shard's files, and its manifest's header.

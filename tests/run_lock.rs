@@ -1,0 +1,173 @@
+//! The run lock: no worker of any shard plan writes while `merge` reads a run, a running worker
+//! of any plan refuses the merge, and a merge of many shards fits a small open-file limit.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const MERGE: &str = env!("CARGO_BIN_EXE_merge");
+
+fn merge(p: &Project, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(MERGE)
+        .arg("--root")
+        .arg(p.root())
+        .args(args)
+        .output()
+        .expect("run merge")
+}
+
+/// Regression: merge locked only the shards of its own plan, so a `--force` worker of another
+/// shard count rewrote `process-0.csv` while merge copied it, and merge exited 0 with a torn
+/// dataset. The merge is stopped (SIGSTOP) once it has started writing its output, the other
+/// plan's worker is started, then the merge is let go on.
+#[test]
+fn a_force_worker_of_another_shard_count_is_refused_while_merge_runs() {
+    let p = Project::new();
+    p.write("big.yaml", "run: big\nitems: {range: {start: 0, end: 60000}}\ngenerator: {builtin: echo, params: {rows: 2, pad: 100}}\n");
+    for i in 0..2 {
+        p.run_shard("big.yaml", i, 2, &["--no-cache"], 0);
+    }
+    let out = merge(&p, &["--run", "big", "--keep-shards"]);
+    assert_exit(&out, 0, "first merge", p.root());
+    let expected = std::fs::read(p.path("data/big/combined.csv")).unwrap();
+    let tmp = p.path("data/big/.combined.csv.tmp");
+    let mut caught = None;
+    for _ in 0..50 {
+        std::fs::remove_file(p.path("data/big/combined.csv")).unwrap();
+        let mut cmd = std::process::Command::new(MERGE);
+        cmd.arg("--root")
+            .arg(p.root())
+            .args(["--run", "big", "--keep-shards"]);
+        let mut child = spawn(cmd);
+        let start = Instant::now();
+        while !tmp.exists() && start.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        signal(child.id(), libc::SIGSTOP);
+        if child.try_wait().unwrap().is_none() && tmp.exists() {
+            caught = Some(child);
+            break;
+        }
+        // The merge ended before it could be stopped: try again.
+        signal(child.id(), libc::SIGCONT);
+        assert!(wait_child(&mut child, Duration::from_secs(30)).success());
+    }
+    let mut child = caught.expect("a merge stopped while it writes its output, in 50 tries");
+    let merge_pid = child.id();
+    let worker = p.run(
+        "big.yaml",
+        &[
+            "--shard-index",
+            "0",
+            "--num-shards",
+            "3",
+            "--force",
+            "--no-cache",
+        ],
+    );
+    signal(child.id(), libc::SIGCONT);
+    let status = wait_child(&mut child, Duration::from_secs(60));
+    let merged = child.wait_with_output().unwrap();
+    assert!(status.success(), "merge: {}", stderr(&merged));
+    let got = std::fs::read(p.path("data/big/combined.csv")).unwrap();
+    assert!(
+        got == expected,
+        "combined.csv differs from the dataset ({} bytes, expected {}); the worker said: {}",
+        got.len(),
+        expected.len(),
+        stderr(&worker)
+    );
+    assert_exit(
+        &worker,
+        3,
+        "a worker of another plan during merge",
+        p.root(),
+    );
+    assert!(
+        stderr(&worker).contains(&format!("being merged by merge pid {merge_pid}")),
+        "{}",
+        stderr(&worker)
+    );
+}
+
+/// A merge refuses (exit 1, naming the shard and its pid) while a worker of another shard plan
+/// runs; before the run lock it only saw the other plan's manifest.
+#[test]
+fn merge_refuses_while_a_worker_of_another_plan_runs() {
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\nif [ -f slow ]; then echo $$ >> pids; while [ -f slow ]; do sleep 0.05; done; fi\necho \"$1,x\"\n",
+    );
+    p.write("c.yaml", "run: c\nitems: {range: {start: 0, end: 6}}\ngenerator: {command: [./g.sh, \"{key}\"]}\noutput: {columns: [k, v]}\n");
+    for i in 0..2 {
+        p.run_shard("c.yaml", i, 2, &[], 0);
+    }
+    p.write("slow", "");
+    let mut worker = spawn(p.worker(
+        "c.yaml",
+        &[
+            "--shard-index",
+            "1",
+            "--num-shards",
+            "3",
+            "--name",
+            "three-1",
+            "--no-cache",
+        ],
+    ));
+    wait_for("the blocked generator", Duration::from_secs(20), || {
+        p.path("pids").exists()
+    });
+    let out = merge(&p, &["--run", "c"]);
+    assert_exit(
+        &out,
+        1,
+        "merge while a worker of another plan runs",
+        p.root(),
+    );
+    let want = format!("shard 1 of 3 is locked by pid {}", worker.id());
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("merge once the shard has finished"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(p.path("slow")).unwrap();
+    assert!(wait_child(&mut worker, Duration::from_secs(20)).success());
+}
+
+/// Regression (cluster scale): merge held every shard's lock and data file open at once, so 300
+/// shards failed under a 256 open-file limit ("Too many open files").
+#[test]
+fn a_merge_of_300_shards_fits_under_ulimit_n_256() {
+    let p = Project::new();
+    p.write(
+        "t.yaml",
+        "run: t\nitems: {range: {start: 0, end: 600}}\ngenerator: {builtin: echo}\n",
+    );
+    for i in 0..300 {
+        p.run_shard("t.yaml", i, 300, &["--no-cache"], 0);
+    }
+    let want = dataset_in_item_order(&p.path("data/t"));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(MERGE)
+        .arg("--root")
+        .arg(p.root())
+        .args(["--run", "t"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "merge of 300 shards under ulimit -n 256", p.root());
+    let got = std::fs::read(p.path("data/t/combined.csv")).unwrap();
+    let body = &got[got.iter().position(|&b| b == b'\n').unwrap() + 1..];
+    assert!(
+        body == want.as_slice(),
+        "combined.csv is not the shards' rows in item order"
+    );
+    assert_eq!(p.read("data/t/manifest_final.csv").lines().count(), 601);
+}
