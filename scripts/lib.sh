@@ -40,6 +40,29 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# ---- numbers from the command line -------------------------------------------------------------
+# Documented maxima (README): bash arithmetic wraps at 2^63 and loops over a shard count, so every
+# number is checked by its digits before any arithmetic sees it.
+# shellcheck disable=SC2034 # used by the launchers that source this file
+MAX_SHARDS=100000 # shardrun::config::MAX_SHARDS
+# shellcheck disable=SC2034 # used by the launchers that source this file
+MAX_JOBS=1024     # shardrun::config::MAX_JOBS
+# shellcheck disable=SC2034 # used by the launchers that source this file
+MAX_SECONDS=3600  # --stagger, --grace, SHARDRUN_SLURM_POLL
+
+# is_count VALUE MAX: true when VALUE is a whole number from 1 to MAX.
+is_count() {
+  [[ "$1" =~ ^[1-9][0-9]{0,17}$ ]] && (($1 <= $2))
+}
+
+# is_seconds VALUE MAX: true when VALUE is a number of seconds (digits, optional decimals) from 0
+# to MAX.
+is_seconds() {
+  [[ "$1" =~ ^([0-9]{1,18})(\.([0-9]{1,9}))?$ ]] || return 1
+  local whole=$((10#${BASH_REMATCH[1]})) frac=${BASH_REMATCH[3]}
+  ((whole < $2)) || { ((whole == $2)) && [[ "$frac" =~ ^0*$ ]]; }
+}
+
 # ---- shared by the launchers (run_parallel.sh, run_slurm.sh) ------------------------------------
 # They expect CONFIG (the configuration path) and, once chosen, NUM_SHARDS.
 

@@ -73,10 +73,10 @@ parse_args() {
     esac
     shift
   done
-  [ -z "$NUM_SHARDS" ] || [[ "$NUM_SHARDS" =~ ^[1-9][0-9]*$ ]] || usage_error "--num-shards must be a positive whole number, not '$NUM_SHARDS'"
-  [ -z "$JOBS" ] || [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || usage_error "--jobs must be a positive whole number, not '$JOBS'"
-  [[ "$STAGGER" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--stagger must be a number of seconds, not '$STAGGER'"
-  [[ "$GRACE" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--grace must be a number of seconds, not '$GRACE'"
+  [ -z "$NUM_SHARDS" ] || is_count "$NUM_SHARDS" "$MAX_SHARDS" || usage_error "--num-shards must be a whole number from 1 to $MAX_SHARDS, not '$NUM_SHARDS'"
+  [ -z "$JOBS" ] || is_count "$JOBS" "$MAX_JOBS" || usage_error "--jobs must be a whole number from 1 to $MAX_JOBS, not '$JOBS'"
+  is_seconds "$STAGGER" "$MAX_SECONDS" || usage_error "--stagger must be a number of seconds from 0 to $MAX_SECONDS, not '$STAGGER'"
+  is_seconds "$GRACE" "$MAX_SECONDS" || usage_error "--grace must be a number of seconds from 0 to $MAX_SECONDS, not '$GRACE'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
 }

@@ -140,6 +140,9 @@ pub enum GeneratorKind {
     Command { argv: Vec<String> },
 }
 
+/// Upper bound of `shards` (and every `--num-shards`): a plan of more shards than this is
+/// refused up front rather than attempted (launchers hold per-shard state).
+pub const MAX_SHARDS: u32 = 100_000;
 /// Upper bound of `generator.jobs` (and `--jobs`): threads per worker.
 pub const MAX_JOBS: u32 = 1024;
 /// Upper bound of `generator.retries`.
@@ -253,6 +256,9 @@ fn resolve(raw: RawConfig, path: &Path, root: &Path) -> Result<Config, String> {
     validate_name(&run).map_err(|e| format!("run: {e}"))?;
     if raw.shards == Some(0) {
         return Err("shards: must be at least 1".into());
+    }
+    if raw.shards.is_some_and(|n| n > MAX_SHARDS) {
+        return Err(format!("shards: must be 1 to {MAX_SHARDS}"));
     }
     let items = resolve_items(raw.items, root)?;
     let generator = resolve_generator(raw.generator)?;

@@ -187,8 +187,11 @@ fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
             )))
         }
     };
-    if num == 0 {
-        return Err(Error::usage("--num-shards must be at least 1"));
+    if !(1..=crate::config::MAX_SHARDS).contains(&num) {
+        return Err(Error::usage(format!(
+            "--num-shards must be 1 to {}, not {num}",
+            crate::config::MAX_SHARDS
+        )));
     }
     if index >= num {
         return Err(Error::usage(format!(
