@@ -149,6 +149,10 @@ pub const MAX_JOBS: u32 = 1024;
 pub const MAX_RETRIES: u32 = 100;
 /// Upper bound of the number of items of a source.
 pub const MAX_ITEMS: u64 = 1 << 40;
+/// Upper bound of the items of one shard: a worker keeps a bit per item of its shard and, on a
+/// resume with a warm cache, 16 bytes per pending or committed item, so this bounds its memory
+/// (under 1 GiB) whatever the source. A larger plan is refused up front: more shards fit it.
+pub const MAX_SHARD_ITEMS: u64 = 50_000_000;
 
 /// How a command generator is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

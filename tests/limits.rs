@@ -114,3 +114,52 @@ fn numbers_above_their_documented_maximum_exit_2_naming_it() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// Regression: a range of 10^12 items or a product of 10^18 passed `--dry-run`, then the worker
+/// aborted (exit 134) allocating a bit per item of its shard. Refused up front now, with the
+/// limit and the shard count that fits.
+#[test]
+fn plans_too_large_for_bounded_memory_are_refused_up_front() {
+    let p = Project::new();
+    p.write(
+        "r.yaml",
+        "run: r\nitems: {range: {start: 0, end: 1000000000000}}\ngenerator: {builtin: echo}\n",
+    );
+    for args in [&["--dry-run"][..], &[]] {
+        let out = p.run("r.yaml", args);
+        assert_exit(&out, 2, &format!("range of 10^12, {args:?}"), p.root());
+        let e = stderr(&out);
+        assert!(
+            e.contains("at most 50000000") && e.contains("--num-shards 20000"),
+            "{e}"
+        );
+    }
+    assert!(!p.path("data/r").exists(), "a refused plan wrote nothing");
+    // The hint works: shard 0 of 20000 holds 50,000,000 items.
+    let out = p.run(
+        "r.yaml",
+        &["--shard-index", "0", "--num-shards", "20000", "--dry-run"],
+    );
+    assert_exit(&out, 0, "range of 10^12 on 20000 shards", p.root());
+    // A product of 100^9 = 10^18 items: beyond the source limit, like a range.
+    let dims: Vec<String> = (0..9)
+        .map(|d| {
+            let values: Vec<String> = (0..100).map(|v| v.to_string()).collect();
+            format!("f{d}: [{}]", values.join(", "))
+        })
+        .collect();
+    p.write(
+        "p.yaml",
+        &format!(
+            "run: p\nitems: {{product: {{{}}}}}\ngenerator: {{builtin: echo}}\n",
+            dims.join(", ")
+        ),
+    );
+    let out = p.run("p.yaml", &["--dry-run"]);
+    assert_exit(&out, 2, "product of 10^18", p.root());
+    assert!(
+        stderr(&out).contains("items.product: more than 1099511627776 items"),
+        "{}",
+        stderr(&out)
+    );
+}
