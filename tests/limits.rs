@@ -163,3 +163,35 @@ fn plans_too_large_for_bounded_memory_are_refused_up_front() {
         stderr(&out)
     );
 }
+
+/// Regression: 160 KB of nested flow lists took 96 s of CPU before the YAML parser gave up;
+/// a configuration is now refused by its shape (size, nesting) before it is parsed.
+#[test]
+fn a_deeply_nested_or_huge_configuration_is_refused_before_parsing() {
+    let p = Project::new();
+    let n = 80_000;
+    p.write(
+        "deep.yaml",
+        &format!(
+            "items: {{list: {}a{}}}\ngenerator: {{builtin: echo}}\n",
+            "[".repeat(n),
+            "]".repeat(n)
+        ),
+    );
+    let t = std::time::Instant::now();
+    let e = bounded("deep nesting", p.worker("deep.yaml", &["--dry-run"]), &p, 2);
+    assert!(e.contains("nested deeper than 64 levels"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let mut big = String::from("items: {list: [a]}\ngenerator: {builtin: echo}\n");
+    while big.len() <= 16 << 20 {
+        big.push_str(&format!("# {}\n", "x".repeat(1000)));
+    }
+    p.write("big.yaml", &big);
+    let e = bounded(
+        "a 16 MiB configuration",
+        p.worker("big.yaml", &["--dry-run"]),
+        &p,
+        2,
+    );
+    assert!(e.contains("at most 16777216"), "{e}");
+}
