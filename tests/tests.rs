@@ -4,6 +4,7 @@ mod battery;
 mod common;
 mod launcher;
 mod limits;
+mod log_full;
 mod merge;
 mod monitor;
 mod persistent;
