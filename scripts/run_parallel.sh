@@ -351,8 +351,16 @@ summary_line() {
       printf '✓ shard %s/%s (pid %s) ok: %s items, %s rows, %.0f s\n' "$i" "$NUM_SHARDS" "$pid" \
         "$(thousands "${done_:-0}")" "$(thousands "${rows:-0}")" "${elapsed:-0}" ;;
     failed)
-      printf '✗ shard %s/%s (pid %s) failed: exit %s, %s items failed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
-        "$code" "${failed:-?}" "$(rel "$log")" ;;
+      if [ -n "$failed" ]; then
+        printf '✗ shard %s/%s (pid %s) failed: exit %s, %s items failed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
+          "$code" "$failed" "$(rel "$log")"
+      else
+        # No finish line: the worker stopped on an error (its log may not have been writable, a
+        # full file system); its stderr says which.
+        msg=$(tail -n 1 "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 2>/dev/null | sed 's/^shard-worker: error: //' | cut -c1-200)
+        printf '✗ shard %s/%s (pid %s) failed: exit %s%s (see %s)\n' "$i" "$NUM_SHARDS" "$pid" "$code" \
+          "${msg:+: $msg}" "$(rel "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr")"
+      fi ;;
     interrupted)
       printf '✗ shard %s/%s (pid %s) interrupted: exit %s, %s items committed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
         "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}")" "$(rel "$log")" ;;

@@ -28,3 +28,51 @@ fn a_log_write_error_is_reported_on_stderr_and_in_the_exit_code() {
         .count();
     assert_eq!(ok, 4);
 }
+
+/// A shard whose log ended early (here: never written) but whose manifest holds every item is
+/// `done` for monitor, which reads the manifest when the log does not say; the launcher names
+/// the log error in its summary.
+#[test]
+fn monitor_and_launcher_fall_back_to_the_manifest_when_a_log_ends_early() {
+    let p = Project::new();
+    p.write(
+        "conf/f.yaml",
+        "run: f\nshards: 2\nitems: {range: {start: 0, end: 6}}\ngenerator: {builtin: echo}\n",
+    );
+    std::fs::create_dir_all(p.path("logs/f")).unwrap();
+    std::os::unix::fs::symlink("/dev/full", p.path("logs/f/shard_1_of_2.log")).unwrap();
+    let out = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run_parallel.sh"),
+    )
+    .current_dir(p.root())
+    .args(["--config", "conf/f.yaml"])
+    .env(
+        "SHARDRUN_BIN",
+        std::path::Path::new(WORKER).parent().unwrap(),
+    )
+    .env("SHARDRUN_NO_DISPLAY", "1")
+    .output()
+    .unwrap();
+    assert_exit(&out, 1, "launcher with an unwritable shard log", p.root());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    assert!(
+        text.contains("failed: exit 1: cannot write the shard log"),
+        "{text}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_monitor"))
+        .arg("--root")
+        .arg(p.root())
+        .args(["--run", "f", "--json"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "monitor --json", p.root());
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = snap["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["done", "done"], "{snap}");
+    assert_eq!(snap["shards"][1]["items_done"], 3, "{snap}");
+}
