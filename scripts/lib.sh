@@ -150,7 +150,14 @@ existing_plans() {
 
 # Removes the outputs of shard plans other than NUM_SHARDS (a launcher's --force).
 discard_other_plans() {
-  local m name n
+  local m name n lock=$DATA_DIR/.locks/run.lock
+  # Like a worker, hold the run's lock shared while deleting shard outputs: a merge holds it
+  # exclusive while it reads them (src/lock.rs).
+  mkdir -p "$DATA_DIR/.locks"
+  exec 7<>"$lock"
+  if ! flock -s -n 7; then
+    DIE_CODE=2 die "run '$RUN' is being merged by $(cat "$lock" 2>/dev/null || echo 'another process') ($lock); wait for the merge to finish, then launch again"
+  fi
   for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
     [ -e "$m" ] || continue
     n=${m##*_of_}
@@ -160,6 +167,7 @@ discard_other_plans() {
     [ -n "$name" ] && rm -f "$DATA_DIR/$name.csv"
     rm -f "$m"
   done
+  exec 7<&-
 }
 
 # ---- shared by the benchmarks (bench*.sh) -------------------------------------------------------

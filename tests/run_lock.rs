@@ -171,3 +171,84 @@ fn a_merge_of_300_shards_fits_under_ulimit_n_256() {
     );
     assert_eq!(p.read("data/t/manifest_final.csv").lines().count(), 601);
 }
+
+/// The launchers' `--force` with a new shard count deletes the other plan's outputs: never
+/// while a merge holds the run (here the merge's exclusive lock is held by `flock`).
+#[test]
+fn a_launcher_force_does_not_discard_outputs_under_a_merge() {
+    use std::os::unix::process::CommandExt;
+    let p = Project::new();
+    p.write(
+        "conf/c.yaml",
+        "run: c\nitems: {range: {start: 0, end: 6}}\ngenerator: {builtin: echo}\n",
+    );
+    for i in 0..2 {
+        p.run_shard("conf/c.yaml", i, 2, &[], 0);
+    }
+    let lock = p.path("data/c/.locks/run.lock");
+    std::fs::write(&lock, "merge pid 4242").unwrap();
+    let mut holder = std::process::Command::new("flock");
+    holder
+        .args(["-x", "-n"])
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .process_group(0);
+    let holder = KillGroup(spawn(holder));
+    // The lock is held once a shared try fails.
+    wait_for(
+        "flock to hold the run lock",
+        Duration::from_secs(10),
+        || {
+            !std::process::Command::new("flock")
+                .args(["-s", "-n"])
+                .arg(&lock)
+                .arg("true")
+                .status()
+                .unwrap()
+                .success()
+        },
+    );
+    let before = std::fs::read(p.path("data/c/process-0.csv")).unwrap();
+    for name in ["run_parallel.sh", "run_slurm.sh"] {
+        let out = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scripts")
+                .join(name),
+        )
+        .current_dir(p.root())
+        .args(["--config", "conf/c.yaml", "--force", "--num-shards", "3"])
+        .env(
+            "SHARDRUN_BIN",
+            std::path::Path::new(WORKER).parent().unwrap(),
+        )
+        .env("SHARDRUN_NO_DISPLAY", "1")
+        .env("SHARDRUN_MAX_ARRAY_SIZE", "1001")
+        .output()
+        .unwrap();
+        assert_exit(&out, 2, &format!("{name} --force under a merge"), p.root());
+        assert!(
+            stderr(&out).contains("is being merged by merge pid 4242"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(p.path("data/c/manifest_shard0_of_2.jsonl").exists());
+        assert_eq!(
+            std::fs::read(p.path("data/c/process-0.csv")).unwrap(),
+            before
+        );
+    }
+    drop(holder);
+}
+
+/// Kills a child's process group when dropped, also when the test fails.
+struct KillGroup(std::process::Child);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // SAFETY: killpg(2) of a process group this test started.
+        unsafe {
+            libc::killpg(self.0.id() as i32, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
