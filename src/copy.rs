@@ -24,7 +24,7 @@ const MAX_WINDOW: usize = 1 << 20;
 /// Sources kept open at once: the oldest opened is closed (and opened again when needed) beyond
 /// this, so a merge of ten thousand shards fits under a small open-file limit. Sources are mostly
 /// used one after the other, or through their read-ahead windows, so reopening is rare.
-const MAX_OPEN: usize = 64;
+const MAX_OPEN: usize = 32;
 
 /// Appends ranges of source files to one output file.
 pub struct RangeCopier {

@@ -346,10 +346,16 @@ pub struct Interleave {
 /// Shards up to which each shard's manifest is parsed on a thread of its own.
 const READ_AHEAD_SHARDS: usize = 8;
 
-/// A shard's committed items, read directly or ahead.
+/// Shards up to which each shard's manifest stays open during the interleave; beyond, each is
+/// opened only to read a batch, with this much buffer for all shards together.
+const OPEN_SHARDS: usize = 64;
+const PARKED_BUFFERS: usize = 16 << 20;
+
+/// A shard's committed items, read directly, ahead, or a batch at a time.
 enum Items {
     Direct(scan::ItemStream),
     Ahead(scan::ReadAhead),
+    Parked(scan::ParkedStream),
 }
 
 impl Items {
@@ -357,6 +363,7 @@ impl Items {
         match self {
             Items::Direct(s) => s.next_record(),
             Items::Ahead(s) => s.next_record(),
+            Items::Parked(s) => s.next_record(),
         }
     }
 }
@@ -366,7 +373,13 @@ impl Interleave {
     pub fn new(scans: &[ShardScan]) -> Result<Self> {
         let ahead = scans.len() <= READ_AHEAD_SHARDS;
         let mut streams = Vec::with_capacity(scans.len());
+        let parked = scans.len() > OPEN_SHARDS;
+        let budget = (PARKED_BUFFERS / scans.len().max(1)).clamp(4 << 10, 64 << 10);
         for s in scans {
+            if parked {
+                streams.push(Items::Parked(s.parked(budget)?));
+                continue;
+            }
             let started = if ahead {
                 scan::ReadAhead::start(s.stream()?)
             } else {
