@@ -124,10 +124,7 @@ impl ShardLock {
             Err(std::fs::TryLockError::Error(e)) => return Err(e).ctx("cannot lock", &path),
         }
         write_holder(&mut file, &path, holder)?;
-        Ok(ShardLock {
-            _file: file,
-            path: path.to_path_buf(),
-        })
+        Ok(ShardLock { _file: file, path })
     }
 
     /// The lock file.
@@ -174,7 +171,8 @@ fn busy_run_message(locks_dir: &Path, run: &str) -> String {
             path.display()
         ),
         None => format!(
-            "a worker of run {run:?} is starting ({} is held); merge once it has finished",
+            "another process holds run {run:?} ({}): a worker starting, or a launcher's --force \
+             removing outputs; merge once it has finished",
             locks_dir.join(RUN_LOCK).display()
         ),
     }
