@@ -40,6 +40,29 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# ---- numbers from the command line -------------------------------------------------------------
+# Documented maxima (README): bash arithmetic wraps at 2^63 and loops over a shard count, so every
+# number is checked by its digits before any arithmetic sees it.
+# shellcheck disable=SC2034 # used by the launchers that source this file
+MAX_SHARDS=100000 # shardrun::config::MAX_SHARDS
+# shellcheck disable=SC2034 # used by the launchers that source this file
+MAX_JOBS=1024     # shardrun::config::MAX_JOBS
+# shellcheck disable=SC2034 # used by the launchers that source this file
+MAX_SECONDS=3600  # --stagger, --grace, SHARDRUN_SLURM_POLL
+
+# is_count VALUE MAX: true when VALUE is a whole number from 1 to MAX.
+is_count() {
+  [[ "$1" =~ ^[1-9][0-9]{0,17}$ ]] && (($1 <= $2))
+}
+
+# is_seconds VALUE MAX: true when VALUE is a number of seconds (digits, optional decimals) from 0
+# to MAX.
+is_seconds() {
+  [[ "$1" =~ ^([0-9]{1,18})(\.([0-9]{1,9}))?$ ]] || return 1
+  local whole=$((10#${BASH_REMATCH[1]})) frac=${BASH_REMATCH[3]}
+  ((whole < $2)) || { ((whole == $2)) && [[ "$frac" =~ ^0*$ ]]; }
+}
+
 # ---- shared by the launchers (run_parallel.sh, run_slurm.sh) ------------------------------------
 # They expect CONFIG (the configuration path) and, once chosen, NUM_SHARDS.
 
@@ -127,7 +150,14 @@ existing_plans() {
 
 # Removes the outputs of shard plans other than NUM_SHARDS (a launcher's --force).
 discard_other_plans() {
-  local m name n
+  local m name n lock=$DATA_DIR/.locks/run.lock
+  # Like a worker, hold the run's lock shared while deleting shard outputs: a merge holds it
+  # exclusive while it reads them (src/lock.rs).
+  mkdir -p "$DATA_DIR/.locks"
+  exec 7<>"$lock"
+  if ! flock -s -n 7; then
+    DIE_CODE=2 die "run '$RUN' is being merged by $(cat "$lock" 2>/dev/null || echo 'another process') ($lock); wait for the merge to finish, then launch again"
+  fi
   for m in "$DATA_DIR"/manifest_shard*_of_*.jsonl; do
     [ -e "$m" ] || continue
     n=${m##*_of_}
@@ -137,6 +167,7 @@ discard_other_plans() {
     [ -n "$name" ] && rm -f "$DATA_DIR/$name.csv"
     rm -f "$m"
   done
+  exec 7<&-
 }
 
 # ---- shared by the benchmarks (bench*.sh) -------------------------------------------------------

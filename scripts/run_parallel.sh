@@ -77,10 +77,10 @@ parse_args() {
     esac
     shift
   done
-  [ -z "$NUM_SHARDS" ] || [[ "$NUM_SHARDS" =~ ^[1-9][0-9]*$ ]] || usage_error "--num-shards must be a positive whole number, not '$NUM_SHARDS'"
-  [ -z "$JOBS" ] || [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || usage_error "--jobs must be a positive whole number, not '$JOBS'"
-  [[ "$STAGGER" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--stagger must be a number of seconds, not '$STAGGER'"
-  [[ "$GRACE" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "--grace must be a number of seconds, not '$GRACE'"
+  [ -z "$NUM_SHARDS" ] || is_count "$NUM_SHARDS" "$MAX_SHARDS" || usage_error "--num-shards must be a whole number from 1 to $MAX_SHARDS, not '$NUM_SHARDS'"
+  [ -z "$JOBS" ] || is_count "$JOBS" "$MAX_JOBS" || usage_error "--jobs must be a whole number from 1 to $MAX_JOBS, not '$JOBS'"
+  is_seconds "$STAGGER" "$MAX_SECONDS" || usage_error "--stagger must be a number of seconds from 0 to $MAX_SECONDS, not '$STAGGER'"
+  is_seconds "$GRACE" "$MAX_SECONDS" || usage_error "--grace must be a number of seconds from 0 to $MAX_SECONDS, not '$GRACE'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
@@ -362,8 +362,16 @@ summary_line() {
       printf '✓ shard %s/%s (pid %s) ok: %s items, %s rows, %.0f s\n' "$i" "$NUM_SHARDS" "$pid" \
         "$(thousands "${done_:-0}")" "$(thousands "${rows:-0}")" "${elapsed:-0}" ;;
     failed)
-      printf '✗ shard %s/%s (pid %s) failed: exit %s, %s items failed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
-        "$code" "${failed:-?}" "$(rel "$log")" ;;
+      if [ -n "$failed" ]; then
+        printf '✗ shard %s/%s (pid %s) failed: exit %s, %s items failed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
+          "$code" "$failed" "$(rel "$log")"
+      else
+        # No finish line: the worker stopped on an error (its log may not have been writable, a
+        # full file system); its stderr says which.
+        msg=$(tail -n 1 "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 2>/dev/null | sed 's/^shard-worker: error: //' | cut -c1-200)
+        printf '✗ shard %s/%s (pid %s) failed: exit %s%s (see %s)\n' "$i" "$NUM_SHARDS" "$pid" "$code" \
+          "${msg:+: $msg}" "$(rel "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr")"
+      fi ;;
     interrupted)
       printf '✗ shard %s/%s (pid %s) interrupted: exit %s, %s items committed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
         "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}")" "$(rel "$log")" ;;

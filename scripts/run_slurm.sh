@@ -95,10 +95,10 @@ parse_args() {
     esac
     shift
   done
-  [ -z "$NUM_SHARDS" ] || [[ "$NUM_SHARDS" =~ ^[1-9][0-9]*$ ]] || usage_error "--num-shards must be a positive whole number, not '$NUM_SHARDS'"
-  [ -z "$JOBS" ] || [[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || usage_error "--jobs must be a positive whole number, not '$JOBS'"
-  [ -z "$THROTTLE" ] || [[ "$THROTTLE" =~ ^[1-9][0-9]*$ ]] || usage_error "the throttle must be a positive whole number, not '$THROTTLE'"
-  [[ "$POLL" =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage_error "SHARDRUN_SLURM_POLL must be a number of seconds, not '$POLL'"
+  [ -z "$NUM_SHARDS" ] || is_count "$NUM_SHARDS" "$MAX_SHARDS" || usage_error "--num-shards must be a whole number from 1 to $MAX_SHARDS, not '$NUM_SHARDS'"
+  [ -z "$JOBS" ] || is_count "$JOBS" "$MAX_JOBS" || usage_error "--jobs must be a whole number from 1 to $MAX_JOBS, not '$JOBS'"
+  [ -z "$THROTTLE" ] || is_count "$THROTTLE" "$MAX_SHARDS" || usage_error "the throttle must be a whole number from 1 to $MAX_SHARDS, not '$THROTTLE'"
+  is_seconds "$POLL" "$MAX_SECONDS" || usage_error "SHARDRUN_SLURM_POLL must be a number of seconds from 0 to $MAX_SECONDS, not '$POLL'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
@@ -184,7 +184,8 @@ max_array_size() {
     say "cannot read MaxArraySize (no Slurm here): assuming Slurm's default, 1001"
     m=1001
   fi
-  [[ "$m" =~ ^[1-9][0-9]*$ ]] || DIE_CODE=2 die "MaxArraySize must be a positive whole number, not '$m'"
+  # Slurm's own ceiling for MaxArraySize is 4000001.
+  is_count "$m" 4000001 || DIE_CODE=2 die "MaxArraySize must be a whole number from 1 to 4000001, not '$m'"
   echo "$m"
 }
 

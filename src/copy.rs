@@ -21,6 +21,10 @@ const OUT_BUFFER: usize = 1 << 20;
 const WINDOWS_TOTAL: usize = 16 << 20;
 const MIN_WINDOW: usize = SMALL as usize;
 const MAX_WINDOW: usize = 1 << 20;
+/// Sources kept open at once: the oldest opened is closed (and opened again when needed) beyond
+/// this, so a merge of ten thousand shards fits under a small open-file limit. Sources are mostly
+/// used one after the other, or through their read-ahead windows, so reopening is rare.
+const MAX_OPEN: usize = 32;
 
 /// Appends ranges of source files to one output file.
 pub struct RangeCopier {
@@ -33,11 +37,14 @@ pub struct RangeCopier {
     /// The pending range: (source slot, start, end).
     pending: Option<(usize, u64, u64)>,
     sources: Vec<Source>,
+    /// Slots whose file is open, oldest first.
+    open: std::collections::VecDeque<usize>,
     kernel_copy: bool,
 }
 
 struct Source {
-    file: File,
+    /// Open while in [`RangeCopier::open`].
+    file: Option<File>,
     path: PathBuf,
     /// Bytes of the file from offset `window_start`, read ahead for small ranges: the first
     /// `window_len` bytes of `window` (allocated once, not cleared between reads).
@@ -57,21 +64,44 @@ impl RangeCopier {
             buffer: Vec::new(),
             pending: None,
             sources: Vec::new(),
+            open: std::collections::VecDeque::new(),
             kernel_copy: true,
         })
     }
 
     /// Registers a source file; returns its slot.
     pub fn add_source(&mut self, path: &Path) -> Result<usize> {
-        let file = File::open(path).ctx("cannot open", path)?;
         self.sources.push(Source {
-            file,
+            file: None,
             path: path.to_path_buf(),
             window: Vec::new(),
             window_start: 0,
             window_len: 0,
         });
-        Ok(self.sources.len() - 1)
+        let slot = self.sources.len() - 1;
+        // Opened now, so that a missing source is an error before anything is copied.
+        self.source_file(slot)?;
+        Ok(slot)
+    }
+
+    /// The open file of source `slot`, opened again if it was closed.
+    fn source_file(&mut self, slot: usize) -> Result<&File> {
+        if self.sources[slot].file.is_none() {
+            while self.open.len() >= MAX_OPEN {
+                if let Some(old) = self.open.pop_front() {
+                    self.sources[old].file = None;
+                }
+            }
+            let path = &self.sources[slot].path;
+            let file = File::open(path).ctx("cannot open", path)?;
+            self.sources[slot].file = Some(file);
+            self.open.push_back(slot);
+        }
+        let src = &self.sources[slot];
+        src.file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("closed"))
+            .ctx("cannot open", &src.path)
     }
 
     /// Writes bytes directly (a header, rows filtered in memory).
@@ -135,11 +165,11 @@ impl RangeCopier {
         let mut off_out = self.out_pos as i64;
         let mut left = end - start;
         while left > 0 && self.kernel_copy {
-            let src = &self.sources[slot].file;
+            let src = self.source_file(slot)?.as_raw_fd();
             // SAFETY: valid fds and offset pointers owned by this frame.
             let n = unsafe {
                 libc::copy_file_range(
-                    src.as_raw_fd(),
+                    src,
                     &mut off_in,
                     self.out.as_raw_fd(),
                     &mut off_out,
@@ -172,20 +202,23 @@ impl RangeCopier {
     /// Appends bytes `start..end` of a source to the buffer, through its read-ahead window.
     fn copy_small(&mut self, slot: usize, start: u64, end: u64) -> Result<()> {
         let window_size = (WINDOWS_TOTAL / self.sources.len().max(1)).clamp(MIN_WINDOW, MAX_WINDOW);
-        let src = &mut self.sources[slot];
         let in_window = |src: &Source| {
             start >= src.window_start && end <= src.window_start + src.window_len as u64
         };
+        if !in_window(&self.sources[slot]) {
+            self.source_file(slot)?;
+        }
+        let src = &mut self.sources[slot];
         if !in_window(src) {
+            let Some(file) = &src.file else {
+                return Err(ended_early()).ctx("cannot read", &src.path);
+            };
             if src.window.len() != window_size {
                 src.window = vec![0; window_size];
             }
             let mut filled = 0;
             while filled < window_size {
-                match src
-                    .file
-                    .read_at(&mut src.window[filled..], start + filled as u64)
-                {
+                match file.read_at(&mut src.window[filled..], start + filled as u64) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -225,7 +258,11 @@ impl RangeCopier {
     }
 
     fn copy_userspace(&mut self, slot: usize, from: u64, to: u64, len: u64) -> Result<()> {
+        self.source_file(slot)?;
         let Source { file, path, .. } = &mut self.sources[slot];
+        let Some(file) = file else {
+            return Err(ended_early()).ctx("cannot copy from", path);
+        };
         file.seek(SeekFrom::Start(from)).ctx("cannot seek", path)?;
         self.out
             .seek(SeekFrom::Start(to))

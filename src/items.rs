@@ -125,9 +125,16 @@ impl ItemSource {
                         hasher.update(v.as_bytes()).update(b"\0");
                     }
                     hasher.update(b"\x01");
-                    len = len.checked_mul(values.len() as u64).ok_or_else(|| {
-                        Error::usage("items.product: the product has more than 2^64 items")
-                    })?;
+                    len = len
+                        .checked_mul(values.len() as u64)
+                        .filter(|&n| n <= crate::config::MAX_ITEMS)
+                        .ok_or_else(|| {
+                            Error::usage(format!(
+                                "items.product: more than {} items (the limit of a source; \
+                                 README, Limits)",
+                                crate::config::MAX_ITEMS
+                            ))
+                        })?;
                 }
                 Source::Product {
                     dims: dims.clone(),

@@ -12,7 +12,7 @@
 use std::fmt::{Display, Write as _};
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::Result;
@@ -21,6 +21,10 @@ use crate::error::Result;
 #[derive(Debug)]
 pub struct EventLog {
     file: Option<Mutex<File>>,
+    path: PathBuf,
+    /// The first write that failed (a full file system): the run goes on, and the worker reports
+    /// it at the end, since launchers and `monitor` read the shard's outcome from this log.
+    error: Mutex<Option<std::io::Error>>,
     echo_stderr: bool,
 }
 
@@ -42,26 +46,45 @@ impl EventLog {
         )?;
         Ok(EventLog {
             file: Some(Mutex::new(file)),
+            path: path.to_path_buf(),
+            error: Mutex::new(None),
             echo_stderr,
         })
+    }
+
+    /// The first failed write, if any, with the log's path.
+    pub fn take_error(&self) -> Option<(std::io::Error, &Path)> {
+        let e = self.error.lock().ok()?.take()?;
+        Some((e, &self.path))
     }
 
     /// A log that only writes to stderr (used before the log file can be opened).
     pub fn stderr_only() -> EventLog {
         EventLog {
             file: None,
+            path: PathBuf::new(),
+            error: Mutex::new(None),
             echo_stderr: true,
         }
     }
 
-    /// Writes one event line. Logging never fails the run: a log write error is reported once on
-    /// stderr by the caller's final status instead.
+    /// Writes one event line. Logging never stops the run: the first write error is kept for
+    /// [`EventLog::take_error`], and a line written in part is cut off again, so that the log
+    /// never holds a torn line (a later line may still fit).
     pub fn event(&self, event: &str, fields: &[(&str, V<'_>)]) {
         let line = format_line(&timestamp(), event, fields);
         if let Some(f) = &self.file {
             if let Ok(mut f) = f.lock() {
+                let before = f.metadata().map(|m| m.len());
                 // One write(2) per line on an O_APPEND file keeps lines whole.
-                let _ = f.write_all(line.as_bytes());
+                if let Err(e) = f.write_all(line.as_bytes()) {
+                    if let Ok(len) = before {
+                        let _ = f.set_len(len);
+                    }
+                    if let Ok(mut first) = self.error.lock() {
+                        first.get_or_insert(e);
+                    }
+                }
             }
         }
         if self.echo_stderr {

@@ -4,7 +4,7 @@
 //! <root>/data/<run>/<name>.csv                   shard data (header, then committed rows)
 //! <root>/data/<run>/manifest_shard<I>_of_<N>.jsonl  shard manifest (header record, item records)
 //! <root>/data/<run>/run.json                     run record (resolved config, version, fingerprint)
-//! <root>/data/<run>/.locks/                      lock files (shard and name locks)
+//! <root>/data/<run>/.locks/                      lock files (run, shard and name locks)
 //! <root>/logs/<run>/shard_<I>_of_<N>.log         shard log
 //! <cache.dir>/                                   item cache (default <root>/data/cache)
 //! ```

@@ -91,6 +91,7 @@ impl Shard {
         }
         let source = ItemSource::load(&config.items, config.seed)?;
         let plan = ShardPlan::new(config.sharding, source.len(), num_shards, index);
+        check_shard_size(&plan, source.len(), index, num_shards)?;
         let GeneratorIds {
             generator,
             columns,
@@ -163,6 +164,28 @@ pub fn resolve_root(root: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// The shard index and count: flags first, then the scheduler's environment.
+/// Refuses a shard too large for the worker's bounded memory, saying how many shards fit.
+fn check_shard_size(plan: &ShardPlan, total: u64, index: u32, num_shards: u32) -> Result<()> {
+    let max = crate::config::MAX_SHARD_ITEMS;
+    if plan.len() <= max {
+        return Ok(());
+    }
+    let need = total.div_ceil(max);
+    Err(Error::usage(format!(
+        "shard {index} of {num_shards} would hold {} items; a shard holds at most {max} \
+         (README, Limits). {}",
+        plan.len(),
+        if need <= u64::from(crate::config::MAX_SHARDS) {
+            format!("Use at least {need} shards (--num-shards {need})")
+        } else {
+            format!(
+                "The {total} items need more than {} shards: split the source into several runs",
+                crate::config::MAX_SHARDS
+            )
+        }
+    )))
+}
+
 fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
     // The config's `shards` is the launchers' default; a worker is always told its count, so
     // that an array of only the failed shards still knows the plan.
@@ -200,8 +223,11 @@ fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
             )))
         }
     };
-    if num == 0 {
-        return Err(Error::usage("--num-shards must be at least 1"));
+    if !(1..=crate::config::MAX_SHARDS).contains(&num) {
+        return Err(Error::usage(format!(
+            "--num-shards must be 1 to {}, not {num}",
+            crate::config::MAX_SHARDS
+        )));
     }
     if index >= num {
         return Err(Error::usage(format!(

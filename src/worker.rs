@@ -122,6 +122,8 @@ fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<Ex
         me.host,
         crate::log::timestamp()
     );
+    // Shared with the run's other workers, whatever their plan; a merge takes it exclusive.
+    let _run_lock = ShardLock::share_run(&paths.locks_dir(), &shard.config.run)?;
     let _shard_lock = ShardLock::acquire(
         &paths
             .locks_dir()
@@ -249,7 +251,21 @@ fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<Ex
     };
     let result = run.produce_all(&committed);
     let result = result.and_then(|()| run.commit());
-    Ok(run.finish(result))
+    let code = run.finish(result);
+    // Launchers and monitor read the shard's outcome from its log: one that could not be written
+    // (its file system full) must not pass for a clean run.
+    if let Some((source, path)) = log.take_error() {
+        let err = Error::Io {
+            what: "cannot write the shard log",
+            path: path.to_path_buf(),
+            source,
+        };
+        if code == ExitCode::Ok {
+            return Err(err);
+        }
+        eprintln!("shard-worker: error: {err}");
+    }
+    Ok(code)
 }
 
 fn write_run_record(shard: &Shard) -> Result<()> {

@@ -2211,6 +2211,8 @@ fn battery_planted_symlinks_are_refused_and_their_targets_left_alone() {
         "logs/ln/shard_0_of_1.log",
         "data/cache/PACKDIR/pack-0.bin",
         "data/ln/.combined.csv.tmp",
+        "data/ln/.locks/shard0_of_1.lock",
+        "data/ln/.locks/run.lock",
     ];
     for rel in cases {
         let p = Project::new();

@@ -43,6 +43,9 @@ struct Cli {
     num_shards: Option<u32>,
 }
 
+/// Upper bound of `--interval` and `--stall`, in seconds.
+const MAX_SECONDS: f64 = 604_800.0;
+
 fn main() {
     let cli = Cli::parse();
     let code = match run(&cli) {
@@ -56,11 +59,21 @@ fn main() {
 }
 
 fn run(cli: &Cli) -> Result<i32> {
-    let positive = |x: f64| x > 0.0 && x.is_finite();
-    if !(positive(cli.interval) && positive(cli.stall)) {
-        return Err(Error::usage(
-            "--interval and --stall must be positive numbers of seconds",
-        ));
+    // Bounded so that a duration is always representable (1e300 s would overflow it).
+    let in_range = |x: f64| x > 0.0 && x <= MAX_SECONDS;
+    if !(in_range(cli.interval) && in_range(cli.stall)) {
+        return Err(Error::usage(format!(
+            "--interval and --stall must be numbers of seconds above 0 and at most {MAX_SECONDS} (a week)"
+        )));
+    }
+    if cli
+        .num_shards
+        .is_some_and(|n| !(1..=shardrun::config::MAX_SHARDS).contains(&n))
+    {
+        return Err(Error::usage(format!(
+            "--num-shards must be 1 to {}",
+            shardrun::config::MAX_SHARDS
+        )));
     }
     let run = find_run(
         cli.config.as_deref(),

@@ -82,6 +82,12 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         &format!("merging run {:?}", run.name),
         &format!("merge pid {}", std::process::id()),
     )?;
+    // Exclusive: no worker of any shard plan writes while the merge reads (or cleans up).
+    let _run_lock = ShardLock::own_run(
+        &paths.locks_dir(),
+        &run.name,
+        &format!("merge pid {}", std::process::id()),
+    )?;
     remove_stale_temps(&paths.data_dir);
     if let Some(msg) = finish_cleanup(paths, &output)? {
         return Ok(Outcome::AlreadyMerged(msg));
@@ -102,7 +108,6 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         )));
     }
     let plan = check_plan(&run, &manifests)?;
-    let _locks = lock_shards(paths, plan.num_shards)?;
     let shards = plan
         .present
         .iter()
@@ -176,27 +181,6 @@ fn check_plan(run: &RunRef, manifests: &[(u32, u32, PathBuf)]) -> Result<PlanOnD
         present,
         missing,
     })
-}
-
-/// Holds every shard's lock for the merge, so no worker writes while it copies.
-fn lock_shards(paths: &RunPaths, num_shards: u32) -> Result<Vec<ShardLock>> {
-    (0..num_shards)
-        .map(|i| {
-            ShardLock::acquire(
-                &paths
-                    .locks_dir()
-                    .join(format!("shard{i}_of_{num_shards}.lock")),
-                &format!("shard {i} of {num_shards}"),
-                &format!("merge pid {}", std::process::id()),
-            )
-            .map_err(|e| match e {
-                Error::Locked(m) => {
-                    Error::Refused(format!("{m}; merge once the shard has finished"))
-                }
-                other => other,
-            })
-        })
-        .collect()
 }
 
 /// A shard's files, and its manifest's header.
@@ -442,10 +426,16 @@ pub struct Interleave {
 /// Shards up to which each shard's manifest is parsed on a thread of its own.
 const READ_AHEAD_SHARDS: usize = 8;
 
-/// A shard's committed items, read directly or ahead.
+/// Shards up to which each shard's manifest stays open during the interleave; beyond, each is
+/// opened only to read a batch, with this much buffer for all shards together.
+const OPEN_SHARDS: usize = 64;
+const PARKED_BUFFERS: usize = 16 << 20;
+
+/// A shard's committed items, read directly, ahead, or a batch at a time.
 enum Items {
     Direct(scan::ItemStream),
     Ahead(scan::ReadAhead),
+    Parked(scan::ParkedStream),
 }
 
 impl Items {
@@ -453,6 +443,7 @@ impl Items {
         match self {
             Items::Direct(s) => s.next_record(),
             Items::Ahead(s) => s.next_record(),
+            Items::Parked(s) => s.next_record(),
         }
     }
 }
@@ -462,7 +453,13 @@ impl Interleave {
     pub fn new(scans: &[ShardScan]) -> Result<Self> {
         let ahead = scans.len() <= READ_AHEAD_SHARDS;
         let mut streams = Vec::with_capacity(scans.len());
+        let parked = scans.len() > OPEN_SHARDS;
+        let budget = (PARKED_BUFFERS / scans.len().max(1)).clamp(4 << 10, 64 << 10);
         for s in scans {
+            if parked {
+                streams.push(Items::Parked(s.parked(budget)?));
+                continue;
+            }
             let started = if ahead {
                 scan::ReadAhead::start(s.stream()?)
             } else {

@@ -355,10 +355,14 @@ fn write_interleaved(
         .iter()
         .map(|s| copier.add_source(&s.data))
         .collect::<Result<_>>()?;
-    let files: Vec<File> = scans
-        .iter()
-        .map(|s| File::open(&s.data).ctx("cannot open", &s.data))
-        .collect::<Result<_>>()?;
+    // Only --dedupe-key parses rows (through these); the copy opens the data files on demand.
+    let files: Vec<File> = match dedupe_col {
+        Some(_) => scans
+            .iter()
+            .map(|s| File::open(&s.data).ctx("cannot open", &s.data))
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
     let mf_path = &temps.manifest_final;
     let mut mf = crate::files::create(mf_path)?;
     let mut rows = FinalRows::new();

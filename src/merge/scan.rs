@@ -443,6 +443,113 @@ impl ShardScan {
     }
 }
 
+/// A shard's committed items in item order, read a batch at a time with the manifest open only
+/// while a batch is read: the interleaved merge of thousands of shards then needs no descriptor
+/// per shard (a small `ulimit -n` is enough) and `budget` bytes of buffer each.
+pub struct ParkedStream {
+    path: PathBuf,
+    /// Next byte to read (manifests in item order) and the end of the valid prefix.
+    at: u64,
+    end: u64,
+    /// Where each committed item's line is, in item order (other manifests).
+    order: Option<std::vec::IntoIter<(u64, u64)>>,
+    batch: std::collections::VecDeque<Record>,
+    budget: usize,
+}
+
+impl ShardScan {
+    /// A stream over the committed items that reads `budget` bytes of manifest at a time.
+    pub fn parked(&self, budget: usize) -> Result<ParkedStream> {
+        let header_len = {
+            let file = File::open(&self.manifest).ctx("cannot open", &self.manifest)?;
+            let mut line = Vec::new();
+            read_line_at(&file, 0, &mut line).ctx("cannot read", &self.manifest)?;
+            line.len() as u64
+        };
+        Ok(ParkedStream {
+            path: self.manifest.clone(),
+            at: header_len,
+            end: self.valid_len,
+            order: self.order.clone().map(Vec::into_iter),
+            batch: std::collections::VecDeque::new(),
+            budget: budget.max(512),
+        })
+    }
+}
+
+impl ParkedStream {
+    /// The next committed item's record.
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if self.batch.is_empty() {
+            self.refill()?;
+        }
+        Ok(self.batch.pop_front())
+    }
+
+    fn refill(&mut self) -> Result<()> {
+        let done = match &self.order {
+            Some(o) => o.len() == 0,
+            None => self.at >= self.end,
+        };
+        if done {
+            return Ok(());
+        }
+        let file = File::open(&self.path).ctx("cannot open", &self.path)?;
+        let mut line = Vec::new();
+        if let Some(order) = &mut self.order {
+            // Out of item order: each line is read where the sort put it, a few per opening.
+            for (_, off) in order.take((self.budget / 128).max(1)) {
+                read_line_at(&file, off, &mut line).map_err(changed)?;
+                match manifest::parse_record(&line) {
+                    Some(rec) if rec.status == Status::Ok => self.batch.push_back(rec),
+                    _ => return Err(changed(format!("no committed record at byte {off}"))),
+                }
+            }
+            return Ok(());
+        }
+        // In item order: whole lines from `at`, as many as fit in the budget (at least one).
+        let mut buf = vec![0u8; self.budget.min((self.end - self.at) as usize)];
+        loop {
+            let n = read_full_at(&file, &mut buf, self.at).map_err(changed)?;
+            buf.truncate(n);
+            let complete = match memchr::memrchr(b'\n', &buf) {
+                Some(nl) => nl + 1,
+                None if self.at + n as u64 >= self.end => n,
+                None if n == 0 => return Err(changed("the manifest ended early")),
+                // One line longer than the budget: read it whole.
+                None => {
+                    buf.resize((n * 2).min((self.end - self.at) as usize), 0);
+                    continue;
+                }
+            };
+            for l in buf[..complete].split_inclusive(|&b| b == b'\n') {
+                let rec =
+                    manifest::parse_record(l).ok_or_else(|| changed(String::from_utf8_lossy(l)))?;
+                if rec.status == Status::Ok {
+                    self.batch.push_back(rec);
+                }
+            }
+            self.at += complete as u64;
+            return Ok(());
+        }
+    }
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Items handed over by a read-ahead thread at a time.
 const BATCH: usize = 4096;
 

@@ -100,6 +100,43 @@ pub struct Monitor {
     host: String,
     /// (pid, cpu ticks, when) of the previous refresh, for CPU % between refreshes.
     cpu_prev: Vec<Option<(u32, u64, std::time::Instant)>>,
+    paths: RunPaths,
+    /// Each shard's manifest as last counted (for shards whose log ended early).
+    manifests: Vec<Option<ManifestCount>>,
+}
+
+/// What a shard's manifest says: committed items, their rows, the shard's item count, and the
+/// manifest's length when it was counted (it is counted again only when that changes).
+struct ManifestCount {
+    len: u64,
+    ok: u64,
+    rows: u64,
+    total: u64,
+}
+
+/// Counts the committed items of the manifest at `path` (`None` when there is none).
+fn count_manifest<'c>(
+    cache: &'c mut Option<ManifestCount>,
+    path: &Path,
+) -> Option<&'c ManifestCount> {
+    let len = std::fs::metadata(path).ok()?.len();
+    if cache.as_ref().map(|c| c.len) != Some(len) {
+        let (mut ok, mut rows) = (0, 0);
+        let (header, _, _) = crate::manifest::scan(path, |r, _| {
+            if r.status == crate::manifest::Status::Ok {
+                ok += 1;
+                rows += r.rows;
+            }
+        })
+        .ok()??;
+        *cache = Some(ManifestCount {
+            len,
+            ok,
+            rows,
+            total: header.items_total,
+        });
+    }
+    cache.as_ref()
 }
 
 impl Monitor {
@@ -114,6 +151,8 @@ impl Monitor {
             stall,
             host: crate::proc_info::hostname(),
             cpu_prev: vec![None; num_shards as usize],
+            paths: paths.clone(),
+            manifests: (0..num_shards).map(|_| None).collect(),
         }
     }
 
@@ -124,7 +163,20 @@ impl Monitor {
         let mut shards = Vec::with_capacity(self.tails.len());
         let mut summary = Summary::default();
         for (i, tail) in self.tails.iter().enumerate() {
-            let view = self.view(i as u32, tail, now);
+            let mut view = self.view(i as u32, tail, now);
+            // A log that ends early (its file system was full, or the worker died after its last
+            // commit) does not say what the shard did; its manifest does. An item is committed
+            // at most once, so as many committed items as the shard has means it is done.
+            if matches!(view.state, State::Died | State::Pending) {
+                let path = self.paths.manifest(i as u32, self.num_shards);
+                if let Some(c) = count_manifest(&mut self.manifests[i], &path) {
+                    if c.ok == c.total {
+                        view.state = State::Done;
+                        (view.items_done, view.items_total, view.rows) = (c.ok, c.total, c.rows);
+                        view.eta_s = Some(0.0);
+                    }
+                }
+            }
             summary.rows += view.rows;
             summary.items_done += view.items_done;
             summary.items_total += view.items_total;
