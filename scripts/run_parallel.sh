@@ -195,6 +195,9 @@ on_signal() {
     return
   fi
   INTERRUPTED=$sig
+  # The terminal is gone: writing to it would fail and end the script before the workers have
+  # drained. Their logs and the status file keep the outcome.
+  [ "$sig" != SIGHUP ] || exec >/dev/null 2>&1 </dev/null
   printf '\n' >&2
   say "$sig received: stopping ${#LIVE[@]} worker(s) (SIGKILL after ${GRACE}s)"
   stop_workers
@@ -309,6 +312,7 @@ reap_gone() {
 install_traps() {
   trap 'on_signal SIGINT' INT
   trap 'on_signal SIGTERM' TERM
+  trap 'on_signal SIGHUP' HUP
   trap on_grace_expired USR1
 }
 
@@ -400,6 +404,7 @@ report() {
   if [ -n "$INTERRUPTED" ]; then
     echo "interrupted; committed items are kept. To finish: $again"
     [ "$INTERRUPTED" = SIGTERM ] && exit 143
+    [ "$INTERRUPTED" = SIGHUP ] && exit 129
     exit 130
   fi
   if ((bad > 0)); then
@@ -432,6 +437,7 @@ main() {
   if [ -n "$INTERRUPTED" ]; then
     echo "interrupted before any worker started"
     [ "$INTERRUPTED" = SIGTERM ] && exit 143
+    [ "$INTERRUPTED" = SIGHUP ] && exit 129
     exit 130
   fi
   if ((${#SHARDS[@]} == 0)); then

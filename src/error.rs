@@ -14,6 +14,8 @@ pub enum ExitCode {
     Usage = 2,
     /// Another process holds the shard's lock.
     Locked = 3,
+    /// Stopped by SIGHUP (the terminal closed), drained like SIGTERM.
+    HungUp = 129,
     /// Interrupted by SIGINT.
     Interrupted = 130,
     /// Interrupted by SIGTERM.

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::error::{Error, ExitCode, Result};
@@ -27,10 +27,11 @@ impl Interrupt {
         }
     }
 
-    /// Installs the handlers; from now on SIGINT/SIGTERM set the flag instead of killing us.
+    /// Installs the handlers; from now on SIGINT/SIGTERM/SIGHUP set the flag instead of killing
+    /// us (a closed terminal drains the shard like SIGTERM does, and logs its `finish` line).
     pub fn install() -> Result<Self> {
         let me = Self::none();
-        let mut signals = Signals::new([SIGINT, SIGTERM])
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
             .map_err(|e| Error::usage(format!("cannot install signal handlers: {e}")))?;
         let (stop, first) = (me.stop.clone(), me.first.clone());
         std::thread::Builder::new()
@@ -66,6 +67,7 @@ impl Interrupt {
         match self.first.load(Ordering::SeqCst) {
             0 => None,
             SIGTERM => Some(ExitCode::Terminated),
+            SIGHUP => Some(ExitCode::HungUp),
             _ => Some(ExitCode::Interrupted),
         }
     }
@@ -75,6 +77,7 @@ impl Interrupt {
         match self.first.load(Ordering::SeqCst) {
             SIGTERM => "SIGTERM",
             SIGINT => "SIGINT",
+            SIGHUP => "SIGHUP",
             _ => "none",
         }
     }

@@ -145,6 +145,39 @@ fn sigint_to_the_launcher_exits_130_and_leaves_no_process() {
     }
 }
 
+/// A closed terminal: SIGHUP reaches the launcher and its workers. Before, both died at once:
+/// no drain, no `finish` line, generators left to the guard.
+#[test]
+fn sighup_drains_like_sigterm_and_exits_129() {
+    let p = Project::new();
+    sleeper_config(&p);
+    let mut child = spawn(launcher(&p, &["--config", "conf/s.yaml"]));
+    wait_for("4 generators", Duration::from_secs(20), || {
+        p.read("pids").lines().count() >= 8
+    });
+    let t = Instant::now();
+    // The workers first, so that their first signal is SIGHUP, not the launcher's SIGTERM.
+    for pid in worker_pids(&p, "s") {
+        signal(pid as u32, libc::SIGHUP);
+    }
+    signal(child.id(), libc::SIGHUP);
+    let status = wait_child(&mut child, Duration::from_secs(10));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(status.code(), Some(129));
+    assert_all_gone(&p, "s");
+    let st = p.read("logs/s/launcher.status");
+    assert_eq!(st.matches("state=interrupted").count(), 2, "{st}");
+    for i in 0..2 {
+        let log = p.read(&format!("logs/s/shard_{i}_of_2.log"));
+        assert!(log.contains(" signal signal=SIGHUP"), "{log}");
+        assert!(log.contains(" finish status=interrupted"), "{log}");
+    }
+}
+
 #[test]
 fn a_failed_shard_is_named_and_only_failed_reruns_just_that_shard() {
     let p = Project::new();

@@ -46,7 +46,30 @@ impl Template {
                     lit.push('}');
                 }
                 '{' => {
-                    let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                    let mut name = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        name.push(c);
+                    }
+                    if !closed {
+                        return Err(format!(
+                            "generator.command[{at}]: {s:?} opens a placeholder with {{ that is \
+                             never closed (write {{{{ for a literal brace)"
+                        ));
+                    }
+                    const BUILTIN: [&str; 5] = ["key", "index", "seed", "shard", "slot"];
+                    if BUILTIN.contains(&name.as_str()) && fields.iter().any(|f| *f == name) {
+                        return Err(format!(
+                            "generator.command[{at}]: {{{name}}} in {s:?} is ambiguous: the items \
+                             have a field named {name:?}, and {{{name}}} is also the item's own \
+                             {name}. Rename the field (its value is also in the JSON on stdin, \
+                             under \"fields\")"
+                        ));
+                    }
                     if !lit.is_empty() {
                         pieces.push(Piece::Lit(std::mem::take(&mut lit)));
                     }
@@ -685,6 +708,17 @@ mod tests {
         p.finish(&mut out);
         assert_eq!(p.error, None);
         assert_eq!(out.as_bytes(), b"1,2\n");
+    }
+
+    #[test]
+    fn an_unclosed_or_ambiguous_placeholder_is_refused() {
+        let fields = cols(&["date", "index"]);
+        let e = Template::parse("x{date", &fields, 1).err().unwrap();
+        assert!(e.contains("never closed"), "{e}");
+        let e = Template::parse("{index}", &fields, 1).err().unwrap();
+        assert!(e.contains("ambiguous"), "{e}");
+        assert!(Template::parse("{{date}} {date}", &fields, 1).is_ok());
+        assert!(Template::parse("{index}", &cols(&["date"]), 1).is_ok());
     }
 
     #[test]
