@@ -62,7 +62,7 @@ impl Template {
                         ));
                     }
                     const BUILTIN: [&str; 5] = ["key", "index", "seed", "shard", "slot"];
-                    if BUILTIN.contains(&name.as_str()) && fields.iter().any(|f| *f == name) {
+                    if BUILTIN.contains(&name.as_str()) && fields.contains(&name) {
                         return Err(format!(
                             "generator.command[{at}]: {{{name}}} in {s:?} is ambiguous: the items \
                              have a field named {name:?}, and {{{name}}} is also the item's own \
