@@ -402,3 +402,25 @@ fn output_that_ends_inside_a_quoted_field_fails_the_item_in_both_modes() {
         );
     }
 }
+
+/// A persistent generator that exits (status 0) right after each answer: the next item is sent
+/// to a new process, never failed for the exit of the previous one.
+#[test]
+fn a_generator_that_exits_after_each_answer_is_restarted_for_the_next_item() {
+    let p = Project::new();
+    p.script(
+        "one.sh",
+        "#!/bin/sh\nread -r line\nk=$(echo \"$line\" | sed 's/.*\"key\": *\"\\([^\"]*\\)\".*/\\1/')\n\
+         printf '%s,ok\\n\\036\\n' \"$k\"\n",
+    );
+    p.write(
+        "one.yaml",
+        "run: one\nitems: {range: {start: 0, end: 40}}\n\
+         generator: {command: [./one.sh], mode: persistent, retries: 0, jobs: 2}\n\
+         output: {columns: [k, v]}\ncache: {enabled: false}\n",
+    );
+    let out = run(&p, "one.yaml", &[], "");
+    assert_exit(&out, 0, "one answer per process", p.root());
+    let want: String = (0..40).map(|k| format!("{k},ok\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&p.dataset("one")), want);
+}
