@@ -110,6 +110,48 @@ config_sum() { sha256sum "$CONFIG" | cut -d' ' -f1; }
 
 shard_log() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.log"; }
 
+# file_size FILE: its size in bytes (0 when it does not exist).
+file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+
+# worker_reason FILE [OFFSET]: why a worker did not end ok, from what it wrote to FILE (its stderr)
+# after byte OFFSET: its last `shard-worker: <status>: <why>` line, whole (else the last line),
+# without the prefix. A worker prints one such line when it ends with an error, failed items or a
+# halt.
+worker_reason() {
+  local text line
+  [ -f "$1" ] || return 0
+  text=$(tail -c +$((${2:-0} + 1)) "$1" 2>/dev/null | tr -d '\r' | grep -v '^[[:space:]]*$' || true)
+  line=$(grep '^shard-worker: ' <<<"$text" | tail -n 1 || true)
+  [ -n "$line" ] || line=$(tail -n 1 <<<"$text")
+  line=${line#shard-worker: }
+  case "$line" in
+    error:\ * | failed:\ * | halted:\ *) line=${line#*: } ;;
+  esac
+  printf '%s' "$line"
+}
+
+# me: the running script as a user here would type it (for hints).
+me() {
+  local p
+  p=$(rel "$(script_path)")
+  [[ "$p" == /* ]] || p=./$p
+  printf '%s' "$p"
+}
+
+# script_path: the running script's absolute path (recorded with each launch, for other tools'
+# hints).
+script_path() { printf '%s/%s' "$(cd "$(dirname "$0")" && pwd)" "$(basename "$0")"; }
+
+# quoted WORD...: the words as a shell would need them typed (for hints meant to be pasted).
+quoted() {
+  local out='' w q="'\\''"
+  for w in "$@"; do
+    [[ "$w" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]] || w="'${w//\'/$q}'"
+    out+="${out:+ }$w"
+  done
+  printf '%s' "$out"
+}
+
 # A path relative to the current directory when it is below it.
 rel() { echo "${1#"$PWD"/}"; }
 

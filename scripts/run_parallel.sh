@@ -155,7 +155,7 @@ take_launcher_lock() {
 
 # ---- running -------------------------------------------------------------------------------
 
-declare -A PID_OF=() SHARD_OF=() START_OF=() EXIT_OF=() STATE_OF=()
+declare -A PID_OF=() SHARD_OF=() START_OF=() EXIT_OF=() STATE_OF=() ERR_FROM=()
 LIVE=()
 INTERRUPTED=''
 KILLER=''
@@ -248,7 +248,9 @@ launch_shard() {
   [ -n "$JOBS" ] && args+=(--jobs "$JOBS")
   # 9>&-: the launcher's lock must not be inherited by workers and whatever their generators
   # leave behind, or it would outlive the launcher.
-  "$WORKER" "${args[@]}" >/dev/null 2>>"$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 9>&- &
+  # What this run adds to the .stderr file is what its report quotes.
+  ERR_FROM[$i]=$(file_size "$(shard_stderr "$i")")
+  "$WORKER" "${args[@]}" >/dev/null 2>>"$(shard_stderr "$i")" 9>&- &
   local pid=$!
   PID_OF[$i]=$pid
   SHARD_OF[$pid]=$i
@@ -303,7 +305,7 @@ install_traps() {
 
 run_shards() {
   local i n=0 pid code
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$CONFIG config_sum=$(config_sum)"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$(quoted "$CONFIG") config_sum=$(config_sum) script=$(quoted "$(script_path)")"
   say "run '$RUN': starting ${#SHARDS[@]} of $NUM_SHARDS shard(s); logs in $(rel "$LOGS_DIR")/"
   for i in "${SHARDS[@]}"; do
     [ -n "$INTERRUPTED" ] && break
@@ -336,31 +338,48 @@ run_shards() {
 }
 
 
+shard_stderr() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.stderr"; }
+
+# One line per ended shard. A shard that did not succeed says why in full (the worker's last
+# stderr line) and names the file with the rest: the log for failed items (their reasons and
+# their generators' stderr), the .stderr file for errors (often the only file, e.g. for a
+# configuration error).
 summary_line() {
-  local i=$1 log state code pid done_ failed rows elapsed msg
+  local i=$1 log err state code pid done_ rows elapsed why file
   log=$(shard_log "$i")
+  err=$(shard_stderr "$i")
   state=${STATE_OF[$i]}
   code=${EXIT_OF[$i]}
   pid=${PID_OF[$i]}
   done_=$(last_field "$log" finish "done")
-  failed=$(last_field "$log" finish failed)
   rows=$(last_field "$log" finish rows)
   elapsed=$(last_field "$log" finish elapsed_s)
   case "$state" in
     ok)
       printf '✓ shard %s/%s (pid %s) ok: %s items, %s rows, %.0f s\n' "$i" "$NUM_SHARDS" "$pid" \
-        "$(thousands "${done_:-0}")" "$(thousands "${rows:-0}")" "${elapsed:-0}" ;;
-    failed)
-      printf '✗ shard %s/%s (pid %s) failed: exit %s, %s items failed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
-        "$code" "${failed:-?}" "$(rel "$log")" ;;
+        "$(thousands "${done_:-0}")" "$(thousands "${rows:-0}")" "${elapsed:-0}"
+      return ;;
     interrupted)
       printf '✗ shard %s/%s (pid %s) interrupted: exit %s, %s items committed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
-        "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}")" "$(rel "$log")" ;;
-    *)
-      msg=$(tail -n 1 "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 2>/dev/null | sed 's/^shard-worker: error: //' | cut -c1-200)
-      printf '✗ shard %s/%s (pid %s) %s: exit %s%s (see %s)\n' "$i" "$NUM_SHARDS" "$pid" "$state" "$code" \
-        "${msg:+: $msg}" "$(rel "$log")" ;;
+        "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}")" "$(rel "$log")"
+      return ;;
   esac
+  why=$(worker_reason "$err" "${ERR_FROM[$i]:-0}")
+  case "$state" in
+    failed) file=$log ;;
+    died)
+      ((code > 128)) && why=${why:-killed by SIG$(kill -l $((code - 128)) 2>/dev/null || echo $((code - 128)))}
+      file=$log ;;
+    *) file=$err ;;
+  esac
+  [ -s "$file" ] || file=$err
+  printf '✗ shard %s/%s (pid %s) %s: exit %s%s (see %s)\n' "$i" "$NUM_SHARDS" "$pid" "$state" "$code" \
+    "${why:+: $why}" "$(rel "$file")"
+}
+
+# The command that re-runs what did not succeed, with the options that name this run.
+again() {
+  printf '%s %s%s --only-failed' "$(me)" "$(quoted --config "$CONFIG")" "${JOBS:+ --jobs $JOBS}"
 }
 
 report() {
@@ -377,21 +396,22 @@ report() {
     rows=$((rows + $(last_field "$log" finish rows | grep -E '^[0-9]+$' || echo 0)))
   done
   printf '%s shard(s): %s ok, %s not ok; %s items, %s rows\n' "${#SHARDS[@]}" "$ok" "$bad" "$(thousands "$items")" "$(thousands "$rows")"
-  local again="./scripts/run_parallel.sh --config $CONFIG --only-failed"
+  local again
+  again=$(again)
   if [ -n "$INTERRUPTED" ]; then
     echo "interrupted; committed items are kept. To finish: $again"
     [ "$INTERRUPTED" = SIGTERM ] && exit 143
     exit 130
   fi
   if ((bad > 0)); then
-    echo "next: fix the cause (see the logs), then re-run only those shards: $again"
+    echo "next: fix the cause (see the files named above), then re-run only those shards: $again"
     exit 1
   fi
   if ((MERGE)); then
     say "merging"
     "$MERGE_BIN" --config "$CONFIG"
   else
-    echo "next: $(rel "$MERGE_BIN") --config $CONFIG   (watch a run with: $(rel "$BIN")/monitor --config $CONFIG --follow)"
+    echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")   (watch a run with: $(rel "$BIN")/monitor $(quoted --config "$CONFIG") --follow)"
   fi
   exit 0
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod generator;
 pub mod groups;
 pub mod guard;
+pub mod hints;
 pub mod human;
 pub mod items;
 pub mod lock;

@@ -70,6 +70,8 @@ enum Outcome {
         attempts: u32,
         reason: String,
         ms: u64,
+        /// The last line the generator wrote to stderr in its last attempt (often the cause).
+        stderr: Option<String>,
     },
     Stopped,
     /// The shard cannot go on (a persistent generator that never starts): stop with this reason.
@@ -236,6 +238,7 @@ fn execute(shard: &Shard, force: bool, echo: bool, interrupt: &Interrupt) -> Res
         halted: false,
         attempted: 0,
         rate: &rate,
+        why: Why::default(),
     };
     let result = run.produce_all(&committed);
     let result = result.and_then(|()| run.commit());
@@ -360,6 +363,22 @@ struct Run<'a> {
     halted: bool,
     attempted: u64,
     rate: &'a RateLimit,
+    why: Why,
+}
+
+/// Why a shard did not end ok, for the one line it prints on stderr at the end: a launcher shows
+/// that line in its report (the log holds the details).
+#[derive(Default)]
+struct Why {
+    /// The first failed item: its key and the first line of its reason.
+    first_failure: Option<String>,
+    /// What stopped the shard (`halt`).
+    halt: Option<String>,
+}
+
+/// The first line of a message (reasons may quote a multi-line stderr or traceback).
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
 }
 
 impl Run<'_> {
@@ -510,8 +529,18 @@ impl Run<'_> {
                 attempts,
                 reason,
                 ms,
+                stderr,
             } => {
                 self.failed += 1;
+                if self.why.first_failure.is_none() {
+                    let said = stderr.map(|l| format!(" (its last stderr line: {l})"));
+                    self.why.first_failure = Some(format!(
+                        "key {}: {}{}",
+                        item.key,
+                        first_line(&reason),
+                        said.unwrap_or_default()
+                    ));
+                }
                 self.log.event(
                     "item_failed",
                     &[
@@ -545,20 +574,14 @@ impl Run<'_> {
                 ms,
             } => {
                 if !self.halted {
-                    self.halted = true;
-                    self.log.event(
-                        "halt",
-                        &[
-                            ("failed", V::D(&(self.failed + 1))),
-                            ("reason", V::S(&reason)),
-                        ],
-                    );
+                    self.halt(self.failed + 1, first_line(&reason).to_string());
                 }
                 self.handle(Outcome::Failed {
                     item,
                     attempts,
                     reason,
                     ms,
+                    stderr: None,
                 })
             }
             Outcome::Stopped => Ok(()),
@@ -639,18 +662,21 @@ impl Run<'_> {
             }
         };
         if limit_reached && !self.halted {
-            self.halted = true;
-            self.log.event(
-                "halt",
-                &[
-                    ("failed", V::D(&self.failed)),
-                    (
-                        "reason",
-                        V::S("generator.halt.failures reached; starting no new items"),
-                    ),
-                ],
+            self.halt(
+                self.failed,
+                "generator.halt.failures reached; starting no new items".into(),
             );
         }
+    }
+
+    /// Starts no new items, and says why in the log.
+    fn halt(&mut self, failed: u64, reason: String) {
+        self.halted = true;
+        self.log.event(
+            "halt",
+            &[("failed", V::D(&failed)), ("reason", V::S(&reason))],
+        );
+        self.why.halt = Some(reason);
     }
 
     fn maybe_commit(&mut self) -> Result<()> {
@@ -706,7 +732,27 @@ impl Run<'_> {
                 ("exit", V::D(&code.code())),
             ],
         );
+        self.say_why(status, result.err());
         code
+    }
+
+    /// One line on stderr when the shard did not end ok (even with --quiet, whose stderr the
+    /// launchers keep for exactly this): `shard-worker: <status>: <why>`.
+    fn say_why(&self, status: &str, error: Option<Error>) {
+        let first = self.why.first_failure.as_deref().unwrap_or("");
+        let why = match status {
+            "error" => error.map(|e| e.to_string()).unwrap_or_default(),
+            "halted" => format!(
+                "{}; first failed item: {first}",
+                self.why.halt.as_deref().unwrap_or("stopped")
+            ),
+            "failed" => format!(
+                "{} of {} items failed; first: {first}",
+                self.failed, self.total
+            ),
+            _ => return,
+        };
+        eprintln!("shard-worker: {status}: {}", first_line(&why));
     }
 }
 
@@ -757,6 +803,7 @@ fn produce(
                     attempts: 1,
                     reason,
                     ms: ms(started),
+                    stderr: None,
                 },
             }
         }
@@ -770,14 +817,13 @@ fn produce(
                 }
                 out.clear();
                 let key = item.key.clone();
+                let mut last_stderr = None;
                 let mut on_stderr = |line: &[u8]| {
-                    log.event(
-                        "stderr",
-                        &[
-                            ("key", V::S(&key)),
-                            ("line", V::S(&String::from_utf8_lossy(line))),
-                        ],
-                    );
+                    let text = String::from_utf8_lossy(line);
+                    if !text.trim().is_empty() {
+                        last_stderr = Some(text.trim_end().to_string());
+                    }
+                    log.event("stderr", &[("key", V::S(&key)), ("line", V::S(&text))]);
                 };
                 let result = if cmd.is_persistent() {
                     cmd.serve(&item, slot, state, stop, &mut on_stderr, out)
@@ -820,6 +866,7 @@ fn produce(
                                 attempts: attempt,
                                 reason,
                                 ms: ms(started),
+                                stderr: last_stderr,
                             };
                         }
                         let delay = BACKOFF

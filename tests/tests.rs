@@ -3,6 +3,7 @@
 mod battery;
 mod common;
 mod launcher;
+mod launcher_report;
 mod merge;
 mod monitor;
 mod persistent;
