@@ -94,6 +94,17 @@ describe_run() {
   STATUS=$LOGS_DIR/$1
 }
 
+# preflight N: the workers' own checks for a plan of N shards (configuration, items, program and
+# the files it names, writable directories, free locks), once, before any shard starts or any
+# launch is recorded: a mistake then costs nothing to fix. Exit 2 with the worker's message.
+preflight() {
+  local out
+  [[ "$1" =~ ^[1-9][0-9]*$ ]] || return 0
+  out=$("$WORKER" --config "$CONFIG" --num-shards "$1" --check 2>&1) ||
+    DIE_CODE=2 die "${out#shard-worker: error: }
+nothing was started or recorded; fix it and run the same command again"
+}
+
 # last_line FILE EVENT: the last line of FILE whose event is EVENT ('' if none).
 last_line() {
   [ -f "$1" ] || return 0

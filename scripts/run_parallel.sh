@@ -19,6 +19,8 @@
 # Workers run in the background, each logging to logs/<run>/shard_<I>_of_<N>.log. Their pid,
 # start and end time and exit code go to logs/<run>/launcher.status. SIGINT and SIGTERM are
 # forwarded (as SIGTERM) to the workers this script started, and to nothing else.
+# Before any shard starts, `shard-worker --check` checks the plan (a refusal starts and records
+# nothing).
 # Exit: 0 when every shard succeeded, 1 otherwise, 2 on usage errors, 130/143 when interrupted.
 set -Eeuo pipefail
 
@@ -147,10 +149,21 @@ take_launcher_lock() {
   mkdir -p "$LOGS_DIR"
   LOCK=$LOGS_DIR/launcher.lock
   exec 9<>"$LOCK"
-  if ! flock -n 9; then
-    DIE_CODE=2 die "another launcher ($(cat "$LOCK" 2>/dev/null || echo 'pid unknown')) is running run '$RUN'; wait for it or stop it first"
-  fi
+  flock -n 9 || another_launcher
   echo "pid $$ on $(hostname)" >"$LOCK"
+}
+
+another_launcher() {
+  DIE_CODE=2 die "another launcher ($(cat "$LOGS_DIR/launcher.lock" 2>/dev/null || echo 'pid unknown')) is running run '$RUN'; wait for it or stop it first"
+}
+
+# Refuses, reading only, when another launcher runs this run (before the preflight, whose
+# complaint about the shards' locks would say less).
+refuse_another_launcher() {
+  [ -e "$LOGS_DIR/launcher.lock" ] || return 0
+  exec 9<"$LOGS_DIR/launcher.lock"
+  flock -n 9 || another_launcher
+  exec 9<&-
 }
 
 # ---- running -------------------------------------------------------------------------------
@@ -427,6 +440,12 @@ main() {
     NUM_SHARDS=${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}
     dry_run
     exit 0
+  fi
+  refuse_another_launcher
+  if ((ONLY_FAILED)); then
+    preflight "$(last_field "$STATUS" launch num_shards)"
+  else
+    preflight "${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}"
   fi
   take_launcher_lock
   choose_shards

@@ -29,7 +29,8 @@
 # stale), SHARDRUN_MAX_ARRAY_SIZE, SHARDRUN_SLURM_POLL (seconds between looks at the queue while
 # waiting; default 10).
 # Exit: 0 submitted (with --wait: every shard succeeded), 1 a submission failed (with --wait:
-# some shard did not succeed), 2 usage error or refusal, 130/143 interrupted while waiting (the
+# some shard did not succeed), 2 usage error or refusal (a failed preflight,
+# `shard-worker --check`, submits nothing), 130/143 interrupted while waiting (the
 # jobs keep running).
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
@@ -469,6 +470,11 @@ main() {
   need_cmd squeue
   take_submit_lock
   refuse_when_queued
+  if ((ONLY_FAILED)); then
+    preflight "$(field "$(last_launch)" num_shards)"
+  else
+    preflight "${NUM_SHARDS:-$CONFIG_SHARDS}"
+  fi
   choose_shards
   if ((${#SHARDS[@]} == 0)); then
     echo "nothing to do: all $NUM_SHARDS shard(s) of run '$RUN' succeeded"

@@ -20,6 +20,7 @@ pub mod monitor;
 pub mod paths;
 pub mod persistent;
 pub mod plan;
+pub mod preflight;
 pub mod proc_info;
 pub mod process;
 pub mod rng;

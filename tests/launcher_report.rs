@@ -2,6 +2,7 @@
 //! why in full and names the file with the rest, and every suggested command, pasted as printed,
 //! acts on the same run (the same --config, from wherever it was printed).
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -209,4 +210,109 @@ fn a_worker_error_is_quoted_whole_from_its_stderr_file() {
         "{}",
         stdout(&out)
     );
+}
+
+/// Launches `conf/p.yaml` with 2 shards; the preflight must refuse it with exit 2 before anything
+/// is started or written, naming `needle`; after `fix`, the same command runs normally.
+fn preflight_refuses_then_runs_after_the_fix(
+    cfg: &str,
+    setup: impl Fn(&Project),
+    needle: &str,
+    fix: impl Fn(&Project),
+) {
+    let p = Project::new();
+    p.write("conf/p.yaml", cfg);
+    setup(&p);
+    let out = launch(&p, &["--config", "conf/p.yaml", "--num-shards", "2"]);
+    assert_exit(&out, 2, "a launch the preflight refuses", p.root());
+    assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing was started or recorded"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !p.path("logs").exists() && !p.path("data").exists() && !p.path(".cache").exists(),
+        "nothing may be written:\n{}",
+        p.listing()
+    );
+    fix(&p);
+    let out = launch(
+        &p,
+        &["--config", "conf/p.yaml", "--num-shards", "2", "--merge"],
+    );
+    assert_exit(&out, 0, "the same launch after the fix", p.root());
+    assert_eq!(p.read("data/p/combined.csv").lines().count(), 5);
+}
+
+/// Regression: a bad builtin parameter started every shard, each failing, and recorded the
+/// launch, so that after the fix --only-failed refused the changed configuration.
+#[test]
+fn preflight_refuses_a_bad_builtin_param_before_any_shard_starts() {
+    let good = "run: p\nitems: {range: {start: 0, end: 4}}\ngenerator: {builtin: echo}\n";
+    preflight_refuses_then_runs_after_the_fix(
+        &good.replace("echo}", "echo, params: {rowz: 2}}"),
+        |_| {},
+        "generator.params.rowz",
+        |p| {
+            p.write("conf/p.yaml", good);
+        },
+    );
+}
+
+/// Regression: a command naming a missing script started every shard, and every item failed
+/// (with retries and backoff) on "can't open file".
+#[test]
+fn preflight_refuses_a_missing_script_before_any_shard_starts() {
+    preflight_refuses_then_runs_after_the_fix(
+        "run: p\nitems: {range: {start: 0, end: 4}}\ngenerator: {command: [sh, gen.sh, \"{key}\"]}\noutput: {columns: [k]}\n",
+        |_| {},
+        "generator.command names \"gen.sh\"",
+        |p| {
+            p.write("gen.sh", "echo \"$1\"\n");
+        },
+    );
+}
+
+#[test]
+fn preflight_refuses_an_unreadable_items_file_before_any_shard_starts() {
+    preflight_refuses_then_runs_after_the_fix(
+        "run: p\nitems: {file: items.txt}\ngenerator: {builtin: echo}\n",
+        |p| std::fs::create_dir(p.path("items.txt")).unwrap(),
+        "items.txt",
+        |p| {
+            std::fs::remove_dir(p.path("items.txt")).unwrap();
+            p.write("items.txt", "a\nb\nc\nd\n");
+        },
+    )
+}
+
+/// `--check` reads and writes nothing, and reports a shard whose lock is held (exit 3).
+#[test]
+fn check_writes_nothing_and_reports_a_held_lock() {
+    let p = Project::new();
+    p.write(
+        "conf/c.yaml",
+        "run: c\nitems: {range: {start: 0, end: 4}}\ngenerator: {builtin: echo}\n",
+    );
+    let out = p
+        .worker("conf/c.yaml", &["--num-shards", "2", "--check"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "--check", p.root());
+    assert!(stdout(&out).contains("check ok: run c, 2 of 2 shard(s), 4 items"));
+    assert!(
+        !p.path("data").exists() && !p.path("logs").exists(),
+        "{}",
+        p.listing()
+    );
+    let lock = p.write("data/c/.locks/shard1_of_2.lock", "pid 1 on host h");
+    let held = File::open(&lock).unwrap();
+    held.lock().unwrap();
+    let out = p
+        .worker("conf/c.yaml", &["--num-shards", "2", "--check"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3, "--check of a locked shard", p.root());
+    assert!(stderr(&out).contains("shard 1 of 2 of run \"c\" is locked by pid 1 on host h"));
 }

@@ -42,6 +42,10 @@ struct Cli {
     /// Print the run's name, default shard count and directories as key=value lines, and exit.
     #[arg(long)]
     describe: bool,
+    /// Check everything this shard (or, with --num-shards and no --shard-index, every shard)
+    /// needs before generating, and write nothing; exit 0 if it would start.
+    #[arg(long, conflicts_with_all = ["dry_run", "describe"])]
+    check: bool,
 }
 
 fn main() {
@@ -63,7 +67,12 @@ fn main() {
         quiet: cli.quiet,
         describe: cli.describe,
     };
-    let code = match shardrun::worker::run(&args) {
+    let result = if cli.check {
+        shardrun::preflight::run(&args)
+    } else {
+        shardrun::worker::run(&args)
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shard-worker: error: {e}");
