@@ -26,6 +26,10 @@ const ITEM_LOG_INTERVAL: Duration = Duration::from_millis(50);
 /// First retry delay; doubles per attempt up to `MAX_BACKOFF`.
 const BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Fail fast: when this many items are the first a run attempts and all failed, the generator is
+/// broken rather than unlucky (a missing module, a wrong path), so the shard stops instead of
+/// spending retries and backoff on every item. `generator.halt`, when set, decides instead.
+pub const FAIL_FAST_ITEMS: u64 = 20;
 
 /// Runs the worker as the command line asks and returns its exit code.
 pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
@@ -650,6 +654,15 @@ impl Run<'_> {
 
     fn check_halt(&mut self) {
         let Some(halt) = self.shard.config.generator.halt else {
+            if !self.halted && self.generated == 0 && self.failed >= FAIL_FAST_ITEMS {
+                self.halt(
+                    self.failed,
+                    format!(
+                        "the first {FAIL_FAST_ITEMS} items this run attempted all failed; \
+                         starting no new items (set generator.halt to choose another limit)"
+                    ),
+                );
+            }
             return;
         };
         let limit_reached = match halt {
@@ -785,6 +798,10 @@ fn produce(
     let ms = |s: Instant| s.elapsed().as_millis() as u64;
     match &shard.generator {
         Generator::Builtin(b) => {
+            // generator.rate applies to builtins too (a quota is a quota).
+            if !rate.wait(stop) {
+                return Outcome::Stopped;
+            }
             out.clear();
             match b.generate(&item, out, stop) {
                 Ok(()) => {

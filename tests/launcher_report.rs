@@ -316,3 +316,72 @@ fn check_writes_nothing_and_reports_a_held_lock() {
     assert_exit(&out, 3, "--check of a locked shard", p.root());
     assert!(stderr(&out).contains("shard 1 of 2 of run \"c\" is locked by pid 1 on host h"));
 }
+
+/// Regression: a generator that cannot work (here: a missing model) was run on every item of
+/// every shard, with retries and backoff; now each shard stops after the first
+/// `FAIL_FAST_ITEMS` attempted items all failed, and the report says why.
+#[test]
+fn a_generator_that_always_fails_stops_each_shard_after_the_fail_fast_threshold() {
+    let n = shardrun::worker::FAIL_FAST_ITEMS;
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\necho \"$1\" >> calls\necho 'cannot load model.bin' >&2\nexit 1\n",
+    );
+    let cfg = "run: ff\nshards: 2\nitems: {range: {start: 0, end: 100}}\ngenerator: {command: [./g.sh, \"{key}\"], retries: 0}\noutput: {columns: [k]}\n";
+    p.write("conf/ff.yaml", cfg);
+    let out = launch(&p, &["--config", "conf/ff.yaml"]);
+    assert_exit(&out, 1, "a generator that always fails", p.root());
+    assert_eq!(p.read("calls").lines().count() as u64, 2 * n, "items tried");
+    assert_eq!(
+        lines_with(&stdout(&out), "✗"),
+        [(0, 0), (1, 50)]
+            .iter()
+            .map(|(i, key)| format!(
+                "✗ shard {i}/2 (pid _) failed: exit 1: the first {n} items this run attempted all \
+                 failed; starting no new items (set generator.halt to choose another limit); first \
+                 failed item: key {key}: exit code 1 (its last stderr line: cannot load model.bin) \
+                 (see logs/ff/shard_{i}_of_2.log)"
+            ))
+            .collect::<Vec<_>>(),
+        "{}",
+        stdout(&out)
+    );
+
+    // generator.halt overrides the threshold.
+    p.write(
+        "conf/ff.yaml",
+        &cfg.replace(
+            "retries: 0",
+            &format!("retries: 0, halt: {{failures: {}}}", n + 5),
+        ),
+    );
+    std::fs::remove_file(p.path("calls")).unwrap();
+    let out = launch(&p, &["--config", "conf/ff.yaml", "--force"]);
+    assert_exit(&out, 1, "the same with generator.halt", p.root());
+    assert_eq!(p.read("calls").lines().count() as u64, 2 * (n + 5));
+    assert!(
+        stdout(&out).contains("generator.halt.failures reached"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Regression: `generator.rate` was silently ignored with a builtin generator.
+#[test]
+fn generator_rate_paces_a_builtin_generator_too() {
+    let p = Project::new();
+    p.write(
+        "conf/r.yaml",
+        "run: r\nitems: {range: {start: 0, end: 6}}\ngenerator: {builtin: echo, rate: 10/s}\n",
+    );
+    let t = std::time::Instant::now();
+    let out = p.worker("conf/r.yaml", &["--quiet"]).output().unwrap();
+    assert_exit(&out, 0, "a paced builtin", p.root());
+    // 6 starts at most 10 per second: the last one at least 0.5 s after the first.
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(500),
+        "took {:?}",
+        t.elapsed()
+    );
+}
