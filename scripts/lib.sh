@@ -65,8 +65,11 @@ ensure_binaries() {
   fi
   if ((stale)); then
     need_cmd cargo
-    say "building the release binaries (cargo build --release)"
-    (cd "$SHARDRUN_ROOT" && cargo build --release --quiet) || die "the build failed"
+    say "building the release binaries (cargo build --release; the first build takes minutes)"
+    # On a terminal, cargo's progress bar shows the build is alive; elsewhere only its errors.
+    local quiet=--quiet
+    [ -t 2 ] && quiet=''
+    (cd "$SHARDRUN_ROOT" && cargo build --release ${quiet:+"$quiet"}) || die "the build failed"
   fi
 }
 
@@ -139,6 +142,11 @@ worker_reason() {
     error:\ * | failed:\ * | halted:\ *) line=${line#*: } ;;
   esac
   printf '%s' "$line"
+}
+
+# shardrun_version: the version in Cargo.toml (what the binaries built from here report).
+shardrun_version() {
+  sed -n 's/^version = "\(.*\)"/\1/p' "$SHARDRUN_ROOT/Cargo.toml" | head -n 1
 }
 
 # me: the running script as a user here would type it (for hints).

@@ -5,6 +5,7 @@
 #                               [--force] [--dry-run] [--jobs J] [--throttle K]
 #                               [-- SBATCH_OPTION...]
 #
+#   --version          print the version and exit
 #   --config FILE      run configuration (default: conf/default.yaml)
 #   --num-shards N     shard count (default: the config's `shards`; required without it)
 #   --only-failed      submit exactly the shards whose last run failed, was interrupted or never
@@ -79,6 +80,7 @@ parse_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
       -h | --help) usage 0 ;;
+      -V | --version) echo "$(basename "$0") (shardrun $(shardrun_version))"; exit 0 ;;
       --config) [ $# -ge 2 ] || usage_error "--config needs a file"; CONFIG=$2; shift ;;
       --num-shards) [ $# -ge 2 ] || usage_error "--num-shards needs a number"; NUM_SHARDS=$2; shift ;;
       --only-failed) ONLY_FAILED=1 ;;
