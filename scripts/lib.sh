@@ -161,6 +161,19 @@ me() {
 # hints).
 script_path() { printf '%s/%s' "$(cd "$(dirname "$0")" && pwd)" "$(basename "$0")"; }
 
+# logval VALUE: VALUE as the log grammar writes it: bare when it has no space, '"', '=' or control
+# character, else a JSON string.
+logval() {
+  local v=$1
+  if [[ -n "$v" && "$v" != *[[:space:]\"=[:cntrl:]]* ]]; then
+    printf '%s' "$v"
+  else
+    v=${v//\\/\\\\}
+    v=${v//\"/\\\"}
+    printf '"%s"' "$v"
+  fi
+}
+
 # quoted WORD...: the words as a shell would need them typed (for hints meant to be pasted).
 quoted() {
   local out='' w q="'\\''"

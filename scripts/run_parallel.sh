@@ -320,7 +320,7 @@ install_traps() {
 
 run_shards() {
   local i n=0 pid code
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$(quoted "$CONFIG") config_sum=$(config_sum) script=$(quoted "$(script_path)")"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)")"
   say "run '$RUN': starting ${#SHARDS[@]} of $NUM_SHARDS shard(s); logs in $(rel "$LOGS_DIR")/"
   for i in "${SHARDS[@]}"; do
     [ -n "$INTERRUPTED" ] && break

@@ -315,7 +315,7 @@ submit() {
   mv -f "$BATCH.tmp" "$BATCH"
   chmod +x "$BATCH"
   SUBMIT_TS=$(now)
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") submitter_pid=$$ host=$(hostname -s) config=$(quoted "$CONFIG") config_sum=$(config_sum) script=$(quoted "$(script_path)") max_array_size=$MAX_ARRAY"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY"
   JOB_IDS=()
   declare -gA JOB_OF=()
   for offset in "${OFFSETS[@]}"; do

@@ -57,45 +57,30 @@ fn last_launch(logs_dir: &Path) -> Option<Launch> {
         let Ok(text) = std::fs::read_to_string(logs_dir.join(file)) else {
             continue;
         };
-        let Some(line) = text
+        let Some((ts, _, fields)) = text
             .lines()
-            .rfind(|l| l.split(' ').nth(1) == Some("launch"))
+            .filter_map(crate::log::parse_line)
+            .rfind(|(_, event, _)| *event == "launch")
         else {
             continue;
         };
-        let ts = line.split(' ').next().unwrap_or("").to_string();
-        if best.as_ref().is_some_and(|(t, _)| *t >= ts) {
+        if best.as_ref().is_some_and(|(t, _)| t.as_str() >= ts) {
             continue;
         }
+        let field = |key: &str| {
+            fields
+                .iter()
+                .find(|(k, v)| *k == key && !v.is_empty())
+                .map(|(_, v)| PathBuf::from(v))
+        };
         let launch = Launch {
-            config: field(line, "config").map(PathBuf::from),
-            script: field(line, "script").map(PathBuf::from),
+            config: field("config"),
+            script: field("script"),
             slurm,
         };
-        best = Some((ts, launch));
+        best = Some((ts.to_string(), launch));
     }
     best.map(|(_, l)| l)
-}
-
-/// The value of `key=` on a status line, where the launchers write values as shell words (bare,
-/// or in single quotes when they hold spaces or quotes).
-fn field(line: &str, key: &str) -> Option<String> {
-    let start = line
-        .match_indices(&format!(" {key}="))
-        .next()
-        .map(|(at, m)| at + m.len())?;
-    let mut value = String::new();
-    let mut chars = line[start..].chars();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => quoted = !quoted,
-            ' ' if !quoted => break,
-            '\\' if !quoted => value.extend(chars.next()),
-            c => value.push(c),
-        }
-    }
-    (!value.is_empty()).then_some(value)
 }
 
 /// A script path as typed from `dir`: relative (`./…`) when below it.
@@ -133,15 +118,5 @@ mod tests {
         assert_eq!(quote("my conf.yaml"), "'my conf.yaml'");
         assert_eq!(quote("it's"), r"'it'\''s'");
         assert_eq!(quote(""), "''");
-    }
-
-    #[test]
-    fn status_fields_are_found_by_key() {
-        let l = "2026-01-01T00:00:00.000Z launch run=r config=conf/a.yaml config_sum=ab script=/x/run_parallel.sh";
-        assert_eq!(field(l, "config").as_deref(), Some("conf/a.yaml"));
-        assert_eq!(field(l, "script").as_deref(), Some("/x/run_parallel.sh"));
-        assert_eq!(field(l, "conf"), None);
-        let l = "t launch config='my conf'\\''s.yaml' config_sum=ab";
-        assert_eq!(field(l, "config").as_deref(), Some("my conf's.yaml"));
     }
 }
