@@ -385,3 +385,41 @@ fn generator_rate_paces_a_builtin_generator_too() {
         t.elapsed()
     );
 }
+
+/// Regression: `monitor --follow --config X` started before the run exited 2 ("unknown run").
+#[test]
+fn monitor_follow_waits_for_a_run_that_has_not_started_yet() {
+    let p = Project::new();
+    p.write(
+        "conf/w.yaml",
+        "run: w\nitems: {range: {start: 0, end: 6}}\ngenerator: {builtin: echo}\n",
+    );
+    let err = p.path("monitor.err");
+    let mut monitor = Command::new(bin("monitor"));
+    monitor
+        .args(["--config", "conf/w.yaml", "--follow", "--interval", "0.1"])
+        .current_dir(p.root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(File::create(&err).unwrap());
+    let mut child = monitor.spawn().expect("spawn monitor");
+    wait_for(
+        "the monitor to wait for the run",
+        std::time::Duration::from_secs(10),
+        || {
+            p.read("monitor.err")
+                .contains("has not started yet; waiting")
+        },
+    );
+    let out = launch(&p, &["--config", "conf/w.yaml", "--num-shards", "2"]);
+    assert_exit(&out, 0, "the run", p.root());
+    let status = wait_child(&mut child, std::time::Duration::from_secs(20));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        p.read("monitor.err")
+    );
+    assert!(stdout(&out).contains("6/6 items"), "{}", stdout(&out));
+}
