@@ -88,8 +88,11 @@ ensure_binaries() {
   fi
   if ((stale)); then
     need_cmd cargo
-    say "building the release binaries (cargo build --release)"
-    (cd "$SHARDRUN_ROOT" && cargo build --release --quiet) || die "the build failed"
+    say "building the release binaries (cargo build --release; the first build takes minutes)"
+    # On a terminal, cargo's progress bar shows the build is alive; elsewhere only its errors.
+    local quiet=--quiet
+    [ -t 2 ] && quiet=''
+    (cd "$SHARDRUN_ROOT" && cargo build --release ${quiet:+"$quiet"}) || die "the build failed"
   fi
 }
 
@@ -117,6 +120,17 @@ describe_run() {
   STATUS=$LOGS_DIR/$1
 }
 
+# preflight N: the workers' own checks for a plan of N shards (configuration, items, program and
+# the files it names, writable directories, free locks), once, before any shard starts or any
+# launch is recorded: a mistake then costs nothing to fix. Exit 2 with the worker's message.
+preflight() {
+  local out
+  [[ "$1" =~ ^[1-9][0-9]*$ ]] || return 0
+  out=$("$WORKER" --config "$CONFIG" --num-shards "$1" --check 2>&1) ||
+    DIE_CODE=2 die "${out#shard-worker: error: }
+nothing was started or recorded; fix it and run the same command again"
+}
+
 # last_line FILE EVENT: the last line of FILE whose event is EVENT ('' if none).
 last_line() {
   [ -f "$1" ] || return 0
@@ -132,6 +146,66 @@ last_field() { field "$(last_line "$1" "$2")" "$3"; }
 config_sum() { sha256sum "$CONFIG" | cut -d' ' -f1; }
 
 shard_log() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.log"; }
+
+# file_size FILE: its size in bytes (0 when it does not exist).
+file_size() { stat -c %s "$1" 2>/dev/null || echo 0; }
+
+# worker_reason FILE [OFFSET]: why a worker did not end ok, from what it wrote to FILE (its stderr)
+# after byte OFFSET: its last `shard-worker: <status>: <why>` line, whole (else the last line),
+# without the prefix. A worker prints one such line when it ends with an error, failed items or a
+# halt.
+worker_reason() {
+  local text line
+  [ -f "$1" ] || return 0
+  text=$(tail -c +$((${2:-0} + 1)) "$1" 2>/dev/null | tr -d '\r' | grep -v '^[[:space:]]*$' || true)
+  line=$(grep '^shard-worker: ' <<<"$text" | tail -n 1 || true)
+  [ -n "$line" ] || line=$(tail -n 1 <<<"$text")
+  line=${line#shard-worker: }
+  case "$line" in
+    error:\ * | failed:\ * | halted:\ *) line=${line#*: } ;;
+  esac
+  printf '%s' "$line"
+}
+
+# shardrun_version: the version in Cargo.toml (what the binaries built from here report).
+shardrun_version() {
+  sed -n 's/^version = "\(.*\)"/\1/p' "$SHARDRUN_ROOT/Cargo.toml" | head -n 1
+}
+
+# me: the running script as a user here would type it (for hints).
+me() {
+  local p
+  p=$(rel "$(script_path)")
+  [[ "$p" == /* ]] || p=./$p
+  printf '%s' "$p"
+}
+
+# script_path: the running script's absolute path (recorded with each launch, for other tools'
+# hints).
+script_path() { printf '%s/%s' "$(cd "$(dirname "$0")" && pwd)" "$(basename "$0")"; }
+
+# logval VALUE: VALUE as the log grammar writes it: bare when it has no space, '"', '=' or control
+# character, else a JSON string.
+logval() {
+  local v=$1
+  if [[ -n "$v" && "$v" != *[[:space:]\"=[:cntrl:]]* ]]; then
+    printf '%s' "$v"
+  else
+    v=${v//\\/\\\\}
+    v=${v//\"/\\\"}
+    printf '"%s"' "$v"
+  fi
+}
+
+# quoted WORD...: the words as a shell would need them typed (for hints meant to be pasted).
+quoted() {
+  local out='' w q="'\\''"
+  for w in "$@"; do
+    [[ "$w" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]] || w="'${w//\'/$q}'"
+    out+="${out:+ }$w"
+  done
+  printf '%s' "$out"
+}
 
 # A path relative to the current directory when it is below it.
 rel() { echo "${1#"$PWD"/}"; }

@@ -5,6 +5,7 @@
 #                                  [--redo-stale] [--dry-run] [--stagger SECONDS] [--jobs J] [--merge]
 #                                  [--grace SECONDS]
 #
+#   --version          print the version and exit
 #   --config FILE      run configuration (default: conf/default.yaml)
 #   --num-shards N     shard count (default: the config's `shards`, else the number of CPUs)
 #   --only-failed      re-run exactly the shards whose last run failed, died, was interrupted
@@ -21,6 +22,8 @@
 # Workers run in the background, each logging to logs/<run>/shard_<I>_of_<N>.log. Their pid,
 # start and end time and exit code go to logs/<run>/launcher.status. SIGINT and SIGTERM are
 # forwarded (as SIGTERM) to the workers this script started, and to nothing else.
+# Before any shard starts, `shard-worker --check` checks the plan (a refusal starts and records
+# nothing).
 # Exit: 0 when every shard succeeded, 1 otherwise, 2 on usage errors, 130/143 when interrupted.
 set -Eeuo pipefail
 
@@ -63,6 +66,7 @@ parse_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
       -h | --help) usage 0 ;;
+      -V | --version) echo "$(basename "$0") (shardrun $(shardrun_version))"; exit 0 ;;
       --config) [ $# -ge 2 ] || usage_error "--config needs a file"; CONFIG=$2; shift ;;
       --num-shards) [ $# -ge 2 ] || usage_error "--num-shards needs a number"; NUM_SHARDS=$2; shift ;;
       --only-failed) ONLY_FAILED=1 ;;
@@ -157,15 +161,26 @@ take_launcher_lock() {
   mkdir -p "$LOGS_DIR"
   LOCK=$LOGS_DIR/launcher.lock
   exec 9<>"$LOCK"
-  if ! flock -n 9; then
-    DIE_CODE=2 die "another launcher ($(cat "$LOCK" 2>/dev/null || echo 'pid unknown')) is running run '$RUN'; wait for it or stop it first"
-  fi
+  flock -n 9 || another_launcher
   echo "pid $$ on $(hostname)" >"$LOCK"
+}
+
+another_launcher() {
+  DIE_CODE=2 die "another launcher ($(cat "$LOGS_DIR/launcher.lock" 2>/dev/null || echo 'pid unknown')) is running run '$RUN'; wait for it or stop it first"
+}
+
+# Refuses, reading only, when another launcher runs this run (before the preflight, whose
+# complaint about the shards' locks would say less).
+refuse_another_launcher() {
+  [ -e "$LOGS_DIR/launcher.lock" ] || return 0
+  exec 9<"$LOGS_DIR/launcher.lock"
+  flock -n 9 || another_launcher
+  exec 9<&-
 }
 
 # ---- running -------------------------------------------------------------------------------
 
-declare -A PID_OF=() SHARD_OF=() START_OF=() EXIT_OF=() STATE_OF=()
+declare -A PID_OF=() SHARD_OF=() START_OF=() EXIT_OF=() STATE_OF=() ERR_FROM=()
 LIVE=()
 INTERRUPTED=''
 KILLER=''
@@ -262,7 +277,9 @@ launch_shard() {
   [ -n "$JOBS" ] && args+=(--jobs "$JOBS")
   # 9>&-: the launcher's lock must not be inherited by workers and whatever their generators
   # leave behind, or it would outlive the launcher.
-  "$WORKER" "${args[@]}" >/dev/null 2>>"$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 9>&- &
+  # What this run adds to the .stderr file is what its report quotes.
+  ERR_FROM[$i]=$(file_size "$(shard_stderr "$i")")
+  "$WORKER" "${args[@]}" >/dev/null 2>>"$(shard_stderr "$i")" 9>&- &
   local pid=$!
   PID_OF[$i]=$pid
   SHARD_OF[$pid]=$i
@@ -318,7 +335,7 @@ install_traps() {
 
 run_shards() {
   local i n=0 pid code
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$CONFIG config_sum=$(config_sum)"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)")"
   say "run '$RUN': starting ${#SHARDS[@]} of $NUM_SHARDS shard(s); logs in $(rel "$LOGS_DIR")/"
   for i in "${SHARDS[@]}"; do
     [ -n "$INTERRUPTED" ] && break
@@ -351,39 +368,48 @@ run_shards() {
 }
 
 
+shard_stderr() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.stderr"; }
+
+# One line per ended shard. A shard that did not succeed says why in full (the worker's last
+# stderr line) and names the file with the rest: the log for failed items (their reasons and
+# their generators' stderr), the .stderr file for errors (often the only file, e.g. for a
+# configuration error).
 summary_line() {
-  local i=$1 log state code pid done_ failed rows elapsed msg
+  local i=$1 log err state code pid done_ rows elapsed why file
   log=$(shard_log "$i")
+  err=$(shard_stderr "$i")
   state=${STATE_OF[$i]}
   code=${EXIT_OF[$i]}
   pid=${PID_OF[$i]}
   done_=$(last_field "$log" finish "done")
-  failed=$(last_field "$log" finish failed)
   rows=$(last_field "$log" finish rows)
   elapsed=$(last_field "$log" finish elapsed_s)
   case "$state" in
     ok)
       printf '✓ shard %s/%s (pid %s) ok: %s items, %s rows, %.0f s\n' "$i" "$NUM_SHARDS" "$pid" \
-        "$(thousands "${done_:-0}")" "$(thousands "${rows:-0}")" "${elapsed:-0}" ;;
-    failed)
-      if [ -n "$failed" ]; then
-        printf '✗ shard %s/%s (pid %s) failed: exit %s, %s items failed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
-          "$code" "$failed" "$(rel "$log")"
-      else
-        # No finish line: the worker stopped on an error (its log may not have been writable, a
-        # full file system); its stderr says which.
-        msg=$(tail -n 1 "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 2>/dev/null | sed 's/^shard-worker: error: //' | cut -c1-200)
-        printf '✗ shard %s/%s (pid %s) failed: exit %s%s (see %s)\n' "$i" "$NUM_SHARDS" "$pid" "$code" \
-          "${msg:+: $msg}" "$(rel "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr")"
-      fi ;;
+        "$(thousands "${done_:-0}")" "$(thousands "${rows:-0}")" "${elapsed:-0}"
+      return ;;
     interrupted)
       printf '✗ shard %s/%s (pid %s) interrupted: exit %s, %s items committed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
-        "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}")" "$(rel "$log")" ;;
-    *)
-      msg=$(tail -n 1 "$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr" 2>/dev/null | sed 's/^shard-worker: error: //' | cut -c1-200)
-      printf '✗ shard %s/%s (pid %s) %s: exit %s%s (see %s)\n' "$i" "$NUM_SHARDS" "$pid" "$state" "$code" \
-        "${msg:+: $msg}" "$(rel "$log")" ;;
+        "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}")" "$(rel "$log")"
+      return ;;
   esac
+  why=$(worker_reason "$err" "${ERR_FROM[$i]:-0}")
+  case "$state" in
+    failed) file=$log ;;
+    died)
+      ((code > 128)) && why=${why:-killed by SIG$(kill -l $((code - 128)) 2>/dev/null || echo $((code - 128)))}
+      file=$log ;;
+    *) file=$err ;;
+  esac
+  [ -s "$file" ] || file=$err
+  printf '✗ shard %s/%s (pid %s) %s: exit %s%s (see %s)\n' "$i" "$NUM_SHARDS" "$pid" "$state" "$code" \
+    "${why:+: $why}" "$(rel "$file")"
+}
+
+# The command that re-runs what did not succeed, with the options that name this run.
+again() {
+  printf '%s %s%s --only-failed' "$(me)" "$(quoted --config "$CONFIG")" "${JOBS:+ --jobs $JOBS}"
 }
 
 report() {
@@ -400,7 +426,8 @@ report() {
     rows=$((rows + $(last_field "$log" finish rows | grep -E '^[0-9]+$' || echo 0)))
   done
   printf '%s shard(s): %s ok, %s not ok; %s items, %s rows\n' "${#SHARDS[@]}" "$ok" "$bad" "$(thousands "$items")" "$(thousands "$rows")"
-  local again="./scripts/run_parallel.sh --config $CONFIG --only-failed"
+  local again
+  again=$(again)
   if [ -n "$INTERRUPTED" ]; then
     echo "interrupted; committed items are kept. To finish: $again"
     [ "$INTERRUPTED" = SIGTERM ] && exit 143
@@ -408,14 +435,14 @@ report() {
     exit 130
   fi
   if ((bad > 0)); then
-    echo "next: fix the cause (see the logs), then re-run only those shards: $again"
+    echo "next: fix the cause (see the files named above), then re-run only those shards: $again"
     exit 1
   fi
   if ((MERGE)); then
     say "merging"
     "$MERGE_BIN" --config "$CONFIG"
   else
-    echo "next: $(rel "$MERGE_BIN") --config $CONFIG   (watch a run with: $(rel "$BIN")/monitor --config $CONFIG --follow)"
+    echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")   (watch a run with: $(rel "$BIN")/monitor $(quoted --config "$CONFIG") --follow)"
   fi
   exit 0
 }
@@ -431,6 +458,12 @@ main() {
     NUM_SHARDS=${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}
     dry_run
     exit 0
+  fi
+  refuse_another_launcher
+  if ((ONLY_FAILED)); then
+    preflight "$(last_field "$STATUS" launch num_shards)"
+  else
+    preflight "${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}"
   fi
   take_launcher_lock
   choose_shards

@@ -5,6 +5,7 @@
 #                               [--force | --redo-stale] [--dry-run] [--jobs J] [--throttle K]
 #                               [-- SBATCH_OPTION...]
 #
+#   --version          print the version and exit
 #   --config FILE      run configuration (default: conf/default.yaml)
 #   --num-shards N     shard count (default: the config's `shards`; required without it)
 #   --only-failed      submit exactly the shards whose last run failed, was interrupted or never
@@ -31,7 +32,8 @@
 # stale), SHARDRUN_MAX_ARRAY_SIZE, SHARDRUN_SLURM_POLL (seconds between looks at the queue while
 # waiting; default 10).
 # Exit: 0 submitted (with --wait: every shard succeeded), 1 a submission failed (with --wait:
-# some shard did not succeed), 2 usage error or refusal, 130/143 interrupted while waiting (the
+# some shard did not succeed), 2 usage error or refusal (a failed preflight,
+# `shard-worker --check`, submits nothing), 130/143 interrupted while waiting (the
 # jobs keep running).
 set -Eeuo pipefail
 # shellcheck source=scripts/lib.sh
@@ -81,6 +83,7 @@ parse_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
       -h | --help) usage 0 ;;
+      -V | --version) echo "$(basename "$0") (shardrun $(shardrun_version))"; exit 0 ;;
       --config) [ $# -ge 2 ] || usage_error "--config needs a file"; CONFIG=$2; shift ;;
       --num-shards) [ $# -ge 2 ] || usage_error "--num-shards needs a number"; NUM_SHARDS=$2; shift ;;
       --only-failed) ONLY_FAILED=1 ;;
@@ -113,13 +116,6 @@ parse_args() {
 
 
 
-# This script, as a user here would type it.
-me() {
-  local p
-  p=$(rel "$SHARDRUN_ROOT/scripts/run_slurm.sh")
-  [[ "$p" == /* ]] || p=./$p
-  echo "$p"
-}
 
 
 
@@ -169,6 +165,11 @@ choose_shards() {
     fi
     SHARDS+=("$i")
   done
+}
+
+# The command that re-submits what did not succeed, with the options that name this run.
+again() {
+  printf '%s %s%s --only-failed' "$(me)" "$(quoted --config "$CONFIG")" "${JOBS:+ --jobs $JOBS}"
 }
 
 # ---- Slurm ---------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ submit() {
   mv -f "$BATCH.tmp" "$BATCH"
   chmod +x "$BATCH"
   SUBMIT_TS=$(now)
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") submitter_pid=$$ host=$(hostname -s) config=$CONFIG config_sum=$(config_sum) max_array_size=$MAX_ARRAY"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY"
   JOB_IDS=()
   declare -gA JOB_OF=()
   for offset in "${OFFSETS[@]}"; do
@@ -422,17 +423,20 @@ report_shard() {
     return 0
   fi
   sstate=$(slurm_state "$task")
-  if [ -n "$state" ]; then
-    if [ "$state" = interrupted ]; then
-      msg="$(thousands "$SHARD_DONE") items committed"
-    else
-      msg="$(field "$line" failed) items failed"
-    fi
-    printf '✗ shard %s/%s (job %s) %s: exit %s, %s (Slurm: %s; see %s, %s)\n' "$i" "$NUM_SHARDS" "$task" \
-      "$state" "$(field "$line" exit)" "$msg" "${sstate:-gone}" "$(rel "$(shard_log "$i")")" "$out"
+  # The worker's last stderr line (in Slurm's output) says why in full; the log holds failed
+  # items' reasons and their generators' stderr.
+  msg=$(worker_reason "$out")
+  if [ "$state" = interrupted ]; then
+    printf '✗ shard %s/%s (job %s) interrupted: exit %s, %s items committed (Slurm: %s; see %s)\n' "$i" "$NUM_SHARDS" "$task" \
+      "$(field "$line" exit)" "$(thousands "$SHARD_DONE")" "${sstate:-gone}" "$(rel "$(shard_log "$i")")"
+  elif [ -n "$state" ]; then
+    printf '✗ shard %s/%s (job %s) %s: exit %s: %s (Slurm: %s; see %s, %s)\n' "$i" "$NUM_SHARDS" "$task" \
+      "$state" "$(field "$line" exit)" "${msg:-$(field "$line" failed) items failed}" "${sstate:-gone}" \
+      "$(rel "$(shard_log "$i")")" "$out"
   else
     # No finish line: the worker never started or was killed hard; its Slurm output says why.
-    msg=$(grep -v '^shardrun: run ' "$out" 2>/dev/null | tail -n 1 | sed 's/^shard-worker: error: //' | cut -c1-200)
+    msg=$(grep -v '^shardrun: run ' "$out" 2>/dev/null | tail -n 1 | sed 's/^shard-worker: error: //' || true)
+    [ -z "$(worker_reason "$out")" ] || msg=$(worker_reason "$out")
     printf '✗ shard %s/%s (job %s) did not finish (Slurm: %s)%s (see %s)\n' "$i" "$NUM_SHARDS" "$task" \
       "${sstate:-gone}" "${msg:+: $msg}" "$out"
     state=unfinished
@@ -450,10 +454,10 @@ report() {
   done
   printf '%s shard(s): %s ok, %s not ok; %s items, %s rows\n' "${#SHARDS[@]}" "$ok" "$bad" "$(thousands "$items")" "$(thousands "$rows")"
   if ((bad > 0)); then
-    echo "next: fix the cause (see the logs), then re-submit only those shards: $(me) --config $CONFIG --only-failed"
+    echo "next: fix the cause (see the files named above), then re-submit only those shards: $(again)"
     exit 1
   fi
-  echo "next: $(rel "$MERGE_BIN") --config $CONFIG"
+  echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")"
   exit 0
 }
 
@@ -461,9 +465,9 @@ print_next_steps() {
   local jobs
   jobs=$(IFS=,; echo "${JOB_IDS[*]}")
   echo "submitted run '$RUN': job(s) ${JOB_IDS[*]}, shard(s) $(ranges "${SHARDS[@]}") of $NUM_SHARDS; logs in $(rel "$LOGS_DIR")/"
-  echo "watch:  $(rel "$BIN")/monitor --config $CONFIG --follow"
+  echo "watch:  $(rel "$BIN")/monitor $(quoted --config "$CONFIG") --follow"
   echo "        squeue -j $jobs"
-  echo "then:   $(rel "$MERGE_BIN") --config $CONFIG   (when every shard is done; else: $(me) --config $CONFIG --only-failed)"
+  echo "then:   $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")   (when every shard is done; else: $(again))"
 }
 
 main() {
@@ -481,6 +485,11 @@ main() {
   need_cmd squeue
   take_submit_lock
   refuse_when_queued
+  if ((ONLY_FAILED)); then
+    preflight "$(field "$(last_launch)" num_shards)"
+  else
+    preflight "${NUM_SHARDS:-$CONFIG_SHARDS}"
+  fi
   choose_shards
   if ((${#SHARDS[@]} == 0)); then
     echo "nothing to do: all $NUM_SHARDS shard(s) of run '$RUN' succeeded"

@@ -27,6 +27,10 @@ const ITEM_LOG_INTERVAL: Duration = Duration::from_millis(50);
 /// First retry delay; doubles per attempt up to `MAX_BACKOFF`.
 const BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Fail fast: when this many items are the first a run attempts and all failed, the generator is
+/// broken rather than unlucky (a missing module, a wrong path), so the shard stops instead of
+/// spending retries and backoff on every item. `generator.halt`, when set, decides instead.
+pub const FAIL_FAST_ITEMS: u64 = 20;
 
 /// Runs the worker as the command line asks and returns its exit code.
 pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
@@ -71,6 +75,8 @@ enum Outcome {
         attempts: u32,
         reason: String,
         ms: u64,
+        /// The last line the generator wrote to stderr in its last attempt (often the cause).
+        stderr: Option<String>,
     },
     Stopped,
     /// The shard cannot go on (a persistent generator that never starts): stop with this reason.
@@ -248,6 +254,7 @@ fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<Ex
         halted: false,
         attempted: 0,
         rate: &rate,
+        why: Why::default(),
     };
     let result = run.produce_all(&committed);
     let result = result.and_then(|()| run.commit());
@@ -471,6 +478,22 @@ struct Run<'a> {
     halted: bool,
     attempted: u64,
     rate: &'a RateLimit,
+    why: Why,
+}
+
+/// Why a shard did not end ok, for the one line it prints on stderr at the end: a launcher shows
+/// that line in its report (the log holds the details).
+#[derive(Default)]
+struct Why {
+    /// The first failed item: its key and the first line of its reason.
+    first_failure: Option<String>,
+    /// What stopped the shard (`halt`).
+    halt: Option<String>,
+}
+
+/// The first line of a message (reasons may quote a multi-line stderr or traceback).
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
 }
 
 impl Run<'_> {
@@ -621,8 +644,18 @@ impl Run<'_> {
                 attempts,
                 reason,
                 ms,
+                stderr,
             } => {
                 self.failed += 1;
+                if self.why.first_failure.is_none() {
+                    let said = stderr.map(|l| format!(" (its last stderr line: {l})"));
+                    self.why.first_failure = Some(format!(
+                        "key {}: {}{}",
+                        item.key,
+                        first_line(&reason),
+                        said.unwrap_or_default()
+                    ));
+                }
                 self.log.event(
                     "item_failed",
                     &[
@@ -658,20 +691,14 @@ impl Run<'_> {
                 ms,
             } => {
                 if !self.halted {
-                    self.halted = true;
-                    self.log.event(
-                        "halt",
-                        &[
-                            ("failed", V::D(&(self.failed + 1))),
-                            ("reason", V::S(&reason)),
-                        ],
-                    );
+                    self.halt(self.failed + 1, first_line(&reason).to_string());
                 }
                 self.handle(Outcome::Failed {
                     item,
                     attempts,
                     reason,
                     ms,
+                    stderr: None,
                 })
             }
             Outcome::Stopped => Ok(()),
@@ -742,6 +769,15 @@ impl Run<'_> {
 
     fn check_halt(&mut self) {
         let Some(halt) = self.shard.config.generator.halt else {
+            if !self.halted && self.generated == 0 && self.failed >= FAIL_FAST_ITEMS {
+                self.halt(
+                    self.failed,
+                    format!(
+                        "the first {FAIL_FAST_ITEMS} items this run attempted all failed; \
+                         starting no new items (set generator.halt to choose another limit)"
+                    ),
+                );
+            }
             return;
         };
         let limit_reached = match halt {
@@ -754,18 +790,21 @@ impl Run<'_> {
             }
         };
         if limit_reached && !self.halted {
-            self.halted = true;
-            self.log.event(
-                "halt",
-                &[
-                    ("failed", V::D(&self.failed)),
-                    (
-                        "reason",
-                        V::S("generator.halt.failures reached; starting no new items"),
-                    ),
-                ],
+            self.halt(
+                self.failed,
+                "generator.halt.failures reached; starting no new items".into(),
             );
         }
+    }
+
+    /// Starts no new items, and says why in the log.
+    fn halt(&mut self, failed: u64, reason: String) {
+        self.halted = true;
+        self.log.event(
+            "halt",
+            &[("failed", V::D(&failed)), ("reason", V::S(&reason))],
+        );
+        self.why.halt = Some(reason);
     }
 
     fn maybe_commit(&mut self) -> Result<()> {
@@ -821,7 +860,27 @@ impl Run<'_> {
                 ("exit", V::D(&code.code())),
             ],
         );
+        self.say_why(status, result.err());
         code
+    }
+
+    /// One line on stderr when the shard did not end ok (even with --quiet, whose stderr the
+    /// launchers keep for exactly this): `shard-worker: <status>: <why>`.
+    fn say_why(&self, status: &str, error: Option<Error>) {
+        let first = self.why.first_failure.as_deref().unwrap_or("");
+        let why = match status {
+            "error" => error.map(|e| e.to_string()).unwrap_or_default(),
+            "halted" => format!(
+                "{}; first failed item: {first}",
+                self.why.halt.as_deref().unwrap_or("stopped")
+            ),
+            "failed" => format!(
+                "{} of {} items failed; first: {first}",
+                self.failed, self.total
+            ),
+            _ => return,
+        };
+        eprintln!("shard-worker: {status}: {}", first_line(&why));
     }
 }
 
@@ -874,6 +933,10 @@ fn produce(
     let ms = |s: Instant| s.elapsed().as_millis() as u64;
     match &shard.generator {
         Generator::Builtin(b) => {
+            // generator.rate applies to builtins too (a quota is a quota).
+            if !rate.wait(stop) {
+                return Outcome::Stopped;
+            }
             out.clear();
             match b.generate(&item, out, stop) {
                 Ok(()) => {
@@ -892,6 +955,7 @@ fn produce(
                     attempts: 1,
                     reason,
                     ms: ms(started),
+                    stderr: None,
                 },
             }
         }
@@ -906,9 +970,16 @@ fn produce(
                 out.clear();
                 let key = &item.key;
                 let mut cap = StderrCap::new();
+                // The last non-blank stderr line names the failure in the launcher's report.
+                let mut last_line: Vec<u8> = Vec::new();
                 let result = {
-                    let mut on_stderr =
-                        |line: &[u8]| cap.line(line, &mut |l| log_stderr(log, key, l));
+                    let mut on_stderr = |line: &[u8]| {
+                        if !line.trim_ascii().is_empty() {
+                            last_line.clear();
+                            last_line.extend_from_slice(line.trim_ascii_end());
+                        }
+                        cap.line(line, &mut |l| log_stderr(log, key, l));
+                    };
                     if cmd.is_persistent() {
                         cmd.serve(&item, slot, state, stop, &mut on_stderr, out)
                     } else {
@@ -955,6 +1026,8 @@ fn produce(
                                 attempts: attempt,
                                 reason,
                                 ms: ms(started),
+                                stderr: (!last_line.is_empty())
+                                    .then(|| String::from_utf8_lossy(&last_line).into_owned()),
                             };
                         }
                         let delay = BACKOFF

@@ -190,7 +190,8 @@ fn a_failed_shard_is_named_and_only_failed_reruns_just_that_shard() {
     assert_exit(&out, 1, "a failing shard", p.root());
     let text = stdout(&out);
     assert!(
-        text.contains("✗ shard 1/3") && text.contains("failed: exit 1, 1 items failed"),
+        text.contains("✗ shard 1/3")
+            && text.contains("failed: exit 1: 1 of 3 items failed; first: key 5: exit code 4"),
         "{text}"
     );
     assert!(text.contains("--only-failed"), "{text}");

@@ -4,6 +4,7 @@ mod battery;
 mod checksums;
 mod common;
 mod launcher;
+mod launcher_report;
 mod limits;
 mod log_full;
 mod merge;

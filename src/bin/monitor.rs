@@ -75,6 +75,16 @@ fn run(cli: &Cli) -> Result<i32> {
             shardrun::config::MAX_SHARDS
         )));
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    if cli.follow {
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, stop.clone())
+                .map_err(|e| Error::usage(format!("cannot install signal handlers: {e}")))?;
+        }
+        if !wait_for_start(cli, &stop)? {
+            return Ok(130);
+        }
+    }
     let run = find_run(
         cli.config.as_deref(),
         cli.run.as_deref(),
@@ -83,16 +93,20 @@ fn run(cli: &Cli) -> Result<i32> {
     if run.picked {
         eprintln!("monitor: watching the most recently active run {:?} (pass --run or --config to choose)", run.name);
     }
-    let num_shards = cli
-        .num_shards
-        .or_else(|| plan_shards(&run.paths))
-        .or(run.config.as_ref().and_then(|c| c.shards))
-        .ok_or_else(|| {
-            Error::usage(format!(
-                "run {:?} has no shard logs yet; pass --num-shards",
-                run.name
-            ))
-        })?;
+    let mut num_shards = shard_count(cli, &run);
+    // Following a run that is starting: its plan is known once a launcher or a worker wrote it.
+    while cli.follow && num_shards.is_none() {
+        if !pause(cli, &stop) {
+            return Ok(130);
+        }
+        num_shards = shard_count(cli, &run);
+    }
+    let num_shards = num_shards.ok_or_else(|| {
+        Error::usage(format!(
+            "run {:?} has no shard logs yet; pass --num-shards",
+            run.name
+        ))
+    })?;
     let mut monitor = Monitor::new(
         &run.name,
         &run.paths,
@@ -108,15 +122,53 @@ fn run(cli: &Cli) -> Result<i32> {
         }
         return Ok(0);
     }
-    follow(cli, &mut monitor)
+    follow(cli, &mut monitor, &stop)
 }
 
-fn follow(cli: &Cli, monitor: &mut Monitor) -> Result<i32> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| Error::usage(format!("cannot install signal handlers: {e}")))?;
+fn shard_count(cli: &Cli, run: &shardrun::runs::RunRef) -> Option<u32> {
+    cli.num_shards
+        .or_else(|| plan_shards(&run.paths))
+        .or(run.config.as_ref().and_then(|c| c.shards))
+}
+
+/// With `--follow` and a named run (`--config` or `--run`) that has not started yet, waits for
+/// its directories to appear (saying so once); false if interrupted meanwhile.
+fn wait_for_start(cli: &Cli, stop: &AtomicBool) -> Result<bool> {
+    let root = shardrun::shard::resolve_root(cli.root.as_deref())?;
+    let name = match (&cli.config, &cli.run) {
+        (Some(c), None) => shardrun::config::Config::load(c, &root)?.run,
+        (None, Some(r)) => r.clone(),
+        _ => return Ok(true),
+    };
+    let paths = shardrun::paths::RunPaths::new(&root, &name);
+    let mut said = false;
+    while !paths.data_dir.is_dir() && !paths.logs_dir.is_dir() {
+        if !said {
+            eprintln!("monitor: run {name:?} has not started yet; waiting for it (Ctrl-C to stop)");
+            said = true;
+        }
+        if !pause(cli, stop) {
+            return Ok(false);
+        }
     }
+    Ok(true)
+}
+
+/// Sleeps one `--interval` in short steps; false if a stop was requested.
+fn pause(cli: &Cli, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + Duration::from_secs_f64(cli.interval);
+    while Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        std::thread::sleep(
+            Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())),
+        );
+    }
+    !stop.load(Ordering::SeqCst)
+}
+
+fn follow(cli: &Cli, monitor: &mut Monitor, stop: &AtomicBool) -> Result<i32> {
     let interval = Duration::from_secs_f64(cli.interval);
     let bars = (!cli.json && std::io::stdout().is_terminal())
         .then(|| display::Bars::new(monitor_shards(monitor)));

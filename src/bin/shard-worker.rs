@@ -46,6 +46,10 @@ struct Cli {
     /// (a changed script or generator.version); the new commits supersede the old ones.
     #[arg(long, conflicts_with = "force")]
     redo_stale: bool,
+    /// Check everything this shard (or, with --num-shards and no --shard-index, every shard)
+    /// needs before generating, and write nothing; exit 0 if it would start.
+    #[arg(long, conflicts_with_all = ["dry_run", "describe"])]
+    check: bool,
 }
 
 fn main() {
@@ -68,7 +72,12 @@ fn main() {
         describe: cli.describe,
         redo_stale: cli.redo_stale,
     };
-    let code = match shardrun::worker::run(&args) {
+    let result = if cli.check {
+        shardrun::preflight::run(&args)
+    } else {
+        shardrun::worker::run(&args)
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shard-worker: error: {e}");

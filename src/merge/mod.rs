@@ -362,9 +362,10 @@ fn check_complete(
         return Ok(());
     }
     Err(Error::Refused(format!(
-        "run {:?} is not complete: {}. Finish it (./scripts/run_parallel.sh --only-failed) or merge what exists with --allow-partial",
+        "run {:?} is not complete: {}. Finish it ({}) or merge what exists with --allow-partial",
         run.name,
-        problems.join("; ")
+        problems.join("; "),
+        crate::hints::finish_run(run, args.config.as_deref())
     )))
 }
 

@@ -135,6 +135,25 @@ pub fn plain_line(s: &Snapshot) -> String {
     format!("{} {}\n", crate::log::timestamp(), summary_line(s))
 }
 
+const TOTAL_TEMPLATE: &str = "{prefix} [{bar:10}] {pos}/{len} {msg}";
+
+/// The total bar's message: the counts that need attention, rows, rate and ETA, short enough for
+/// the line to fit 100 columns (each shard's bar shows its own state).
+pub fn total_message(m: &super::Summary) -> String {
+    let mut parts = Vec::new();
+    let not_ok = m.failed + m.died + m.interrupted;
+    for (n, what) in [(m.running, "running"), (not_ok, "not ok")] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    parts.push(format!("{} rows", thousands(m.rows)));
+    if m.running > 0 {
+        parts.push(format!("ETA {}", eta(m.eta_s)));
+    }
+    parts.join(", ")
+}
+
 /// Progress bars on a terminal: one per shard and a total.
 pub struct Bars {
     multi: MultiProgress,
@@ -158,7 +177,13 @@ impl Bars {
             })
             .collect();
         let total = multi.add(ProgressBar::new(0));
-        total.set_style(style);
+        // Narrower, so that the whole total line fits 100 columns (a line the terminal wraps
+        // breaks the redraw of every frame).
+        total.set_style(
+            ProgressStyle::with_template(TOTAL_TEMPLATE)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
         total.set_prefix("total    ".to_string());
         Bars {
             multi,
@@ -180,7 +205,7 @@ impl Bars {
         }
         self.total.set_length(s.summary.items_total);
         self.total.set_position(s.summary.items_done);
-        self.total.set_message(summary_line(s));
+        self.total.set_message(total_message(&s.summary));
     }
 
     /// Leaves the last frame on screen.
@@ -190,5 +215,37 @@ impl Bars {
         }
         self.total.abandon();
         let _ = self.multi.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the total bar carried the whole summary line (over 150 columns), which a
+    /// terminal wraps, breaking every redraw.
+    #[test]
+    fn the_total_line_fits_100_columns_for_999_shards_and_a_billion_rows() {
+        // 999 shards, a billion rows, 100 hours to go.
+        let m = super::super::Summary {
+            running: 333,
+            failed: 333,
+            died: 333,
+            interrupted: 333,
+            stalled: 333,
+            rows: 999_999_999,
+            rate: Some(99_999.9),
+            eta_s: Some(99.0 * 3600.0 + 3599.0),
+            ..Default::default()
+        };
+        let msg = total_message(&m);
+        // `{prefix} [{bar:10}] {pos}/{len} {msg}` with 9-digit counts of items.
+        assert!(TOTAL_TEMPLATE.contains("{bar:10}"));
+        let width = "total    ".len() + 2 + 10 + 2 + "999999999/999999999".len() + 1;
+        assert!(
+            width + msg.chars().count() <= 100,
+            "{} columns: {msg}",
+            width + msg.chars().count()
+        );
     }
 }
