@@ -220,3 +220,133 @@ fn an_unknown_run_or_a_broken_config_exits_2() {
     let out = monitor(&p, &["--config", p.path("bad.yaml").to_str().unwrap()]);
     assert_exit(&out, 2, "broken config", p.root());
 }
+
+/// A generator that writes two stderr lines and fails for the keys listed in `bad.txt`.
+fn failing_config(p: &Project, run: &str, items: u32, bad: &[&str]) -> String {
+    p.write("bad.txt", &format!("{}\n", bad.join("\n")));
+    p.script(
+        &format!("{run}.sh"),
+        "#!/bin/sh\nif grep -qx \"$1\" bad.txt; then echo \"oops $1 a\" >&2; echo \"oops $1 b\" >&2; exit 3; fi\necho \"$1\"\n",
+    );
+    let cfg = format!("{run}.yaml");
+    p.write(
+        &cfg,
+        &format!("run: {run}\nitems: {{range: {{start: 0, end: {items}}}}}\ngenerator: {{command: [./{run}.sh, \"{{key}}\"], retries: 1}}\noutput: {{columns: [k]}}\n"),
+    );
+    cfg
+}
+
+#[test]
+fn failures_lists_each_failed_item_with_its_reason_and_log_lines_and_the_latest_record_wins() {
+    let p = Project::new();
+    let cfg = failing_config(&p, "fl", 30, &["3", "13", "14", "25"]);
+    for i in 0..3 {
+        p.run_shard(&cfg, i, 3, &["--quiet"], 1);
+    }
+    // Key 13 is fixed and shard 1 runs again: 13 is committed, 14 fails a second time.
+    p.write("bad.txt", "3\n14\n25\n");
+    p.run_shard(&cfg, 1, 3, &["--quiet"], 1);
+
+    let out = monitor(&p, &["--run", "fl", "--failures", "--json"]);
+    assert_exit(&out, 0, "monitor --failures --json", p.root());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(j["failed_items"], 3, "{j}");
+    assert_eq!(j["shards_with_failures"], 3);
+    let items = j["items"].as_array().unwrap();
+    let got: Vec<(u64, &str)> = items
+        .iter()
+        .map(|it| (it["shard"].as_u64().unwrap(), it["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [(0, "3"), (1, "14"), (2, "25")],
+        "13 was committed later"
+    );
+    for it in items {
+        let key = it["key"].as_str().unwrap();
+        let shard = it["shard"].as_u64().unwrap();
+        assert_eq!(it["attempts"], 2, "{it}");
+        assert!(
+            it["reason"].as_str().unwrap().contains("exit code 3"),
+            "{it}"
+        );
+        assert!(!it["rev"].as_str().unwrap().is_empty(), "{it}");
+        let log_rel = format!("logs/fl/shard_{shard}_of_3.log");
+        assert_eq!(
+            it["log"].as_str().unwrap(),
+            p.path(&log_rel).to_str().unwrap()
+        );
+        let log: Vec<String> = p.read(&log_rel).lines().map(String::from).collect();
+        // The lines of the run that wrote the failed record: after the log's last start line.
+        let last_start = log.iter().rposition(|l| l.contains(" start ")).unwrap() as u64 + 1;
+        let numbers: Vec<u64> = it["log_lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            numbers.len(),
+            7,
+            "2 x (2 stderr + attempt_failed) + item_failed: {it}"
+        );
+        let events: Vec<&str> = numbers
+            .iter()
+            .map(|&n| {
+                assert!(n > last_start, "line {n} is from an earlier run: {it}");
+                let line = &log[n as usize - 1];
+                assert!(line.contains(&format!(" key={key} ")), "{line}");
+                line.split(' ').nth(1).unwrap()
+            })
+            .collect();
+        assert_eq!(events.iter().filter(|e| **e == "stderr").count(), 4);
+        assert_eq!(events.last(), Some(&"item_failed"));
+        assert_eq!(it["stderr_lines"], 4);
+        assert_eq!(
+            it["stderr_tail"],
+            serde_json::json!([format!("oops {key} a"), format!("oops {key} b")])
+        );
+    }
+
+    // The text names each item and a command that prints exactly its lines.
+    let out = monitor(&p, &["--run", "fl", "--failures"]);
+    assert_exit(&out, 0, "monitor --failures", p.root());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("run fl: 3 failed items in 3 of 3 shards"),
+        "{text}"
+    );
+    assert!(!text.contains("key 13 "), "{text}");
+    let block = text
+        .split("\n\n")
+        .find(|b| b.contains("key 14 "))
+        .expect(&text);
+    assert!(
+        block.contains("shard 1/3") && block.contains("reason: exit code 3"),
+        "{block}"
+    );
+    assert!(block.contains("    | oops 14 b"), "{block}");
+    let cmd = block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("log: "))
+        .expect(block);
+    let shown = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.lines().count(), 7, "{cmd}\n{shown}");
+    assert!(shown.lines().all(|l| l.contains(" key=14 ")), "{shown}");
+}
+
+#[test]
+fn failures_of_a_run_without_failures_or_manifests_say_so() {
+    let p = Project::new();
+    let cfg = failing_config(&p, "ok", 6, &[]);
+    p.run_shard(&cfg, 0, 2, &["--quiet"], 0);
+    let out = monitor(&p, &["--run", "ok", "--failures"]);
+    assert_exit(&out, 0, "monitor --failures", p.root());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "run ok: 0 failed items in 0 of 2 shards (the latest record of each item); 1 shard not started\n"
+    );
+    let out = monitor(&p, &["--run", "ok", "--failures", "--follow"]);
+    assert_exit(&out, 2, "--failures with --follow", p.root());
+}

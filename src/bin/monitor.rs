@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use shardrun::error::{Error, Result};
-use shardrun::monitor::{display, plan_shards, Monitor};
+use shardrun::monitor::{display, failures, plan_shards, Monitor};
 use shardrun::runs::find_run;
 use shardrun::stdout;
 
@@ -31,9 +31,13 @@ struct Cli {
     /// Seconds between refreshes with --follow.
     #[arg(long, default_value_t = 2.0)]
     interval: f64,
-    /// Print the snapshot as one JSON document.
+    /// Print the snapshot (or the failures) as one JSON document.
     #[arg(long)]
     json: bool,
+    /// List every failed item: shard, key, attempts, last reason, its last stderr lines and the
+    /// command that prints its lines of the shard log.
+    #[arg(long, conflicts_with = "follow")]
+    failures: bool,
     /// A running shard whose log has been silent this many seconds is flagged stalled (and, on
     /// another host, counted as died).
     #[arg(long, default_value_t = 300.0)]
@@ -80,6 +84,15 @@ fn run(cli: &Cli) -> Result<i32> {
                 run.name
             ))
         })?;
+    if cli.failures {
+        let report = failures::failures(&run.name, &run.paths, num_shards)?;
+        if cli.json {
+            stdout::println(&serde_json::to_string_pretty(&report).unwrap_or_default());
+        } else {
+            stdout::print(&failures::text(&report));
+        }
+        return Ok(0);
+    }
     let mut monitor = Monitor::new(
         &run.name,
         &run.paths,

@@ -2,6 +2,7 @@
 //! workers), as a snapshot, a live display, or JSON.
 
 pub mod display;
+pub mod failures;
 pub mod log_tail;
 
 use std::path::Path;
