@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use shardrun::error::{Error, Result};
+use shardrun::monitor::screen::Screen;
 use shardrun::monitor::{display, failures, plan_shards, Monitor};
 use shardrun::runs::find_run;
 use shardrun::stdout;
@@ -98,7 +99,8 @@ fn run(cli: &Cli) -> Result<i32> {
         &run.paths,
         num_shards,
         Duration::from_secs_f64(cli.stall),
-    );
+    )
+    .with_config(run.config.clone());
     if !cli.follow {
         let snap = monitor.snapshot();
         if cli.json {
@@ -118,28 +120,21 @@ fn follow(cli: &Cli, monitor: &mut Monitor) -> Result<i32> {
             .map_err(|e| Error::usage(format!("cannot install signal handlers: {e}")))?;
     }
     let interval = Duration::from_secs_f64(cli.interval);
-    let bars = (!cli.json && std::io::stdout().is_terminal())
-        .then(|| display::Bars::new(monitor_shards(monitor)));
+    let mut screen = (!cli.json && std::io::stdout().is_terminal()).then(Screen::new);
     loop {
         let snap = monitor.snapshot();
-        match (&bars, cli.json) {
+        match (&mut screen, cli.json) {
             (_, true) => stdout::println(&serde_json::to_string(&snap).unwrap_or_default()),
-            (Some(b), false) => b.update(&snap),
+            (Some(sc), false) => sc.draw(&snap),
             (None, false) => stdout::print(&display::plain_line(&snap)),
         }
+        // The last frame stays on screen as the final report.
         if snap.all_ended() {
-            if let Some(b) = &bars {
-                b.finish();
-                stdout::print(&display::table(&snap));
-            }
             return Ok(if snap.all_done() { 0 } else { 1 });
         }
         let until = Instant::now() + interval;
         while Instant::now() < until {
             if stop.load(Ordering::SeqCst) {
-                if let Some(b) = &bars {
-                    b.finish();
-                }
                 return Ok(130);
             }
             std::thread::sleep(
@@ -147,8 +142,4 @@ fn follow(cli: &Cli, monitor: &mut Monitor) -> Result<i32> {
             );
         }
     }
-}
-
-fn monitor_shards(m: &mut Monitor) -> u32 {
-    m.snapshot().num_shards
 }
