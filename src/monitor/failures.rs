@@ -241,10 +241,14 @@ fn shell_quote(s: &str) -> String {
 
 /// A command that prints the item's log lines: exact line ranges when they are few, else the
 /// span filtered on the item's key field (interleaved lines of other items, with `jobs > 1`).
-pub fn show_command(item: &FailedItem) -> Option<String> {
+/// The log is named relative to `cwd` when it lies under it.
+pub fn show_command(item: &FailedItem, cwd: Option<&Path>) -> Option<String> {
     let r = ranges(&item.log_lines);
     let (first, last) = (r.first()?.0, r.last()?.1);
-    let log = shell_quote(&item.log.to_string_lossy());
+    let path = cwd
+        .and_then(|c| item.log.strip_prefix(c).ok())
+        .unwrap_or(&item.log);
+    let log = shell_quote(&path.to_string_lossy());
     if r.len() <= 6 {
         let script: Vec<String> = r
             .iter()
@@ -269,6 +273,7 @@ pub fn show_command(item: &FailedItem) -> Option<String> {
 
 /// The report for people.
 pub fn text(f: &Failures) -> String {
+    let cwd = std::env::current_dir().ok();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -322,7 +327,7 @@ pub fn text(f: &Failures) -> String {
                 let _ = writeln!(out, "    | {l}");
             }
         }
-        match show_command(it) {
+        match show_command(it, cwd.as_deref()) {
             Some(cmd) => {
                 let _ = writeln!(out, "  log: {cmd}");
             }
@@ -373,15 +378,19 @@ mod tests {
             stderr_tail: Vec::new(),
         };
         assert_eq!(
-            show_command(&it).unwrap(),
+            show_command(&it, None).unwrap(),
             r"sed -n '3,4p;9p' '/tmp/it'\''s/shard_0_of_1.log'"
+        );
+        assert_eq!(
+            show_command(&it, Some(Path::new("/tmp"))).unwrap(),
+            r"sed -n '3,4p;9p' 'it'\''s/shard_0_of_1.log'"
         );
         it.log_lines = (1..=20).map(|n| n * 2).collect();
         assert_eq!(
-            show_command(&it).unwrap(),
+            show_command(&it, None).unwrap(),
             r#"sed -n '2,40p' '/tmp/it'\''s/shard_0_of_1.log' | grep -F -e ' key="a b" '"#
         );
         it.log_lines.clear();
-        assert!(show_command(&it).is_none());
+        assert!(show_command(&it, None).is_none());
     }
 }
