@@ -1,5 +1,6 @@
 //! `monitor`: the state of every shard of a run, from the shard logs (and `/proc` for live local
-//! workers), as a snapshot, a live display, or JSON.
+//! workers), as a snapshot, a live display, or JSON; and the failed items of a run, from its
+//! manifests (`failures.rs`).
 
 pub mod display;
 pub mod failures;
