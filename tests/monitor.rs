@@ -68,6 +68,9 @@ fn states_come_from_the_logs_with_json_fields_and_pending_shards() {
     assert_eq!(states, ["done", "failed", "pending"]);
     assert_eq!(shards[0]["items_done"], 3);
     assert_eq!(shards[1]["items_failed"], 1);
+    // The shard that has not started counts with its planned items (from the other shards'
+    // manifests), so the totals cover the whole run.
+    assert_eq!(shards[2]["items_total"], 3, "{}", shards[2]);
     let sum = &j["summary"];
     assert_eq!(
         (
@@ -78,13 +81,19 @@ fn states_come_from_the_logs_with_json_fields_and_pending_shards() {
         (Some(1), Some(1), Some(1))
     );
     assert_eq!(sum["rows"], 5);
+    assert_eq!(sum["items_total"], 9);
+    assert_eq!(sum["items_total_complete"], true);
+    assert_eq!(sum["items_failed"], 1);
     // The table names every shard and the summary.
     let out = monitor(&p, &["--run", "j"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("✓ shard   0/3")
             && text.contains("✗ shard   1/3")
-            && text.contains("1 pending"),
+            && text.contains("1 item failed")
+            && text.contains("· shard   2/3 pending       0.0%         0/3")
+            && text.contains("1 pending")
+            && text.contains("5/9 items, 1 item failed"),
         "{text}"
     );
 }
@@ -143,6 +152,13 @@ fn follow_exits_0_when_every_shard_succeeds_and_1_when_one_fails() {
             text.lines().all(|l| l.starts_with("20")),
             "plain lines are timestamped: {text}"
         );
+        // A failed item shows in the plain lines, not only a failed shard.
+        let last = text.lines().last().unwrap_or_default();
+        assert_eq!(
+            last.contains("11/12 items, 1 item failed"),
+            fail.is_some(),
+            "{last}"
+        );
         for w in &mut workers {
             let _ = w.wait();
         }
@@ -193,7 +209,7 @@ fn follow_draws_progress_bars_in_a_terminal() {
     let mut seen_bar = String::new();
     wait_for("a progress bar", Duration::from_secs(20), || {
         seen_bar = capture();
-        seen_bar.contains("shard   0 [") && seen_bar.contains("total")
+        seen_bar.contains("shard   0 [") && seen_bar.contains("total ")
     });
     wait_for("monitor to exit", Duration::from_secs(30), || {
         p.path("exit.code").exists()
@@ -205,8 +221,10 @@ fn follow_draws_progress_bars_in_a_terminal() {
     let _ = worker.wait();
     assert_eq!(p.read("exit.code").trim(), "0", "{screen}");
     assert!(
-        screen.contains("✓ shard   0/1") && screen.contains("1 done"),
-        "{screen}"
+        screen.contains("✓ shard   0 [================] 100.0% 40/40 done")
+            && screen.contains("1 done")
+            && screen.contains("40/40 items"),
+        "the last frame stays: {screen}"
     );
 }
 
@@ -219,4 +237,268 @@ fn an_unknown_run_or_a_broken_config_exits_2() {
     p.write("bad.yaml", "items: [\n");
     let out = monitor(&p, &["--config", p.path("bad.yaml").to_str().unwrap()]);
     assert_exit(&out, 2, "broken config", p.root());
+}
+
+/// A generator that writes two stderr lines and fails for the keys listed in `bad.txt`.
+fn failing_config(p: &Project, run: &str, items: u32, bad: &[&str]) -> String {
+    p.write("bad.txt", &format!("{}\n", bad.join("\n")));
+    p.script(
+        &format!("{run}.sh"),
+        "#!/bin/sh\nif grep -qx \"$1\" bad.txt; then echo \"oops $1 a\" >&2; echo \"oops $1 b\" >&2; exit 3; fi\necho \"$1\"\n",
+    );
+    let cfg = format!("{run}.yaml");
+    p.write(
+        &cfg,
+        &format!("run: {run}\nitems: {{range: {{start: 0, end: {items}}}}}\ngenerator: {{command: [./{run}.sh, \"{{key}}\"], retries: 1}}\noutput: {{columns: [k]}}\n"),
+    );
+    cfg
+}
+
+#[test]
+fn failures_lists_each_failed_item_with_its_reason_and_log_lines_and_the_latest_record_wins() {
+    let p = Project::new();
+    let cfg = failing_config(&p, "fl", 30, &["3", "13", "14", "25"]);
+    for i in 0..3 {
+        p.run_shard(&cfg, i, 3, &["--quiet"], 1);
+    }
+    // Key 13 is fixed and shard 1 runs again: 13 is committed, 14 fails a second time.
+    p.write("bad.txt", "3\n14\n25\n");
+    p.run_shard(&cfg, 1, 3, &["--quiet"], 1);
+
+    let out = monitor(&p, &["--run", "fl", "--failures", "--json"]);
+    assert_exit(&out, 0, "monitor --failures --json", p.root());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(j["failed_items"], 3, "{j}");
+    assert_eq!(j["shards_with_failures"], 3);
+    let items = j["items"].as_array().unwrap();
+    let got: Vec<(u64, &str)> = items
+        .iter()
+        .map(|it| (it["shard"].as_u64().unwrap(), it["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [(0, "3"), (1, "14"), (2, "25")],
+        "13 was committed later"
+    );
+    for it in items {
+        let key = it["key"].as_str().unwrap();
+        let shard = it["shard"].as_u64().unwrap();
+        assert_eq!(it["attempts"], 2, "{it}");
+        assert!(
+            it["reason"].as_str().unwrap().contains("exit code 3"),
+            "{it}"
+        );
+        assert!(!it["rev"].as_str().unwrap().is_empty(), "{it}");
+        let log_rel = format!("logs/fl/shard_{shard}_of_3.log");
+        assert_eq!(
+            it["log"].as_str().unwrap(),
+            p.path(&log_rel).to_str().unwrap()
+        );
+        let log: Vec<String> = p.read(&log_rel).lines().map(String::from).collect();
+        // The lines of the run that wrote the failed record: after the log's last start line.
+        let last_start = log.iter().rposition(|l| l.contains(" start ")).unwrap() as u64 + 1;
+        let numbers: Vec<u64> = it["log_lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            numbers.len(),
+            7,
+            "2 x (2 stderr + attempt_failed) + item_failed: {it}"
+        );
+        let events: Vec<&str> = numbers
+            .iter()
+            .map(|&n| {
+                assert!(n > last_start, "line {n} is from an earlier run: {it}");
+                let line = &log[n as usize - 1];
+                assert!(line.contains(&format!(" key={key} ")), "{line}");
+                line.split(' ').nth(1).unwrap()
+            })
+            .collect();
+        assert_eq!(events.iter().filter(|e| **e == "stderr").count(), 4);
+        assert_eq!(events.last(), Some(&"item_failed"));
+        assert_eq!(it["stderr_lines"], 4);
+        assert_eq!(
+            it["stderr_tail"],
+            serde_json::json!([format!("oops {key} a"), format!("oops {key} b")])
+        );
+    }
+
+    // The text names each item and a command that prints exactly its lines.
+    let out = monitor(&p, &["--run", "fl", "--failures"]);
+    assert_exit(&out, 0, "monitor --failures", p.root());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.starts_with("run fl: 3 failed items in 3 of 3 shards"),
+        "{text}"
+    );
+    assert!(!text.contains("key 13 "), "{text}");
+    let block = text
+        .split("\n\n")
+        .find(|b| b.contains("key 14 "))
+        .expect(&text);
+    assert!(
+        block.contains("shard 1/3") && block.contains("reason: exit code 3"),
+        "{block}"
+    );
+    assert!(block.contains("    | oops 14 b"), "{block}");
+    let cmd = block
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("log: "))
+        .expect(block);
+    let shown = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.lines().count(), 7, "{cmd}\n{shown}");
+    assert!(shown.lines().all(|l| l.contains(" key=14 ")), "{shown}");
+}
+
+#[test]
+fn failures_of_a_run_without_failures_or_manifests_say_so() {
+    let p = Project::new();
+    let cfg = failing_config(&p, "ok", 6, &[]);
+    p.run_shard(&cfg, 0, 2, &["--quiet"], 0);
+    let out = monitor(&p, &["--run", "ok", "--failures"]);
+    assert_exit(&out, 0, "monitor --failures", p.root());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "run ok: 0 failed items in 0 of 2 shards (the latest record of each item); 1 shard not started\n"
+    );
+    let out = monitor(&p, &["--run", "ok", "--failures", "--follow"]);
+    assert_exit(&out, 2, "--failures with --follow", p.root());
+}
+
+#[test]
+fn totals_count_shards_that_have_not_started_from_the_config() {
+    let p = Project::new();
+    let cfg = slow_config(&p, "q", 10, None);
+    // A queued run: the launcher made its log directory, no worker has started.
+    std::fs::create_dir_all(p.path("logs/q")).unwrap();
+    let cfg_path = p.path(&cfg);
+    let out = monitor(
+        &p,
+        &[
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--num-shards",
+            "4",
+            "--json",
+        ],
+    );
+    assert_exit(&out, 0, "monitor --config --json", p.root());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let totals: Vec<u64> = j["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["items_total"].as_u64().unwrap())
+        .collect();
+    assert_eq!(totals, [3, 3, 2, 2], "{j}");
+    assert_eq!(j["summary"]["items_total"], 10);
+    assert_eq!(j["summary"]["items_total_complete"], true);
+    // Without the config nothing tells the plan yet: the total says it is partial.
+    let out = monitor(&p, &["--run", "q", "--num-shards", "4", "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["summary"]["items_total"], 0);
+    assert_eq!(j["summary"]["items_total_complete"], false);
+    let out = monitor(&p, &["--run", "q", "--num-shards", "4"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0/0+ items"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn follow_in_a_small_terminal_shows_the_summary_the_failed_shards_and_the_total() {
+    let p = Project::new();
+    // 30 shards of 3 items; shards 2 and 16 fail an item; shards 20 to 29 have not started.
+    p.script(
+        "m.sh",
+        "#!/bin/sh\ncase \"$1\" in 7|50) exit 4;; esac\necho \"$1\"\n",
+    );
+    p.write(
+        "m.yaml",
+        "run: m\nitems: {range: {start: 0, end: 90}}\ngenerator: {command: [./m.sh, \"{key}\"], retries: 0}\noutput: {columns: [k]}\n",
+    );
+    for i in 0..20 {
+        let want = if i == 2 || i == 16 { 1 } else { 0 };
+        p.run_shard("m.yaml", i, 30, &["--quiet"], want);
+    }
+    let session = format!("shardrun-mon-small-{}", std::process::id());
+    let cmd = format!(
+        "{MONITOR} --root {} --run m --follow --interval 0.2; echo $? > {}/exit.code; sleep 30",
+        p.root().display(),
+        p.root().display()
+    );
+    let ok = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-x",
+            "100",
+            "-y",
+            "12",
+            "-s",
+            &session,
+            "bash",
+            "-c",
+            &cmd,
+        ])
+        .status()
+        .expect("tmux is required for this test (scripts/test.sh installs it)");
+    assert!(ok.success());
+    let capture = || {
+        String::from_utf8_lossy(
+            &Command::new("tmux")
+                .args(["capture-pane", "-p", "-t", &session])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    let mut screen = String::new();
+    wait_for("a frame", Duration::from_secs(20), || {
+        screen = capture();
+        screen.contains("total ")
+    });
+    // Two refreshes later the frame is redrawn in place, not appended.
+    std::thread::sleep(Duration::from_millis(600));
+    screen = capture();
+    let _ = Command::new("tmux")
+        .args(["send-keys", "-t", &session, "C-c", ""])
+        .status();
+    wait_for("monitor to exit", Duration::from_secs(20), || {
+        p.path("exit.code").exists()
+    });
+    let after = capture();
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() <= 11, "the frame fits the pane: {screen}");
+    assert_eq!(
+        screen.matches("total ").count(),
+        1,
+        "one frame on screen: {screen}"
+    );
+    assert!(screen.contains("shards by progress: 0% 10 "), "{screen}");
+    assert!(
+        screen.contains("✗ shard   2 [") && screen.contains("✗ shard  16 ["),
+        "the failed shards are shown: {screen}"
+    );
+    assert!(
+        screen.contains("run m: 18 done, 0 running, 2 failed, 10 pending"),
+        "{screen}"
+    );
+    let total = lines.last().unwrap();
+    assert!(
+        total.starts_with("total ") && total.contains(" 58/90 items, 2 failed"),
+        "the total is the last line and counts the pending shards: {screen}"
+    );
+    assert!(lines.iter().all(|l| l.chars().count() < 100), "{screen}");
+    assert_eq!(p.read("exit.code").trim(), "130");
+    assert!(after.contains("total "), "the last frame stays: {after}");
 }

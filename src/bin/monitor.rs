@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use shardrun::error::{Error, Result};
-use shardrun::monitor::{display, plan_shards, Monitor};
+use shardrun::monitor::screen::Screen;
+use shardrun::monitor::{display, failures, plan_shards, Monitor};
 use shardrun::runs::find_run;
 use shardrun::stdout;
 
@@ -31,9 +32,13 @@ struct Cli {
     /// Seconds between refreshes with --follow.
     #[arg(long, default_value_t = 2.0)]
     interval: f64,
-    /// Print the snapshot as one JSON document.
+    /// Print the snapshot (or the failures) as one JSON document.
     #[arg(long)]
     json: bool,
+    /// List every failed item: shard, key, attempts, last reason, its last stderr lines and the
+    /// command that prints its lines of the shard log.
+    #[arg(long, conflicts_with = "follow")]
+    failures: bool,
     /// A running shard whose log has been silent this many seconds is flagged stalled (and, on
     /// another host, counted as died).
     #[arg(long, default_value_t = 300.0)]
@@ -107,12 +112,22 @@ fn run(cli: &Cli) -> Result<i32> {
             run.name
         ))
     })?;
+    if cli.failures {
+        let report = failures::failures(&run.name, &run.paths, num_shards)?;
+        if cli.json {
+            stdout::println(&serde_json::to_string_pretty(&report).unwrap_or_default());
+        } else {
+            stdout::print(&failures::text(&report));
+        }
+        return Ok(0);
+    }
     let mut monitor = Monitor::new(
         &run.name,
         &run.paths,
         num_shards,
         Duration::from_secs_f64(cli.stall),
-    );
+    )
+    .with_config(run.config.clone());
     if !cli.follow {
         let snap = monitor.snapshot();
         if cli.json {
@@ -170,28 +185,21 @@ fn pause(cli: &Cli, stop: &AtomicBool) -> bool {
 
 fn follow(cli: &Cli, monitor: &mut Monitor, stop: &AtomicBool) -> Result<i32> {
     let interval = Duration::from_secs_f64(cli.interval);
-    let bars = (!cli.json && std::io::stdout().is_terminal())
-        .then(|| display::Bars::new(monitor_shards(monitor)));
+    let mut screen = (!cli.json && std::io::stdout().is_terminal()).then(Screen::new);
     loop {
         let snap = monitor.snapshot();
-        match (&bars, cli.json) {
+        match (&mut screen, cli.json) {
             (_, true) => stdout::println(&serde_json::to_string(&snap).unwrap_or_default()),
-            (Some(b), false) => b.update(&snap),
+            (Some(sc), false) => sc.draw(&snap),
             (None, false) => stdout::print(&display::plain_line(&snap)),
         }
+        // The last frame stays on screen as the final report.
         if snap.all_ended() {
-            if let Some(b) = &bars {
-                b.finish();
-                stdout::print(&display::table(&snap));
-            }
             return Ok(if snap.all_done() { 0 } else { 1 });
         }
         let until = Instant::now() + interval;
         while Instant::now() < until {
             if stop.load(Ordering::SeqCst) {
-                if let Some(b) = &bars {
-                    b.finish();
-                }
                 return Ok(130);
             }
             std::thread::sleep(
@@ -199,8 +207,4 @@ fn follow(cli: &Cli, monitor: &mut Monitor, stop: &AtomicBool) -> Result<i32> {
             );
         }
     }
-}
-
-fn monitor_shards(m: &mut Monitor) -> u32 {
-    m.snapshot().num_shards
 }

@@ -1,8 +1,7 @@
-//! How a snapshot is shown: a table, one plain line per refresh, or progress bars on a terminal.
+//! How a snapshot is shown as text: a table, one plain line per refresh, and the pieces of the
+//! terminal frame (`screen.rs`).
 
 use std::fmt::Write as _;
-
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{ShardView, Snapshot, State};
 use crate::human::thousands;
@@ -20,7 +19,7 @@ pub fn eta(secs: Option<f64>) -> String {
     }
 }
 
-fn symbol(state: State) -> &'static str {
+pub(crate) fn symbol(state: State) -> &'static str {
     match state {
         State::Pending => "·",
         State::Running => "▶",
@@ -31,7 +30,7 @@ fn symbol(state: State) -> &'static str {
     }
 }
 
-fn state_name(v: &ShardView) -> String {
+pub(crate) fn state_name(v: &ShardView) -> String {
     let s = serde_json::to_value(v.state)
         .ok()
         .and_then(|x| x.as_str().map(String::from))
@@ -43,7 +42,7 @@ fn state_name(v: &ShardView) -> String {
     }
 }
 
-fn pct(v: &ShardView) -> f64 {
+pub(crate) fn pct(v: &ShardView) -> f64 {
     if v.items_total == 0 {
         if v.state == State::Done {
             100.0
@@ -78,7 +77,7 @@ fn shard_line(v: &ShardView, n: u32) -> String {
         let _ = write!(line, "  cpu {c:.0}%  mem {:.0} MiB", m as f64 / 1048576.0);
     }
     if v.items_failed > 0 {
-        let _ = write!(line, "  {} failed", thousands(v.items_failed));
+        let _ = write!(line, "  {}", items_failed(v.items_failed));
     }
     if let Some(cur) = v.current.as_deref().filter(|_| v.state == State::Running) {
         let _ = write!(line, "  current {}", shorten(cur, 24));
@@ -86,7 +85,7 @@ fn shard_line(v: &ShardView, n: u32) -> String {
     line
 }
 
-fn shorten(s: &str, max: usize) -> String {
+pub(crate) fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {
@@ -97,11 +96,31 @@ fn shorten(s: &str, max: usize) -> String {
     }
 }
 
-/// The summary line.
-pub fn summary_line(s: &Snapshot) -> String {
+/// `1 item failed`, `12 items failed`.
+pub(crate) fn items_failed(n: u64) -> String {
+    format!(
+        "{} item{} failed",
+        thousands(n),
+        if n == 1 { "" } else { "s" }
+    )
+}
+
+/// `done/total`, the total marked `+` when it counts the started shards only.
+pub(crate) fn items_of(s: &Snapshot) -> String {
     let m = &s.summary;
     format!(
-        "run {}: {} done, {} running, {} failed, {} interrupted, {} died, {} pending{}; {}/{} items, {} rows, {}, ETA {}",
+        "{}/{}{}",
+        thousands(m.items_done),
+        thousands(m.items_total),
+        if m.items_total_complete { "" } else { "+" }
+    )
+}
+
+/// The shard count per state.
+pub(crate) fn states_text(s: &Snapshot) -> String {
+    let m = &s.summary;
+    format!(
+        "run {}: {} done, {} running, {} failed, {} interrupted, {} died, {} pending{}",
         s.run,
         m.done,
         m.running,
@@ -109,12 +128,45 @@ pub fn summary_line(s: &Snapshot) -> String {
         m.interrupted,
         m.died,
         m.pending,
-        if m.stalled > 0 { format!(" ({} stalled)", m.stalled) } else { String::new() },
-        thousands(m.items_done),
-        thousands(m.items_total),
+        if m.stalled > 0 {
+            format!(" ({} stalled)", m.stalled)
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// The overall rate, or `rate unknown`.
+pub(crate) fn rate_text(s: &Snapshot) -> String {
+    s.summary
+        .rate
+        .map_or("rate unknown".to_string(), |r| format!("{r:.1} items/s"))
+}
+
+/// The overall ETA (`-` when nothing runs).
+pub(crate) fn eta_text(s: &Snapshot) -> String {
+    if s.summary.running == 0 {
+        "-".into()
+    } else {
+        eta(s.summary.eta_s)
+    }
+}
+
+/// The summary line.
+pub fn summary_line(s: &Snapshot) -> String {
+    let m = &s.summary;
+    format!(
+        "{}; {} items{}, {} rows, {}, ETA {}",
+        states_text(s),
+        items_of(s),
+        if m.items_failed > 0 {
+            format!(", {}", items_failed(m.items_failed))
+        } else {
+            String::new()
+        },
         thousands(m.rows),
-        m.rate.map_or("rate unknown".to_string(), |r| format!("{r:.1} items/s")),
-        if m.running == 0 { "-".into() } else { eta(m.eta_s) }
+        rate_text(s),
+        eta_text(s),
     )
 }
 
@@ -133,119 +185,4 @@ pub fn table(s: &Snapshot) -> String {
 /// One timestamped line per refresh, for logs and pipes.
 pub fn plain_line(s: &Snapshot) -> String {
     format!("{} {}\n", crate::log::timestamp(), summary_line(s))
-}
-
-const TOTAL_TEMPLATE: &str = "{prefix} [{bar:10}] {pos}/{len} {msg}";
-
-/// The total bar's message: the counts that need attention, rows, rate and ETA, short enough for
-/// the line to fit 100 columns (each shard's bar shows its own state).
-pub fn total_message(m: &super::Summary) -> String {
-    let mut parts = Vec::new();
-    let not_ok = m.failed + m.died + m.interrupted;
-    for (n, what) in [(m.running, "running"), (not_ok, "not ok")] {
-        if n > 0 {
-            parts.push(format!("{n} {what}"));
-        }
-    }
-    parts.push(format!("{} rows", thousands(m.rows)));
-    if m.running > 0 {
-        parts.push(format!("ETA {}", eta(m.eta_s)));
-    }
-    parts.join(", ")
-}
-
-/// Progress bars on a terminal: one per shard and a total.
-pub struct Bars {
-    multi: MultiProgress,
-    shards: Vec<ProgressBar>,
-    total: ProgressBar,
-}
-
-impl Bars {
-    /// Bars for `num_shards` shards, drawn on stderr... stdout's terminal.
-    pub fn new(num_shards: u32) -> Bars {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
-        let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
-        let shards = (0..num_shards)
-            .map(|i| {
-                let b = multi.add(ProgressBar::new(0));
-                b.set_style(style.clone());
-                b.set_prefix(format!("shard {i:>3}"));
-                b
-            })
-            .collect();
-        let total = multi.add(ProgressBar::new(0));
-        // Narrower, so that the whole total line fits 100 columns (a line the terminal wraps
-        // breaks the redraw of every frame).
-        total.set_style(
-            ProgressStyle::with_template(TOTAL_TEMPLATE)
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        total.set_prefix("total    ".to_string());
-        Bars {
-            multi,
-            shards,
-            total,
-        }
-    }
-
-    /// Redraws with a new snapshot.
-    pub fn update(&self, s: &Snapshot) {
-        for (b, v) in self.shards.iter().zip(&s.shards) {
-            b.set_length(v.items_total);
-            b.set_position(v.items_done);
-            let mut msg = format!("{} {} rows", state_name(v), thousands(v.rows));
-            if v.state == State::Running {
-                let _ = write!(msg, " ETA {}", eta(v.eta_s));
-            }
-            b.set_message(msg);
-        }
-        self.total.set_length(s.summary.items_total);
-        self.total.set_position(s.summary.items_done);
-        self.total.set_message(total_message(&s.summary));
-    }
-
-    /// Leaves the last frame on screen.
-    pub fn finish(&self) {
-        for b in &self.shards {
-            b.abandon();
-        }
-        self.total.abandon();
-        let _ = self.multi.clear();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression: the total bar carried the whole summary line (over 150 columns), which a
-    /// terminal wraps, breaking every redraw.
-    #[test]
-    fn the_total_line_fits_100_columns_for_999_shards_and_a_billion_rows() {
-        // 999 shards, a billion rows, 100 hours to go.
-        let m = super::super::Summary {
-            running: 333,
-            failed: 333,
-            died: 333,
-            interrupted: 333,
-            stalled: 333,
-            rows: 999_999_999,
-            rate: Some(99_999.9),
-            eta_s: Some(99.0 * 3600.0 + 3599.0),
-            ..Default::default()
-        };
-        let msg = total_message(&m);
-        // `{prefix} [{bar:10}] {pos}/{len} {msg}` with 9-digit counts of items.
-        assert!(TOTAL_TEMPLATE.contains("{bar:10}"));
-        let width = "total    ".len() + 2 + 10 + 2 + "999999999/999999999".len() + 1;
-        assert!(
-            width + msg.chars().count() <= 100,
-            "{} columns: {msg}",
-            width + msg.chars().count()
-        );
-    }
 }

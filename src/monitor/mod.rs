@@ -1,15 +1,20 @@
 //! `monitor`: the state of every shard of a run, from the shard logs (and `/proc` for live local
-//! workers), as a snapshot, a live display, or JSON.
+//! workers), as a snapshot, a live display, or JSON; and the failed items of a run, from its
+//! manifests (`failures.rs`).
 
 pub mod display;
+pub mod failures;
 pub mod log_tail;
+pub mod screen;
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::config::{Config, Sharding};
 use crate::paths::RunPaths;
+use crate::plan::ShardPlan;
 use log_tail::LogTail;
 
 /// A shard's state.
@@ -63,7 +68,14 @@ pub struct Summary {
     pub stalled: u32,
     pub rows: u64,
     pub items_done: u64,
+    /// Every shard's item count, started or not, when the plan is known (see
+    /// `items_total_complete`).
     pub items_total: u64,
+    /// False when a shard that has not started has an unknown item count (no manifest of the
+    /// run yet and no `--config`): `items_total` then counts the started shards only.
+    pub items_total_complete: bool,
+    /// Items whose last attempt failed, in the shards' current runs.
+    pub items_failed: u64,
     pub rate: Option<f64>,
     pub eta_s: Option<f64>,
     pub unparsed_lines: u64,
@@ -91,16 +103,57 @@ impl Snapshot {
     }
 }
 
+/// The item count of every shard, known before any starts: from the run's manifests (each
+/// header names the source's item count and the sharding) or its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub n_items: u64,
+    pub sharding: Sharding,
+}
+
+impl Plan {
+    /// The first manifest of the run under this shard count, else the configuration's item
+    /// source. `None` when neither tells (a run with no started shard, watched without --config).
+    pub fn find(paths: &RunPaths, num_shards: u32, config: Option<&Config>) -> Option<Plan> {
+        let from_manifest = paths.manifests().ok().and_then(|list| {
+            list.into_iter()
+                .filter(|(_, n, _)| *n == num_shards)
+                .find_map(|(_, _, path)| crate::manifest::read_header(&path))
+                .filter(|h| h.num_shards == num_shards)
+                .map(|h| Plan {
+                    n_items: h.source_items,
+                    sharding: h.sharding,
+                })
+        });
+        from_manifest.or_else(|| {
+            let c = config?;
+            let source = crate::items::ItemSource::load(&c.items, c.seed).ok()?;
+            Some(Plan {
+                n_items: source.len(),
+                sharding: c.sharding,
+            })
+        })
+    }
+
+    /// The item count of shard `index` of `num_shards`.
+    pub fn items(&self, index: u32, num_shards: u32) -> u64 {
+        ShardPlan::new(self.sharding, self.n_items, num_shards, index).len()
+    }
+}
+
 /// Watches the logs of one run.
 pub struct Monitor {
     run: String,
+    paths: RunPaths,
     num_shards: u32,
+    config: Option<Config>,
+    /// Looked for until found, and only while a shard has not started.
+    plan: Option<Plan>,
     tails: Vec<LogTail>,
     stall: Duration,
     host: String,
     /// (pid, cpu ticks, when) of the previous refresh, for CPU % between refreshes.
     cpu_prev: Vec<Option<(u32, u64, std::time::Instant)>>,
-    paths: RunPaths,
     /// Each shard's manifest as last counted (for shards whose log ended early).
     manifests: Vec<Option<ManifestCount>>,
 }
@@ -144,24 +197,43 @@ impl Monitor {
     pub fn new(run: &str, paths: &RunPaths, num_shards: u32, stall: Duration) -> Monitor {
         Monitor {
             run: run.to_string(),
+            paths: paths.clone(),
             num_shards,
+            config: None,
+            plan: None,
             tails: (0..num_shards)
                 .map(|i| LogTail::new(&paths.log(i, num_shards)))
                 .collect(),
             stall,
             host: crate::proc_info::hostname(),
             cpu_prev: vec![None; num_shards as usize],
-            paths: paths.clone(),
             manifests: (0..num_shards).map(|_| None).collect(),
         }
+    }
+
+    /// The run's configuration (`--config`): the plan of shards that have not started yet.
+    pub fn with_config(mut self, config: Option<Config>) -> Monitor {
+        self.config = config;
+        self
+    }
+
+    /// The shard count watched.
+    pub fn num_shards(&self) -> u32 {
+        self.num_shards
     }
 
     /// Reads what the logs appended and returns the current snapshot.
     pub fn snapshot(&mut self) -> Snapshot {
         refresh_all(&mut self.tails);
+        if self.plan.is_none() && self.tails.iter().any(|t| t.state.start.is_none()) {
+            self.plan = Plan::find(&self.paths, self.num_shards, self.config.as_ref());
+        }
         let now = chrono::Utc::now().fixed_offset();
         let mut shards = Vec::with_capacity(self.tails.len());
-        let mut summary = Summary::default();
+        let mut summary = Summary {
+            items_total_complete: true,
+            ..Summary::default()
+        };
         for (i, tail) in self.tails.iter().enumerate() {
             let mut view = self.view(i as u32, tail, now);
             // A log that ends early (its file system was full, or the worker died after its last
@@ -180,6 +252,8 @@ impl Monitor {
             summary.rows += view.rows;
             summary.items_done += view.items_done;
             summary.items_total += view.items_total;
+            summary.items_failed += view.items_failed;
+            summary.items_total_complete &= tail.state.start.is_some() || self.plan.is_some();
             if view.state == State::Running {
                 summary.rate = Some(summary.rate.unwrap_or(0.0) + view.rate.unwrap_or(0.0));
             }
@@ -200,10 +274,12 @@ impl Monitor {
             self.cpu(i, view);
         }
         summary.rate = summary.rate.filter(|r| *r > 0.0);
+        // The items left over the recent rate of the running shards: with shards still queued
+        // (a launcher's --max-running, a Slurm queue) the rate is that of the slots in use.
         let left = summary.items_total.saturating_sub(summary.items_done);
         summary.eta_s = match summary.rate {
             _ if summary.running == 0 || left == 0 => None,
-            Some(r) if summary.pending == 0 => Some(left as f64 / r),
+            Some(r) if summary.items_total_complete => Some(left as f64 / r),
             _ => None,
         };
         Snapshot {
@@ -248,7 +324,12 @@ impl Monitor {
         } else {
             None
         };
-        let left = s.total.saturating_sub(s.done);
+        // A shard that has not started has the plan's item count.
+        let total = match (start, self.plan) {
+            (None, Some(p)) => p.items(shard, self.num_shards),
+            _ => s.total,
+        };
+        let left = total.saturating_sub(s.done);
         let eta_s = match rate {
             Some(r) if state == State::Running && left > 0 => Some(left as f64 / r),
             _ if state == State::Done => Some(0.0),
@@ -260,7 +341,7 @@ impl Monitor {
             state,
             stalled: state == State::Running && stalled_for,
             items_done: s.done,
-            items_total: s.total,
+            items_total: total,
             items_failed: s.failed,
             rows: s.rows,
             current: s.current.clone(),
