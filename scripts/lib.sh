@@ -126,7 +126,9 @@ describe_run() {
 preflight() {
   local out
   [[ "$1" =~ ^[1-9][0-9]*$ ]] || return 0
-  out=$("$WORKER" --config "$CONFIG" --num-shards "$1" --check 2>&1) ||
+  local force=()
+  ((${FORCE:-0})) && force=(--force)
+  out=$("$WORKER" --config "$CONFIG" --num-shards "$1" --check "${force[@]}" 2>&1) ||
     DIE_CODE=2 die "${out#shard-worker: error: }
 nothing was started or recorded; fix it and run the same command again"
 }

@@ -747,6 +747,16 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .ctx("cannot sync the directory", dir)
 }
 
+/// Whether a shard with `header` could resume its existing outputs (what [`ShardStore::open`]
+/// checks first), without changing anything: for preflight checks.
+pub fn check_resumable(paths: &RunPaths, header: &Header) -> Result<()> {
+    let path = paths.manifest(header.shard, header.num_shards);
+    match read_header(&path) {
+        Some(old) => check_same_shard(&old, header, &path),
+        None => Ok(()),
+    }
+}
+
 fn check_same_shard(old: &Header, new: &Header, path: &Path) -> Result<()> {
     let mut changed = Vec::new();
     for (k, v) in &new.fingerprint {

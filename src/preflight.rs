@@ -45,6 +45,10 @@ pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
             (Some(name), false) => name.clone(),
             _ => format!("process-{i}"),
         };
+        if !args.force {
+            // A changed identity (not a new revision) refuses the resume: say so now.
+            crate::manifest::check_resumable(paths, &shard.manifest_header_of(i, &name))?;
+        }
         let locks = paths.locks_dir();
         check_free(
             &locks.join(format!("shard{i}_of_{n}.lock")),

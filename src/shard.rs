@@ -130,6 +130,47 @@ impl Shard {
         })
     }
 
+    /// The header of this shard's manifest.
+    pub fn manifest_header(&self) -> crate::manifest::Header {
+        crate::manifest::Header {
+            format: crate::manifest::FORMAT.into(),
+            shardrun: VERSION.into(),
+            run: self.config.run.clone(),
+            shard: self.index,
+            num_shards: self.num_shards,
+            name: self.name.clone(),
+            columns: self.columns.clone(),
+            items_total: self.plan.len(),
+            source_items: self.source.len(),
+            sharding: self.config.sharding,
+            fingerprint: self.fingerprint.clone(),
+            data_start: crate::csv_out::header_line(&self.columns).len() as u64,
+        }
+    }
+
+    /// The manifest header that shard `index` of the same plan would write, as `name`.
+    pub fn manifest_header_of(&self, index: u32, name: &str) -> crate::manifest::Header {
+        let mut h = self.manifest_header();
+        h.shard = index;
+        h.name = name.to_string();
+        h.items_total = ShardPlan::new(
+            self.config.sharding,
+            self.source.len(),
+            self.num_shards,
+            index,
+        )
+        .len();
+        h.fingerprint.insert(
+            "plan".to_string(),
+            format!(
+                "{}, shard {index} of {}",
+                self.config.sharding.name(),
+                self.num_shards
+            ),
+        );
+        h
+    }
+
     /// The `--dry-run` report: item count and first and last key.
     pub fn describe(&self) -> String {
         let head = format!(

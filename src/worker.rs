@@ -13,7 +13,7 @@ use crate::generator::command::{AttemptError, Slot};
 use crate::items::Item;
 use crate::lock::ShardLock;
 use crate::log::{EventLog, V};
-use crate::manifest::{self, Header, Record, ShardStore, Status};
+use crate::manifest::{self, Record, ShardStore, Status};
 use crate::shard::{Generator, Shard, WorkerArgs, VERSION};
 use crate::signals::Interrupt;
 use crate::stderr_cap::StderrCap;
@@ -145,20 +145,7 @@ fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<Ex
         &format!("{}", paths.data_file(&shard.name).display()),
         &holder,
     )?;
-    let header = Header {
-        format: manifest::FORMAT.into(),
-        shardrun: VERSION.into(),
-        run: shard.config.run.clone(),
-        shard: shard.index,
-        num_shards: shard.num_shards,
-        name: shard.name.clone(),
-        columns: shard.columns.clone(),
-        items_total: shard.plan.len(),
-        source_items: shard.source.len(),
-        sharding: shard.config.sharding,
-        fingerprint: shard.fingerprint.clone(),
-        data_start: crate::csv_out::header_line(&shard.columns).len() as u64,
-    };
+    let header = shard.manifest_header();
     let mut resumed = Resumed::new(&shard.plan, &shard.revision);
     let store = ShardStore::open(paths, &header, args.force, |r| resumed.add(r))?;
     let log = EventLog::open(&paths.log(shard.index, shard.num_shards), echo)?;

@@ -229,10 +229,25 @@ fn only_failed_refuses_a_changed_configuration_and_a_new_shard_count() {
         "first run",
         p.root(),
     );
+    // A new revision of the generator is not a new dataset: --only-failed goes on.
+    p.write(
+        "conf/c.yaml",
+        &cfg.replace(
+            "{builtin: echo}",
+            "{builtin: echo, version: \"2\", retries: 5}",
+        ),
+    );
+    let out = launch(&p, &["--config", "conf/c.yaml", "--only-failed"]);
+    assert_exit(&out, 0, "a new generator.version", p.root());
+    // A new identity is: the workers' preflight names what changed, and nothing starts.
     p.write("conf/c.yaml", &cfg.replace("end: 4", "end: 5"));
     let out = launch(&p, &["--config", "conf/c.yaml", "--only-failed"]);
     assert_exit(&out, 2, "changed config", p.root());
-    assert!(stderr(&out).contains("changed since"), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("different configuration") && e.contains("changed items"),
+        "{e}"
+    );
     let out = launch(&p, &["--config", "conf/c.yaml", "--num-shards", "3"]);
     assert_exit(&out, 2, "new shard count", p.root());
     assert!(

@@ -192,7 +192,8 @@ fn a_worker_error_is_quoted_whole_from_its_stderr_file() {
         "first run",
         p.root(),
     );
-    p.write("conf/e.yaml", &format!("{cfg}seed: 7\n"));
+    // A data file cut short outside shardrun: only the worker, opening it, can tell.
+    std::fs::write(p.path("data/e/process-0.csv"), "key\n").unwrap();
     let out = launch(&p, &["--config", "conf/e.yaml", "--num-shards", "1"]);
     assert_exit(&out, 1, "a refused resume", p.root());
     let err_file = p.read("logs/e/shard_0_of_1.stderr");

@@ -399,7 +399,7 @@ fn dry_run_prints_the_plan_and_the_split_sbatch_commands_and_writes_nothing() {
 }
 
 #[test]
-fn only_failed_plans_from_the_shard_logs_and_refuses_a_changed_configuration() {
+fn only_failed_plans_from_the_shard_logs_and_leaves_the_configuration_to_the_workers() {
     let p = Project::new();
     let cfg = p.write("conf/d.yaml", ECHO5);
     let sum = sh(&["sha256sum", cfg.to_str().unwrap()]);
@@ -474,8 +474,10 @@ fn only_failed_plans_from_the_shard_logs_and_refuses_a_changed_configuration() {
 
     p.write("conf/d.yaml", &ECHO5.replace("j]", "j, k]"));
     let out = dry(&p);
-    assert_exit(&out, 2, "changed configuration", p.root());
-    assert!(stderr(&out).contains("changed since"), "{}", stderr(&out));
+    // The shards' outputs are the workers' to judge: here there are none (only logs), so a
+    // changed configuration mixes nothing and is planned (a manifest of another identity is
+    // refused by the preflight, tests/launcher.rs).
+    assert_exit(&out, 0, "changed configuration without outputs", p.root());
 }
 
 #[test]
