@@ -241,7 +241,7 @@ fn a_launcher_force_does_not_discard_outputs_under_a_merge() {
     std::fs::write(&lock, "merge pid 4242").unwrap();
     let mut holder = std::process::Command::new("flock");
     holder
-        .args(["-x", "-n"])
+        .args(["-x", "-w", "10"])
         .arg(&lock)
         .args(["sleep", "60"])
         .process_group(0);
