@@ -102,7 +102,8 @@ describe_run() {
 # launch is recorded: a mistake then costs nothing to fix. Exit 2 with the worker's message.
 preflight() {
   local out
-  [[ "$1" =~ ^[1-9][0-9]*$ ]] || return 0
+  # A damaged status file is reported by the caller, not here.
+  [[ "$1" =~ ^[1-9][0-9]{0,5}$ ]] || return 0
   out=$("$WORKER" --config "$CONFIG" --num-shards "$1" --check 2>&1) ||
     DIE_CODE=2 die "${out#shard-worker: error: }
 nothing was started or recorded; fix it and run the same command again"
