@@ -125,7 +125,8 @@ describe_run() {
 # launch is recorded: a mistake then costs nothing to fix. Exit 2 with the worker's message.
 preflight() {
   local out
-  [[ "$1" =~ ^[1-9][0-9]*$ ]] || return 0
+  # A damaged status file is reported by the caller, not here.
+  [[ "$1" =~ ^[1-9][0-9]{0,5}$ ]] || return 0
   local force=()
   ((${FORCE:-0})) && force=(--force)
   out=$("$WORKER" --config "$CONFIG" --num-shards "$1" --check "${force[@]}" 2>&1) ||

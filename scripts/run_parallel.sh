@@ -183,6 +183,7 @@ declare -A PID_OF=() SHARD_OF=() START_OF=() EXIT_OF=() STATE_OF=() ERR_FROM=()
 LIVE=()
 INTERRUPTED=''
 KILLER=''
+STDERR_SAVED=''
 DISPLAY_PID=''
 
 # On a terminal, the monitor's live display runs while the workers do (SHARDRUN_NO_DISPLAY=1
@@ -238,6 +239,10 @@ stop_workers() {
 on_grace_expired() {
   ((${#LIVE[@]} == 0)) && return
   say "grace period over: stopping ${#LIVE[@]} worker(s) at once"
+  # Bash writes a job notice ("line N: PID Killed ...") on its stderr when it reaps a worker
+  # killed here; each worker's summary line says it better. So the shell's stderr is set aside
+  # until every worker is reaped (run_shards restores it); nothing else is said meanwhile.
+  exec {STDERR_SAVED}>&2 2>/dev/null
   # A worker's second signal makes it SIGKILL its generators' process groups and exit; only a
   # worker that cannot even do that gets SIGKILL itself, half a second later.
   kill -INT "${LIVE[@]}" 2>/dev/null || true
@@ -361,6 +366,7 @@ run_shards() {
     fi
     finish_shard "$pid" "$code"
   done
+  if [ -n "$STDERR_SAVED" ]; then exec 2>&"$STDERR_SAVED" {STDERR_SAVED}>&-; fi
   if [ -n "$KILLER" ]; then kill "$KILLER" 2>/dev/null || true; wait "$KILLER" 2>/dev/null || true; fi
   stop_display
   trap - INT TERM USR1
@@ -390,7 +396,7 @@ summary_line() {
       return ;;
     interrupted)
       printf '✗ shard %s/%s (pid %s) interrupted: exit %s, %s items committed (see %s)\n' "$i" "$NUM_SHARDS" "$pid" \
-        "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}")" "$(rel "$log")"
+        "$code" "$(thousands "${done_:-$(last_field "$log" item "done")}" | sed 's/^$/0/')" "$(rel "$log")"
       return ;;
   esac
   why=$(worker_reason "$err" "${ERR_FROM[$i]:-0}")

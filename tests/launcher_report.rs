@@ -424,3 +424,66 @@ fn monitor_follow_waits_for_a_run_that_has_not_started_yet() {
     );
     assert!(stdout(&out).contains("6/6 items"), "{}", stdout(&out));
 }
+
+/// Regression: in a terminal, after Ctrl-C, bash added a `Killed` job notice (and a `wait: no
+/// such job` line) for a worker SIGKILLed after the grace period, and its line said
+/// ", items committed" without a number.
+#[test]
+fn ctrl_c_with_a_hung_worker_leaves_no_job_notice() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        panic!("tmux is required for this test (scripts/test.sh installs it)");
+    }
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\necho $$ >> pids\nsleep 60\necho \"$1\"\n",
+    );
+    p.write(
+        "conf/c.yaml",
+        "run: c\nshards: 2\nitems: {range: {start: 0, end: 20}}\ngenerator: {command: [./g.sh, \"{key}\"]}\noutput: {columns: [k]}\n",
+    );
+    let session = format!("shardrun-notice-{}", std::process::id());
+    let cmd = format!(
+        "cd {root} && SHARDRUN_BIN={bin} {launcher} --config conf/c.yaml --grace 1; echo $? > exit.code; sleep 30",
+        root = p.root().display(),
+        bin = bin("shard-worker").parent().unwrap().display(),
+        launcher = script("run_parallel.sh").display()
+    );
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().expect("tmux");
+    let new = ["new-session", "-d", "-x", "100", "-y", "40", "-s", &session];
+    assert!(tmux(&[&new[..], &["bash", "-c", &cmd]].concat())
+        .status
+        .success());
+    wait_for(
+        "both generators",
+        std::time::Duration::from_secs(20),
+        || p.read("pids").lines().count() >= 2,
+    );
+    // A worker that cannot answer: the launcher SIGKILLs it after the grace period.
+    let worker: u32 = p
+        .read("logs/c/launcher.status")
+        .lines()
+        .find(|l| l.contains(" start shard=0 "))
+        .and_then(|l| l.rsplit_once("pid=")?.1.trim().parse().ok())
+        .unwrap();
+    signal(worker, libc::SIGSTOP);
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    wait_for(
+        "the launcher to exit",
+        std::time::Duration::from_secs(15),
+        || p.path("exit.code").exists(),
+    );
+    let text =
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned();
+    let _ = tmux(&["kill-session", "-t", &session]);
+    assert_eq!(p.read("exit.code").trim(), "130", "{text}");
+    assert!(
+        !text.contains("Killed") && !text.contains("no such job"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✗ shard 0/2 (pid")
+            && text.contains("interrupted: exit 137, 0 items committed"),
+        "{text}"
+    );
+}

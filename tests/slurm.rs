@@ -631,3 +631,43 @@ fn the_worker_takes_its_shard_from_job_completion_index() {
         p.listing()
     );
 }
+
+/// Regression: run_slurm.sh's line for a failed shard said only how many items failed; it now
+/// quotes the worker's reason in full and names the shard's log, and its hint repeats --config.
+#[test]
+fn a_failed_slurm_shard_is_reported_with_its_full_reason_and_log() {
+    let Some(_turn) = cluster("a_failed_slurm_shard_is_reported_with_its_full_reason_and_log")
+    else {
+        return;
+    };
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\n[ \"$1\" = 3 ] && { echo 'no module named torch_geometric_temporal_extensions' >&2; exit 1; }\necho \"$1\"\n",
+    );
+    p.write(
+        "conf/my f.yaml",
+        "run: f\nitems: {range: {start: 0, end: 4}}\ngenerator: {command: [./g.sh, \"{key}\"], retries: 0}\noutput: {columns: [k]}\n",
+    );
+    let out = slurm(
+        &p,
+        &["--config", "conf/my f.yaml", "--num-shards", "2", "--wait"],
+    );
+    assert_exit(&out, 1, "--wait with a failed shard", p.root());
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("✗ shard 1/2 (job "))
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+    assert!(
+        line.contains(
+            ") failed: exit 1: 1 of 2 items failed; first: key 3: exit code 1 (its last stderr \
+             line: no module named torch_geometric_temporal_extensions) (Slurm: "
+        ) && line.contains("see logs/f/shard_1_of_2.log, logs/f/slurm-"),
+        "{report}"
+    );
+    assert!(
+        report.contains("--config 'conf/my f.yaml' --only-failed"),
+        "{report}"
+    );
+}
