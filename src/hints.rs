@@ -10,6 +10,19 @@ use crate::runs::RunRef;
 /// launcher that last launched it (`--only-failed`), or launches it (workers resume) when no
 /// launcher ever did. `config` is the `--config` the user gave, relative to the current directory.
 pub fn finish_run(run: &RunRef, config: Option<&Path>) -> String {
+    let launched = last_launch(&run.paths.logs_dir).is_some();
+    launcher_command(run, config, launched.then_some("--only-failed"))
+}
+
+/// The launcher command that regenerates the items of `run` that an older revision of the
+/// generator made (`--redo-stale`).
+pub fn redo_stale(run: &RunRef, config: Option<&Path>) -> String {
+    launcher_command(run, config, Some("--redo-stale"))
+}
+
+/// The launcher that last launched `run` (or `run_parallel.sh`), with its configuration and
+/// `action`, run from the run's root.
+fn launcher_command(run: &RunRef, config: Option<&Path>, action: Option<&str>) -> String {
     let launch = last_launch(&run.paths.logs_dir);
     let cwd = std::env::current_dir().unwrap_or_default();
     let elsewhere = !same_dir(&run.root, &cwd);
@@ -33,9 +46,7 @@ pub fn finish_run(run: &RunRef, config: Option<&Path>) -> String {
         Some(c) => words.extend(["--config".into(), quote(&c.to_string_lossy())]),
         None => words.push(format!("--config <the configuration of run {}>", run.name)),
     }
-    if launch.is_some() {
-        words.push("--only-failed".into());
-    }
+    words.extend(action.map(str::to_string));
     let cmd = words.join(" ");
     if elsewhere {
         format!("cd {} && {cmd}", quote(&run.root.to_string_lossy()))

@@ -152,9 +152,11 @@ fn sighup_drains_like_sigterm_and_exits_129() {
     let p = Project::new();
     sleeper_config(&p);
     let mut child = spawn(launcher(&p, &["--config", "conf/s.yaml"]));
-    wait_for("4 generators and 2 recorded workers", Duration::from_secs(20), || {
-        p.read("pids").lines().count() >= 8 && worker_pids(&p, "s").len() == 2
-    });
+    wait_for(
+        "4 generators and 2 recorded workers",
+        Duration::from_secs(20),
+        || p.read("pids").lines().count() >= 8 && worker_pids(&p, "s").len() == 2,
+    );
     let t = Instant::now();
     // The workers first, so that their first signal is SIGHUP, not the launcher's SIGTERM.
     for pid in worker_pids(&p, "s") {

@@ -288,3 +288,85 @@ fn merge_config_compares_the_whole_identity_but_not_the_revision() {
     p.script("gen.sh", &generator(false, 2, "0.0"));
     merge_ok(&p, &["--config", config]);
 }
+
+/// The text after `after` up to `until` (or the line's end) on the first line holding `after`.
+fn hint(text: &str, after: &str, until: &str) -> String {
+    let line = text
+        .lines()
+        .find(|l| l.contains(after))
+        .unwrap_or_else(|| panic!("no {after:?} in:\n{text}"));
+    let rest = &line[line.find(after).unwrap() + after.len()..];
+    rest.split(until).next().unwrap().trim().to_string()
+}
+
+/// Runs a suggested command as a user pastes it.
+fn paste(p: &Project, cmd: &str) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(p.root())
+        .env(
+            "SHARDRUN_BIN",
+            std::path::Path::new(WORKER).parent().unwrap(),
+        )
+        .env("SHARDRUN_NO_DISPLAY", "1")
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .unwrap()
+}
+
+/// The whole loop through the launcher, following only what the tools print: a bug, the fix,
+/// the suggested re-run, the merge's warning, its suggested --redo-stale, a uniform dataset.
+#[test]
+fn the_fix_loop_works_by_pasting_the_printed_hints() {
+    let p = project("contiguous", true, 2, "0");
+    std::fs::create_dir_all(p.path("conf")).unwrap();
+    std::fs::rename(p.path("conf.yaml"), p.path("conf/fix.yaml")).unwrap();
+    let launcher = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/run_parallel.sh");
+    let out = paste(
+        &p,
+        &format!(
+            "{} --config conf/fix.yaml --num-shards 3",
+            launcher.display()
+        ),
+    );
+    assert_exit(&out, 1, "the buggy run", p.root());
+    assert_eq!(calls(&p).len(), 90);
+    let rerun = hint(
+        &String::from_utf8_lossy(&out.stdout),
+        "re-run only those shards: ",
+        "\u{0}",
+    );
+    assert!(
+        rerun.ends_with("--config conf/fix.yaml --only-failed"),
+        "{rerun}"
+    );
+
+    // The fix changes every value: after the re-run, the good items are stale.
+    p.script("gen.sh", &generator(false, 5, "0"));
+    let out = paste(&p, &rerun);
+    assert_exit(&out, 0, &rerun, p.root());
+    assert_eq!(
+        calls(&p),
+        keys_ending_in_3(),
+        "only the failed items run again"
+    );
+    let merge_cmd = hint(&String::from_utf8_lossy(&out.stdout), "next: ", "   (watch");
+    let out = paste(&p, &merge_cmd);
+    assert_exit(&out, 0, &merge_cmd, p.root());
+    let redo = hint(&stderr(&out), "code made: ", ", then merge again");
+    assert!(
+        redo.ends_with("--config conf/fix.yaml --redo-stale"),
+        "{redo}"
+    );
+
+    let out = paste(&p, &redo);
+    assert_exit(&out, 0, &redo, p.root());
+    assert_eq!(calls(&p).len(), 81, "exactly the stale items");
+    let out = paste(&p, &format!("{merge_cmd} --single-revision"));
+    assert_exit(&out, 0, "the final merge", p.root());
+    assert_eq!(
+        std::fs::read(p.path("data/fix/combined.csv")).unwrap(),
+        clean_dataset("contiguous", 5)
+    );
+}

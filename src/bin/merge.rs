@@ -81,17 +81,12 @@ fn main() {
 /// The warning for a dataset made by more than one revision of the generator, with the command
 /// that makes it uniform.
 fn mixed_revisions(s: &Stats) -> String {
-    let config = s
-        .config
-        .as_ref()
-        .map(|c| format!(" --config {}", c.display()))
-        .unwrap_or_default();
     format!(
         "the dataset mixes {} revisions of the generator: {}. To regenerate the items that older \
-         code made: ./scripts/run_parallel.sh{config} --redo-stale, then merge again (the shard \
-         outputs are kept for that)",
+         code made: {}, then merge again (the shard outputs are kept for that)",
         s.revisions.len(),
-        describe_revisions(&s.revisions)
+        describe_revisions(&s.revisions),
+        s.redo_stale_hint
     )
 }
 

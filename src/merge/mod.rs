@@ -125,7 +125,7 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
             check_complete(&run, &plan, scans, args)?;
             check_revisions(&run, scans, args)
         })?;
-    stats.config = args.config.clone().or_else(|| recorded_config(paths));
+    stats.redo_stale_hint = crate::hints::redo_stale(&run, args.config.as_deref());
     // A dataset of mixed revisions keeps its shards, so that --redo-stale can make it uniform.
     stats.shards_kept = args.keep_shards || args.allow_partial || stats.revisions.len() > 1;
     let clean = !stats.shards_kept;
@@ -378,20 +378,12 @@ fn check_revisions(run: &RunRef, scans: &[ShardScan], args: &MergeArgs) -> Resul
     }
     Err(Error::Refused(format!(
         "run {:?} mixes {} generator revisions ({}); --single-revision refuses it, and nothing \
-         was changed. Regenerate the items of the older code with the launcher's --redo-stale, \
-         then merge again",
+         was changed. Regenerate the items of the older code: {}, then merge again",
         run.name,
         revisions.len(),
-        output::describe_revisions(&revisions)
+        output::describe_revisions(&revisions),
+        crate::hints::redo_stale(run, args.config.as_deref())
     )))
-}
-
-/// The configuration file the run was last started with, as its run record names it.
-fn recorded_config(paths: &RunPaths) -> Option<PathBuf> {
-    let text = std::fs::read(paths.run_record()).ok()?;
-    let record: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    let path = record.get("config")?.get("path")?.as_str()?;
-    Some(PathBuf::from(path))
 }
 
 fn list(v: &[u32]) -> String {

@@ -75,9 +75,9 @@ pub struct Stats {
     pub items_verified: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub items_unverified: Option<u64>,
-    /// The run's configuration file, for the commands the summary suggests.
+    /// The command that regenerates the items of older revisions (for the summary's warning).
     #[serde(skip)]
-    pub config: Option<PathBuf>,
+    pub redo_stale_hint: String,
     /// The shard outputs were kept (asked for, a partial merge, or mixed revisions).
     #[serde(skip)]
     pub shards_kept: bool,
@@ -254,7 +254,7 @@ pub fn write(
         revisions: revisions(&scans),
         items_verified: verified.map(|v| v.items),
         items_unverified: verified.map(|v| v.unchecked),
-        config: None,
+        redo_stale_hint: String::new(),
         shards_kept: false,
         per_shard: scans
             .iter()
