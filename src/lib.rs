@@ -29,4 +29,5 @@ pub mod shard;
 pub mod signals;
 pub mod spawn;
 pub mod stdout;
+pub mod types;
 pub mod worker;

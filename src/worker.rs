@@ -144,6 +144,7 @@ fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<Ex
         num_shards: shard.num_shards,
         name: shard.name.clone(),
         columns: shard.columns.clone(),
+        types: shard.types.clone(),
         items_total: shard.plan.len(),
         source_items: shard.source.len(),
         sharding: shard.config.sharding,
@@ -590,6 +591,18 @@ impl Run<'_> {
                 attempts,
                 ms,
             } => {
+                // A value that does not read as its column's type fails the item here, so that
+                // merge (and the cache) never meet it.
+                if let Err(reason) =
+                    crate::types::check_rows(&self.shard.columns, &self.shard.types, &rows)
+                {
+                    return self.handle(Outcome::Failed {
+                        item,
+                        attempts,
+                        reason,
+                        ms,
+                    });
+                }
                 self.generated += 1;
                 if let Some(c) = self.cache.as_mut() {
                     let key = cache::item_key(&self.shard.generator_id, &item);
