@@ -66,3 +66,144 @@ fn a_bad_column_type_is_refused_up_front() {
         "{e}"
     );
 }
+
+/// Every kind of value, by `key % 7`: strings with quotes, CR, LF, unicode, commas, an empty
+/// string; each type at its edges and empty (null).
+const TRICKY_GEN: &str = r#"#!/bin/sh
+k=$1
+case $(( k % 7 )) in
+0) printf '%s,plain,%s,1.5,true,2024-02-29,2024-01-01T00:00:00Z\n' "$k" "$k" ;;
+1) printf '%s,"say ""hi""",-9223372036854775808,1e-300,false,1969-12-31,1969-12-31T23:59:59.999999Z\n' "$k" ;;
+2) printf '%s,"a\r\nb",,,,,\n' "$k" ;;
+3) printf '%s,"line1\nline2",9223372036854775807,inf,TRUE,0001-01-01,2024-06-30 12:00:00.5+02:00\n' "$k" ;;
+4) printf '%s,héllo wörld — 日本語 🎉,+7,nan,0,9999-12-31,2000-02-29T12:34:56.123456-05:30\n' "$k" ;;
+5) printf '%s,"",0,-2.5e10,1,2000-01-01,2000-01-01T00:00:00\n%s,,1,0.1,False,2000-01-02,\n' "$k" "$k" ;;
+*) printf '%s," a, b \ry",-1,-0.5,,1970-01-01,\n' "$k" ;;
+esac
+"#;
+
+const TRICKY_COLUMNS: &str = "[key, text, {name: n, type: int64}, {name: x, type: float64}, \
+    {name: flag, type: bool}, {name: day, type: date}, {name: at, type: timestamp}]";
+
+fn tricky_project(format: &str, sharding: &str) -> Project {
+    let p = Project::new();
+    p.script("gen.sh", TRICKY_GEN);
+    p.write(
+        "conf.yaml",
+        &format!(
+            "run: tricky\nsharding: {sharding}\nitems: {{range: {{start: 0, end: 35}}}}\n\
+             generator: {{command: [./gen.sh, \"{{key}}\"], retries: 0}}\n\
+             output: {{format: {format}, columns: {TRICKY_COLUMNS}}}\n"
+        ),
+    );
+    p
+}
+
+/// The Python environment `scripts/test.sh` sets up, when it is ready.
+fn python_venv() -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py-venv");
+    venv.join(".shardrun-ready")
+        .is_file()
+        .then(|| venv.join("bin/python"))
+}
+
+fn run_all_shards(p: &Project, n: u32) {
+    for i in 0..n {
+        p.run_shard("conf.yaml", i, n, &[], 0);
+    }
+}
+
+#[test]
+fn parquet_readers_get_the_values_and_types_of_the_csv() {
+    let p = tricky_project("both", "contiguous");
+    run_all_shards(&p, 3);
+    let out = merge_ok(&p, &["--run", "tricky"]);
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("combined.csv and "), "{summary}");
+    let csv = p.path("data/tricky/combined.csv");
+    let parquet = p.path("data/tricky/combined.parquet");
+    assert!(parquet.is_file(), "{}", p.listing());
+    let Some(python) = python_venv() else {
+        eprintln!(
+            "SKIPPED parquet interop: no Python environment at target/py-venv \
+             (./scripts/test.sh sets it up with pyarrow, pandas, polars, duckdb, datasets)"
+        );
+        return;
+    };
+    let spec =
+        r#"{"n": "int64", "x": "float64", "flag": "bool", "day": "date", "at": "timestamp"}"#;
+    let out = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/parquet_interop.py"
+        ))
+        .arg(&parquet)
+        .arg(&csv)
+        .arg(spec)
+        .output()
+        .expect("run python");
+    assert_exit(&out, 0, "parquet_interop.py", p.root());
+    let said = String::from_utf8_lossy(&out.stdout);
+    for reader in ["pyarrow", "pandas", "polars", "duckdb"] {
+        assert!(said.contains(&format!("{reader}: 40 rows")), "{said}");
+    }
+    eprintln!("{said}");
+}
+
+#[test]
+fn combined_parquet_is_byte_identical_for_any_shard_count_and_sharding() {
+    let mut first: Option<Vec<u8>> = None;
+    for (n, sharding) in [
+        (1, "contiguous"),
+        (3, "contiguous"),
+        (7, "contiguous"),
+        (3, "stride"),
+        (7, "stride"),
+    ] {
+        let p = tricky_project("parquet", sharding);
+        run_all_shards(&p, n);
+        let out = merge_ok(&p, &["--run", "tricky"]);
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            summary.contains("-> ") && summary.contains("combined.parquet\n"),
+            "{summary}"
+        );
+        // The format parquet alone leaves no CSV behind (nor any temporary file).
+        let names: Vec<String> = std::fs::read_dir(p.path("data/tricky"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("combined") || n.ends_with(".tmp"))
+            .collect();
+        assert_eq!(names, ["combined.parquet"], "{}", p.listing());
+        let bytes = std::fs::read(p.path("data/tricky/combined.parquet")).unwrap();
+        assert_eq!(&bytes[..4], b"PAR1");
+        match &first {
+            None => first = Some(bytes),
+            Some(f) => assert!(
+                *f == bytes,
+                "{n} shards, {sharding}: combined.parquet differs"
+            ),
+        }
+    }
+}
+
+#[test]
+fn merge_format_overrides_the_configuration() {
+    let p = tricky_project("csv", "contiguous");
+    run_all_shards(&p, 1);
+    merge_ok(
+        &p,
+        &["--run", "tricky", "--keep-shards", "--format", "parquet"],
+    );
+    assert!(p.path("data/tricky/combined.parquet").is_file());
+    assert!(
+        !p.path("data/tricky/combined.csv").exists(),
+        "{}",
+        p.listing()
+    );
+    // --append reads the existing CSV: with parquet alone there is none, and it says what to do.
+    let out = crate::merge::merge(&p, &["--run", "tricky", "--append", "--format", "parquet"]);
+    assert_exit(&out, 2, "merge --append --format parquet", p.root());
+    assert!(stderr(&out).contains("--format both"), "{}", stderr(&out));
+}

@@ -13,6 +13,7 @@
 mod blocks;
 mod final_rows;
 mod output;
+mod parquet;
 mod scan;
 mod verify;
 
@@ -23,6 +24,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::OutputFormat;
 use crate::error::{Error, IoContext, Result};
 use crate::lock::ShardLock;
 use crate::manifest::Header;
@@ -47,6 +49,8 @@ pub struct MergeArgs {
     pub single_revision: bool,
     /// Check every committed item's rows against its checksum before anything is renamed.
     pub verify: bool,
+    /// `--format`: overrides the configuration's `output.format`.
+    pub format: Option<OutputFormat>,
 }
 
 /// How a merge ended.
@@ -76,6 +80,29 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     let paths = &run.paths;
     let output_name = check_output_name(&args.output_name)?;
     let output = paths.data_dir.join(output_name);
+    let format = args
+        .format
+        .or(run.config.as_ref().map(|c| c.format))
+        .or_else(|| recorded_format(paths))
+        .unwrap_or_default();
+    let args = &MergeArgs {
+        format: Some(format),
+        ..args.clone()
+    };
+    let parquet_out = output.with_extension("parquet");
+    // The file renamed last: once it is in place, the whole dataset is.
+    let last = if format == OutputFormat::Parquet {
+        &parquet_out
+    } else {
+        &output
+    };
+    if args.append && format == OutputFormat::Parquet {
+        return Err(Error::usage(format!(
+            "--append adds to the existing {} and writes the Parquet file from it; with the \
+             format parquet there is none: merge with --format both",
+            output.display()
+        )));
+    }
     std::fs::create_dir_all(paths.locks_dir()).ctx("cannot create", &paths.locks_dir())?;
     let _merge_lock = ShardLock::acquire(
         &paths.locks_dir().join("merge.lock"),
@@ -83,16 +110,16 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         &format!("merge pid {}", std::process::id()),
     )?;
     remove_stale_temps(&paths.data_dir);
-    if let Some(msg) = finish_cleanup(paths, &output)? {
+    if let Some(msg) = finish_cleanup(paths, last)? {
         return Ok(Outcome::AlreadyMerged(msg));
     }
     let manifests = paths.manifests().ctx("cannot list", &paths.data_dir)?;
     if manifests.is_empty() {
-        if output.is_file() {
+        if last.is_file() {
             return Ok(Outcome::AlreadyMerged(format!(
                 "run {:?} is already merged into {} and its shards were cleaned up; nothing to do",
                 run.name,
-                output.display()
+                last.display()
             )));
         }
         return Err(Error::Refused(format!(
@@ -109,6 +136,7 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         .map(|(_, m)| ShardFiles::read(m, &paths.data_dir))
         .collect::<Result<Vec<_>>>()?;
     check_headers(&run, &shards)?;
+    let types = column_types(&shards)?;
     if let Some(s) = shards.iter().find(|s| s.data == output) {
         return Err(Error::usage(format!(
             "--output-name {}: that is shard {}'s data file; choose another name",
@@ -120,6 +148,22 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
             check_complete(&run, &plan, scans, args)?;
             check_revisions(&run, scans, args)
         })?;
+    let pq_tmp = if format == OutputFormat::Csv {
+        None
+    } else {
+        let name = parquet_out
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let tmp = paths.data_dir.join(format!(".{name}.tmp"));
+        let columns = &shards[0].header.columns;
+        if let Err(e) = parquet::write_from_csv(&out_tmp, &tmp, columns, &types) {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&out_tmp);
+            return Err(e);
+        }
+        Some(tmp)
+    };
     stats.config = args.config.clone().or_else(|| recorded_config(paths));
     // A dataset of mixed revisions keeps its shards, so that --redo-stale can make it uniform.
     stats.shards_kept = args.keep_shards || args.allow_partial || stats.revisions.len() > 1;
@@ -127,9 +171,20 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     if clean {
         // The marker names the new dataset (by inode) before it is renamed into place: a re-run
         // after a crash then knows whether these shards are already in the output.
-        write_marker(paths, &scans, &output, &out_tmp)?;
+        let last_tmp = match (&pq_tmp, format) {
+            (Some(tmp), OutputFormat::Parquet) => tmp,
+            _ => &out_tmp,
+        };
+        write_marker(paths, &scans, last, last_tmp)?;
     }
-    std::fs::rename(&out_tmp, &output).ctx("cannot rename", &out_tmp)?;
+    if let Some(tmp) = &pq_tmp {
+        std::fs::rename(tmp, &parquet_out).ctx("cannot rename", tmp)?;
+    }
+    if format == OutputFormat::Parquet {
+        std::fs::remove_file(&out_tmp).ctx("cannot remove", &out_tmp)?;
+    } else {
+        std::fs::rename(&out_tmp, &output).ctx("cannot rename", &out_tmp)?;
+    }
     sync_dir(&paths.data_dir)?;
     if clean {
         cleanup(paths, &scans, plan.num_shards)?;
@@ -354,6 +409,32 @@ fn check_revisions(run: &RunRef, scans: &[ShardScan], args: &MergeArgs) -> Resul
         revisions.len(),
         output::describe_revisions(&revisions)
     )))
+}
+
+/// The configuration's `output.format` as the run record holds it (the run was last started
+/// with it).
+fn recorded_format(paths: &RunPaths) -> Option<OutputFormat> {
+    let text = std::fs::read(paths.run_record()).ok()?;
+    let record: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    OutputFormat::from_name(record.get("config")?.get("format")?.as_str()?)
+}
+
+/// The column types the shards recorded (all `string` in manifests written before types
+/// existed); shards that recorded different types refuse the merge.
+fn column_types(shards: &[ShardFiles]) -> Result<Vec<crate::types::ColumnType>> {
+    let mut typed = shards.iter().filter(|s| !s.header.types.is_empty());
+    let Some(first) = typed.next() else {
+        return Ok(vec![Default::default(); shards[0].header.columns.len()]);
+    };
+    if let Some(other) = typed.find(|s| s.header.types != first.header.types) {
+        return Err(Error::Refused(format!(
+            "{} and {} record different column types; re-run the run under one configuration \
+             before merging",
+            other.manifest.display(),
+            first.manifest.display()
+        )));
+    }
+    Ok(first.header.types.clone())
 }
 
 /// The configuration file the run was last started with, as its run record names it.
