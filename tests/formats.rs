@@ -207,3 +207,35 @@ fn merge_format_overrides_the_configuration() {
     assert_exit(&out, 2, "merge --append --format parquet", p.root());
     assert!(stderr(&out).contains("--format both"), "{}", stderr(&out));
 }
+
+#[test]
+fn merge_refuses_a_value_its_column_type_does_not_read_and_changes_nothing() {
+    // Shards written before the column was typed: its header is given the types afterwards, as
+    // a manifest of another configuration would hold them.
+    let p = typed_project("both");
+    let untyped = p
+        .read("conf.yaml")
+        .replace("{name: score, type: float64}", "score");
+    p.write("conf.yaml", &untyped);
+    p.run_shard("conf.yaml", 0, 1, &[], 0);
+    let manifest = p.path("data/typed/manifest_shard0_of_1.jsonl");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let (head, rest) = text.split_once('\n').unwrap();
+    let mut header: serde_json::Value = serde_json::from_str(head).unwrap();
+    header["types"] = serde_json::json!(["string", "float64", "date"]);
+    std::fs::write(&manifest, format!("{header}\n{rest}")).unwrap();
+    let before = crate::merge::snapshot(&p, "typed");
+    let out = crate::merge::merge(&p, &["--run", "typed"]);
+    assert_exit(&out, 1, "merge", p.root());
+    let e = stderr(&out);
+    assert!(
+        e.contains("column \"score\" (float64) holds \"abc\""),
+        "{e}"
+    );
+    assert_eq!(
+        crate::merge::snapshot(&p, "typed"),
+        before,
+        "{}",
+        p.listing()
+    );
+}

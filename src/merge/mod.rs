@@ -143,27 +143,33 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
             args.output_name, s.header.shard
         )));
     }
-    let (mut stats, scans, out_tmp) =
-        output::write(&run, &plan, &shards, args, &output, |scans| {
-            check_complete(&run, &plan, scans, args)?;
-            check_revisions(&run, scans, args)
-        })?;
-    let pq_tmp = if format == OutputFormat::Csv {
-        None
-    } else {
+    let pq_tmp = (format != OutputFormat::Csv).then(|| {
         let name = parquet_out
             .file_name()
             .unwrap_or_default()
             .to_string_lossy();
-        let tmp = paths.data_dir.join(format!(".{name}.tmp"));
-        let columns = &shards[0].header.columns;
-        if let Err(e) = parquet::write_from_csv(&out_tmp, &tmp, columns, &types) {
-            let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(&out_tmp);
-            return Err(e);
-        }
-        Some(tmp)
+        paths.data_dir.join(format!(".{name}.tmp"))
+    });
+    // The Parquet file is made from the finished CSV temporary file, before anything is renamed.
+    let write_parquet = |csv_tmp: &Path| match &pq_tmp {
+        None => Ok(()),
+        Some(tmp) => parquet::write_from_csv(csv_tmp, tmp, &shards[0].header.columns, &types)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(tmp);
+            }),
     };
+    let (mut stats, scans, out_tmp) = output::write(
+        &run,
+        &plan,
+        &shards,
+        args,
+        &output,
+        |scans| {
+            check_complete(&run, &plan, scans, args)?;
+            check_revisions(&run, scans, args)
+        },
+        write_parquet,
+    )?;
     stats.config = args.config.clone().or_else(|| recorded_config(paths));
     // A dataset of mixed revisions keeps its shards, so that --redo-stale can make it uniform.
     stats.shards_kept = args.keep_shards || args.allow_partial || stats.revisions.len() > 1;
@@ -554,7 +560,8 @@ fn remove_stale_temps(dir: &Path) {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(".manifest_final.part") && name.ends_with(".tmp") {
+        let parquet_tmp = name.starts_with('.') && name.ends_with(".parquet.tmp");
+        if parquet_tmp || (name.starts_with(".manifest_final.part") && name.ends_with(".tmp")) {
             let _ = std::fs::remove_file(e.path());
         }
     }

@@ -164,6 +164,7 @@ pub fn write(
     args: &MergeArgs,
     output: &Path,
     check: impl Fn(&[ShardScan]) -> Result<()> + Sync,
+    also: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
     // Missing shards refuse the merge before any shard is read (no shard scan needed).
     check(&[])?;
@@ -220,6 +221,8 @@ pub fn write(
     } else {
         None
     };
+    // Other files made from the finished dataset (the Parquet file), before anything is renamed.
+    also(&temps.out)?;
 
     let items_ok: u64 = scans.iter().map(|s| s.ok).sum();
     let rows: u64 = scans.iter().map(|s| s.rows).sum();

@@ -24,8 +24,9 @@ use parquet::schema::types::Type;
 use crate::error::{Error, IoContext, Result};
 use crate::types::{ColumnType, Value};
 
-/// Rows per row group at most (and at most [`GROUP_BYTES`] of field bytes): large enough for
-/// readers to scan fast, small enough to bound the merge's memory.
+/// Rows per row group at most (and at most [`GROUP_BYTES`] of buffered rows, counted with their
+/// per-value overhead): large enough for readers to scan fast, small enough to bound the merge's
+/// memory.
 const GROUP_ROWS: usize = 128 * 1024;
 const GROUP_BYTES: usize = 64 << 20;
 
@@ -144,6 +145,9 @@ struct Group {
     columns: Vec<Values>,
     rows: usize,
     bytes: usize,
+    /// What a buffered row costs besides its bytes: per field, the value's slot (a string is a
+    /// separate allocation), so that many short fields are counted too.
+    slot_bytes: usize,
 }
 
 impl Group {
@@ -158,11 +162,19 @@ impl Group {
                 ColumnType::Date => Values::Date(Vec::new(), Vec::new()),
             })
             .collect();
+        let slot_bytes = types
+            .iter()
+            .map(|t| match t {
+                ColumnType::String => std::mem::size_of::<ByteArray>() + 16,
+                _ => 10,
+            })
+            .sum();
         Group {
             types: types.to_vec(),
             columns,
             rows: 0,
             bytes: 0,
+            slot_bytes,
         }
     }
 
@@ -196,7 +208,7 @@ impl Group {
             push_value(&mut self.columns[i], value);
         }
         self.rows += 1;
-        self.bytes += record.as_slice().len();
+        self.bytes += record.as_slice().len() + self.slot_bytes;
         Ok(())
     }
 
