@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ColumnType {
-    /// Any UTF-8 text; an empty field is the empty string (never null).
+    /// Any bytes, passed through (UTF-8 when the output is Parquet); an empty field is the empty
+    /// string (never null).
     #[default]
     String,
     /// A decimal integer from -2^63 to 2^63-1: optional sign, ASCII digits.
@@ -60,7 +61,7 @@ impl ColumnType {
     /// What a value of this type looks like, for messages.
     fn expected(self) -> &'static str {
         match self {
-            ColumnType::String => "UTF-8 text",
+            ColumnType::String => "UTF-8 text, which Parquet strings must be",
             ColumnType::Int64 => "a whole number from -9223372036854775808 to 9223372036854775807",
             ColumnType::Float64 => "a number such as -1.5, 2e-3, inf or nan",
             ColumnType::Bool => "true, false, 1 or 0",
@@ -201,11 +202,20 @@ fn parse_timestamp(s: &str) -> Option<i64> {
 }
 
 /// Checks an item's rows (CSV as the worker commits them: `types.len()` fields a record) against
-/// the column types. The error names the column, the row (1-based, within the item) and the value.
-pub fn check_rows(columns: &[String], types: &[ColumnType], rows: &[u8]) -> Result<(), String> {
-    // Every column a string (the default): valid UTF-8 as a whole means every field is, since
-    // the CSV syntax is ASCII. Only a failure needs the per-field parse, for its message.
-    if types.iter().all(|t| *t == ColumnType::String) && std::str::from_utf8(rows).is_ok() {
+/// the column types; `utf8_strings` also requires `string` fields to be UTF-8 (a Parquet output).
+/// The error names the column, the row (1-based, within the item) and the value.
+pub fn check_rows(
+    columns: &[String],
+    types: &[ColumnType],
+    rows: &[u8],
+    utf8_strings: bool,
+) -> Result<(), String> {
+    // Every column a string (the default): nothing to check for a CSV output, and for Parquet,
+    // valid UTF-8 as a whole means every field is (the CSV syntax is ASCII). Only a failure
+    // needs the per-field parse, for its message.
+    if types.iter().all(|t| *t == ColumnType::String)
+        && (!utf8_strings || std::str::from_utf8(rows).is_ok())
+    {
         return Ok(());
     }
     let mut reader = csv_core::Reader::new();
@@ -231,7 +241,14 @@ pub fn check_rows(columns: &[String], types: &[ColumnType], rows: &[u8]) -> Resu
             }
             csv_core::ReadRecordResult::Record => {
                 row += 1;
-                check_record(columns, types, &field_buf, &ends[..ends_len], row)?;
+                check_record(
+                    columns,
+                    types,
+                    &field_buf,
+                    &ends[..ends_len],
+                    row,
+                    utf8_strings,
+                )?;
                 out_len = 0;
                 ends_len = 0;
             }
@@ -246,6 +263,7 @@ fn check_record(
     buf: &[u8],
     ends: &[usize],
     row: u64,
+    utf8_strings: bool,
 ) -> Result<(), String> {
     if ends.len() != types.len() {
         return Err(format!(
@@ -258,8 +276,12 @@ fn check_record(
     for (i, (&end, ty)) in ends.iter().zip(types).enumerate() {
         let field = &buf[start..end];
         start = end;
-        let null = field.is_empty() && *ty != ColumnType::String;
-        if !null && ty.parse(field).is_none() {
+        let skip = if *ty == ColumnType::String {
+            !utf8_strings
+        } else {
+            field.is_empty()
+        };
+        if !skip && ty.parse(field).is_none() {
             return Err(bad_value(columns.get(i), *ty, row, field));
         }
     }
@@ -355,19 +377,20 @@ mod tests {
     fn check_rows_names_column_row_and_value() {
         let cols = ["k", "n"].map(String::from);
         let types = [T::String, T::Int64];
-        assert!(check_rows(&cols, &types, b"a,1\n\"b,\"\"\",\nc,-3\n").is_ok());
-        let e = check_rows(&cols, &types, b"a,1\nb,2\nc,x\"y\n").unwrap_err();
+        assert!(check_rows(&cols, &types, b"a,1\n\"b,\"\"\",\nc,-3\n", false).is_ok());
+        let e = check_rows(&cols, &types, b"a,1\nb,2\nc,x\"y\n", false).unwrap_err();
         assert!(e.contains("column \"n\" (int64), row 3: \"x\\\"y\""), "{e}");
         let long = format!("a,{}\n", "9".repeat(200));
-        let e = check_rows(&cols, &types, long.as_bytes()).unwrap_err();
+        let e = check_rows(&cols, &types, long.as_bytes(), false).unwrap_err();
         assert!(e.contains("first 80 of 200 bytes"), "{e}");
     }
 
     #[test]
-    fn string_columns_must_be_utf8() {
+    fn string_columns_must_be_utf8_for_parquet_only() {
         let cols = ["k".to_string()];
-        assert!(check_rows(&cols, &[T::String], "é\n\"\"\n".as_bytes()).is_ok());
-        let e = check_rows(&cols, &[T::String], b"ok\n\xff\n").unwrap_err();
+        assert!(check_rows(&cols, &[T::String], "é\n\"\"\n".as_bytes(), true).is_ok());
+        assert!(check_rows(&cols, &[T::String], b"ok\n\xff\n", false).is_ok());
+        let e = check_rows(&cols, &[T::String], b"ok\n\xff\n", true).unwrap_err();
         assert!(e.contains("row 2") && e.contains("UTF-8"), "{e}");
     }
 }

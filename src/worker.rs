@@ -593,9 +593,12 @@ impl Run<'_> {
             } => {
                 // A value that does not read as its column's type fails the item here, so that
                 // merge (and the cache) never meet it.
-                if let Err(reason) =
-                    crate::types::check_rows(&self.shard.columns, &self.shard.types, &rows)
-                {
+                if let Err(reason) = crate::types::check_rows(
+                    &self.shard.columns,
+                    &self.shard.types,
+                    &rows,
+                    self.shard.config.format != crate::config::OutputFormat::Csv,
+                ) {
                     return self.handle(Outcome::Failed {
                         item,
                         attempts,

@@ -229,7 +229,7 @@ fn merge_refuses_a_value_its_column_type_does_not_read_and_changes_nothing() {
     assert_exit(&out, 1, "merge", p.root());
     let e = stderr(&out);
     assert!(
-        e.contains("column \"score\" (float64) holds \"abc\""),
+        e.contains("column \"score\" (float64): \"abc\" is not a float64"),
         "{e}"
     );
     assert_eq!(
@@ -238,4 +238,50 @@ fn merge_refuses_a_value_its_column_type_does_not_read_and_changes_nothing() {
         "{}",
         p.listing()
     );
+}
+
+#[test]
+fn strings_pass_through_as_bytes_for_csv_and_must_be_utf8_for_parquet() {
+    let gen = "#!/bin/sh\nif [ \"$1\" = 1 ]; then printf '%s,\\377\\n' \"$1\"; else printf '%s,ok\\n' \"$1\"; fi\n";
+    for (format, want) in [("csv", 0), ("parquet", 1)] {
+        let p = Project::new();
+        p.script("gen.sh", gen);
+        p.write(
+            "conf.yaml",
+            &format!(
+                "run: bytes\nitems: {{range: {{start: 0, end: 3}}}}\n\
+                 generator: {{command: [./gen.sh, \"{{key}}\"], retries: 0}}\n\
+                 output: {{format: {format}, columns: [key, text]}}\n"
+            ),
+        );
+        p.run_shard("conf.yaml", 0, 1, &[], want);
+        let records = manifest_records(&p.path("data/bytes/manifest_shard0_of_1.jsonl"));
+        let failed: Vec<_> = records.iter().filter(|r| r["status"] == "failed").collect();
+        if format == "csv" {
+            assert!(failed.is_empty(), "{records:?}");
+            // The CSV data keeps the byte; merging it to Parquet is refused, naming it.
+            let out = crate::merge::merge(&p, &["--run", "bytes", "--format", "both"]);
+            assert_exit(&out, 1, "merge --format both", p.root());
+            let e = stderr(&out);
+            assert!(
+                e.contains("column \"text\" (string)") && e.contains("is not UTF-8"),
+                "{e}"
+            );
+            assert!(
+                !p.path("data/bytes/combined.csv").exists(),
+                "{}",
+                p.listing()
+            );
+            merge_ok(&p, &["--run", "bytes"]);
+            let csv = std::fs::read(p.path("data/bytes/combined.csv")).unwrap();
+            assert_eq!(csv, b"key,text\n0,ok\n1,\xff\n2,ok\n");
+        } else {
+            assert_eq!(failed.len(), 1, "{records:?}");
+            let reason = failed[0]["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("column \"text\" (string), row 1") && reason.contains("UTF-8"),
+                "{reason}"
+            );
+        }
+    }
 }

@@ -85,6 +85,6 @@ mod tests {
         e.generate(&item, &mut out, &AtomicBool::new(false))
             .unwrap();
         let rows = String::from_utf8(out.take().0).unwrap();
-        crate::types::check_rows(&e.columns(), &e.column_types(), rows.as_bytes()).unwrap();
+        crate::types::check_rows(&e.columns(), &e.column_types(), rows.as_bytes(), true).unwrap();
     }
 }

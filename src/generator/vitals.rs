@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(types.len(), v.columns().len());
         for seed in 0..20 {
             let rows = gen(&v, seed);
-            crate::types::check_rows(&v.columns(), &types, rows.as_bytes()).unwrap();
+            crate::types::check_rows(&v.columns(), &types, rows.as_bytes(), true).unwrap();
         }
     }
 

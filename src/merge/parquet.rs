@@ -194,16 +194,10 @@ impl Group {
             } else {
                 // The worker checked every value before committing it; a value that still does
                 // not read (a shard written before types were declared) stops the merge.
-                Some(ty.parse(field).ok_or_else(|| {
-                    Error::Refused(format!(
-                        "row {row} of the merged dataset: column {:?} ({}) holds {:?}, not a {} value; \
-                         nothing was written. Re-run the items that made it (they predate the type check)",
-                        names[i],
-                        ty.name(),
-                        String::from_utf8_lossy(field),
-                        ty.name()
-                    ))
-                })?)
+                Some(
+                    ty.parse(field)
+                        .ok_or_else(|| refusal(&names[i], ty, row, field))?,
+                )
             };
             push_value(&mut self.columns[i], value);
         }
@@ -260,6 +254,26 @@ impl Group {
         self.bytes = 0;
         Ok(())
     }
+}
+
+/// A value the worker did not check: committed under another `output.format` (a string that is
+/// not UTF-8) or before the column was typed.
+fn refusal(name: &str, ty: ColumnType, row: u64, field: &[u8]) -> Error {
+    let shown = String::from_utf8_lossy(&field[..field.len().min(80)]);
+    let what = if ty == ColumnType::String {
+        "is not UTF-8, which Parquet strings must be; merge with --format csv, or regenerate \
+         the items under output.format parquet (which fails such items with the reason)"
+            .to_string()
+    } else {
+        format!(
+            "is not a {} value; regenerate the items that made it (they predate the type check)",
+            ty.name()
+        )
+    };
+    Error::Refused(format!(
+        "row {row} of the merged dataset, column {name:?} ({}): {shown:?} {what}; nothing was changed",
+        ty.name()
+    ))
 }
 
 fn push_value(values: &mut Values, value: Option<Value<'_>>) {
