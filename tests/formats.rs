@@ -1,6 +1,8 @@
 //! Typed columns and the merged formats: a value that is not its column's type fails its item
 //! with the reason (the rest merge); `output.format` / `merge --format` write `combined.parquet`.
 
+use std::path::Path;
+
 use crate::common::*;
 use crate::merge::merge_ok;
 
@@ -123,6 +125,14 @@ fn parquet_readers_get_the_values_and_types_of_the_csv() {
     let csv = p.path("data/tricky/combined.csv");
     let parquet = p.path("data/tricky/combined.parquet");
     assert!(parquet.is_file(), "{}", p.listing());
+    let spec =
+        r#"{"n": "int64", "x": "float64", "flag": "bool", "day": "date", "at": "timestamp"}"#;
+    check_with_readers(&p, &parquet, &csv, spec, 40);
+}
+
+/// Runs tests/parquet_interop.py on `parquet` against `csv` read with the types of `spec` (a
+/// JSON object column -> type), when the Python environment is there; says so when it is not.
+fn check_with_readers(p: &Project, parquet: &Path, csv: &Path, spec: &str, rows: usize) {
     let Some(python) = python_venv() else {
         eprintln!(
             "SKIPPED parquet interop: no Python environment at target/py-venv \
@@ -130,24 +140,51 @@ fn parquet_readers_get_the_values_and_types_of_the_csv() {
         );
         return;
     };
-    let spec =
-        r#"{"n": "int64", "x": "float64", "flag": "bool", "day": "date", "at": "timestamp"}"#;
     let out = std::process::Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/parquet_interop.py"
         ))
-        .arg(&parquet)
-        .arg(&csv)
+        .arg(parquet)
+        .arg(csv)
         .arg(spec)
         .output()
         .expect("run python");
     assert_exit(&out, 0, "parquet_interop.py", p.root());
     let said = String::from_utf8_lossy(&out.stdout);
     for reader in ["pyarrow", "pandas", "polars", "duckdb"] {
-        assert!(said.contains(&format!("{reader}: 40 rows")), "{said}");
+        assert!(said.contains(&format!("{reader}: {rows} rows")), "{said}");
     }
     eprintln!("{said}");
+}
+
+#[test]
+fn the_vitals_builtin_gives_a_typed_parquet_that_the_readers_load() {
+    let p = Project::new();
+    p.write(
+        "conf.yaml",
+        "run: v\nitems: {range: {start: 0, end: 20}}\n\
+         generator: {builtin: vitals, params: {hours: 4}}\noutput: {format: both}\n",
+    );
+    run_all_shards(&p, 2);
+    merge_ok(&p, &["--run", "v"]);
+    let csv = p.path("data/v/combined.csv");
+    let header = p.read("data/v/combined.csv");
+    let header = header.lines().next().unwrap();
+    let spec: serde_json::Map<String, serde_json::Value> = header
+        .split(',')
+        .filter(|c| *c != "patient")
+        .map(|c| {
+            let ty = if ["window_start", "window_end", "label"].contains(&c) {
+                "int64"
+            } else {
+                "float64"
+            };
+            (c.to_string(), ty.into())
+        })
+        .collect();
+    let spec = serde_json::Value::Object(spec).to_string();
+    check_with_readers(&p, &p.path("data/v/combined.parquet"), &csv, &spec, 140);
 }
 
 #[test]
