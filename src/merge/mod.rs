@@ -2,13 +2,14 @@
 //!
 //! The merge is a copy, not a re-parse: rows were validated when the workers wrote them, so the
 //! committed byte ranges the manifests record are copied (adjacent ranges coalesced, with
-//! `copy_file_range`) in item order. Only `--dedupe-key` parses rows. With a contiguous plan
-//! (every shard one block of the item order) each manifest is read once, shards in parallel,
-//! while the data is copied in the background; stride plans and `--dedupe-key` interleave the
-//! shards' items by index ([`Interleave`]). Outputs are written to temporary files, synced, and
-//! renamed into place: `manifest_final.csv`, `stats.json`, then `combined.csv` last. Shard
-//! outputs are deleted only after that, with a marker file so that a crash during the clean-up
-//! is finished by the next merge.
+//! `copy_file_range`) in item order. Only `--dedupe-key` and a Parquet output parse rows. With a
+//! contiguous plan (every shard one block of the item order) each manifest is read once, shards
+//! in parallel, while the data is copied in the background; stride plans and `--dedupe-key`
+//! interleave the shards' items by index ([`Interleave`]). Outputs are written to temporary
+//! files, synced, and renamed into place: `manifest_final.csv`, `stats.json`, then
+//! `combined.parquet` when asked for (made from the finished CSV temporary file, `parquet.rs`),
+//! then `combined.csv` last. Shard outputs are deleted only after that, with a marker file so
+//! that a crash during the clean-up is finished by the next merge.
 
 mod blocks;
 mod final_rows;
