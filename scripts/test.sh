@@ -27,6 +27,32 @@ ensure_tools() {
   fi
 }
 
+# The Python readers of the Parquet interop test (tests/parquet_interop.py), in a virtual
+# environment under target/ that later runs reuse. The test skips itself, and the closing lines
+# say so, when the environment could not be made ready.
+PY_VENV=target/py-venv
+ensure_py_venv() {
+  [ -f "$PY_VENV/.shardrun-ready" ] && return 0
+  say "setting up $PY_VENV (pyarrow, pandas, polars, duckdb, datasets) for the Parquet interop test"
+  if ! python3 -m venv "$PY_VENV" >/dev/null 2>&1; then
+    apt_install python3-venv >/dev/null 2>&1 || true
+    rm -rf "$PY_VENV"
+    python3 -m venv "$PY_VENV" >/dev/null 2>&1 || {
+      say "cannot create a Python virtual environment: the Parquet interop test will be skipped"
+      rm -rf "$PY_VENV"
+      return 0
+    }
+  fi
+  local pip=("$PY_VENV/bin/pip" install --quiet --disable-pip-version-check)
+  if ! "${pip[@]}" pyarrow pandas polars duckdb; then
+    say "pip could not install the Parquet readers: the Parquet interop test will be skipped"
+    return 0
+  fi
+  # The test checks datasets' reading only when it is installed (it says so).
+  "${pip[@]}" datasets || say "pip could not install datasets: the interop test leaves that reader out"
+  touch "$PY_VENV/.shardrun-ready"
+}
+
 # The launcher end to end, as a user runs it: 2 shards of a small config, then merge.
 smoke_run() {
   say "smoke run: ./scripts/run_parallel.sh --num-shards 2 --merge"
@@ -60,13 +86,14 @@ main() {
   cargo clippy --all-targets --quiet -- -D warnings
   say "cargo build --release"
   cargo build --release --quiet
+  ensure_py_venv
   say "cargo test"
   local log
   log=$(mktemp)
   # Tests that cannot run here (no local Slurm cluster, no root for a small file system) say
   # `*** SKIPPED: <test>: <why>` on stderr and pass; they are counted below, not hidden.
   cargo test --release --quiet 2>&1 | tee "$log"
-  SKIPPED=$(grep -o 'SKIPPED: [^*]*' "$log" | sed 's/^SKIPPED: //; s/ *$//' || true)
+  SKIPPED=$(grep -o 'SKIPPED: [^*]*' "$log" | sed 's/^SKIPPED: //; s/ *$//' | sort -u || true)
   rm -f "$log"
   if have_cmd shellcheck; then
     say "shellcheck"

@@ -9,6 +9,7 @@ use serde_yaml_ng::Value as Yaml;
 
 use crate::error::{Error, Result};
 use crate::paths::validate_name;
+use crate::types::ColumnType;
 
 // ---------------------------------------------------------------------------------------------
 // Raw: mirrors the YAML file.
@@ -78,7 +79,9 @@ struct RawHalt {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOutput {
-    columns: Option<Vec<String>>,
+    /// Each a name (a string column) or `{name: x, type: t}`.
+    columns: Option<Vec<Yaml>>,
+    format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +205,28 @@ pub struct CacheSpec {
     pub dir: PathBuf,
 }
 
+/// Which merged files `merge` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Csv,
+    Parquet,
+    Both,
+}
+
+impl OutputFormat {
+    /// Parses the config / `--format` spelling.
+    pub fn from_name(s: &str) -> Option<OutputFormat> {
+        match s {
+            "csv" => Some(OutputFormat::Csv),
+            "parquet" => Some(OutputFormat::Parquet),
+            "both" => Some(OutputFormat::Both),
+            _ => None,
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -217,6 +242,10 @@ pub struct Config {
     pub generator: GeneratorSpec,
     /// Required for command generators; builtins define their own.
     pub columns: Option<Vec<String>>,
+    /// The type of each of `columns` (all `string` unless declared).
+    pub types: Vec<ColumnType>,
+    /// `output.format`: what merge writes unless its `--format` says otherwise.
+    pub format: OutputFormat,
     pub cache: CacheSpec,
 }
 
@@ -356,10 +385,20 @@ fn resolve(raw: RawConfig, path: &Path, root: &Path) -> Result<Config, String> {
     }
     let items = resolve_items(raw.items, root)?;
     let generator = resolve_generator(raw.generator)?;
-    let columns = raw.output.columns;
-    if let Some(cols) = &columns {
-        validate_columns(cols)?;
-    }
+    let (columns, types) = match raw.output.columns {
+        Some(entries) => {
+            let (cols, types) = resolve_columns(&entries)?;
+            validate_columns(&cols)?;
+            (Some(cols), types)
+        }
+        None => (None, Vec::new()),
+    };
+    let format = match raw.output.format.as_deref() {
+        None => OutputFormat::default(),
+        Some(f) => OutputFormat::from_name(f).ok_or_else(|| {
+            format!("output.format: {f:?} is not a format (csv, parquet or both)")
+        })?,
+    };
     if matches!(generator.kind, GeneratorKind::Command { .. }) && columns.is_none() {
         return Err(
             "output.columns: required for a command generator (the CSV header its rows must match)"
@@ -383,8 +422,54 @@ fn resolve(raw: RawConfig, path: &Path, root: &Path) -> Result<Config, String> {
         items,
         generator,
         columns,
+        types,
+        format,
         cache,
     })
+}
+
+/// `output.columns` entries: a name, or a mapping `{name: x, type: t}`.
+fn resolve_columns(entries: &[Yaml]) -> Result<(Vec<String>, Vec<ColumnType>), String> {
+    let mut cols = Vec::with_capacity(entries.len());
+    let mut types = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let at = format!("output.columns[{i}]");
+        let (name, ty) = match e {
+            Yaml::String(s) => (s.clone(), ColumnType::String),
+            Yaml::Mapping(m) => {
+                if let Some(k) = m
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), Some("name" | "type")))
+                {
+                    return Err(format!(
+                        "{at}: unknown key {k:?} (a column is a name or {{name: x, type: t}})"
+                    ));
+                }
+                let name = m
+                    .get("name")
+                    .and_then(Yaml::as_str)
+                    .ok_or_else(|| format!("{at}: needs `name: <column name>` (a string)"))?;
+                let ty = m.get("type").and_then(Yaml::as_str).ok_or_else(|| {
+                    format!("{at}: needs `type:` (one of {})", crate::types::TYPE_NAMES)
+                })?;
+                let ty = ColumnType::from_name(ty).ok_or_else(|| {
+                    format!(
+                        "{at}: type {ty:?} of column {name:?} is not a type (one of {})",
+                        crate::types::TYPE_NAMES
+                    )
+                })?;
+                (name.to_string(), ty)
+            }
+            other => {
+                return Err(format!(
+                    "{at}: {other:?} is not a column (a name or {{name: x, type: t}})"
+                ))
+            }
+        };
+        cols.push(name);
+        types.push(ty);
+    }
+    Ok((cols, types))
 }
 
 fn validate_columns(cols: &[String]) -> Result<(), String> {

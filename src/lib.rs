@@ -33,4 +33,5 @@ pub mod signals;
 pub mod spawn;
 pub mod stderr_cap;
 pub mod stdout;
+pub mod types;
 pub mod worker;

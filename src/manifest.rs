@@ -33,6 +33,9 @@ pub struct Header {
     pub num_shards: u32,
     pub name: String,
     pub columns: Vec<String>,
+    /// The type of each column; absent in manifests written before types existed (all string).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<crate::types::ColumnType>,
     /// Items in this shard.
     pub items_total: u64,
     /// Items in the whole source, and how they were split: with `shard`/`num_shards` these give
@@ -849,6 +852,7 @@ mod tests {
             num_shards: 1,
             name: "process-0".into(),
             columns: vec!["a".into()],
+            types: Vec::new(),
             items_total: 3,
             source_items: 3,
             sharding: crate::config::Sharding::Contiguous,

@@ -11,6 +11,7 @@ use crate::items::ItemSource;
 use crate::manifest::Fingerprint;
 use crate::paths::{validate_name, RunPaths};
 use crate::plan::ShardPlan;
+use crate::types::ColumnType;
 
 /// The shardrun version recorded with every run.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -52,6 +53,8 @@ pub struct Shard {
     pub plan: ShardPlan,
     pub generator: Generator,
     pub columns: Vec<String>,
+    /// The type of each column.
+    pub types: Vec<ColumnType>,
     /// Names the generator's outputs in the cache: its identity and its revision together.
     pub generator_id: String,
     /// What defines the dataset; a change refuses a resume (see [`Fingerprint`]).
@@ -95,6 +98,7 @@ impl Shard {
         let GeneratorIds {
             generator,
             columns,
+            types,
             identity,
             revision,
             cache_id: generator_id,
@@ -123,6 +127,7 @@ impl Shard {
             plan,
             generator,
             columns,
+            types,
             generator_id,
             fingerprint,
             revision,
@@ -140,6 +145,7 @@ impl Shard {
             num_shards: self.num_shards,
             name: self.name.clone(),
             columns: self.columns.clone(),
+            types: self.types.clone(),
             items_total: self.plan.len(),
             source_items: self.source.len(),
             sharding: self.config.sharding,
@@ -283,6 +289,7 @@ fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
 struct GeneratorIds {
     generator: Generator,
     columns: Vec<String>,
+    types: Vec<ColumnType>,
     /// What the generator is: kind, argv template or builtin name and parameters, columns.
     identity: String,
     /// Which code it runs: the contents of the files its argv names, `generator.version` (and
@@ -307,6 +314,8 @@ fn build_generator(
         GeneratorKind::Builtin { name, params } => {
             let b = builtin(name, params).map_err(bad)?;
             let columns = b.columns();
+            // A builtin's types are part of its code: its name and revision cover them.
+            let types = b.column_types();
             let mut sorted: Vec<_> = params.iter().collect();
             sorted.sort_by(|a, b| a.0.cmp(b.0));
             let params_json = serde_json::to_string(&sorted).unwrap_or_default();
@@ -322,6 +331,7 @@ fn build_generator(
             Ok(GeneratorIds {
                 generator: Generator::Builtin(b),
                 columns,
+                types,
                 identity: hex16(identity),
                 revision: short_revision(revision),
                 cache_id: hex16(cache_id),
@@ -354,6 +364,16 @@ fn build_generator(
                 what.push(0);
             }
             what.push(1);
+            // Declared types are part of the dataset; all-string columns hash as before types
+            // existed, so that the runs made then still resume and hit the cache.
+            let types = config.types.clone();
+            if types.iter().any(|t| *t != ColumnType::String) {
+                for t in &types {
+                    what.extend_from_slice(t.name().as_bytes());
+                    what.push(0);
+                }
+                what.push(1);
+            }
             identity.update(&what);
             cache_id.update(&what);
             for h in [&mut cache_id, &mut revision] {
@@ -375,6 +395,7 @@ fn build_generator(
             Ok(GeneratorIds {
                 generator: Generator::Command(cmd),
                 columns,
+                types,
                 identity: hex16(identity),
                 revision: short_revision(revision),
                 cache_id: hex16(cache_id),

@@ -617,6 +617,22 @@ impl Run<'_> {
                 attempts,
                 ms,
             } => {
+                // A value that does not read as its column's type fails the item here, so that
+                // merge (and the cache) never meet it.
+                if let Err(reason) = crate::types::check_rows(
+                    &self.shard.columns,
+                    &self.shard.types,
+                    &rows,
+                    self.shard.config.format != crate::config::OutputFormat::Csv,
+                ) {
+                    return self.handle(Outcome::Failed {
+                        item,
+                        attempts,
+                        reason,
+                        ms,
+                        stderr: None,
+                    });
+                }
                 self.generated += 1;
                 if let Some(c) = self.cache.as_mut() {
                     let key = cache::item_key(&self.shard.generator_id, &item);

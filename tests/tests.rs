@@ -3,6 +3,7 @@
 mod battery;
 mod checksums;
 mod common;
+mod formats;
 mod launcher;
 mod launcher_report;
 mod limits;

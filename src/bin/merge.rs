@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use shardrun::config::OutputFormat;
 use shardrun::human::thousands;
 use shardrun::merge::{describe_revisions, MergeArgs, Outcome, Stats};
 
@@ -42,6 +43,10 @@ struct Cli {
     /// anything is renamed into place (reads the shard data once more).
     #[arg(long)]
     verify: bool,
+    /// What to write: csv (combined.csv), parquet (combined.parquet) or both. Default: the
+    /// configuration's `output.format`, else csv.
+    #[arg(long, value_parser = ["csv", "parquet", "both"])]
+    format: Option<String>,
 }
 
 fn main() {
@@ -57,6 +62,7 @@ fn main() {
         allow_partial: cli.allow_partial,
         single_revision: cli.single_revision,
         verify: cli.verify,
+        format: cli.format.as_deref().and_then(OutputFormat::from_name),
     };
     let code = match shardrun::merge::run(&args) {
         Ok(Outcome::Merged(stats)) => {
@@ -101,7 +107,10 @@ fn summary(s: &Stats) -> String {
         thousands(s.items_missing),
         thousands(s.rows),
         s.bytes as f64 / (1024.0 * 1024.0),
-        s.output.display()
+        match &s.parquet {
+            Some(p) => format!("{} and {}", s.output.display(), p.display()),
+            None => s.output.display().to_string(),
+        }
     );
     out.push_str("  shard      items       rows  cached  failed\n");
     for p in &s.per_shard {

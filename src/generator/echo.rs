@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::{positive_int_param, Builtin};
 use crate::csv_out::RowWriter;
 use crate::items::Item;
+use crate::types::ColumnType;
 
 /// The echo generator.
 #[derive(Debug)]
@@ -47,6 +48,12 @@ impl Builtin for Echo {
             .to_vec()
     }
 
+    fn column_types(&self) -> Vec<ColumnType> {
+        // Seeds fit 53 bits (see seed.rs): int64 holds them.
+        use ColumnType::{Int64, String};
+        vec![String, Int64, Int64, Int64, String]
+    }
+
     fn generate(&self, item: &Item, out: &mut RowWriter, _stop: &AtomicBool) -> Result<(), String> {
         for row in 0..self.rows {
             out.field(item.key.as_bytes());
@@ -57,5 +64,27 @@ impl Builtin for Echo {
             out.end_record();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_read_as_the_declared_types() {
+        let params = serde_json::from_str(r#"{"rows": 3, "pad": 2}"#).unwrap();
+        let e = Echo::new(&params).unwrap();
+        let item = Item {
+            index: 7,
+            key: "a,\"b\"".into(),
+            seed: (1 << 53) - 1,
+            fields: Vec::new(),
+        };
+        let mut out = RowWriter::new();
+        e.generate(&item, &mut out, &AtomicBool::new(false))
+            .unwrap();
+        let rows = String::from_utf8(out.take().0).unwrap();
+        crate::types::check_rows(&e.columns(), &e.column_types(), rows.as_bytes(), true).unwrap();
     }
 }

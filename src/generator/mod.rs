@@ -16,6 +16,8 @@ use crate::items::Item;
 pub trait Builtin: Send + Sync {
     /// The CSV header.
     fn columns(&self) -> Vec<String>;
+    /// The type of each column (see `types.rs`); the worker checks the rows against them.
+    fn column_types(&self) -> Vec<crate::types::ColumnType>;
     /// Writes the item's rows (each with `columns().len()` fields) to `out`. A long item checks
     /// `stop` (raised by SIGINT/SIGTERM) now and then and gives up early with an error.
     fn generate(&self, item: &Item, out: &mut RowWriter, stop: &AtomicBool) -> Result<(), String>;

@@ -18,6 +18,7 @@ use super::Builtin;
 use crate::csv_out::RowWriter;
 use crate::items::Item;
 use crate::rng::Rng;
+use crate::types::ColumnType;
 
 /// Parameter names, in documentation order.
 const KNOWN_PARAMS: [&str; 5] = ["hours", "window", "step", "horizon", "episode_rate"];
@@ -231,6 +232,14 @@ impl Builtin for Vitals {
         }
         cols.push("label".to_string());
         cols
+    }
+
+    fn column_types(&self) -> Vec<ColumnType> {
+        let mut types = vec![ColumnType::String, ColumnType::Int64, ColumnType::Int64];
+        types.resize(3 + VITALS.len() * STATS.len(), ColumnType::Float64);
+        // The label is 0 or 1, as ML tools take a binary target.
+        types.push(ColumnType::Int64);
+        types
     }
 
     fn generate(&self, item: &Item, out: &mut RowWriter, stop: &AtomicBool) -> Result<(), String> {
@@ -508,6 +517,17 @@ mod tests {
         let v = Vitals::new(&Map::new()).unwrap();
         assert_eq!(v, Vitals::default());
         assert_eq!(v.rows_per_item(), 47);
+    }
+
+    #[test]
+    fn rows_read_as_the_declared_types() {
+        let v = Vitals::new(&params(r#"{"hours": 6, "episode_rate": 20}"#)).unwrap();
+        let types = v.column_types();
+        assert_eq!(types.len(), v.columns().len());
+        for seed in 0..20 {
+            let rows = gen(&v, seed);
+            crate::types::check_rows(&v.columns(), &types, rows.as_bytes(), true).unwrap();
+        }
     }
 
     #[test]

@@ -2,17 +2,19 @@
 //!
 //! The merge is a copy, not a re-parse: rows were validated when the workers wrote them, so the
 //! committed byte ranges the manifests record are copied (adjacent ranges coalesced, with
-//! `copy_file_range`) in item order. Only `--dedupe-key` parses rows. With a contiguous plan
-//! (every shard one block of the item order) each manifest is read once, shards in parallel,
-//! while the data is copied in the background; stride plans and `--dedupe-key` interleave the
-//! shards' items by index ([`Interleave`]). Outputs are written to temporary files, synced, and
-//! renamed into place: `manifest_final.csv`, `stats.json`, then `combined.csv` last. Shard
-//! outputs are deleted only after that, with a marker file so that a crash during the clean-up
-//! is finished by the next merge.
+//! `copy_file_range`) in item order. Only `--dedupe-key` and a Parquet output parse rows. With a
+//! contiguous plan (every shard one block of the item order) each manifest is read once, shards
+//! in parallel, while the data is copied in the background; stride plans and `--dedupe-key`
+//! interleave the shards' items by index ([`Interleave`]). Outputs are written to temporary
+//! files, synced, and renamed into place: `manifest_final.csv`, `stats.json`, then
+//! `combined.parquet` when asked for (made from the finished CSV temporary file, `parquet.rs`),
+//! then `combined.csv` last. Shard outputs are deleted only after that, with a marker file so
+//! that a crash during the clean-up is finished by the next merge.
 
 mod blocks;
 mod final_rows;
 mod output;
+mod parquet;
 mod scan;
 mod verify;
 
@@ -23,6 +25,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::config::OutputFormat;
 use crate::error::{Error, IoContext, Result};
 use crate::lock::ShardLock;
 use crate::manifest::Header;
@@ -47,6 +50,8 @@ pub struct MergeArgs {
     pub single_revision: bool,
     /// Check every committed item's rows against its checksum before anything is renamed.
     pub verify: bool,
+    /// `--format`: overrides the configuration's `output.format`.
+    pub format: Option<OutputFormat>,
 }
 
 /// How a merge ended.
@@ -76,6 +81,29 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     let paths = &run.paths;
     let output_name = check_output_name(&args.output_name)?;
     let output = paths.data_dir.join(output_name);
+    let format = args
+        .format
+        .or(run.config.as_ref().map(|c| c.format))
+        .or_else(|| recorded_format(paths))
+        .unwrap_or_default();
+    let args = &MergeArgs {
+        format: Some(format),
+        ..args.clone()
+    };
+    let parquet_out = output.with_extension("parquet");
+    // The file renamed last: once it is in place, the whole dataset is.
+    let last = if format == OutputFormat::Parquet {
+        &parquet_out
+    } else {
+        &output
+    };
+    if args.append && format == OutputFormat::Parquet {
+        return Err(Error::usage(format!(
+            "--append adds to the existing {} and writes the Parquet file from it; with the \
+             format parquet there is none: merge with --format both",
+            output.display()
+        )));
+    }
     std::fs::create_dir_all(paths.locks_dir()).ctx("cannot create", &paths.locks_dir())?;
     let _merge_lock = ShardLock::acquire(
         &paths.locks_dir().join("merge.lock"),
@@ -89,16 +117,16 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         &format!("merge pid {}", std::process::id()),
     )?;
     remove_stale_temps(&paths.data_dir);
-    if let Some(msg) = finish_cleanup(paths, &output)? {
+    if let Some(msg) = finish_cleanup(paths, last)? {
         return Ok(Outcome::AlreadyMerged(msg));
     }
     let manifests = paths.manifests().ctx("cannot list", &paths.data_dir)?;
     if manifests.is_empty() {
-        if output.is_file() {
+        if last.is_file() {
             return Ok(Outcome::AlreadyMerged(format!(
                 "run {:?} is already merged into {} and its shards were cleaned up; nothing to do",
                 run.name,
-                output.display()
+                last.display()
             )));
         }
         return Err(Error::Refused(format!(
@@ -114,17 +142,40 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         .map(|(_, m)| ShardFiles::read(m, &paths.data_dir))
         .collect::<Result<Vec<_>>>()?;
     check_headers(&run, &shards)?;
+    let types = column_types(&shards)?;
     if let Some(s) = shards.iter().find(|s| s.data == output) {
         return Err(Error::usage(format!(
             "--output-name {}: that is shard {}'s data file; choose another name",
             args.output_name, s.header.shard
         )));
     }
-    let (mut stats, scans, out_tmp) =
-        output::write(&run, &plan, &shards, args, &output, |scans| {
+    let pq_tmp = (format != OutputFormat::Csv).then(|| {
+        let name = parquet_out
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        paths.data_dir.join(format!(".{name}.tmp"))
+    });
+    // The Parquet file is made from the finished CSV temporary file, before anything is renamed.
+    let write_parquet = |csv_tmp: &Path| match &pq_tmp {
+        None => Ok(()),
+        Some(tmp) => parquet::write_from_csv(csv_tmp, tmp, &shards[0].header.columns, &types)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(tmp);
+            }),
+    };
+    let (mut stats, scans, out_tmp) = output::write(
+        &run,
+        &plan,
+        &shards,
+        args,
+        &output,
+        |scans| {
             check_complete(&run, &plan, scans, args)?;
             check_revisions(&run, scans, args)
-        })?;
+        },
+        write_parquet,
+    )?;
     stats.redo_stale_hint = crate::hints::redo_stale(&run, args.config.as_deref());
     // A dataset of mixed revisions keeps its shards, so that --redo-stale can make it uniform.
     stats.shards_kept = args.keep_shards || args.allow_partial || stats.revisions.len() > 1;
@@ -132,9 +183,20 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     if clean {
         // The marker names the new dataset (by inode) before it is renamed into place: a re-run
         // after a crash then knows whether these shards are already in the output.
-        write_marker(paths, &scans, &output, &out_tmp)?;
+        let last_tmp = match (&pq_tmp, format) {
+            (Some(tmp), OutputFormat::Parquet) => tmp,
+            _ => &out_tmp,
+        };
+        write_marker(paths, &scans, last, last_tmp)?;
     }
-    std::fs::rename(&out_tmp, &output).ctx("cannot rename", &out_tmp)?;
+    if let Some(tmp) = &pq_tmp {
+        std::fs::rename(tmp, &parquet_out).ctx("cannot rename", tmp)?;
+    }
+    if format == OutputFormat::Parquet {
+        std::fs::remove_file(&out_tmp).ctx("cannot remove", &out_tmp)?;
+    } else {
+        std::fs::rename(&out_tmp, &output).ctx("cannot rename", &out_tmp)?;
+    }
     sync_dir(&paths.data_dir)?;
     if clean {
         cleanup(paths, &scans, plan.num_shards)?;
@@ -386,6 +448,32 @@ fn check_revisions(run: &RunRef, scans: &[ShardScan], args: &MergeArgs) -> Resul
     )))
 }
 
+/// The configuration's `output.format` as the run record holds it (the run was last started
+/// with it).
+fn recorded_format(paths: &RunPaths) -> Option<OutputFormat> {
+    let text = std::fs::read(paths.run_record()).ok()?;
+    let record: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    OutputFormat::from_name(record.get("config")?.get("format")?.as_str()?)
+}
+
+/// The column types the shards recorded (all `string` in manifests written before types
+/// existed); shards that recorded different types refuse the merge.
+fn column_types(shards: &[ShardFiles]) -> Result<Vec<crate::types::ColumnType>> {
+    let mut typed = shards.iter().filter(|s| !s.header.types.is_empty());
+    let Some(first) = typed.next() else {
+        return Ok(vec![Default::default(); shards[0].header.columns.len()]);
+    };
+    if let Some(other) = typed.find(|s| s.header.types != first.header.types) {
+        return Err(Error::Refused(format!(
+            "{} and {} record different column types; re-run the run under one configuration \
+             before merging",
+            other.manifest.display(),
+            first.manifest.display()
+        )));
+    }
+    Ok(first.header.types.clone())
+}
+
 fn list(v: &[u32]) -> String {
     v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
@@ -508,7 +596,8 @@ fn remove_stale_temps(dir: &Path) {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(".manifest_final.part") && name.ends_with(".tmp") {
+        let parquet_tmp = name.starts_with('.') && name.ends_with(".parquet.tmp");
+        if parquet_tmp || (name.starts_with(".manifest_final.part") && name.ends_with(".tmp")) {
             let _ = std::fs::remove_file(e.path());
         }
     }

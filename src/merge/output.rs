@@ -3,6 +3,7 @@
 //! shards' items by index (stride plans, `--dedupe-key`). Contiguous plans are merged block by
 //! block ([`super::blocks`]).
 
+use crate::config::OutputFormat;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -46,7 +47,11 @@ pub struct ShardStats {
 #[derive(Debug, Serialize)]
 pub struct Stats {
     pub run: String,
+    /// The dataset: the CSV file, or the Parquet file with the format `parquet`.
     pub output: PathBuf,
+    /// The Parquet file too, with the format `both`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<PathBuf>,
     pub shards: u32,
     pub shards_missing: Vec<u32>,
     pub items: u64,
@@ -159,6 +164,7 @@ pub fn write(
     args: &MergeArgs,
     output: &Path,
     check: impl Fn(&[ShardScan]) -> Result<()> + Sync,
+    also: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
     // Missing shards refuse the merge before any shard is read (no shard scan needed).
     check(&[])?;
@@ -215,6 +221,8 @@ pub fn write(
     } else {
         None
     };
+    // Other files made from the finished dataset (the Parquet file), before anything is renamed.
+    also(&temps.out)?;
 
     let items_ok: u64 = scans.iter().map(|s| s.ok).sum();
     let rows: u64 = scans.iter().map(|s| s.rows).sum();
@@ -223,7 +231,12 @@ pub fn write(
     let appended = old.as_ref().map_or(0, |o| o.rows);
     let stats = Stats {
         run: run.name.clone(),
-        output: output.to_path_buf(),
+        output: match args.format {
+            Some(OutputFormat::Parquet) => output.with_extension("parquet"),
+            _ => output.to_path_buf(),
+        },
+        parquet: (args.format == Some(OutputFormat::Both))
+            .then(|| output.with_extension("parquet")),
         shards: plan.num_shards,
         shards_missing: plan.missing.clone(),
         items: h.source_items,

@@ -1,0 +1,309 @@
+//! `combined.parquet`: the merged CSV (already in item order, byte-identical for any shard count
+//! or history) read back as a stream and written as Parquet, typed by the column types.
+//!
+//! Reading the finished CSV rather than the shards keeps one path to the dataset's order and
+//! contents (`--append` and `--dedupe-key` included). Rows are buffered one row group at a time,
+//! so memory is bounded by the row group, not the dataset; row groups are cut by row count and
+//! buffered bytes, which depend on the data only. Writer settings are fixed (no timestamp, a
+//! fixed `created_by`), so the same rows give the same bytes.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+use std::sync::Arc;
+
+use parquet::basic::{
+    Compression, LogicalType, Repetition, TimeUnit, Type as PhysicalType, ZstdLevel,
+};
+use parquet::column::writer::ColumnWriter;
+use parquet::data_type::ByteArray;
+use parquet::file::properties::{WriterProperties, WriterVersion};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::Type;
+
+use crate::error::{Error, IoContext, Result};
+use crate::types::{ColumnType, Value};
+
+/// Rows per row group at most (and at most [`GROUP_BYTES`] of buffered rows, counted with their
+/// per-value overhead): large enough for readers to scan fast, small enough to bound the merge's
+/// memory.
+const GROUP_ROWS: usize = 128 * 1024;
+const GROUP_BYTES: usize = 64 << 20;
+
+/// The zstd level: zstd's default, a good ratio at a speed close to the copy's.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Writes `out` (then syncs it) from the CSV file `csv` whose header is `columns`.
+pub(super) fn write_from_csv(
+    csv: &Path,
+    out: &Path,
+    columns: &[String],
+    types: &[ColumnType],
+) -> Result<()> {
+    let fail = |e: parquet::errors::ParquetError| {
+        Error::Refused(format!("cannot write {}: {e}", out.display()))
+    };
+    let input = File::open(csv).ctx("cannot open", csv)?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(BufReader::with_capacity(1 << 20, input));
+    let file = crate::files::create(out)?;
+    let mut writer = SerializedFileWriter::new(
+        BufWriter::with_capacity(1 << 20, file),
+        schema(columns, types).map_err(fail)?,
+        properties().map_err(fail)?,
+    )
+    .map_err(fail)?;
+    let mut group = Group::new(types);
+    let mut record = csv::ByteRecord::new();
+    let mut row = 0u64;
+    loop {
+        let more = reader
+            .read_byte_record(&mut record)
+            .map_err(|e| Error::Refused(format!("cannot read {} back: {e}", csv.display())))?;
+        if more {
+            row += 1;
+            group.push(&record, columns, row)?;
+        }
+        if group.rows >= GROUP_ROWS || group.bytes >= GROUP_BYTES || (!more && group.rows > 0) {
+            group.write(&mut writer).map_err(fail)?;
+        }
+        if !more {
+            break;
+        }
+    }
+    let buf = writer.into_inner().map_err(fail)?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .ctx("cannot write", out)?;
+    file.sync_all().ctx("cannot sync", out)
+}
+
+fn properties() -> parquet::errors::Result<Arc<WriterProperties>> {
+    Ok(Arc::new(
+        WriterProperties::builder()
+            // Fixed, so that the bytes do not change with the library's version string.
+            .set_created_by("shardrun".to_string())
+            .set_writer_version(WriterVersion::PARQUET_1_0)
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
+            // Row groups are cut here, by the data; the writer's own limit must not cut them.
+            .set_max_row_group_row_count(None)
+            .build(),
+    ))
+}
+
+fn schema(columns: &[String], types: &[ColumnType]) -> parquet::errors::Result<Arc<Type>> {
+    let fields = columns
+        .iter()
+        .zip(types)
+        .map(|(name, ty)| {
+            let (physical, logical) = match ty {
+                ColumnType::String => (PhysicalType::BYTE_ARRAY, Some(LogicalType::String)),
+                ColumnType::Int64 => (PhysicalType::INT64, None),
+                ColumnType::Float64 => (PhysicalType::DOUBLE, None),
+                ColumnType::Bool => (PhysicalType::BOOLEAN, None),
+                ColumnType::Date => (PhysicalType::INT32, Some(LogicalType::Date)),
+                ColumnType::Timestamp => (
+                    PhysicalType::INT64,
+                    Some(LogicalType::timestamp(true, TimeUnit::MICROS)),
+                ),
+            };
+            // A string is never null (an empty field is the empty string); other types read an
+            // empty field as null.
+            let repetition = if *ty == ColumnType::String {
+                Repetition::REQUIRED
+            } else {
+                Repetition::OPTIONAL
+            };
+            Type::primitive_type_builder(name, physical)
+                .with_repetition(repetition)
+                .with_logical_type(logical)
+                .build()
+                .map(Arc::new)
+        })
+        .collect::<parquet::errors::Result<Vec<_>>>()?;
+    Ok(Arc::new(
+        Type::group_type_builder("schema")
+            .with_fields(fields)
+            .build()?,
+    ))
+}
+
+/// One column's values of the row group being built; `defs` holds the definition levels of an
+/// optional column (1 value, 0 null).
+enum Values {
+    Str(Vec<ByteArray>),
+    Int(Vec<i64>, Vec<i16>),
+    Float(Vec<f64>, Vec<i16>),
+    Bool(Vec<bool>, Vec<i16>),
+    Date(Vec<i32>, Vec<i16>),
+}
+
+struct Group {
+    types: Vec<ColumnType>,
+    columns: Vec<Values>,
+    rows: usize,
+    bytes: usize,
+    /// What a buffered row costs besides its bytes: per field, the value's slot (a string is a
+    /// separate allocation), so that many short fields are counted too.
+    slot_bytes: usize,
+}
+
+impl Group {
+    fn new(types: &[ColumnType]) -> Self {
+        let columns = types
+            .iter()
+            .map(|t| match t {
+                ColumnType::String => Values::Str(Vec::new()),
+                ColumnType::Int64 | ColumnType::Timestamp => Values::Int(Vec::new(), Vec::new()),
+                ColumnType::Float64 => Values::Float(Vec::new(), Vec::new()),
+                ColumnType::Bool => Values::Bool(Vec::new(), Vec::new()),
+                ColumnType::Date => Values::Date(Vec::new(), Vec::new()),
+            })
+            .collect();
+        let slot_bytes = types
+            .iter()
+            .map(|t| match t {
+                ColumnType::String => std::mem::size_of::<ByteArray>() + 16,
+                _ => 10,
+            })
+            .sum();
+        Group {
+            types: types.to_vec(),
+            columns,
+            rows: 0,
+            bytes: 0,
+            slot_bytes,
+        }
+    }
+
+    /// Adds one CSV record (row `row` of the dataset, for messages).
+    fn push(&mut self, record: &csv::ByteRecord, names: &[String], row: u64) -> Result<()> {
+        if record.len() != self.types.len() {
+            return Err(Error::Refused(format!(
+                "row {row} of the merged dataset has {} fields, expected {}",
+                record.len(),
+                self.types.len()
+            )));
+        }
+        for (i, field) in record.iter().enumerate() {
+            let ty = self.types[i];
+            let value = if field.is_empty() && ty != ColumnType::String {
+                None
+            } else {
+                // The worker checked every value before committing it; a value that still does
+                // not read (a shard written before types were declared) stops the merge.
+                Some(
+                    ty.parse(field)
+                        .ok_or_else(|| refusal(&names[i], ty, row, field))?,
+                )
+            };
+            push_value(&mut self.columns[i], value);
+        }
+        self.rows += 1;
+        self.bytes += record.as_slice().len() + self.slot_bytes;
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        writer: &mut SerializedFileWriter<BufWriter<File>>,
+    ) -> parquet::errors::Result<()> {
+        let mut rg = writer.next_row_group()?;
+        let mut columns = self.columns.iter_mut();
+        while let Some(mut col) = rg.next_column()? {
+            let Some(values) = columns.next() else {
+                break;
+            };
+            match (col.untyped(), values) {
+                (ColumnWriter::ByteArrayColumnWriter(w), Values::Str(v)) => {
+                    w.write_batch(v, None, None)?;
+                    v.clear();
+                }
+                (ColumnWriter::Int64ColumnWriter(w), Values::Int(v, d)) => {
+                    w.write_batch(v, Some(d), None)?;
+                    v.clear();
+                    d.clear();
+                }
+                (ColumnWriter::DoubleColumnWriter(w), Values::Float(v, d)) => {
+                    w.write_batch(v, Some(d), None)?;
+                    v.clear();
+                    d.clear();
+                }
+                (ColumnWriter::BoolColumnWriter(w), Values::Bool(v, d)) => {
+                    w.write_batch(v, Some(d), None)?;
+                    v.clear();
+                    d.clear();
+                }
+                (ColumnWriter::Int32ColumnWriter(w), Values::Date(v, d)) => {
+                    w.write_batch(v, Some(d), None)?;
+                    v.clear();
+                    d.clear();
+                }
+                _ => {
+                    return Err(parquet::errors::ParquetError::General(
+                        "column writer does not match the column type".into(),
+                    ))
+                }
+            }
+            col.close()?;
+        }
+        rg.close()?;
+        self.rows = 0;
+        self.bytes = 0;
+        Ok(())
+    }
+}
+
+/// A value the worker did not check: committed under another `output.format` (a string that is
+/// not UTF-8) or before the column was typed.
+fn refusal(name: &str, ty: ColumnType, row: u64, field: &[u8]) -> Error {
+    let shown = String::from_utf8_lossy(&field[..field.len().min(80)]);
+    let what = if ty == ColumnType::String {
+        "is not UTF-8, which Parquet strings must be; merge with --format csv, or regenerate \
+         the items under output.format parquet (which fails such items with the reason)"
+            .to_string()
+    } else {
+        format!(
+            "is not a {} value; regenerate the items that made it (they predate the type check)",
+            ty.name()
+        )
+    };
+    Error::Refused(format!(
+        "row {row} of the merged dataset, column {name:?} ({}): {shown:?} {what}; nothing was changed",
+        ty.name()
+    ))
+}
+
+fn push_value(values: &mut Values, value: Option<Value<'_>>) {
+    let def = i16::from(value.is_some());
+    match (values, value) {
+        (Values::Str(v), Some(Value::Str(s))) => v.push(ByteArray::from(s.as_bytes().to_vec())),
+        (Values::Str(v), _) => v.push(ByteArray::from(Vec::new())),
+        (Values::Int(v, d), x) => {
+            d.push(def);
+            if let Some(Value::Int(n) | Value::Micros(n)) = x {
+                v.push(n);
+            }
+        }
+        (Values::Float(v, d), x) => {
+            d.push(def);
+            if let Some(Value::Float(f)) = x {
+                v.push(f);
+            }
+        }
+        (Values::Bool(v, d), x) => {
+            d.push(def);
+            if let Some(Value::Bool(b)) = x {
+                v.push(b);
+            }
+        }
+        (Values::Date(v, d), x) => {
+            d.push(def);
+            if let Some(Value::Date(n)) = x {
+                v.push(n);
+            }
+        }
+    }
+}
