@@ -21,8 +21,9 @@
 //! group is killed and reaped, and the next item starts a fresh process. A process that exits
 //! by itself between two items (for instance to recycle itself after some number of items) is
 //! simply replaced: if its exit is only noticed after the next request was written, and it ends
-//! with an exit code (not a signal) without any output for that request, the request is sent once more to a
-//! fresh process.
+//! with an exit code (not a signal) without any output for that request, the request is sent
+//! once more to a fresh process; if that one fails too, the first exit is reported, as a crash
+//! of the item rather than a failed start.
 //!
 //! # Process handling
 //!
