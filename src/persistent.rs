@@ -21,8 +21,9 @@
 //! group is killed and reaped, and the next item starts a fresh process. A process that exits
 //! by itself between two items (for instance to recycle itself after some number of items) is
 //! simply replaced: if its exit is only noticed after the next request was written, and it ends
-//! with exit code 0 without any output for that request, the request is sent once more to a
-//! fresh process.
+//! with an exit code (not a signal) without any output for that request, the request is sent
+//! once more to a fresh process; if that one fails too, the first exit is reported, as a crash
+//! of the item rather than a failed start.
 //!
 //! # Process handling
 //!
@@ -241,8 +242,9 @@ enum Step {
 /// Result of a successful exchange.
 enum Exchange {
     Done,
-    /// The process had exited by itself between items: send the request again, to a new one.
-    Retired,
+    /// The process had exited by itself between items (how): send the request again, to a new
+    /// one.
+    Retired(Exit),
 }
 
 impl Server {
@@ -300,15 +302,31 @@ impl Server {
         check_marker(&self.spec.marker).map_err(ServeError::StartFailed)?;
         self.between_items(on_stderr_line)?;
         let mut resent = false;
+        // After a process that exited with a non-zero code without answering: the failure to
+        // report if the fresh process fails too (so an item that makes the generator exit is
+        // a crash of that item, not a start-up failure that could stop the shard).
+        let mut first_failure: Option<ServeError> = None;
         loop {
-            if self.live.is_none() {
-                self.start()?;
-            }
-            match self.exchange(request, timeout, stop, on_stdout, on_stderr_line)? {
-                Exchange::Done => return Ok(()),
-                Exchange::Retired if !resent => resent = true,
+            let started = match self.live {
+                None => self.start(),
+                Some(_) => Ok(()),
+            };
+            let result = started
+                .and_then(|()| self.exchange(request, timeout, stop, on_stdout, on_stderr_line));
+            match result {
+                Ok(Exchange::Done) => return Ok(()),
+                Ok(Exchange::Retired(exit)) if !resent => {
+                    resent = true;
+                    if exit != Exit::Code(0) {
+                        first_failure = Some(ServeError::Crashed(exit.to_string()));
+                    }
+                }
                 // Not reachable (a fresh process never retires), but never loop.
-                Exchange::Retired => return Err(ServeError::Crashed(Exit::Code(0).to_string())),
+                Ok(Exchange::Retired(exit)) => return Err(ServeError::Crashed(exit.to_string())),
+                Err(ServeError::StartFailed(why)) => {
+                    return Err(first_failure.unwrap_or(ServeError::StartFailed(why)))
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -438,8 +456,10 @@ impl Server {
                     Err(ServeError::StartFailed(format!(
                         "{exit} before answering its first request"
                     )))
-                } else if served_before > 0 && !got_stdout && exit == Exit::Code(0) {
-                    Ok(Exchange::Retired)
+                } else if served_before > 0 && !got_stdout && matches!(exit, Exit::Code(_)) {
+                    // It exited after its last answer (a generator that serves a fixed number
+                    // of items, whatever its exit code): the request goes to a fresh process.
+                    Ok(Exchange::Retired(exit))
                 } else {
                     Err(ServeError::Crashed(exit.to_string()))
                 }
@@ -1978,7 +1998,10 @@ shardrun_gen.serve(rows)
                 assert_eq!(out.stderr, vec![format!("looking at k{i}").into_bytes()]);
             }
         }
-        assert_eq!(s.starts(), 2);
+        // Item 3 made the process exit without answering: a process that exits after its last
+        // answer looks the same, so the item was sent once more, to a fresh process, which
+        // failed it too (reported as the crash it is); a third process served the rest.
+        assert_eq!(s.starts(), 3);
         assert_eq!(s.shutdown(5 * SECOND, &mut |_| {}), Some(Exit::Code(0)));
     }
 

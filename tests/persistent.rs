@@ -424,3 +424,43 @@ fn a_generator_that_exits_after_each_answer_is_restarted_for_the_next_item() {
     let want: String = (0..40).map(|k| format!("{k},ok\n")).collect();
     assert_eq!(String::from_utf8_lossy(&p.dataset("one")), want);
 }
+
+/// A persistent generator that answers one request and exits (with `$CODE`).
+const ONE_SHOT: &str = r#"import os, sys
+sys.stdin.readline()
+sys.stdout.write("a,b\n" + os.environ["SHARDRUN_MARKER"] + "\n")
+sys.stdout.flush()
+sys.exit(int(os.environ["CODE"]))
+"#;
+
+/// Regression: a persistent generator that exited right after answering (with a non-zero code)
+/// made the next item fail ("ended before the end-of-item marker") instead of a fresh process
+/// serving it.
+#[test]
+fn a_generator_exiting_after_each_answer_is_restarted_for_the_next_item() {
+    let p = Project::new();
+    p.write("one.py", ONE_SHOT);
+    p.write(
+        "one.yaml",
+        "run: one\nitems: {range: {start: 0, end: 6}}\n\
+         generator: {command: [python3, one.py], mode: persistent, retries: 0}\n\
+         output: {columns: [x, y]}\ncache: {enabled: false}\n",
+    );
+    for code in ["0", "3"] {
+        let out = p
+            .worker(
+                "one.yaml",
+                &["--shard-index", "0", "--num-shards", "1", "--force"],
+            )
+            .env("CODE", code)
+            .output()
+            .expect("worker");
+        assert_exit(
+            &out,
+            0,
+            &format!("exit code {code} after each answer"),
+            p.root(),
+        );
+        assert_eq!(p.dataset("one"), b"a,b\n".repeat(6));
+    }
+}
