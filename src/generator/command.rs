@@ -61,7 +61,9 @@ impl Template {
                              never closed (write {{{{ for a literal brace)"
                         ));
                     }
-                    const BUILTIN: [&str; 5] = ["key", "index", "seed", "shard", "slot"];
+                    // `{key}` is always the item's key: a csv source's key column may well be
+                    // named `key` (and then holds the same value).
+                    const BUILTIN: [&str; 4] = ["index", "seed", "shard", "slot"];
                     if BUILTIN.contains(&name.as_str()) && fields.contains(&name) {
                         return Err(format!(
                             "generator.command[{at}]: {{{name}}} in {s:?} is ambiguous: the items \
@@ -719,6 +721,7 @@ mod tests {
         assert!(e.contains("ambiguous"), "{e}");
         assert!(Template::parse("{{date}} {date}", &fields, 1).is_ok());
         assert!(Template::parse("{index}", &cols(&["date"]), 1).is_ok());
+        assert!(Template::parse("{key}", &cols(&["key", "v"]), 1).is_ok());
     }
 
     #[test]
