@@ -129,9 +129,17 @@ preflight() {
   [[ "$1" =~ ^[1-9][0-9]{0,5}$ ]] || return 0
   local force=()
   ((${FORCE:-0})) && force=(--force)
-  out=$("$WORKER" --config "$CONFIG" --num-shards "$1" --check "${force[@]}" 2>&1) ||
+  if ! out=$("$WORKER" --config "$CONFIG" --num-shards "$1" --check "${force[@]}" 2>&1); then
+    local over=''
+    # A refused resume is lifted by --force, which does not go with --only-failed: give the
+    # whole command.
+    if [[ "$out" == *--force* ]]; then
+      over="
+or start the run over (its outputs are discarded; cached items are reused): $(me) $(quoted --config "$CONFIG") --num-shards $1 --force"
+    fi
     DIE_CODE=2 die "${out#shard-worker: error: }
-nothing was started or recorded; fix it and run the same command again"
+nothing was started or recorded; fix it and run the same command again$over"
+  fi
 }
 
 # last_line FILE EVENT: the last line of FILE whose event is EVENT ('' if none).

@@ -413,8 +413,12 @@ summary_line() {
 }
 
 # The command that re-runs what did not succeed, with the options that name this run.
+# An interrupted --redo-stale is finished by --redo-stale (the items still stale), not by
+# --only-failed, which would leave them as they are.
 again() {
-  printf '%s %s%s --only-failed' "$(me)" "$(quoted --config "$CONFIG")" "${JOBS:+ --jobs $JOBS}"
+  local action=--only-failed
+  ((REDO_STALE)) && action=--redo-stale
+  printf '%s %s%s %s' "$(me)" "$(quoted --config "$CONFIG")" "${JOBS:+ --jobs $JOBS}" "$action"
 }
 
 report() {

@@ -250,6 +250,22 @@ fn only_failed_refuses_a_changed_configuration_and_a_new_shard_count() {
         e.contains("different configuration") && e.contains("changed items"),
         "{e}"
     );
+    // The refusal's way out, pasted as printed (--force does not go with --only-failed).
+    let over = e
+        .lines()
+        .find_map(|l| {
+            l.split_once("cached items are reused): ")
+                .map(|(_, c)| c.to_string())
+        })
+        .unwrap_or_else(|| panic!("no start-over command in:\n{e}"));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&over)
+        .current_dir(p.root())
+        .env("SHARDRUN_BIN", bin_dir())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, &over, p.root());
     let out = launch(&p, &["--config", "conf/c.yaml", "--num-shards", "3"]);
     assert_exit(&out, 2, "new shard count", p.root());
     assert!(
