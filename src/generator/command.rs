@@ -640,7 +640,38 @@ impl<'c> StdoutRows<'c> {
         let is_header = self.records == 1
             && n == self.columns.len()
             && (0..n).all(|i| field(i) == self.columns[i].as_bytes());
-        if !is_header {
+        // A first record that is a header, but not this one, would be committed as a row of
+        // every item: refuse it instead. Told apart from data only where data is unlikely to
+        // look so: the column names in another order, or (3 columns or more) all but one name
+        // in place with every field a plain identifier (a column renamed in the configuration
+        // and not in the script).
+        let is_name = |f: &[u8]| self.columns.iter().any(|c| c.as_bytes() == f);
+        let identifier = |f: &[u8]| {
+            f.first()
+                .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+                && f.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        };
+        let in_place = (0..n.min(self.columns.len()))
+            .filter(|&i| field(i) == self.columns[i].as_bytes())
+            .count();
+        let other_header = self.records == 1
+            && !is_header
+            && n == self.columns.len()
+            && n >= 2
+            && ((0..n).all(|i| is_name(field(i)))
+                || (n >= 3 && in_place + 1 >= n && (0..n).all(|i| identifier(field(i)))));
+        if other_header {
+            let shown: Vec<String> = (0..n)
+                .map(|i| String::from_utf8_lossy(field(i)).into_owned())
+                .collect();
+            self.error = Some(format!(
+                "bad output: the first record ({}) looks like a CSV header but is not \
+                 output.columns ({}); a header line must equal output.columns exactly, in order \
+                 (or leave it out)",
+                shown.join(","),
+                self.columns.join(",")
+            ));
+        } else if !is_header {
             if n != self.columns.len() {
                 self.error = Some(format!(
                     "bad output: record {} has {n} field{}, expected {} ({})",
@@ -759,6 +790,23 @@ mod tests {
         assert!(p.feed(b"12345\n", &mut out));
         assert!(!p.feed(b"67890\n", &mut out));
         assert!(p.error.unwrap().contains("max_item_bytes (10 bytes)"));
+    }
+
+    #[test]
+    fn a_header_that_is_not_output_columns_fails() {
+        let c = cols(&["key", "score"]);
+        let (_, err) = parse_in_chunks(b"score,key\n1,2\n", &c, 3);
+        assert!(err.unwrap().contains("looks like a CSV header"));
+        let c3 = cols(&["key", "hour", "score"]);
+        let (_, err) = parse_in_chunks(b"key,hour,value\n1,2,3\n", &c3, 3);
+        assert!(err.unwrap().contains("looks like a CSV header"));
+        // Rows that only share a value with the names are data.
+        let (got, err) = parse_in_chunks(b"key,4\n3,key\n", &c, 3);
+        assert_eq!((got.as_str(), err), ("key,4\n3,key\n", None));
+        let (got, err) = parse_in_chunks(b"key,7,x y\n", &c3, 3);
+        assert_eq!((got.as_str(), err), ("key,7,x y\n", None));
+        let (got, err) = parse_in_chunks(b"key,score\n1,2\n", &c, 3);
+        assert_eq!((got.as_str(), err), ("1,2\n", None));
     }
 
     #[test]
