@@ -218,9 +218,29 @@ pub fn check_rows(
     {
         return Ok(());
     }
-    let mut reader = csv_core::Reader::new();
-    let mut field_buf = vec![0u8; 4096];
-    let mut ends = vec![0usize; types.len().max(1) + 1];
+    // A parser costs more to build than an item to check: each thread keeps one.
+    thread_local! {
+        static PARSER: std::cell::RefCell<(csv_core::Reader, Vec<u8>, Vec<usize>)> =
+            std::cell::RefCell::new((csv_core::Reader::new(), vec![0u8; 4096], Vec::new()));
+    }
+    PARSER.with(|p| {
+        let (reader, field_buf, ends) = &mut *p.borrow_mut();
+        reader.reset();
+        ends.clear();
+        ends.resize(types.len().max(1) + 1, 0);
+        parse_rows(columns, types, rows, utf8_strings, reader, field_buf, ends)
+    })
+}
+
+fn parse_rows(
+    columns: &[String],
+    types: &[ColumnType],
+    rows: &[u8],
+    utf8_strings: bool,
+    reader: &mut csv_core::Reader,
+    field_buf: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+) -> Result<(), String> {
     let (mut input, mut out_len, mut ends_len, mut row) = (rows, 0usize, 0usize, 0u64);
     loop {
         let (res, nin, nout, nend) =
@@ -244,7 +264,7 @@ pub fn check_rows(
                 check_record(
                     columns,
                     types,
-                    &field_buf,
+                    field_buf,
                     &ends[..ends_len],
                     row,
                     utf8_strings,

@@ -618,13 +618,17 @@ impl Run<'_> {
                 ms,
             } => {
                 // A value that does not read as its column's type fails the item here, so that
-                // merge (and the cache) never meet it.
-                if let Err(reason) = crate::types::check_rows(
-                    &self.shard.columns,
-                    &self.shard.types,
-                    &rows,
-                    self.shard.config.format != crate::config::OutputFormat::Csv,
-                ) {
+                // merge (and the cache) never meet it. A builtin writes its own typed values.
+                let checked = match self.shard.generator {
+                    Generator::Command(_) => crate::types::check_rows(
+                        &self.shard.columns,
+                        &self.shard.types,
+                        &rows,
+                        self.shard.config.format != crate::config::OutputFormat::Csv,
+                    ),
+                    Generator::Builtin(_) => Ok(()),
+                };
+                if let Err(reason) = checked {
                     return self.handle(Outcome::Failed {
                         item,
                         attempts,
