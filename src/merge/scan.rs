@@ -91,7 +91,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
     );
     let shard = header.shard;
     let mut failed = BTreeMap::new();
-    let mut revisions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut revisions = RevisionCounts::default();
     let (mut ok, mut rows, mut cached, mut rows_min, mut rows_max) = (0, 0, 0, u64::MAX, 0);
     // Items with a committed record so far, by position in the shard: a second record of one
     // (a failure after it, or a new commit by --redo-stale) supersedes it, and the figures are
@@ -117,7 +117,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
                 superseded = true;
             }
             (Status::Ok, _) => {
-                count_revision(&mut revisions, rec.rev);
+                revisions.add(rec.rev);
                 failed.remove(&rec.index);
                 ok += 1;
                 rows += rec.rows;
@@ -183,7 +183,8 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
             latest.rows_min,
             latest.rows_max,
         );
-        (failed, revisions) = (latest.failed, latest.revisions);
+        failed = latest.failed;
+        revisions = latest.revisions;
         sorted = false;
         Some(latest.order)
     } else if sorted {
@@ -217,7 +218,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
         rows_min: if ok == 0 { 0 } else { rows_min },
         rows_max,
         failed,
-        revisions,
+        revisions: revisions.finish(),
         valid_len,
         data_end,
         order,
@@ -251,13 +252,42 @@ fn test_and_set(bits: &mut [u64], pos: u64, status: Status) -> bool {
     was
 }
 
-fn count_revision(revisions: &mut BTreeMap<String, u64>, rev: &str) {
-    // Looked up before inserting: one allocation per revision, not per item.
-    match revisions.get_mut(rev) {
-        Some(n) => *n += 1,
-        None => {
-            revisions.insert(rev.to_string(), 1);
+/// Committed items per revision, counted in runs: consecutive records almost always name the
+/// same revision, so most records cost one short comparison, not a map lookup.
+#[derive(Default)]
+struct RevisionCounts {
+    done: BTreeMap<String, u64>,
+    current: String,
+    run: u64,
+}
+
+impl RevisionCounts {
+    fn add(&mut self, rev: &str) {
+        if self.run > 0 && self.current == rev {
+            self.run += 1;
+            return;
         }
+        self.flush();
+        self.current.clear();
+        self.current.push_str(rev);
+        self.run = 1;
+    }
+
+    fn flush(&mut self) {
+        if self.run > 0 {
+            match self.done.get_mut(&self.current) {
+                Some(n) => *n += self.run,
+                None => {
+                    self.done.insert(self.current.clone(), self.run);
+                }
+            }
+            self.run = 0;
+        }
+    }
+
+    fn finish(mut self) -> BTreeMap<String, u64> {
+        self.flush();
+        self.done
     }
 }
 
@@ -269,7 +299,7 @@ struct Latest {
     rows_min: u64,
     rows_max: u64,
     failed: BTreeMap<u64, Record>,
-    revisions: BTreeMap<String, u64>,
+    revisions: RevisionCounts,
     /// The committed items' (index, manifest line offset), in item order.
     order: Vec<(u64, u64)>,
 }
@@ -297,7 +327,7 @@ fn latest_records(manifest: &Path) -> Result<Latest> {
         rows_min: u64::MAX,
         rows_max: 0,
         failed: BTreeMap::new(),
-        revisions: BTreeMap::new(),
+        revisions: RevisionCounts::default(),
         order: Vec::new(),
     };
     manifest::scan(manifest, |rec, off| {
@@ -311,7 +341,7 @@ fn latest_records(manifest: &Path) -> Result<Latest> {
                 out.cached += u64::from(rec.cached);
                 out.rows_min = out.rows_min.min(rec.rows);
                 out.rows_max = out.rows_max.max(rec.rows);
-                count_revision(&mut out.revisions, rec.rev);
+                out.revisions.add(rec.rev);
                 out.order.push((rec.index, off));
             }
             Status::Failed => {
