@@ -2,11 +2,12 @@
 //! parser of generator output) reads it: a `"` opens a quoted field only as a field's first byte,
 //! `""` inside one is an escaped quote, and after the closing quote the field goes on unquoted.
 //! The persistent framer uses it to see an end-of-item marker line only outside quotes, and the
-//! output parser to refuse output that ends inside a quoted field.
+//! output parser to refuse output that ends inside a quoted field or has text after a closing
+//! quote (`"a"b`, which csv-core would read as `ab`).
 
 /// The quoting state between two bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Quotes {
+enum State {
     /// At the start of a field (or of a line).
     #[default]
     FieldStart,
@@ -18,49 +19,60 @@ pub enum Quotes {
     QuoteInQuoted,
 }
 
+/// The quoting state of the bytes seen so far, and whether any field had text after its
+/// closing quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quotes {
+    state: State,
+    text_after_quote: bool,
+}
+
 impl Quotes {
     /// Consumes `data` up to and including its first line feed outside quotes and returns the
     /// position just after it; `None` (with all of `data` consumed) when it holds none.
     pub fn line_end(&mut self, data: &[u8]) -> Option<usize> {
         let mut i = 0;
         while i < data.len() {
-            match *self {
-                Quotes::Quoted => match memchr::memchr(b'"', &data[i..]) {
+            match self.state {
+                State::Quoted => match memchr::memchr(b'"', &data[i..]) {
                     Some(p) => {
                         i += p + 1;
-                        *self = Quotes::QuoteInQuoted;
+                        self.state = State::QuoteInQuoted;
                     }
                     None => return None,
                 },
-                Quotes::QuoteInQuoted => {
+                State::QuoteInQuoted => {
                     let b = data[i];
                     i += 1;
-                    *self = match b {
-                        b'"' => Quotes::Quoted,
-                        b',' | b'\r' => Quotes::FieldStart,
+                    self.state = match b {
+                        b'"' => State::Quoted,
+                        b',' | b'\r' => State::FieldStart,
                         b'\n' => {
-                            *self = Quotes::FieldStart;
+                            self.state = State::FieldStart;
                             return Some(i);
                         }
-                        _ => Quotes::Unquoted,
+                        _ => {
+                            self.text_after_quote = true;
+                            State::Unquoted
+                        }
                     };
                 }
-                Quotes::FieldStart if data[i] == b'"' => {
+                State::FieldStart if data[i] == b'"' => {
                     i += 1;
-                    *self = Quotes::Quoted;
+                    self.state = State::Quoted;
                 }
-                Quotes::FieldStart | Quotes::Unquoted => {
+                State::FieldStart | State::Unquoted => {
                     match memchr::memchr3(b'\n', b',', b'\r', &data[i..]) {
                         Some(p) => {
                             let b = data[i + p];
                             i += p + 1;
-                            *self = Quotes::FieldStart;
+                            self.state = State::FieldStart;
                             if b == b'\n' {
                                 return Some(i);
                             }
                         }
                         None => {
-                            *self = Quotes::Unquoted;
+                            self.state = State::Unquoted;
                             return None;
                         }
                     }
@@ -79,7 +91,12 @@ impl Quotes {
 
     /// True inside a quoted field that is not closed yet.
     pub fn in_quoted_field(self) -> bool {
-        self == Quotes::Quoted
+        self.state == State::Quoted
+    }
+
+    /// True once a field had text after its closing quote (`"a"b`).
+    pub fn text_after_quote(self) -> bool {
+        self.text_after_quote
     }
 }
 

@@ -617,6 +617,13 @@ impl<'c> StdoutRows<'c> {
     /// Signals the end of stdout (flushes a last record without a newline). Output that ends
     /// inside a quoted field is invalid CSV, not a value that happens to end there: it fails.
     pub fn finish(&mut self, out: &mut RowWriter) {
+        if self.error.is_none() && self.quotes.text_after_quote() {
+            self.error = Some(
+                "bad output: a field has text after its closing quote (as in \"a\"b); quote the \
+                 whole field (\"ab\") or none of it"
+                    .into(),
+            );
+        }
         if self.error.is_none() && self.quotes.in_quoted_field() {
             self.error = Some(format!(
                 "bad output: it ends inside a quoted field (record {}: a \" opened a field and was \
@@ -790,6 +797,15 @@ mod tests {
         assert!(p.feed(b"12345\n", &mut out));
         assert!(!p.feed(b"67890\n", &mut out));
         assert!(p.error.unwrap().contains("max_item_bytes (10 bytes)"));
+    }
+
+    #[test]
+    fn text_after_a_closing_quote_fails_instead_of_being_joined() {
+        let c = cols(&["k", "v"]);
+        for chunk in [1, 4, 64] {
+            let (_, err) = parse_in_chunks(b"8,\"a\"b\n", &c, chunk);
+            assert!(err.unwrap().contains("after its closing quote"));
+        }
     }
 
     #[test]
