@@ -112,7 +112,7 @@ impl Shard {
             ("seed".to_string(), config.seed.to_string()),
             (
                 "plan".to_string(),
-                format!("{}, shard {index} of {num_shards}", config.sharding.name()),
+                plan_fingerprint(config.sharding, index, num_shards),
             ),
         ]
         .into();
@@ -168,11 +168,7 @@ impl Shard {
         .len();
         h.fingerprint.insert(
             "plan".to_string(),
-            format!(
-                "{}, shard {index} of {}",
-                self.config.sharding.name(),
-                self.num_shards
-            ),
+            plan_fingerprint(self.config.sharding, index, self.num_shards),
         );
         h
     }
@@ -195,6 +191,11 @@ impl Shard {
         let last = self.source.key(self.plan.global(self.plan.len() - 1));
         format!("{head}, {first} … {last}")
     }
+}
+
+/// The fingerprint's `plan` component: the sharding, the shard and the shard count.
+fn plan_fingerprint(sharding: crate::config::Sharding, index: u32, num_shards: u32) -> String {
+    format!("{}, shard {index} of {num_shards}", sharding.name())
 }
 
 /// The root directory: `--root` (must exist) or the current directory.

@@ -5,16 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-const MERGE: &str = env!("CARGO_BIN_EXE_merge");
-
-fn merge(p: &Project, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(MERGE)
-        .arg("--root")
-        .arg(p.root())
-        .args(args)
-        .output()
-        .expect("run merge")
-}
+use crate::merge::{merge, MERGE};
 
 /// Regression: merge locked only the shards of its own plan, so a `--force` worker of another
 /// shard count rewrote `process-0.csv` while merge copied it, and merge exited 0 with a torn

@@ -16,6 +16,7 @@ mod final_rows;
 mod output;
 mod parquet;
 mod scan;
+mod threads;
 mod verify;
 
 use std::cmp::Reverse;

@@ -21,8 +21,6 @@ use crate::csv_out::{header_line, RowWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::Record;
 use crate::runs::RunRef;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// Minimum, maximum and mean of a count.
 #[derive(Debug, Default, Serialize)]
@@ -313,40 +311,16 @@ pub(super) fn scan_all(
     parts: Option<&Path>,
     scanned: &(dyn Fn(&Result<ShardScan>) + Sync),
 ) -> Result<Vec<ShardScan>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(shards.len());
-    let next = AtomicUsize::new(0);
-    let done: Mutex<Vec<(usize, Result<ShardScan>)>> = Mutex::new(Vec::new());
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(s) = shards.get(i) else { break };
+    super::threads::each_on_threads("merge-scan", shards, |s| {
         let result = scan::scan(ScanSpec {
             files: s,
             part: parts.map(|final_path| part_spec(dir, s.header.shard, final_path)),
         });
         scanned(&result);
-        done.lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push((i, result));
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            // Without another thread (a process limit), this one does all the work.
-            if std::thread::Builder::new()
-                .name("merge-scan".into())
-                .spawn_scoped(scope, work)
-                .is_err()
-            {
-                break;
-            }
-        }
-        work();
-    });
-    let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, r)| r).collect()
+        result
+    })
+    .into_iter()
+    .collect()
 }
 
 /// The general merge: items of all shards interleaved by index (stride plans, `--dedupe-key`).

@@ -5,8 +5,6 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use super::scan::ShardScan;
 use crate::error::{Error, IoContext, Result};
@@ -21,39 +19,13 @@ pub struct Verified {
 
 /// Checks every committed item of every shard; a refusal names the first item that differs.
 pub fn verify_all(scans: &[ShardScan]) -> Result<Verified> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(scans.len().max(1));
-    let next = AtomicUsize::new(0);
-    let total = Mutex::new(Ok(Verified::default()));
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        let Some(s) = scans.get(i) else { break };
-        let result = verify_shard(s);
-        let mut t = total.lock().unwrap_or_else(|p| p.into_inner());
-        match (&mut *t, result) {
-            (Ok(sum), Ok(v)) => {
-                sum.items += v.items;
-                sum.unchecked += v.unchecked;
-            }
-            (Ok(_), Err(e)) => *t = Err(e),
-            (Err(_), _) => break,
-        }
-    };
-    std::thread::scope(|scope| {
-        for _ in 1..threads {
-            if std::thread::Builder::new()
-                .name("merge-verify".into())
-                .spawn_scoped(scope, work)
-                .is_err()
-            {
-                break;
-            }
-        }
-        work();
-    });
-    total.into_inner().unwrap_or_else(|p| p.into_inner())
+    let mut total = Verified::default();
+    for v in super::threads::each_on_threads("merge-verify", scans, verify_shard) {
+        let v = v?;
+        total.items += v.items;
+        total.unchecked += v.unchecked;
+    }
+    Ok(total)
 }
 
 /// Bytes of a data file read at a time.
