@@ -11,7 +11,7 @@
 //!                                [--workdir DIR]
 //! ```
 //!
-//! The logs are written with `shardrun::log::format_line` in the worker's layout: a `start` line
+//! The logs are written with `shardrun::store::log::format_line` in the worker's layout: a `start` line
 //! (pid 999999 on host `bench-host`, not this machine, so the monitor does not look the pid up in
 //! `/proc` and shows the shard as `running` while its log keeps moving), then `item` lines with
 //! increasing `done` and timestamps 100 ms apart ending now, an `item_failed` line every 997 items
@@ -26,9 +26,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use shardrun::log::{format_line, V};
 use shardrun::monitor::{Monitor, Snapshot, State};
-use shardrun::paths::RunPaths;
+use shardrun::run::paths::RunPaths;
+use shardrun::store::log::{format_line, V};
 
 const RUN: &str = "bench";
 const HOST: &str = "bench-host";

@@ -237,7 +237,7 @@ existing_plans() {
 discard_other_plans() {
   local m name n lock=$DATA_DIR/.locks/run.lock
   # Like a worker, hold the run's lock shared while deleting shard outputs: a merge holds it
-  # exclusive while it reads them (src/lock.rs).
+  # exclusive while it reads them (src/store/lock.rs).
   mkdir -p "$DATA_DIR/.locks"
   exec 7<>"$lock"
   if ! flock -s -n 7; then

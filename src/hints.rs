@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::runs::RunRef;
+use crate::run::runs::RunRef;
 
 /// The launcher command that finishes `run`: re-runs its failed or unfinished shards with the
 /// launcher that last launched it (`--only-failed`), or launches it (workers resume) when no
@@ -70,7 +70,7 @@ fn last_launch(logs_dir: &Path) -> Option<Launch> {
         };
         let Some((ts, _, fields)) = text
             .lines()
-            .filter_map(crate::log::parse_line)
+            .filter_map(crate::store::log::parse_line)
             .rfind(|(_, event, _)| *event == "launch")
         else {
             continue;

@@ -1,37 +1,23 @@
 //! shardrun: split a dataset-generation job into shards, run each shard as its own process,
 //! commit crash-consistently, resume, and merge.
+//!
+//! The layers, from the bottom up (a module only imports from its own layer or below; see
+//! docs/ARCHITECTURE.md):
+//! - [`error`], [`format`]: the typed error and text formats that know nothing of runs;
+//! - [`run`]: the run description (config, items, plan, seeds, types, paths);
+//! - [`store`]: durable state (files, lock, log, manifest, cache);
+//! - [`child`]: spawning and supervising generator processes;
+//! - [`generator`]: the builtins and the command and persistent generators;
+//! - [`worker`], [`merge`], [`monitor`]: the three programs' engines, with [`hints`] for the
+//!   commands they suggest.
 
-pub mod cache;
-pub mod config;
-pub mod copy;
-pub mod csv_out;
-pub mod csv_quotes;
+pub mod child;
 pub mod error;
-pub mod files;
+pub mod format;
 pub mod generator;
-pub mod groups;
-pub mod guard;
 pub mod hints;
-pub mod human;
-pub mod items;
-pub mod lock;
-pub mod log;
-pub mod manifest;
 pub mod merge;
 pub mod monitor;
-pub mod paths;
-pub mod persistent;
-pub mod plan;
-pub mod preflight;
-pub mod proc_info;
-pub mod process;
-pub mod rng;
-pub mod runs;
-pub mod seed;
-pub mod shard;
-pub mod signals;
-pub mod spawn;
-pub mod stderr_cap;
-pub mod stdout;
-pub mod types;
+pub mod run;
+pub mod store;
 pub mod worker;

@@ -176,7 +176,7 @@ fn a_changed_seed_refuses_to_resume_and_says_what_changed() {
     p.run_shard("t.yaml", 0, 1, &["--force"], 0);
     assert!(p
         .read("data/t/process-0.csv")
-        .contains(&format!(",{},", shardrun::seed::item_seed(4, "alpha"))));
+        .contains(&format!(",{},", shardrun::run::seed::item_seed(4, "alpha"))));
 }
 
 #[test]
@@ -265,7 +265,7 @@ fn the_generator_gets_the_item_as_argv_env_and_json_on_stdin() {
         "run: e\nseed: 5\nitems: {product: {t: [A, B], d: [x]}}\ngenerator: {command: [./g.sh, \"{t}-{shard}-{slot}\"]}\noutput: {columns: [a, b]}\n",
     );
     p.run_shard("e.yaml", 1, 2, &[], 0);
-    let seed = shardrun::seed::item_seed(5, "B|x");
+    let seed = shardrun::run::seed::item_seed(5, "B|x");
     assert_eq!(
         p.read("data/e/process-1.csv"),
         format!("a,b\nB|x|1|{seed}|1|2|B-1-0,{{index:1;key:B|x;seed:{seed};fields:{{t:B;d:x}}}}\n")
@@ -375,7 +375,7 @@ fn the_log_follows_the_documented_grammar() {
     let log = p.read("logs/t/shard_0_of_1.log");
     for line in log.lines() {
         let (ts, event, fields) =
-            shardrun::log::parse_line(line).unwrap_or_else(|| panic!("bad line {line}"));
+            shardrun::store::log::parse_line(line).unwrap_or_else(|| panic!("bad line {line}"));
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
         if event == "start" {
             let keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use shardrun::config::OutputFormat;
-use shardrun::human::thousands;
+use shardrun::format::human::thousands;
 use shardrun::merge::{describe_revisions, MergeArgs, Outcome, Stats};
+use shardrun::run::config::OutputFormat;
 
 /// Merges a run's shard outputs into one CSV in global item order, atomically.
 #[derive(Debug, Parser)]
@@ -69,11 +69,11 @@ fn main() {
             if stats.revisions.len() > 1 {
                 eprintln!("merge: warning: {}", mixed_revisions(&stats));
             }
-            shardrun::stdout::print(&summary(&stats));
+            shardrun::format::stdout::print(&summary(&stats));
             0
         }
         Ok(Outcome::AlreadyMerged(msg)) => {
-            shardrun::stdout::println(&msg);
+            shardrun::format::stdout::println(&msg);
             0
         }
         Err(e) => {

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use shardrun::error::{Error, Result};
+use shardrun::format::stdout;
 use shardrun::monitor::screen::Screen;
 use shardrun::monitor::{display, failures, plan_shards, Monitor};
-use shardrun::runs::find_run;
-use shardrun::stdout;
+use shardrun::run::runs::find_run;
 
 /// Shows progress, ETA, rows and the health of every shard of a run.
 #[derive(Debug, Parser)]
@@ -73,11 +73,11 @@ fn run(cli: &Cli) -> Result<i32> {
     }
     if cli
         .num_shards
-        .is_some_and(|n| !(1..=shardrun::config::MAX_SHARDS).contains(&n))
+        .is_some_and(|n| !(1..=shardrun::run::config::MAX_SHARDS).contains(&n))
     {
         return Err(Error::usage(format!(
             "--num-shards must be 1 to {}",
-            shardrun::config::MAX_SHARDS
+            shardrun::run::config::MAX_SHARDS
         )));
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -140,7 +140,7 @@ fn run(cli: &Cli) -> Result<i32> {
     follow(cli, &mut monitor, &stop)
 }
 
-fn shard_count(cli: &Cli, run: &shardrun::runs::RunRef) -> Option<u32> {
+fn shard_count(cli: &Cli, run: &shardrun::run::runs::RunRef) -> Option<u32> {
     cli.num_shards
         .or_else(|| plan_shards(&run.paths))
         .or(run.config.as_ref().and_then(|c| c.shards))
@@ -149,13 +149,13 @@ fn shard_count(cli: &Cli, run: &shardrun::runs::RunRef) -> Option<u32> {
 /// With `--follow` and a named run (`--config` or `--run`) that has not started yet, waits for
 /// its directories to appear (saying so once); false if interrupted meanwhile.
 fn wait_for_start(cli: &Cli, stop: &AtomicBool) -> Result<bool> {
-    let root = shardrun::shard::resolve_root(cli.root.as_deref())?;
+    let root = shardrun::worker::shard::resolve_root(cli.root.as_deref())?;
     let name = match (&cli.config, &cli.run) {
-        (Some(c), None) => shardrun::config::Config::load(c, &root)?.run,
+        (Some(c), None) => shardrun::run::config::Config::load(c, &root)?.run,
         (None, Some(r)) => r.clone(),
         _ => return Ok(true),
     };
-    let paths = shardrun::paths::RunPaths::new(&root, &name);
+    let paths = shardrun::run::paths::RunPaths::new(&root, &name);
     let mut said = false;
     while !paths.data_dir.is_dir() && !paths.logs_dir.is_dir() {
         if !said {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use shardrun::shard::WorkerArgs;
+use shardrun::worker::shard::WorkerArgs;
 
 /// Runs one shard: turns its slice of the work items into `<name>.csv`, resumably.
 #[derive(Debug, Parser)]
@@ -54,8 +54,8 @@ struct Cli {
 
 fn main() {
     // Not a user-facing option: how a worker starts the guard of its generators' groups.
-    if std::env::args().nth(1).as_deref() == Some(shardrun::guard::GUARD_ARG) {
-        std::process::exit(shardrun::guard::run());
+    if std::env::args().nth(1).as_deref() == Some(shardrun::child::guard::GUARD_ARG) {
+        std::process::exit(shardrun::child::guard::run());
     }
     let cli = Cli::parse();
     let args = WorkerArgs {
@@ -73,7 +73,7 @@ fn main() {
         redo_stale: cli.redo_stale,
     };
     let result = if cli.check {
-        shardrun::preflight::run(&args)
+        shardrun::worker::preflight::run(&args)
     } else {
         shardrun::worker::run(&args)
     };

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::csv_out::RowWriter;
-use crate::items::Item;
-use crate::process::{run_attempt, AttemptSpec, Ended};
-use crate::spawn::Environ;
+use crate::child::spawn::Environ;
+use crate::child::supervise::{run_attempt, AttemptSpec, Ended};
+use crate::format::csv_out::RowWriter;
+use crate::run::items::Item;
 
 /// How long a generator's leftovers may hold its stdout after it exits.
 const EXIT_GRACE: Duration = Duration::from_millis(500);
@@ -185,7 +185,7 @@ pub const MAX_START_FAILURES: u32 = 3;
 /// What one slot keeps between items: its persistent generator process, if any.
 #[derive(Default)]
 pub struct Slot {
-    server: Option<crate::persistent::Server>,
+    server: Option<crate::generator::persistent::Server>,
     start_failures: u32,
     /// The CSV parser, kept across items: building one costs more than a whole protocol
     /// round trip, resetting it nothing.
@@ -255,7 +255,7 @@ impl CommandGen {
         // Attempts add no `PATH` to the environment, so the worker's `PATH`, which
         // `resolve_program` searches, is the one they would search too.
         let program = match argv.first().and_then(Template::is_literal) {
-            Some(program) => crate::process::resolve_program(program, root)
+            Some(program) => crate::child::supervise::resolve_program(program, root)
                 .map_err(|e| format!("generator.command[0]: {e}"))?,
             None => {
                 return Err(
@@ -299,7 +299,7 @@ impl CommandGen {
         on_stderr: &mut dyn FnMut(&[u8]),
         out: &mut RowWriter,
     ) -> Result<(), AttemptError> {
-        use crate::persistent::{ServeError, Server, ServerSpec};
+        use crate::generator::persistent::{ServeError, Server, ServerSpec};
         let server = slot.server.get_or_insert_with(|| {
             let argv = self
                 .argv
@@ -521,7 +521,7 @@ pub struct StdoutRows<'c> {
     ends_len: usize,
     records: u64,
     /// Whether the output so far ends inside a quoted field.
-    quotes: crate::csv_quotes::Quotes,
+    quotes: crate::format::csv_quotes::Quotes,
     /// Bytes of output taken so far, and the most allowed.
     taken: u64,
     limit: u64,
@@ -545,7 +545,7 @@ impl<'c> StdoutRows<'c> {
             out_len: 0,
             ends_len: 0,
             records: 0,
-            quotes: crate::csv_quotes::Quotes::default(),
+            quotes: crate::format::csv_quotes::Quotes::default(),
             taken: 0,
             limit: u64::MAX,
             error: None,

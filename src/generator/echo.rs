@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{Map, Value};
 
 use super::{positive_int_param, Builtin};
-use crate::csv_out::RowWriter;
-use crate::items::Item;
-use crate::types::ColumnType;
+use crate::format::csv_out::RowWriter;
+use crate::run::items::Item;
+use crate::run::types::ColumnType;
 
 /// The echo generator.
 #[derive(Debug)]
@@ -85,6 +85,7 @@ mod tests {
         e.generate(&item, &mut out, &AtomicBool::new(false))
             .unwrap();
         let rows = String::from_utf8(out.take().0).unwrap();
-        crate::types::check_rows(&e.columns(), &e.column_types(), rows.as_bytes(), true).unwrap();
+        crate::run::types::check_rows(&e.columns(), &e.column_types(), rows.as_bytes(), true)
+            .unwrap();
     }
 }

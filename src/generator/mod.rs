@@ -3,21 +3,22 @@
 
 pub mod command;
 pub mod echo;
+pub mod persistent;
 pub mod vitals;
 
 use std::sync::atomic::AtomicBool;
 
 use serde_json::{Map, Value};
 
-use crate::csv_out::RowWriter;
-use crate::items::Item;
+use crate::format::csv_out::RowWriter;
+use crate::run::items::Item;
 
 /// An embedded generator. Implementations are deterministic functions of the item.
 pub trait Builtin: Send + Sync {
     /// The CSV header.
     fn columns(&self) -> Vec<String>;
     /// The type of each column (see `types.rs`); the worker checks the rows against them.
-    fn column_types(&self) -> Vec<crate::types::ColumnType>;
+    fn column_types(&self) -> Vec<crate::run::types::ColumnType>;
     /// Writes the item's rows (each with `columns().len()` fields) to `out`. A long item checks
     /// `stop` (raised by SIGINT/SIGTERM) now and then and gives up early with an error.
     fn generate(&self, item: &Item, out: &mut RowWriter, stop: &AtomicBool) -> Result<(), String>;

@@ -8,17 +8,17 @@
 //! window. See `docs/VITALS.md` for the model and the columns.
 //!
 //! The output is a pure function of (`item.key`, `item.seed`, params) and uses only the frozen
-//! generator of [`crate::rng`] and correctly rounded float operations, so it is identical on every
+//! generator of [`crate::run::rng`] and correctly rounded float operations, so it is identical on every
 //! platform and in every version: the tests pin it.
 
 use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Builtin;
-use crate::csv_out::RowWriter;
-use crate::items::Item;
-use crate::rng::Rng;
-use crate::types::ColumnType;
+use crate::format::csv_out::RowWriter;
+use crate::run::items::Item;
+use crate::run::rng::Rng;
+use crate::run::types::ColumnType;
 
 /// Parameter names, in documentation order.
 const KNOWN_PARAMS: [&str; 5] = ["hours", "window", "step", "horizon", "episode_rate"];
@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(types.len(), v.columns().len());
         for seed in 0..20 {
             let rows = gen(&v, seed);
-            crate::types::check_rows(&v.columns(), &types, rows.as_bytes(), true).unwrap();
+            crate::run::types::check_rows(&v.columns(), &types, rows.as_bytes(), true).unwrap();
         }
     }
 

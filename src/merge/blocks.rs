@@ -14,11 +14,11 @@ use super::final_rows::{self, FinalRows};
 use super::output::{scan_all, OldOutput, TempFiles, Temps, Written};
 use super::scan::{PartSpec, ShardScan};
 use super::{PlanOnDisk, ShardFiles};
-use crate::copy::RangeCopier;
-use crate::csv_out::header_line;
 use crate::error::{IoContext, Result};
-use crate::plan::ShardPlan;
-use crate::runs::RunRef;
+use crate::format::csv_out::header_line;
+use crate::merge::copy::RangeCopier;
+use crate::run::plan::ShardPlan;
+use crate::run::runs::RunRef;
 
 /// Where shard `shard`'s rows of `manifest_final.csv` go: shard 0's rows start the final file
 /// itself (after the header row), so only the other shards' rows are copied into it.
@@ -74,7 +74,7 @@ pub(super) fn write_blocks(
         segments.push((s.data.clone(), s.header.data_start, len));
     }
     let start_copy = || -> Result<BackgroundCopy> {
-        let mut out = crate::files::create(&temps.out)?;
+        let mut out = crate::store::files::create(&temps.out)?;
         out.write_all(&header).ctx("cannot write", &temps.out)?;
         BackgroundCopy::start(out, &temps.out, segments.clone())
     };
@@ -130,10 +130,14 @@ fn assemble_manifest_final(
     // Shard 0's part is the start of the file (header row included) when it is present.
     let starts = scans[0].header.shard == 0;
     let out = if starts {
-        crate::files::open(crate::files::options().write(true), path, "cannot open")?
+        crate::store::files::open(
+            crate::store::files::options().write(true),
+            path,
+            "cannot open",
+        )?
     } else {
         rows.header();
-        crate::files::create(path)?
+        crate::store::files::create(path)?
     };
     let mut copier = RangeCopier::new(out, path)?;
     let mut incomplete = Vec::new();
@@ -175,7 +179,7 @@ fn copy_in_order(
     old: &Option<OldOutput>,
     scans: &[ShardScan],
 ) -> Result<u64> {
-    let out = crate::files::create(path)?;
+    let out = crate::store::files::create(path)?;
     let mut copier = RangeCopier::new(out, path)?;
     copier.write_bytes(header)?;
     if let Some(o) = old {
@@ -282,7 +286,7 @@ pub(super) fn logs_say_complete(run: &RunRef, plan: &PlanOnDisk) -> bool {
 
 /// Whether a log line is the `finish` line of a shard that completed.
 fn finished_complete(line: &str) -> bool {
-    crate::log::parse_line(line).is_some_and(|(_, event, fields)| {
+    crate::store::log::parse_line(line).is_some_and(|(_, event, fields)| {
         let get = |k: &str| {
             fields
                 .iter()

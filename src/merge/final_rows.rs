@@ -5,9 +5,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::csv_out::RowWriter;
 use crate::error::{IoContext, Result};
-use crate::manifest::{Record, RecordRef};
+use crate::format::csv_out::RowWriter;
+use crate::store::manifest::{Record, RecordRef};
 
 /// Column names of `manifest_final.csv`.
 pub const COLUMNS: [&str; 10] = [

@@ -12,6 +12,7 @@
 //! that a crash during the clean-up is finished by the next merge.
 
 mod blocks;
+mod copy;
 mod final_rows;
 mod output;
 mod parquet;
@@ -26,13 +27,13 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::OutputFormat;
 use crate::error::{Error, IoContext, Result};
-use crate::lock::ShardLock;
-use crate::manifest::Header;
-use crate::paths::{validate_name, RunPaths};
-use crate::plan::ShardPlan;
-use crate::runs::{find_run, RunRef};
+use crate::run::config::OutputFormat;
+use crate::run::paths::{validate_name, RunPaths};
+use crate::run::plan::ShardPlan;
+use crate::run::runs::{find_run, RunRef};
+use crate::store::lock::ShardLock;
+use crate::store::manifest::Header;
 pub use output::{describe_revisions, RevisionCount, Stats};
 use scan::ShardScan;
 
@@ -255,8 +256,8 @@ pub struct ShardFiles {
 
 impl ShardFiles {
     fn read(manifest: &Path, data_dir: &Path) -> Result<Self> {
-        let header =
-            crate::manifest::read_header(manifest).ok_or_else(|| scan::no_header(manifest))?;
+        let header = crate::store::manifest::read_header(manifest)
+            .ok_or_else(|| scan::no_header(manifest))?;
         Ok(ShardFiles {
             data: data_dir.join(format!("{}.csv", header.name)),
             manifest: manifest.to_path_buf(),
@@ -324,7 +325,7 @@ fn check_headers(run: &RunRef, shards: &[ShardFiles]) -> Result<()> {
 /// With `--config`, checks that the shards were written under that configuration's identity
 /// (items, generator, seed, sharding, columns), not only its run name. The generator revision
 /// may differ (a fixed script): merge reports revisions separately.
-fn check_config(run: &RunRef, cfg: &crate::config::Config, header: &Header) -> Result<()> {
+fn check_config(run: &RunRef, cfg: &crate::run::config::Config, header: &Header) -> Result<()> {
     let mismatch = |what: &str, shards: &str, config: &str| {
         Error::Refused(format!(
             "the shards of run {:?} were written under another configuration than {}: {what} \
@@ -354,14 +355,14 @@ fn check_config(run: &RunRef, cfg: &crate::config::Config, header: &Header) -> R
     // The full identity needs the items and the generator resolved as a worker would; when that
     // is not possible here (a generator's program missing on this machine), the checks above
     // are what can be told.
-    let args = crate::shard::WorkerArgs {
+    let args = crate::worker::shard::WorkerArgs {
         config: cfg.path.clone(),
         shard_index: Some(header.shard),
         num_shards: Some(header.num_shards),
         root: Some(run.root.clone()),
         ..Default::default()
     };
-    let Ok(shard) = crate::shard::Shard::resolve(&args) else {
+    let Ok(shard) = crate::worker::shard::Shard::resolve(&args) else {
         return Ok(());
     };
     for (key, what) in [("items", "the item source"), ("generator", "the generator")] {
@@ -459,7 +460,7 @@ fn recorded_format(paths: &RunPaths) -> Option<OutputFormat> {
 
 /// The column types the shards recorded (all `string` in manifests written before types
 /// existed); shards that recorded different types refuse the merge.
-fn column_types(shards: &[ShardFiles]) -> Result<Vec<crate::types::ColumnType>> {
+fn column_types(shards: &[ShardFiles]) -> Result<Vec<crate::run::types::ColumnType>> {
     let mut typed = shards.iter().filter(|s| !s.header.types.is_empty());
     let Some(first) = typed.next() else {
         return Ok(vec![Default::default(); shards[0].header.columns.len()]);
@@ -480,10 +481,15 @@ fn list(v: &[u32]) -> String {
 }
 
 /// Global item indices in order, each with the shard that should hold it.
-pub fn shard_of(sharding: crate::config::Sharding, n: u64, num_shards: u32, index: u64) -> u32 {
+pub fn shard_of(
+    sharding: crate::run::config::Sharding,
+    n: u64,
+    num_shards: u32,
+    index: u64,
+) -> u32 {
     match sharding {
-        crate::config::Sharding::Stride => (index % u64::from(num_shards)) as u32,
-        crate::config::Sharding::Contiguous => {
+        crate::run::config::Sharding::Stride => (index % u64::from(num_shards)) as u32,
+        crate::run::config::Sharding::Contiguous => {
             // The first n % N shards hold q + 1 items, the rest q.
             let k = u64::from(num_shards);
             let (q, r) = (n / k, n % k);
@@ -502,7 +508,7 @@ pub fn shard_of(sharding: crate::config::Sharding, n: u64, num_shards: u32, inde
 pub struct Interleave {
     streams: Vec<Items>,
     heap: BinaryHeap<Reverse<(u64, usize)>>,
-    heads: Vec<Option<crate::manifest::Record>>,
+    heads: Vec<Option<crate::store::manifest::Record>>,
 }
 
 /// Shards up to which each shard's manifest is parsed on a thread of its own.
@@ -521,7 +527,7 @@ enum Items {
 }
 
 impl Items {
-    fn next_record(&mut self) -> Result<Option<crate::manifest::Record>> {
+    fn next_record(&mut self) -> Result<Option<crate::store::manifest::Record>> {
         match self {
             Items::Direct(s) => s.next_record(),
             Items::Ahead(s) => s.next_record(),
@@ -569,7 +575,7 @@ impl Interleave {
     }
 
     /// The next committed item in global order, with its shard slot.
-    pub fn next_item(&mut self) -> Result<Option<(usize, crate::manifest::Record)>> {
+    pub fn next_item(&mut self) -> Result<Option<(usize, crate::store::manifest::Record)>> {
         let Some(Reverse((_, slot))) = self.heap.pop() else {
             return Ok(None);
         };
@@ -664,7 +670,7 @@ fn write_marker(
     }
     let marker = paths.data_dir.join(MARKER);
     let tmp = paths.data_dir.join(format!("{MARKER}.tmp"));
-    let mut f = crate::files::create(&tmp)?;
+    let mut f = crate::store::files::create(&tmp)?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .ctx("cannot write", &tmp)?;
@@ -708,7 +714,7 @@ pub fn plan_of(scan: &ShardScan) -> ShardPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Sharding;
+    use crate::run::config::Sharding;
 
     #[test]
     fn shard_of_inverts_the_plan() {

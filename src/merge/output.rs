@@ -3,7 +3,7 @@
 //! shards' items by index (stride plans, `--dedupe-key`). Contiguous plans are merged block by
 //! block ([`super::blocks`]).
 
-use crate::config::OutputFormat;
+use crate::run::config::OutputFormat;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -15,12 +15,12 @@ use super::blocks::{logs_say_complete, part_spec, write_blocks};
 use super::final_rows::FinalRows;
 use super::scan::{self, ScanSpec, ShardScan};
 use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
-use crate::config::Sharding;
-use crate::copy::RangeCopier;
-use crate::csv_out::{header_line, RowWriter};
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::Record;
-use crate::runs::RunRef;
+use crate::format::csv_out::{header_line, RowWriter};
+use crate::merge::copy::RangeCopier;
+use crate::run::config::Sharding;
+use crate::run::runs::RunRef;
+use crate::store::manifest::Record;
 
 /// Minimum, maximum and mean of a count.
 #[derive(Debug, Default, Serialize)]
@@ -121,7 +121,7 @@ pub fn describe_revisions(revisions: &[RevisionCount]) -> String {
         .map(|r| {
             format!(
                 "{} item{} by {}",
-                crate::human::thousands(r.items),
+                crate::format::human::thousands(r.items),
                 if r.items == 1 { "" } else { "s" },
                 if r.revision.is_empty() {
                     "an unrecorded revision"
@@ -280,7 +280,7 @@ pub fn write(
             .collect(),
     };
     let json = serde_json::to_vec_pretty(&stats).unwrap_or_default();
-    let mut f = crate::files::create(&temps.stats)?;
+    let mut f = crate::store::files::create(&temps.stats)?;
     f.write_all(&json)
         .and_then(|_| f.write_all(b"\n"))
         .and_then(|_| f.sync_all())
@@ -331,7 +331,7 @@ fn write_interleaved(
     temps: &Temps,
 ) -> Result<Written> {
     let header = header_line(&scans[0].header.columns);
-    let out = crate::files::create(&temps.out)?;
+    let out = crate::store::files::create(&temps.out)?;
     let mut copier = RangeCopier::new(out, &temps.out)?;
     copier.write_bytes(&header)?;
     let old_slot = match old {
@@ -351,7 +351,7 @@ fn write_interleaved(
         None => Vec::new(),
     };
     let mf_path = &temps.manifest_final;
-    let mut mf = crate::files::create(mf_path)?;
+    let mut mf = crate::store::files::create(mf_path)?;
     let mut rows = FinalRows::new();
     rows.header();
     let mut dedupe = match dedupe_col {
@@ -617,7 +617,7 @@ fn wall_time(run: &RunRef, plan: &PlanOnDisk) -> Option<f64> {
             .read_to_string(&mut text)
             .ok()?;
         for line in text.lines() {
-            let Some((ts, event, _)) = crate::log::parse_line(line) else {
+            let Some((ts, event, _)) = crate::store::log::parse_line(line) else {
                 continue;
             };
             let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) else {

@@ -22,7 +22,7 @@ use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
 use crate::error::{Error, IoContext, Result};
-use crate::types::{ColumnType, Value};
+use crate::run::types::{ColumnType, Value};
 
 /// Rows per row group at most (and at most [`GROUP_BYTES`] of buffered rows, counted with their
 /// per-value overhead): large enough for readers to scan fast, small enough to bound the merge's
@@ -47,7 +47,7 @@ pub(super) fn write_from_csv(
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_reader(BufReader::with_capacity(1 << 20, input));
-    let file = crate::files::create(out)?;
+    let file = crate::store::files::create(out)?;
     let mut writer = SerializedFileWriter::new(
         BufWriter::with_capacity(1 << 20, file),
         schema(columns, types).map_err(fail)?,

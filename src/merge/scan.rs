@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use super::final_rows::FinalRows;
 use super::ShardFiles;
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{self, Header, Lines, Record, Status};
-use crate::plan::ShardPlan;
+use crate::run::plan::ShardPlan;
+use crate::store::manifest::{self, Header, Lines, Record, Status};
 
 /// One shard as merge sees it.
 #[derive(Debug)]
@@ -383,7 +383,7 @@ const WRITEBACK: u64 = 16 << 20;
 impl PartWriter {
     fn create(spec: &PartSpec, first: u64) -> Result<Self> {
         let path = &spec.path;
-        let mut file = crate::files::create(path)?;
+        let mut file = crate::store::files::create(path)?;
         file.write_all(&spec.prefix).ctx("cannot write", path)?;
         Ok(PartWriter {
             file,
@@ -425,7 +425,7 @@ impl PartWriter {
     fn write(&mut self, force: bool) -> Result<()> {
         self.len += self.rows.flush_to(&mut self.file, &self.path, force)?;
         if self.writeback && self.len - self.written_back >= WRITEBACK {
-            crate::copy::start_writeback(&self.file, self.written_back, self.len);
+            crate::merge::copy::start_writeback(&self.file, self.written_back, self.len);
             self.written_back = self.len;
         }
         Ok(())

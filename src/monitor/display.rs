@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{ShardView, Snapshot, State};
-use crate::human::thousands;
+use crate::format::human::thousands;
 
 /// `1:02:03`, `4:05`, or `unknown`.
 pub fn eta(secs: Option<f64>) -> String {
@@ -184,5 +184,5 @@ pub fn table(s: &Snapshot) -> String {
 
 /// One timestamped line per refresh, for logs and pipes.
 pub fn plain_line(s: &Snapshot) -> String {
-    format!("{} {}\n", crate::log::timestamp(), summary_line(s))
+    format!("{} {}\n", crate::store::log::timestamp(), summary_line(s))
 }

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{IoContext, Result};
-use crate::manifest::{Lines, Status};
-use crate::paths::RunPaths;
+use crate::run::paths::RunPaths;
+use crate::store::manifest::{Lines, Status};
 
 /// Stderr lines of an item kept as text in the report (the end of a traceback says the most).
 pub const STDERR_TAIL: usize = 5;
@@ -95,7 +95,7 @@ fn failed_in_manifest(
     let log = paths.log(shard, num_shards);
     // Only failures are kept: an ok record of the same item removes it again.
     let mut failed: BTreeMap<u64, FailedItem> = BTreeMap::new();
-    let scanned = crate::manifest::scan(&path, |rec, _| match rec.status {
+    let scanned = crate::store::manifest::scan(&path, |rec, _| match rec.status {
         Status::Ok => {
             failed.remove(&rec.index);
         }
@@ -163,7 +163,7 @@ fn locate_in_log(log: &Path, items: &mut [FailedItem]) -> Result<()> {
             continue;
         }
         let text = String::from_utf8_lossy(line);
-        let Some((_, _, fields)) = crate::log::parse_line(&text) else {
+        let Some((_, _, fields)) = crate::store::log::parse_line(&text) else {
             continue;
         };
         let get = |k: &str| fields.iter().find(|(f, _)| *f == k).map(|(_, v)| v);
@@ -263,7 +263,8 @@ pub fn show_command(item: &FailedItem, cwd: Option<&Path>) -> Option<String> {
         return Some(format!("sed -n '{}' {log}", script.join(";")));
     }
     // The key field exactly as the log writes it; every event involved has a field after it.
-    let field = crate::log::format_line("", "", &[("key", crate::log::V::S(&item.key))]);
+    let field =
+        crate::store::log::format_line("", "", &[("key", crate::store::log::V::S(&item.key))]);
     let field = format!("{} ", field.trim());
     Some(format!(
         "sed -n '{first},{last}p' {log} | grep -F -e {}",
@@ -279,7 +280,7 @@ pub fn text(f: &Failures) -> String {
         out,
         "run {}: {} failed item{} in {} of {} shard{} (the latest record of each item){}",
         f.run,
-        crate::human::thousands(f.failed_items),
+        crate::format::human::thousands(f.failed_items),
         if f.failed_items == 1 { "" } else { "s" },
         f.shards_with_failures,
         f.num_shards,

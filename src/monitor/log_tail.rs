@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, FixedOffset};
 
-use crate::log::parse_line;
+use crate::store::log::parse_line;
 
 /// How much of a log's end the first read parses line by line.
 const TAIL: u64 = 64 << 10;
@@ -299,7 +299,7 @@ fn scan_head(file: &File, end: u64, bytes_read: &mut u64) -> Option<(Vec<u8>, u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::{format_line, V};
+    use crate::store::log::{format_line, V};
     use std::io::Write;
 
     fn line(ts: &str, event: &str, fields: &[(&str, V<'_>)]) -> String {

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, Sharding};
-use crate::paths::RunPaths;
-use crate::plan::ShardPlan;
+use crate::run::config::{Config, Sharding};
+use crate::run::paths::RunPaths;
+use crate::run::plan::ShardPlan;
 use log_tail::LogTail;
 
 /// A shard's state.
@@ -118,7 +118,7 @@ impl Plan {
         let from_manifest = paths.manifests().ok().and_then(|list| {
             list.into_iter()
                 .filter(|(_, n, _)| *n == num_shards)
-                .find_map(|(_, _, path)| crate::manifest::read_header(&path))
+                .find_map(|(_, _, path)| crate::store::manifest::read_header(&path))
                 .filter(|h| h.num_shards == num_shards)
                 .map(|h| Plan {
                     n_items: h.source_items,
@@ -127,7 +127,7 @@ impl Plan {
         });
         from_manifest.or_else(|| {
             let c = config?;
-            let source = crate::items::ItemSource::load(&c.items, c.seed).ok()?;
+            let source = crate::run::items::ItemSource::load(&c.items, c.seed).ok()?;
             Some(Plan {
                 n_items: source.len(),
                 sharding: c.sharding,
@@ -175,8 +175,8 @@ fn count_manifest<'c>(
     let len = std::fs::metadata(path).ok()?.len();
     if cache.as_ref().map(|c| c.len) != Some(len) {
         let (mut ok, mut rows) = (0, 0);
-        let (header, _, _) = crate::manifest::scan(path, |r, _| {
-            if r.status == crate::manifest::Status::Ok {
+        let (header, _, _) = crate::store::manifest::scan(path, |r, _| {
+            if r.status == crate::store::manifest::Status::Ok {
                 ok += 1;
                 rows += r.rows;
             }
@@ -205,7 +205,7 @@ impl Monitor {
                 .map(|i| LogTail::new(&paths.log(i, num_shards)))
                 .collect(),
             stall,
-            host: crate::proc_info::hostname(),
+            host: crate::child::proc_info::hostname(),
             cpu_prev: vec![None; num_shards as usize],
             manifests: (0..num_shards).map(|_| None).collect(),
         }
@@ -311,7 +311,8 @@ impl Monitor {
                 _ => State::Failed,
             },
             (_, Some(st), None) => {
-                let gone = local && !crate::proc_info::is_same_process(st.pid, &st.pid_start);
+                let gone =
+                    local && !crate::child::proc_info::is_same_process(st.pid, &st.pid_start);
                 if gone || (!local && stalled_for) {
                     State::Died
                 } else {
@@ -351,7 +352,7 @@ impl Monitor {
             host: start.map(|st| st.host.clone()),
             cpu_pct: None,
             rss_bytes: if live {
-                start.and_then(|st| crate::proc_info::rss_bytes(st.pid))
+                start.and_then(|st| crate::child::proc_info::rss_bytes(st.pid))
             } else {
                 None
             },
@@ -365,11 +366,11 @@ impl Monitor {
             self.cpu_prev[i] = None;
             return;
         };
-        let Some((ticks, age_s)) = crate::proc_info::cpu_ticks(pid) else {
+        let Some((ticks, age_s)) = crate::child::proc_info::cpu_ticks(pid) else {
             return;
         };
         let now = std::time::Instant::now();
-        let hz = crate::proc_info::clock_ticks_per_second();
+        let hz = crate::child::proc_info::clock_ticks_per_second();
         view.cpu_pct = match self.cpu_prev[i] {
             Some((p, t0, when)) if p == pid && now > when => Some(
                 100.0 * (ticks.saturating_sub(t0)) as f64
@@ -407,7 +408,7 @@ pub fn plan_shards(paths: &RunPaths) -> Option<u32> {
     let from_launcher = status
         .lines()
         .rev()
-        .filter_map(crate::log::parse_line)
+        .filter_map(crate::store::log::parse_line)
         .find(|(_, e, _)| *e == "launch")
         .and_then(|(_, _, f)| {
             f.iter()

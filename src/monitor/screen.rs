@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use super::display::{eta, eta_text, items_failed, items_of, pct, shorten, state_name, symbol};
 use super::{ShardView, Snapshot, State};
-use crate::human::thousands;
+use crate::format::human::thousands;
 
 /// Characters of a progress bar.
 const BAR: usize = 16;
@@ -265,7 +265,7 @@ impl Screen {
             text.push('\n');
         }
         self.drawn = lines.len();
-        crate::stdout::print(&text);
+        crate::format::stdout::print(&text);
     }
 }
 

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value as Yaml;
 
 use crate::error::{Error, Result};
-use crate::paths::validate_name;
-use crate::types::ColumnType;
+use crate::run::paths::validate_name;
+use crate::run::types::ColumnType;
 
 // ---------------------------------------------------------------------------------------------
 // Raw: mirrors the YAML file.
@@ -450,12 +450,15 @@ fn resolve_columns(entries: &[Yaml]) -> Result<(Vec<String>, Vec<ColumnType>), S
                     .and_then(Yaml::as_str)
                     .ok_or_else(|| format!("{at}: needs `name: <column name>` (a string)"))?;
                 let ty = m.get("type").and_then(Yaml::as_str).ok_or_else(|| {
-                    format!("{at}: needs `type:` (one of {})", crate::types::TYPE_NAMES)
+                    format!(
+                        "{at}: needs `type:` (one of {})",
+                        crate::run::types::TYPE_NAMES
+                    )
                 })?;
                 let ty = ColumnType::from_name(ty).ok_or_else(|| {
                     format!(
                         "{at}: type {ty:?} of column {name:?} is not a type (one of {})",
-                        crate::types::TYPE_NAMES
+                        crate::run::types::TYPE_NAMES
                     )
                 })?;
                 (name.to_string(), ty)

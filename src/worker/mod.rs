@@ -1,22 +1,25 @@
 //! Running one shard: lock it, open its store, produce the pending items (cache first, then the
 //! generator, `jobs` at a time), group-commit them, and report through the log.
 
+pub mod preflight;
+pub mod shard;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::cache::{self, Cache};
-use crate::config::Halt;
-use crate::csv_out::RowWriter;
+use crate::child::signals::Interrupt;
+use crate::child::stderr_cap::StderrCap;
 use crate::error::{Error, ExitCode, IoContext, Result};
+use crate::format::csv_out::RowWriter;
 use crate::generator::command::{AttemptError, Slot};
-use crate::items::Item;
-use crate::lock::ShardLock;
-use crate::log::{EventLog, V};
-use crate::manifest::{self, Record, ShardStore, Status};
-use crate::shard::{Generator, Shard, WorkerArgs, VERSION};
-use crate::signals::Interrupt;
-use crate::stderr_cap::StderrCap;
+use crate::run::config::Halt;
+use crate::run::items::Item;
+use crate::store::cache::{self, Cache};
+use crate::store::lock::ShardLock;
+use crate::store::log::{EventLog, V};
+use crate::store::manifest::{self, Record, ShardStore, Status};
+use crate::worker::shard::{Generator, Shard, WorkerArgs, VERSION};
 
 /// Commit at least this often while items complete.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
@@ -39,7 +42,7 @@ pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
     }
     let shard = Shard::resolve(args)?;
     if args.dry_run {
-        crate::stdout::println(&shard.describe());
+        crate::format::stdout::println(&shard.describe());
         return Ok(ExitCode::Ok);
     }
     let interrupt = Interrupt::install()?;
@@ -48,10 +51,10 @@ pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
 
 /// `--describe`: what scripts need to know about a run, as `key=value` lines.
 fn describe(args: &WorkerArgs) -> Result<ExitCode> {
-    let root = crate::shard::resolve_root(args.root.as_deref())?;
-    let config = crate::config::Config::load(&args.config, &root)?;
-    let paths = crate::paths::RunPaths::new(&root, &config.run);
-    crate::stdout::print(&format!(
+    let root = crate::worker::shard::resolve_root(args.root.as_deref())?;
+    let config = crate::run::config::Config::load(&args.config, &root)?;
+    let paths = crate::run::paths::RunPaths::new(&root, &config.run);
+    crate::format::stdout::print(&format!(
         "run={}\nshards={}\ndata_dir={}\nlogs_dir={}\n",
         config.run,
         config.shards.map(|n| n.to_string()).unwrap_or_default(),
@@ -109,8 +112,8 @@ impl Me {
         let pid = std::process::id();
         Me {
             pid,
-            pid_start: crate::proc_info::start_time(pid).unwrap_or_else(|| "0".into()),
-            host: crate::proc_info::hostname(),
+            pid_start: crate::child::proc_info::start_time(pid).unwrap_or_else(|| "0".into()),
+            host: crate::child::proc_info::hostname(),
         }
     }
 }
@@ -126,7 +129,7 @@ fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<Ex
         "pid {} on host {} (since {})",
         me.pid,
         me.host,
-        crate::log::timestamp()
+        crate::store::log::timestamp()
     );
     // Shared with the run's other workers, whatever their plan; a merge takes it exclusive.
     let _run_lock = ShardLock::share_run(&paths.locks_dir(), &shard.config.run)?;
@@ -206,10 +209,10 @@ fn execute(shard: &Shard, args: &WorkerArgs, interrupt: &Interrupt) -> Result<Ex
     }
     if matches!(shard.generator, Generator::Command(_)) && done < total {
         // Whatever the generators start in the background dies with them, even if this
-        // worker is SIGKILLed (see src/guard.rs). Best effort: without it, only that case
+        // worker is SIGKILLed (see src/child/guard.rs). Best effort: without it, only that case
         // changes.
-        match crate::guard::start() {
-            Ok((pipe, pid)) => crate::groups::set_guard(pipe, pid),
+        match crate::child::guard::start() {
+            Ok((pipe, pid)) => crate::child::groups::set_guard(pipe, pid),
             Err(e) => log.event(
                 "warning",
                 &[(
@@ -283,7 +286,7 @@ fn write_run_record(shard: &Shard) -> Result<()> {
         .data_dir
         .join(format!(".run.json.{}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(&record).unwrap_or_default();
-    let mut f = crate::files::create(&tmp)?;
+    let mut f = crate::store::files::create(&tmp)?;
     std::io::Write::write_all(&mut f, &text)
         .and_then(|_| std::fs::rename(&tmp, &path))
         .ctx("cannot write the run record", &path)
@@ -316,7 +319,10 @@ impl Committed {
         self.0.iter().map(|w| u64::from(w.count_ones())).sum()
     }
     /// Global indices of the shard's items that are not committed, in shard order.
-    fn pending<'p>(&'p self, plan: &'p crate::plan::ShardPlan) -> impl Iterator<Item = u64> + 'p {
+    fn pending<'p>(
+        &'p self,
+        plan: &'p crate::run::plan::ShardPlan,
+    ) -> impl Iterator<Item = u64> + 'p {
         (0..self.1)
             .filter(|&p| !self.get(p))
             .map(|p| plan.global(p))
@@ -327,7 +333,7 @@ impl Committed {
 /// latest record of an item counts (a failure after a commit, or a second commit made by
 /// `--redo-stale`, supersedes the earlier record).
 struct Resumed<'a> {
-    plan: &'a crate::plan::ShardPlan,
+    plan: &'a crate::run::plan::ShardPlan,
     revision: &'a str,
     committed: Committed,
     /// Committed items that an older revision made.
@@ -339,7 +345,7 @@ struct Resumed<'a> {
 }
 
 impl<'a> Resumed<'a> {
-    fn new(plan: &'a crate::plan::ShardPlan, revision: &'a str) -> Self {
+    fn new(plan: &'a crate::run::plan::ShardPlan, revision: &'a str) -> Self {
         Resumed {
             plan,
             revision,
@@ -620,11 +626,11 @@ impl Run<'_> {
                 // A value that does not read as its column's type fails the item here, so that
                 // merge (and the cache) never meet it. A builtin writes its own typed values.
                 let checked = match self.shard.generator {
-                    Generator::Command(_) => crate::types::check_rows(
+                    Generator::Command(_) => crate::run::types::check_rows(
                         &self.shard.columns,
                         &self.shard.types,
                         &rows,
-                        self.shard.config.format != crate::config::OutputFormat::Csv,
+                        self.shard.config.format != crate::run::config::OutputFormat::Csv,
                     ),
                     Generator::Builtin(_) => Ok(()),
                 };
@@ -1053,9 +1059,9 @@ fn produce(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Sharding;
-    use crate::manifest::RecordRef;
-    use crate::plan::ShardPlan;
+    use crate::run::config::Sharding;
+    use crate::run::plan::ShardPlan;
+    use crate::store::manifest::RecordRef;
 
     fn rec(index: u64, status: Status, rows: u64, rev: &str) -> RecordRef<'_> {
         RecordRef {

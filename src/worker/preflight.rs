@@ -8,9 +8,9 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::GeneratorKind;
 use crate::error::{Error, ExitCode, Result};
-use crate::shard::{Shard, WorkerArgs};
+use crate::run::config::GeneratorKind;
+use crate::worker::shard::{Shard, WorkerArgs};
 
 /// Runs the checks; without `--shard-index` but with `--num-shards N`, for every shard of the
 /// plan (the configuration and items are read once).
@@ -47,7 +47,7 @@ pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
         };
         if !args.force {
             // A changed identity (not a new revision) refuses the resume: say so now.
-            crate::manifest::check_resumable(paths, &shard.manifest_header_of(i, &name))?;
+            crate::store::manifest::check_resumable(paths, &shard.manifest_header_of(i, &name))?;
         }
         let locks = paths.locks_dir();
         check_free(
@@ -59,7 +59,7 @@ pub fn run(args: &WorkerArgs) -> Result<ExitCode> {
             &paths.data_file(&name).display().to_string(),
         )?;
     }
-    crate::stdout::println(&format!(
+    crate::format::stdout::println(&format!(
         "check ok: run {}, {} of {n} shard(s), {} items",
         shard.config.run,
         shards.len(),

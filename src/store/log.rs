@@ -39,8 +39,8 @@ pub enum V<'a> {
 impl EventLog {
     /// Opens (appending, creating) the log file at `path`.
     pub fn open(path: &Path, echo_stderr: bool) -> Result<EventLog> {
-        let file = crate::files::open(
-            crate::files::options().create(true).append(true),
+        let file = crate::store::files::open(
+            crate::store::files::options().create(true).append(true),
             path,
             "cannot open the log",
         )?;

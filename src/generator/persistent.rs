@@ -27,7 +27,7 @@
 //!
 //! # Process handling
 //!
-//! As in [`crate::process`]: the process is started by [`crate::spawn`], leads a new process
+//! As in [`crate::child::supervise`]: the process is started by [`crate::child::spawn`], leads a new process
 //! group (one `killpg` reaches everything it started), gets `PR_SET_PDEATHSIG = SIGKILL`, and is
 //! supervised by the calling thread alone with `poll` over a pidfd (readable once the process
 //! has exited, while it is still an unreaped zombie) and its non-blocking pipes, so a process
@@ -36,7 +36,7 @@
 //! signal only reaches this process's group. Kernels without pidfds are handled by polling
 //! `waitid(WNOWAIT)`.
 //!
-//! The same requirements on the calling process apply as for [`crate::process::run_attempt`]:
+//! The same requirements on the calling process apply as for [`crate::child::supervise::run_attempt`]:
 //! `PR_SET_PDEATHSIG` fires when the *thread* that started the process exits, so a `Server`
 //! must be used from a long-lived thread (a slot's own thread) and not handed between threads
 //! that may end before it; `SIGPIPE` must be ignored (the Rust runtime does this for binaries);
@@ -49,9 +49,9 @@
 //! (a zero-timeout `poll` for leftovers, the request `write`, a `poll` that waits, the `read`
 //! that gets the output and the marker, a non-blocking `read` of stderr) and no timer or sleep.
 
-use crate::csv_quotes::Quotes;
+use crate::child::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
+use crate::format::csv_quotes::Quotes;
 use crate::generator::command::signal_name;
-use crate::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 /// The default end-of-item marker: the ASCII record separator.
 pub const DEFAULT_MARKER: &[u8] = b"\x1e";
 /// Longest stderr line delivered in one piece; longer lines are cut into pieces of this size.
-pub const MAX_STDERR_LINE: usize = crate::process::MAX_STDERR_LINE;
+pub const MAX_STDERR_LINE: usize = crate::child::supervise::MAX_STDERR_LINE;
 
 /// Size of one read from the process's stdout or stderr.
 const READ_CHUNK: usize = 64 * 1024;
@@ -1010,11 +1010,11 @@ impl Framer {
 /// Finds the program like `execvp` would, using the `PATH` of `env` if it sets one.
 fn resolve(argv0: &str, env: &[(String, String)], cwd: &Path) -> Result<PathBuf, String> {
     match env.iter().rev().find(|(k, _)| k == "PATH") {
-        None => crate::process::resolve_program(argv0, cwd),
+        None => crate::child::supervise::resolve_program(argv0, cwd),
         // An empty PATH means the system's default, as for execvp.
         Some((_, path)) => {
             let search = if path.is_empty() { DEFAULT_PATH } else { path };
-            crate::process::resolve_program_in(argv0, cwd, std::ffi::OsStr::new(search))
+            crate::child::supervise::resolve_program_in(argv0, cwd, std::ffi::OsStr::new(search))
         }
     }
 }
@@ -1029,13 +1029,13 @@ fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
         .map_err(|e| format!("cannot make {} absolute: {e}", program.display()))?;
 
     // Captured at each start: a slot starts its process once, not once per item.
-    let inherited = crate::spawn::Environ::capture();
-    let crate::spawn::Child {
+    let inherited = crate::child::spawn::Environ::capture();
+    let crate::child::spawn::Child {
         group,
         stdin,
         stdout,
         stderr,
-    } = crate::spawn::spawn(&crate::spawn::Command {
+    } = crate::child::spawn::spawn(&crate::child::spawn::Command {
         program: &program,
         argv: &spec.argv,
         env: &spec.env,
@@ -1141,7 +1141,7 @@ mod tests {
         )
     }
 
-    use crate::proc_info::group_alive;
+    use crate::child::proc_info::group_alive;
 
     /// Whether `pid` is a zombie child of this process (never reaped).
     fn is_our_zombie(pid: libc::pid_t) -> bool {

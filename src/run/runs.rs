@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::paths::{validate_name, RunPaths};
+use crate::run::config::Config;
+use crate::run::paths::{validate_name, RunPaths};
 
 /// A run located on disk.
 #[derive(Debug, Clone)]

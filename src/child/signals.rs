@@ -43,7 +43,7 @@ impl Interrupt {
                         stop.store(true, Ordering::SeqCst);
                     } else if sig == SIGINT {
                         // Second Ctrl-C: leave now, taking every generator's group with us.
-                        crate::groups::kill_all();
+                        crate::child::groups::kill_all();
                         std::process::exit(ExitCode::Interrupted.code());
                     }
                 }

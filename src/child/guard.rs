@@ -9,7 +9,7 @@
 //! worker's own executable run with [`GUARD_ARG`], in a process group of its own (so a Ctrl-C
 //! meant for the worker does not end it), whose stdin is a pipe from the worker. The worker
 //! writes `+<pgid>` when a group starts and `-<pgid>` once it has killed it (see
-//! [`crate::groups`]); when the pipe ends, because the worker exited in whatever way, the guard
+//! [`crate::child::groups`]); when the pipe ends, because the worker exited in whatever way, the guard
 //! SIGKILLs every group still listed and exits.
 
 use std::collections::BTreeSet;

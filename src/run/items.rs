@@ -5,9 +5,9 @@
 
 use std::path::Path;
 
-use crate::config::ItemSpec;
 use crate::error::{Error, Result};
-use crate::seed::item_seed;
+use crate::run::config::ItemSpec;
+use crate::run::seed::item_seed;
 
 /// One work item, as a generator sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,12 +127,12 @@ impl ItemSource {
                     hasher.update(b"\x01");
                     len = len
                         .checked_mul(values.len() as u64)
-                        .filter(|&n| n <= crate::config::MAX_ITEMS)
+                        .filter(|&n| n <= crate::run::config::MAX_ITEMS)
                         .ok_or_else(|| {
                             Error::usage(format!(
                                 "items.product: more than {} items (the limit of a source; \
                                  README, Limits)",
-                                crate::config::MAX_ITEMS
+                                crate::run::config::MAX_ITEMS
                             ))
                         })?;
                 }

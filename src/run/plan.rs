@@ -1,6 +1,6 @@
 //! The shard plan: which item indices belong to shard i of N. Pure functions.
 
-use crate::config::Sharding;
+use crate::run::config::Sharding;
 
 /// The items of one shard, as a sequence of global indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

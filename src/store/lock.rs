@@ -32,8 +32,8 @@ pub struct ShardLock {
 }
 
 fn open(path: &Path) -> Result<File> {
-    crate::files::open(
-        crate::files::options()
+    crate::store::files::open(
+        crate::store::files::options()
             .read(true)
             .write(true)
             .create(true)

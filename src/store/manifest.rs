@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::paths::RunPaths;
+use crate::run::paths::RunPaths;
 
 /// What defines a shard's outputs; a component that differs refuses a resume.
 pub type Fingerprint = BTreeMap<String, String>;
@@ -35,13 +35,13 @@ pub struct Header {
     pub columns: Vec<String>,
     /// The type of each column; absent in manifests written before types existed (all string).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub types: Vec<crate::types::ColumnType>,
+    pub types: Vec<crate::run::types::ColumnType>,
     /// Items in this shard.
     pub items_total: u64,
     /// Items in the whole source, and how they were split: with `shard`/`num_shards` these give
     /// the shard's plan, so merge can tell which items are missing.
     pub source_items: u64,
-    pub sharding: crate::config::Sharding,
+    pub sharding: crate::run::config::Sharding,
     pub fingerprint: Fingerprint,
     /// Length of the data file's header line.
     pub data_start: u64,
@@ -390,7 +390,7 @@ impl<'a> Fixed<'a> {
 pub fn write_record(out: &mut Vec<u8>, rec: &Record) {
     fn num(out: &mut Vec<u8>, name: &[u8], v: u64) {
         out.extend_from_slice(name);
-        crate::csv_out::push_decimal(out, v);
+        crate::format::csv_out::push_decimal(out, v);
     }
     num(out, b"{\"index\":", rec.index);
     out.extend_from_slice(b",\"key\":");
@@ -489,8 +489,8 @@ impl ShardStore {
             if let Some((cut, message)) = bad_tail(&manifest_path, &data_path)? {
                 // What follows the damaged item is cut with it: the records of a shard cover
                 // its data file back to back, and those items are simply generated again.
-                let m = crate::files::open(
-                    crate::files::options().write(true),
+                let m = crate::store::files::open(
+                    crate::store::files::options().write(true),
                     &manifest_path,
                     "cannot open",
                 )?;
@@ -517,7 +517,7 @@ impl ShardStore {
                 let len = data.metadata().ctx("cannot stat", &data_path)?.len();
                 if !committed_any {
                     // Nothing committed: the data file is just its header; write it again.
-                    let header_line = crate::csv_out::header_line(&header.columns);
+                    let header_line = crate::format::csv_out::header_line(&header.columns);
                     data.write_all_at(&header_line, 0)
                         .ctx("cannot write", &data_path)?;
                 } else if len < data_end {
@@ -538,7 +538,7 @@ impl ShardStore {
                 (data, manifest, data_end)
             }
             None => {
-                let header_line = crate::csv_out::header_line(&header.columns);
+                let header_line = crate::format::csv_out::header_line(&header.columns);
                 // The old manifest goes first: a crash before the data file is replaced then
                 // leaves no record pointing into it (and an empty manifest reads as absent).
                 let mut manifest = open_rw(&manifest_path, true)?;
@@ -724,8 +724,8 @@ fn bad_tail(manifest: &Path, data: &Path) -> Result<Option<(u64, String)>> {
 /// only ever go at its end); the data file is written at explicit offsets.
 fn open_rw(path: &Path, truncate: bool) -> Result<File> {
     let append = path.extension().is_some_and(|e| e == "jsonl");
-    let file = crate::files::open(
-        crate::files::options()
+    let file = crate::store::files::open(
+        crate::store::files::options()
             .read(true)
             .write(true)
             .create(true)
@@ -851,7 +851,7 @@ mod tests {
             types: Vec::new(),
             items_total: 3,
             source_items: 3,
-            sharding: crate::config::Sharding::Contiguous,
+            sharding: crate::run::config::Sharding::Contiguous,
             fingerprint: [("seed".to_string(), "1".to_string())].into(),
             data_start: 2,
         };

@@ -3,15 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, GeneratorKind};
 use crate::error::{Error, Result};
 use crate::generator::command::{CommandGen, CommandSpec};
 use crate::generator::{builtin, Builtin};
-use crate::items::ItemSource;
-use crate::manifest::Fingerprint;
-use crate::paths::{validate_name, RunPaths};
-use crate::plan::ShardPlan;
-use crate::types::ColumnType;
+use crate::run::config::{Config, GeneratorKind};
+use crate::run::items::ItemSource;
+use crate::run::paths::{validate_name, RunPaths};
+use crate::run::plan::ShardPlan;
+use crate::run::types::ColumnType;
+use crate::store::manifest::Fingerprint;
 
 /// The shardrun version recorded with every run.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -80,16 +80,18 @@ impl Shard {
             .clone()
             .unwrap_or_else(|| format!("process-{index}"));
         validate_name(&name).map_err(|e| Error::usage(format!("--name: {e}")))?;
-        if crate::paths::RESERVED_NAMES.contains(&name.as_str()) || name.starts_with("manifest_") {
+        if crate::run::paths::RESERVED_NAMES.contains(&name.as_str())
+            || name.starts_with("manifest_")
+        {
             return Err(Error::usage(format!(
                 "--name {name:?} is reserved for merge's outputs; choose another name"
             )));
         }
         let jobs = args.jobs.unwrap_or(config.generator.jobs);
-        if !(1..=crate::config::MAX_JOBS).contains(&jobs) {
+        if !(1..=crate::run::config::MAX_JOBS).contains(&jobs) {
             return Err(Error::usage(format!(
                 "--jobs: must be 1 to {}",
-                crate::config::MAX_JOBS
+                crate::run::config::MAX_JOBS
             )));
         }
         let source = ItemSource::load(&config.items, config.seed)?;
@@ -136,9 +138,9 @@ impl Shard {
     }
 
     /// The header of this shard's manifest.
-    pub fn manifest_header(&self) -> crate::manifest::Header {
-        crate::manifest::Header {
-            format: crate::manifest::FORMAT.into(),
+    pub fn manifest_header(&self) -> crate::store::manifest::Header {
+        crate::store::manifest::Header {
+            format: crate::store::manifest::FORMAT.into(),
             shardrun: VERSION.into(),
             run: self.config.run.clone(),
             shard: self.index,
@@ -150,12 +152,12 @@ impl Shard {
             source_items: self.source.len(),
             sharding: self.config.sharding,
             fingerprint: self.fingerprint.clone(),
-            data_start: crate::csv_out::header_line(&self.columns).len() as u64,
+            data_start: crate::format::csv_out::header_line(&self.columns).len() as u64,
         }
     }
 
     /// The manifest header that shard `index` of the same plan would write, as `name`.
-    pub fn manifest_header_of(&self, index: u32, name: &str) -> crate::manifest::Header {
+    pub fn manifest_header_of(&self, index: u32, name: &str) -> crate::store::manifest::Header {
         let mut h = self.manifest_header();
         h.shard = index;
         h.name = name.to_string();
@@ -194,7 +196,7 @@ impl Shard {
 }
 
 /// The fingerprint's `plan` component: the sharding, the shard and the shard count.
-fn plan_fingerprint(sharding: crate::config::Sharding, index: u32, num_shards: u32) -> String {
+fn plan_fingerprint(sharding: crate::run::config::Sharding, index: u32, num_shards: u32) -> String {
     format!("{}, shard {index} of {num_shards}", sharding.name())
 }
 
@@ -214,7 +216,7 @@ pub fn resolve_root(root: Option<&Path>) -> Result<PathBuf> {
 /// The shard index and count: flags first, then the scheduler's environment.
 /// Refuses a shard too large for the worker's bounded memory, saying how many shards fit.
 fn check_shard_size(plan: &ShardPlan, total: u64, index: u32, num_shards: u32) -> Result<()> {
-    let max = crate::config::MAX_SHARD_ITEMS;
+    let max = crate::run::config::MAX_SHARD_ITEMS;
     if plan.len() <= max {
         return Ok(());
     }
@@ -223,12 +225,12 @@ fn check_shard_size(plan: &ShardPlan, total: u64, index: u32, num_shards: u32) -
         "shard {index} of {num_shards} would hold {} items; a shard holds at most {max} \
          (README, Limits). {}",
         plan.len(),
-        if need <= u64::from(crate::config::MAX_SHARDS) {
+        if need <= u64::from(crate::run::config::MAX_SHARDS) {
             format!("Use at least {need} shards (--num-shards {need})")
         } else {
             format!(
                 "The {total} items need more than {} shards: split the source into several runs",
-                crate::config::MAX_SHARDS
+                crate::run::config::MAX_SHARDS
             )
         }
     )))
@@ -271,10 +273,10 @@ fn shard_identity(args: &WorkerArgs, config: &Config) -> Result<(u32, u32)> {
             )))
         }
     };
-    if !(1..=crate::config::MAX_SHARDS).contains(&num) {
+    if !(1..=crate::run::config::MAX_SHARDS).contains(&num) {
         return Err(Error::usage(format!(
             "--num-shards must be 1 to {}, not {num}",
-            crate::config::MAX_SHARDS
+            crate::run::config::MAX_SHARDS
         )));
     }
     if index >= num {
@@ -348,7 +350,7 @@ fn build_generator(
                 timeout: spec.timeout,
                 shard: index,
                 num_shards,
-                marker: (spec.mode == crate::config::Mode::Persistent)
+                marker: (spec.mode == crate::run::config::Mode::Persistent)
                     .then(|| spec.marker.as_bytes().to_vec()),
                 max_item_bytes: spec.max_item_bytes,
             })

@@ -10,7 +10,7 @@
 //! their decimal key (`"17"`). The shard, the shard count and the worker never enter it, which
 //! is what makes a dataset independent of how it was sharded.
 
-use crate::rng::splitmix64;
+use crate::run::rng::splitmix64;
 
 /// 64-bit FNV-1a.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
-use crate::items::Item;
+use crate::run::items::Item;
 
 const MAGIC: &[u8; 4] = b"SRC1";
 const HEAD: usize = 4 + 32 + 8 + 8;
@@ -87,7 +87,7 @@ impl Cache {
     /// items this worker still has to produce), and takes a pack to append to.
     pub fn open(root_dir: &Path, generator_id: &str, wanted: &Wanted) -> Result<Cache> {
         let dir = root_dir.join(generator_id);
-        crate::files::create_dir_all(&dir).ctx("cannot create the cache directory", &dir)?;
+        crate::store::files::create_dir_all(&dir).ctx("cannot create the cache directory", &dir)?;
         let (writer_file, writer_path, writer_k) = take_pack(&dir)?;
         let mut packs = Vec::new();
         let mut index = Vec::new();
@@ -202,8 +202,8 @@ fn checksum(key: &Key, rows: u64, payload: &[u8]) -> [u8; CHECK] {
 fn take_pack(dir: &Path) -> Result<(File, PathBuf, usize)> {
     for k in 0.. {
         let path = dir.join(format!("pack-{k}.bin"));
-        let file = crate::files::open(
-            crate::files::options()
+        let file = crate::store::files::open(
+            crate::store::files::options()
                 .read(true)
                 .write(true)
                 .create(true)

@@ -23,7 +23,7 @@
 //! * `PR_SET_PDEATHSIG` fires when the *thread* that spawned the child exits, not when the
 //!   process does: spawn from long-lived threads (the worker's own threads), never from
 //!   short-lived helper threads, or the generator is killed when the helper ends.
-//! * As with any child, nothing else may reap it (see [`crate::groups::Group`], which owns it).
+//! * As with any child, nothing else may reap it (see [`crate::child::groups::Group`], which owns it).
 //! * The file descriptors that the worker opens without `O_CLOEXEC` are inherited by every
 //!   generator (the standard library opens everything with it).
 //!
@@ -36,7 +36,7 @@
 //! default `-z now`), so that no lazy symbol resolution runs in the child. Its stack has no
 //! guard page: keep the child's code as small as it is (the `stack_use_is_small` test).
 
-use crate::groups::Group;
+use crate::child::groups::Group;
 use std::ffi::{CStr, CString, OsStr};
 use std::fmt;
 use std::fs::File;

@@ -1,6 +1,6 @@
 //! Generator processes at the system-call level, shared by per-item and persistent generators:
 //! their process groups (with the registry that lets a second Ctrl-C kill them all before the
-//! worker exits), pidfds and stderr line splitting. Starting them is [`crate::spawn`]'s job.
+//! worker exits), pidfds and stderr line splitting. Starting them is [`crate::child::spawn`]'s job.
 //!
 //! Every generator leads its own process group. The parent-death signal reaches only the leader,
 //! so anything it started would outlive a worker that exits abruptly; the registry holds the
@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The groups whose leader is not reaped yet, and the pipe to the guard process that kills
-/// them if the worker is SIGKILLed ([`crate::guard`]), when there is one.
+/// them if the worker is SIGKILLed ([`crate::child::guard`]), when there is one.
 struct Registry {
     live: Vec<libc::pid_t>,
     guard: Option<Guard>,
@@ -41,7 +41,7 @@ impl Registry {
         let Some(g) = &mut self.guard else { return };
         self.message.clear();
         self.message.push(sign);
-        crate::csv_out::push_decimal(&mut self.message, u64::try_from(pgid).unwrap_or(0));
+        crate::format::csv_out::push_decimal(&mut self.message, u64::try_from(pgid).unwrap_or(0));
         self.message.push(b'\n');
         // The pipe is non-blocking, so a guard that stopped reading cannot block generator
         // starts; a message is far shorter than PIPE_BUF, so it is written whole or not at all.
@@ -68,7 +68,7 @@ impl Registry {
     }
 }
 
-/// Hands the guard process (its pipe and pid, see [`crate::guard`]) to the registry: from now on
+/// Hands the guard process (its pipe and pid, see [`crate::child::guard`]) to the registry: from now on
 /// every group is announced to it when it starts and when it has been killed.
 pub fn set_guard(pipe: std::fs::File, pid: libc::pid_t) {
     use std::os::fd::AsRawFd;

@@ -3,7 +3,7 @@
 //!
 //! # Model
 //!
-//! [`run_attempt`] spawns `argv` directly (never through a shell; see [`crate::spawn`]) as the
+//! [`run_attempt`] spawns `argv` directly (never through a shell; see [`crate::child::spawn`]) as the
 //! leader of a new process group, so one `killpg` reaches everything the generator started. The
 //! calling thread supervises the attempt alone, without helper threads: it `poll`s a pidfd of
 //! the child (readable once the child has exited, while it is still an unreaped zombie), the
@@ -32,8 +32,8 @@
 //! * A generator that moves itself or its children into another process group or session
 //!   (`setsid`, `setpgid`) escapes the group cleanup.
 
-use crate::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
-use crate::spawn::Environ;
+use crate::child::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
+use crate::child::spawn::Environ;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -49,7 +49,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Largest piece written to the child's stdin at once.
 const STDIN_CHUNK: usize = 64 * 1024;
 /// Longest stderr line delivered in one piece; longer lines are cut into pieces of this size.
-pub use crate::groups::MAX_STDERR_LINE;
+pub use crate::child::groups::MAX_STDERR_LINE;
 /// Longest single wait, so that `stop` and the timeout are noticed quickly.
 const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// After `SIGTERM` on stop, how long the main process gets before the group is killed.
@@ -292,7 +292,7 @@ fn resolve_with_path(
     }))
 }
 
-fn spawn(spec: &AttemptSpec) -> io::Result<crate::spawn::Child> {
+fn spawn(spec: &AttemptSpec) -> io::Result<crate::child::spawn::Child> {
     let Some(argv0) = spec.argv.first() else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -327,7 +327,7 @@ fn spawn(spec: &AttemptSpec) -> io::Result<crate::spawn::Child> {
             &captured
         }
     };
-    crate::spawn::spawn(&crate::spawn::Command {
+    crate::child::spawn::spawn(&crate::child::spawn::Command {
         program,
         argv: spec.argv,
         env: spec.env,
@@ -346,7 +346,7 @@ fn run(
     if stop.load(Ordering::Relaxed) {
         return Ok(Ended::Stopped);
     }
-    let crate::spawn::Child {
+    let crate::child::spawn::Child {
         mut group,
         stdin,
         stdout,
@@ -718,7 +718,7 @@ mod tests {
         line.trim().parse().expect("a pid on the first line")
     }
 
-    use crate::proc_info::group_alive;
+    use crate::child::proc_info::group_alive;
 
     /// Whether process `pid` exists and is not a zombie.
     fn pid_alive(pid: libc::pid_t) -> bool {

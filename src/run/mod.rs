@@ -1,0 +1,11 @@
+//! The run description: the config file, the items it names, how they are split into shards
+//! (the plan), the per-item seeds, column types, and where a run's files live.
+
+pub mod config;
+pub mod items;
+pub mod paths;
+pub mod plan;
+pub mod rng;
+pub mod runs;
+pub mod seed;
+pub mod types;
