@@ -41,7 +41,8 @@ impl Registry {
         let Some(g) = &mut self.guard else { return };
         self.message.clear();
         self.message.push(sign);
-        crate::format::csv_out::push_decimal(&mut self.message, u64::try_from(pgid).unwrap_or(0));
+        self.message
+            .extend_from_slice(itoa::Buffer::new().format(pgid).as_bytes());
         self.message.push(b'\n');
         // The pipe is non-blocking, so a guard that stopped reading cannot block generator
         // starts; a message is far shorter than PIPE_BUF, so it is written whole or not at all.

@@ -61,7 +61,8 @@ impl RowWriter {
             self.buf.push(b',');
         }
         self.fields_in_record += 1;
-        push_decimal(&mut self.buf, value);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// Ends the current record. A record of a single empty field is written as `""`.
@@ -123,35 +124,6 @@ impl RowWriter {
     fn last_record_is_empty(&self) -> bool {
         matches!(self.buf.last(), None | Some(b'\n'))
     }
-}
-
-/// Appends the decimal digits of `value`, without going through `core::fmt` (merge and the
-/// worker write millions of numbers).
-pub fn push_decimal(out: &mut Vec<u8>, value: u64) {
-    // Two digits at a time from a table: half the divisions of the digit-by-digit loop.
-    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-          2021222324252627282930313233343536373839\
-          4041424344454647484950515253545556575859\
-          6061626364656667686970717273747576777879\
-          8081828384858687888990919293949596979899";
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut v = value;
-    while v >= 100 {
-        let pair = (v % 100) as usize * 2;
-        v /= 100;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if v >= 10 {
-        let pair = v as usize * 2;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        digits[at] = b'0' + v as u8;
-    }
-    out.extend_from_slice(&digits[at..]);
 }
 
 fn needs_quotes(value: &[u8]) -> bool {

@@ -50,8 +50,8 @@
 //! that gets the output and the marker, a non-blocking `read` of stderr) and no timer or sleep.
 
 use crate::child::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
+use crate::child::signals::signal_name;
 use crate::format::csv_quotes::Quotes;
-use crate::generator::command::signal_name;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};

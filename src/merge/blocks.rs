@@ -11,34 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::final_rows::{self, FinalRows};
-use super::output::{scan_all, OldOutput, TempFiles, Temps, Written};
-use super::scan::{PartSpec, ShardScan};
+use super::scan::ShardScan;
+use super::staging::{part_spec, scan_all, OldOutput, TempFiles, Temps, Written};
 use super::{PlanOnDisk, ShardFiles};
 use crate::error::{IoContext, Result};
 use crate::format::csv_out::header_line;
 use crate::merge::copy::RangeCopier;
 use crate::run::plan::ShardPlan;
 use crate::run::runs::RunRef;
-
-/// Where shard `shard`'s rows of `manifest_final.csv` go: shard 0's rows start the final file
-/// itself (after the header row), so only the other shards' rows are copied into it.
-pub(super) fn part_spec(dir: &Path, shard: u32, final_path: &Path) -> PartSpec {
-    if shard == 0 {
-        let mut header = FinalRows::new();
-        header.header();
-        PartSpec {
-            path: final_path.to_path_buf(),
-            prefix: header.as_bytes().to_vec(),
-            is_final: true,
-        }
-    } else {
-        PartSpec {
-            path: dir.join(format!(".manifest_final.part{shard}.tmp")),
-            prefix: Vec::new(),
-            is_final: false,
-        }
-    }
-}
 
 /// The merge of contiguous blocks. The data is copied in a background thread, guessing that
 /// each shard's rows are its data file after the header, in item order, which they are unless

@@ -17,6 +17,7 @@ mod final_rows;
 mod output;
 mod parquet;
 mod scan;
+mod staging;
 mod threads;
 mod verify;
 

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::blocks::{logs_say_complete, part_spec, write_blocks};
+use super::blocks::{logs_say_complete, write_blocks};
 use super::final_rows::FinalRows;
-use super::scan::{self, ScanSpec, ShardScan};
+use super::scan::ShardScan;
+use super::staging::{open_old, scan_all, OldOutput, TempFiles, Temps, Written};
 use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
 use crate::error::{Error, IoContext, Result};
 use crate::format::csv_out::{header_line, RowWriter};
@@ -142,13 +143,6 @@ enum Step<'r> {
     Item { slot: usize, rec: Record },
     /// An item that is not committed (failed or missing), by global index.
     Gap { index: u64 },
-}
-
-/// Where merge writes before renaming into place.
-pub(super) struct Temps {
-    pub(super) out: PathBuf,
-    pub(super) manifest_final: PathBuf,
-    pub(super) stats: PathBuf,
 }
 
 /// Scans the shards, writes the outputs, renames `manifest_final.csv` and `stats.json` into
@@ -293,36 +287,6 @@ pub fn write(
     Ok((stats, scans, temps.out))
 }
 
-/// What writing the dataset and `manifest_final.csv` gave.
-pub(super) struct Written {
-    /// Rows dropped by `--dedupe-key`.
-    pub(super) deduped: u64,
-    /// Length of the dataset.
-    pub(super) bytes: u64,
-    /// The first incomplete items, in item order.
-    pub(super) incomplete: Vec<String>,
-}
-
-/// Scans every shard, on up to one thread per core; with `parts`, each writes its rows of
-/// `manifest_final.csv` (see [`part_spec`]). `scanned` sees each result as soon as it is known.
-pub(super) fn scan_all(
-    dir: &Path,
-    shards: &[ShardFiles],
-    parts: Option<&Path>,
-    scanned: &(dyn Fn(&Result<ShardScan>) + Sync),
-) -> Result<Vec<ShardScan>> {
-    super::threads::each_on_threads("merge-scan", shards, |s| {
-        let result = scan::scan(ScanSpec {
-            files: s,
-            part: parts.map(|final_path| part_spec(dir, s.header.shard, final_path)),
-        });
-        scanned(&result);
-        result
-    })
-    .into_iter()
-    .collect()
-}
-
 /// The general merge: items of all shards interleaved by index (stride plans, `--dedupe-key`).
 fn write_interleaved(
     scans: &[ShardScan],
@@ -405,24 +369,6 @@ fn write_interleaved(
     })
 }
 
-/// Removes the temporary outputs unless the merge got far enough to keep them: a failed merge
-/// leaves no debris.
-pub(super) struct TempFiles(pub(super) Vec<PathBuf>);
-
-impl TempFiles {
-    pub(super) fn keep(&mut self) {
-        self.0.clear();
-    }
-}
-
-impl Drop for TempFiles {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 fn spread(values: impl Iterator<Item = u64>) -> Spread {
     let v: Vec<u64> = values.collect();
     if v.is_empty() {
@@ -433,61 +379,6 @@ fn spread(values: impl Iterator<Item = u64>) -> Spread {
         max: v.iter().copied().max().unwrap_or(0),
         mean: v.iter().sum::<u64>() as f64 / v.len() as f64,
     }
-}
-
-/// The existing output that `--append` grows.
-pub(super) struct OldOutput {
-    pub(super) file: File,
-    pub(super) path: PathBuf,
-    pub(super) rows: u64,
-    /// Where the rows start (after the header line).
-    pub(super) body_start: u64,
-    pub(super) len: u64,
-}
-
-/// Opens the existing output for `--append`; its header must match the shards'.
-fn open_old(output: &Path, columns: &[String]) -> Result<Option<OldOutput>> {
-    let file = match File::open(output) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).ctx("cannot open", output),
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(&file);
-    let mut first = csv::ByteRecord::new();
-    reader
-        .read_byte_record(&mut first)
-        .map_err(|e| Error::Refused(format!("{}: {e}", output.display())))?;
-    let old_cols: Vec<&[u8]> = first.iter().collect();
-    if let Some(at) = (0..old_cols.len().max(columns.len()))
-        .find(|&i| old_cols.get(i).copied() != columns.get(i).map(|c| c.as_bytes()))
-    {
-        return Err(Error::Refused(format!(
-            "{}: header differs from the shards' at column {} ({:?} vs {:?}); --append needs the same columns",
-            output.display(),
-            at + 1,
-            old_cols.get(at).map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_else(|| "<none>".into()),
-            columns.get(at).map(String::as_str).unwrap_or("<none>")
-        )));
-    }
-    let body_start = reader.position().byte();
-    let mut rows = 0;
-    let mut rec = csv::ByteRecord::new();
-    while reader
-        .read_byte_record(&mut rec)
-        .map_err(|e| Error::Refused(format!("{}: {e}", output.display())))?
-    {
-        rows += 1;
-    }
-    let len = reader.position().byte();
-    Ok(Some(OldOutput {
-        file: File::open(output).ctx("cannot open", output)?,
-        path: output.to_path_buf(),
-        rows,
-        body_start,
-        len,
-    }))
 }
 
 /// Visits the merged order: the old output's body, then every item index of the plan in order

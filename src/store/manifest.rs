@@ -390,7 +390,7 @@ impl<'a> Fixed<'a> {
 pub fn write_record(out: &mut Vec<u8>, rec: &Record) {
     fn num(out: &mut Vec<u8>, name: &[u8], v: u64) {
         out.extend_from_slice(name);
-        crate::format::csv_out::push_decimal(out, v);
+        out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     }
     num(out, b"{\"index\":", rec.index);
     out.extend_from_slice(b",\"key\":");
