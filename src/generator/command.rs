@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::child::signals::signal_name;
 use crate::child::spawn::Environ;
-use crate::child::supervise::{run_attempt, AttemptSpec, Ended};
+use crate::child::supervise::{run_attempt, AttemptSpec, Ended, Launch};
 use crate::format::csv_out::RowWriter;
 use crate::run::items::Item;
 
@@ -309,6 +309,7 @@ impl CommandGen {
                 .collect();
             let marker = self.marker.clone().unwrap_or_default();
             Server::new(ServerSpec {
+                program: self.program.clone(),
                 argv,
                 env: vec![
                     ("SHARDRUN_SHARD_INDEX".to_string(), self.shard.to_string()),
@@ -322,6 +323,7 @@ impl CommandGen {
                         String::from_utf8_lossy(&marker).into_owned(),
                     ),
                 ],
+                environ: self.environ.clone(),
                 cwd: self.cwd.clone(),
                 marker,
             })
@@ -427,11 +429,13 @@ impl CommandGen {
         ];
         let stdin = item_json(item);
         let spec = AttemptSpec {
-            argv: &argv,
-            program: Some(&self.program),
-            env: &env,
-            inherited: Some(&self.environ),
-            cwd: &self.cwd,
+            launch: Launch {
+                program: &self.program,
+                argv: &argv,
+                env: &env,
+                environ: &self.environ,
+                cwd: &self.cwd,
+            },
             stdin: &stdin,
             timeout: self.timeout,
             exit_grace: EXIT_GRACE,

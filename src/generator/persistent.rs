@@ -49,14 +49,12 @@
 //! (a zero-timeout `poll` for leftovers, the request `write`, a `poll` that waits, the `read`
 //! that gets the output and the marker, a non-blocking `read` of stderr) and no timer or sleep.
 
-use crate::child::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
 use crate::child::signals::signal_name;
+use crate::child::spawn::Environ;
+use crate::child::supervise::{Got, Launch, Process, MAX_POLL_WAIT, READ_CHUNK, TERM_GRACE};
 use crate::format::csv_quotes::Quotes;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,12 +63,6 @@ pub const DEFAULT_MARKER: &[u8] = b"\x1e";
 /// Longest stderr line delivered in one piece; longer lines are cut into pieces of this size.
 pub const MAX_STDERR_LINE: usize = crate::child::supervise::MAX_STDERR_LINE;
 
-/// Size of one read from the process's stdout or stderr.
-const READ_CHUNK: usize = 64 * 1024;
-/// Longest single wait, so that `stop` and the deadlines are noticed quickly.
-const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
-/// After `SIGTERM` on stop, how long the process gets before the group is killed.
-const TERM_GRACE: Duration = Duration::from_millis(500);
 /// After the process closed its stdout in the middle of an item, how long to wait for it to
 /// exit (so its exit status can be reported) before calling it a protocol error.
 const EOF_GRACE: Duration = Duration::from_millis(500);
@@ -79,23 +71,21 @@ const EOF_GRACE: Duration = Duration::from_millis(500);
 /// value that really holds a marker line goes on without such a pause; a generator that left a
 /// quote open waits for the next request, and would otherwise wait for ever.
 const OPEN_QUOTE_GRACE: Duration = Duration::from_secs(2);
-/// Upper bound on the reads of a drain that does not wait, per stream, so that a writer that
-/// escaped the group cannot keep the caller busy.
-const DRAIN_READS: usize = 64;
 /// How many bytes of unexpected output a protocol error shows.
 const SHOWN_BYTES: usize = 40;
-/// `PATH` used when the variable is not set at all (glibc's `execvp` default).
-const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 /// What to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerSpec {
-    /// The program (`argv[0]`) and its arguments, executed directly. A name without `/` is
-    /// searched in the `PATH` of `env` if it sets one, else in the inherited `PATH`; a name with
-    /// `/` is taken relative to `cwd`.
+    /// The program, resolved once by the caller (see
+    /// [`crate::child::supervise::resolve_program`]): restarts never search `PATH` again.
+    pub program: PathBuf,
+    /// The program's name (`argv[0]`) and its arguments, executed directly.
     pub argv: Vec<String>,
-    /// Variables added to (or replacing those of) the inherited environment.
+    /// Variables added to (or replacing those of) `environ`.
     pub env: Vec<(String, String)>,
+    /// The environment the process starts from, captured once by the caller.
+    pub environ: Environ,
     /// Working directory of the process.
     pub cwd: PathBuf,
     /// The end-of-item marker (see [`check_marker`]), e.g. [`DEFAULT_MARKER`].
@@ -263,7 +253,7 @@ impl Server {
 
     /// The pid (and process group id) of the live process, if one is running.
     pub fn pid(&self) -> Option<u32> {
-        self.live.as_ref().map(|l| l.group.pid() as u32)
+        self.live.as_ref().map(|l| l.process.pid() as u32)
     }
 
     /// How many processes were started so far (successfully spawned ones).
@@ -340,15 +330,15 @@ impl Server {
         on_stderr_line: &mut dyn FnMut(&[u8]),
     ) -> Option<Exit> {
         let live = self.live.as_mut()?;
-        live.stdin = None;
+        live.process.close_stdin();
         let until = Instant::now().checked_add(grace);
-        let exited = live.wait_exit(until, &mut self.buf, on_stderr_line);
+        let exited = live.process.wait_exit(until, &mut self.buf, on_stderr_line);
         let exit = self.kill(on_stderr_line);
         Some(if exited { exit } else { Exit::Killed })
     }
 
     fn start(&mut self) -> Result<(), ServeError> {
-        let live = spawn(&self.spec, self.use_pidfd).map_err(ServeError::StartFailed)?;
+        let live = start(&self.spec, self.use_pidfd).map_err(ServeError::StartFailed)?;
         self.starts += 1;
         self.live = Some(live);
         Ok(())
@@ -360,28 +350,25 @@ impl Server {
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
-        let mut fds = PollSet::default();
-        let pidfd_slot = fds.add(live.pidfd.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-        let stdout_slot = fds.add(live.stdout.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-        let stderr_slot = fds.add(live.stderr.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-        if let Err(e) = fds.poll(Duration::ZERO) {
-            self.kill(on_stderr);
-            return Err(ServeError::Io(format!("poll: {e}")));
+        let ready = match live.process.poll(Duration::ZERO, false) {
+            Ok(ready) => ready,
+            Err(e) => {
+                self.kill(on_stderr);
+                return Err(ServeError::Io(e.to_string()));
+            }
+        };
+        if ready.stderr {
+            live.process.drain_stderr(&mut self.buf, on_stderr);
         }
-        if fds.ready(stderr_slot) {
-            live.drain_stderr(&mut self.buf, on_stderr);
-        }
-        let mut retire = live.stdin.is_none() || live.stdout.is_none();
-        if fds.ready(stdout_slot) {
-            match live.read_stdout(&mut self.buf) {
-                Ok(0) => retire = true,
-                Ok(n) => live.leftover.extend_from_slice(&self.buf[..n]),
-                Err(e) if is_transient(&e) => {}
+        let mut retire = !live.process.stdin_open() || !live.process.stdout_open();
+        if ready.stdout {
+            match live.process.read_stdout(&mut self.buf) {
+                Ok(Got::Closed) => retire = true,
+                Ok(Got::Data(n)) => live.leftover.extend_from_slice(&self.buf[..n]),
+                Ok(Got::Empty) => {}
                 Err(e) => {
                     self.kill(on_stderr);
-                    return Err(ServeError::Io(format!(
-                        "reading the generator's stdout: {e}"
-                    )));
+                    return Err(ServeError::Io(e.to_string()));
                 }
             }
         }
@@ -392,13 +379,7 @@ impl Server {
                 "output after the end-of-item marker without a request: {shown}"
             )));
         }
-        if !retire {
-            retire = match live.pidfd {
-                Some(_) => fds.ready(pidfd_slot),
-                None => live.group.exited_nowait().unwrap_or(true),
-            };
-        }
-        if retire {
+        if retire || live.process.has_exited() {
             self.kill(on_stderr);
         }
         Ok(())
@@ -431,7 +412,7 @@ impl Server {
                 live.served += 1;
                 // stderr written with the item is usually in its pipe by now: deliver it with
                 // the item.
-                live.drain_stderr(&mut self.buf, on_stderr);
+                live.process.drain_stderr(&mut self.buf, on_stderr);
                 Ok(Exchange::Done)
             }
             Step::DoneExited => {
@@ -491,13 +472,12 @@ impl Server {
         let Some(mut live) = self.live.take() else {
             return Exit::Unknown;
         };
-        live.stdin = None;
         let exit = live
-            .group
+            .process
             .kill_and_reap()
             .map_or(Exit::Unknown, Exit::from_status);
-        live.drain_stderr(&mut self.buf, on_stderr);
-        live.lines.finish(on_stderr);
+        live.process.drain_stderr(&mut self.buf, on_stderr);
+        live.process.finish_lines(on_stderr);
         exit
     }
 
@@ -506,31 +486,24 @@ impl Server {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        live.stdin = None;
-        live.group.signal(libc::SIGTERM);
+        live.process.close_stdin();
+        live.process.signal(libc::SIGTERM);
         let until = Instant::now().checked_add(TERM_GRACE);
-        live.wait_exit(until, &mut self.buf, on_stderr);
+        live.process.wait_exit(until, &mut self.buf, on_stderr);
         self.kill(on_stderr);
     }
 }
 
+/// Dropping the live process closes its stdin, kills its group at once and reaps it.
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(mut live) = self.live.take() {
-            live.stdin = None;
-            let _ = live.group.kill_and_reap();
-        }
+        self.live = None;
     }
 }
 
-/// The live process and its pipes.
+/// The live process and what the protocol remembers about it.
 struct Live {
-    group: Group,
-    pidfd: Option<OwnedFd>,
-    stdin: Option<File>,
-    stdout: Option<File>,
-    stderr: Option<File>,
-    lines: LineSplitter,
+    process: Process,
     /// stdout bytes read after the last marker line.
     leftover: Vec<u8>,
     /// Whether the process has written anything to stdout since it started.
@@ -555,66 +528,42 @@ impl Live {
         let mut input = request;
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         // A pipe takes 64 KiB at once: a request line is normally written here in one go.
-        self.pump(&mut input);
+        self.process.write_stdin(&mut input);
         let mut got_stdout = false;
         let mut eof_until: Option<Instant> = None;
         let mut open_quote_until: Option<Instant> = None;
-        // Without a pidfd, exit is detected by polling waitid: start fast and back off.
-        let mut backoff = Duration::from_millis(1);
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Step::Stop;
             }
             let now = Instant::now();
             let mut wait = MAX_POLL_WAIT;
-            if let Some(deadline) = deadline {
-                if now >= deadline {
-                    return Step::TimedOut;
-                }
-                wait = wait.min(deadline - now);
-            }
-            if let Some(until) = eof_until {
-                if now >= until {
-                    return Step::StdoutClosed;
-                }
-                wait = wait.min(until - now);
-            }
-            if let Some(until) = open_quote_until {
-                if now >= until {
-                    return Step::OpenQuote;
-                }
-                wait = wait.min(until - now);
-            }
-            if self.pidfd.is_none() {
-                wait = wait.min(backoff);
-                backoff = (backoff * 2).min(MAX_POLL_WAIT);
-            }
-
-            let mut fds = PollSet::default();
-            let pidfd_slot = fds.add(self.pidfd.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-            let stdout_slot = fds.add(self.stdout.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-            let stderr_slot = fds.add(self.stderr.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-            let stdin_slot = fds.add(
-                self.stdin
-                    .as_ref()
-                    .filter(|_| !input.is_empty())
-                    .map(|f| f.as_raw_fd()),
-                libc::POLLOUT,
-            );
-            if let Err(e) = fds.poll(wait) {
-                return Step::Io(format!("poll: {e}"));
-            }
-
-            if fds.ready(stdin_slot) {
-                self.pump(&mut input);
-            }
-            if fds.ready(stdout_slot) {
-                match self.read_stdout(buf) {
-                    Ok(0) => {
-                        eof_until = Instant::now().checked_add(EOF_GRACE);
-                        backoff = Duration::from_millis(1);
+            for (until, step) in [
+                (deadline, Step::TimedOut),
+                (eof_until, Step::StdoutClosed),
+                (open_quote_until, Step::OpenQuote),
+            ] {
+                if let Some(until) = until {
+                    if now >= until {
+                        return step;
                     }
-                    Ok(n) => {
+                    wait = wait.min(until - now);
+                }
+            }
+            let ready = match self.process.poll(wait, !input.is_empty()) {
+                Ok(ready) => ready,
+                Err(e) => return Step::Io(e.to_string()),
+            };
+            if ready.stdin {
+                self.process.write_stdin(&mut input);
+            }
+            if ready.stdout {
+                match self.process.read_stdout(buf) {
+                    Ok(Got::Closed) => {
+                        eof_until = Instant::now().checked_add(EOF_GRACE);
+                        self.process.hurry();
+                    }
+                    Ok(Got::Data(n)) => {
                         got_stdout = true;
                         self.answered = true;
                         match framer.feed(&buf[..n], on_stdout) {
@@ -629,231 +578,35 @@ impl Live {
                             .ends_with_quoted_marker_line()
                             .then(|| Instant::now() + OPEN_QUOTE_GRACE);
                     }
-                    Err(e) if is_transient(&e) => {}
-                    Err(e) => return Step::Io(format!("reading the generator's stdout: {e}")),
+                    Ok(Got::Empty) => {}
+                    Err(e) => return Step::Io(e.to_string()),
                 }
             }
-            if fds.ready(stderr_slot) {
-                if let Err(e) = self.read_stderr(buf, on_stderr) {
-                    return Step::Io(format!("reading the generator's stderr: {e}"));
+            if ready.stderr {
+                if let Err(e) = self.process.read_stderr(buf, on_stderr) {
+                    return Step::Io(e.to_string());
                 }
             }
-            let exited = match self.pidfd {
-                Some(_) => fds.ready(pidfd_slot),
-                None => self.group.exited_nowait().unwrap_or(true),
-            };
-            if exited {
+            if self.process.has_exited() {
                 // The marker may still be in the pipe, behind the exit.
-                for _ in 0..DRAIN_READS {
-                    match self.read_stdout(buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            got_stdout = true;
-                            self.answered = true;
-                            match framer.feed(&buf[..n], on_stdout) {
-                                Fed::More => {}
-                                Fed::End { .. } => return Step::DoneExited,
-                                Fed::Abort => return Step::Abort,
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => break,
-                    }
+                let mut fed = Fed::More;
+                let mut answered = false;
+                let _ = self.process.drain_stdout(buf, &mut |data| {
+                    answered = true;
+                    fed = framer.feed(data, on_stdout);
+                    fed == Fed::More
+                });
+                if answered {
+                    got_stdout = true;
+                    self.answered = true;
                 }
-                return Step::Exited { got_stdout };
+                return match fed {
+                    Fed::End { .. } => Step::DoneExited,
+                    Fed::Abort => Step::Abort,
+                    Fed::More => Step::Exited { got_stdout },
+                };
             }
         }
-    }
-
-    /// Writes as much of `input` as the pipe takes; on `EPIPE` (or any other error) stdin is
-    /// closed and the rest of the input dropped.
-    fn pump(&mut self, input: &mut &[u8]) {
-        let Some(pipe) = self.stdin.as_mut() else {
-            *input = &[];
-            return;
-        };
-        while !input.is_empty() {
-            match pipe.write(input) {
-                Ok(k) if k > 0 => *input = &input[k..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                _ => {
-                    self.stdin = None;
-                    *input = &[];
-                    return;
-                }
-            }
-        }
-    }
-
-    /// One read from stdout; closes it at EOF (returning `Ok(0)`, also when already closed).
-    fn read_stdout(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(pipe) = self.stdout.as_mut() else {
-            return Ok(0);
-        };
-        let n = pipe.read(buf)?;
-        if n == 0 {
-            self.stdout = None;
-        }
-        Ok(n)
-    }
-
-    /// One read from stderr, split into lines; closes it at EOF. `Ok(false)` when nothing more
-    /// can be read right now.
-    fn read_stderr(
-        &mut self,
-        buf: &mut [u8],
-        on_stderr: &mut dyn FnMut(&[u8]),
-    ) -> io::Result<bool> {
-        let Some(pipe) = self.stderr.as_mut() else {
-            return Ok(false);
-        };
-        match pipe.read(buf) {
-            Ok(0) => {
-                self.stderr = None;
-                Ok(false)
-            }
-            Ok(n) => {
-                self.lines.push(&buf[..n], on_stderr);
-                Ok(true)
-            }
-            Err(e) if is_transient(&e) => Ok(false),
-            Err(e) => {
-                self.stderr = None;
-                Err(e)
-            }
-        }
-    }
-
-    /// Reads what stderr holds right now, without waiting (bounded).
-    fn drain_stderr(&mut self, buf: &mut [u8], on_stderr: &mut dyn FnMut(&[u8])) {
-        for _ in 0..DRAIN_READS {
-            if !matches!(self.read_stderr(buf, on_stderr), Ok(true)) {
-                break;
-            }
-        }
-    }
-
-    /// Waits until the process exits or `until` passes (no limit when `None`), reading and
-    /// discarding stdout and delivering stderr meanwhile. Returns whether it exited.
-    fn wait_exit(
-        &mut self,
-        until: Option<Instant>,
-        buf: &mut [u8],
-        on_stderr: &mut dyn FnMut(&[u8]),
-    ) -> bool {
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let now = Instant::now();
-            let mut wait = MAX_POLL_WAIT;
-            if let Some(until) = until {
-                if now >= until {
-                    return self.exited_now();
-                }
-                wait = wait.min(until - now);
-            }
-            if self.pidfd.is_none() {
-                wait = wait.min(backoff);
-                backoff = (backoff * 2).min(MAX_POLL_WAIT);
-            }
-            let mut fds = PollSet::default();
-            let pidfd_slot = fds.add(self.pidfd.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-            let stdout_slot = fds.add(self.stdout.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-            let stderr_slot = fds.add(self.stderr.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN);
-            if fds.poll(wait).is_err() {
-                return false;
-            }
-            if fds.ready(stdout_slot) {
-                match self.read_stdout(buf) {
-                    Ok(_) => {}
-                    Err(e) if is_transient(&e) => {}
-                    Err(_) => self.stdout = None,
-                }
-            }
-            if fds.ready(stderr_slot) {
-                let _ = self.read_stderr(buf, on_stderr);
-            }
-            let exited = match self.pidfd {
-                Some(_) => fds.ready(pidfd_slot),
-                None => self.group.exited_nowait().unwrap_or(true),
-            };
-            if exited {
-                return true;
-            }
-        }
-    }
-
-    /// Whether the process has exited, without waiting.
-    fn exited_now(&self) -> bool {
-        match &self.pidfd {
-            Some(fd) => {
-                let mut fds = PollSet::default();
-                let slot = fds.add(Some(fd.as_raw_fd()), libc::POLLIN);
-                fds.poll(Duration::ZERO).is_ok() && fds.ready(slot)
-            }
-            None => self.group.exited_nowait().unwrap_or(true),
-        }
-    }
-}
-
-/// Up to four descriptors for one `poll`.
-struct PollSet {
-    fds: [libc::pollfd; 4],
-    n: usize,
-}
-
-impl Default for PollSet {
-    fn default() -> Self {
-        const NONE: libc::pollfd = libc::pollfd {
-            fd: -1,
-            events: 0,
-            revents: 0,
-        };
-        PollSet {
-            fds: [NONE; 4],
-            n: 0,
-        }
-    }
-}
-
-impl PollSet {
-    fn add(&mut self, fd: Option<RawFd>, events: libc::c_short) -> Option<usize> {
-        let fd = fd?;
-        if self.n == self.fds.len() {
-            return None;
-        }
-        self.fds[self.n] = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        self.n += 1;
-        Some(self.n - 1)
-    }
-
-    /// Polls, retrying on `EINTR` (with the full wait again: callers bound it to 100 ms).
-    fn poll(&mut self, wait: Duration) -> io::Result<()> {
-        loop {
-            // SAFETY: `fds[..n]` are initialized pollfd entries for descriptors we own.
-            let r = unsafe {
-                libc::poll(
-                    self.fds.as_mut_ptr(),
-                    self.n as libc::nfds_t,
-                    poll_millis(wait),
-                )
-            };
-            if r != -1 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    fn ready(&self, slot: Option<usize>) -> bool {
-        slot.is_some_and(|i| self.fds[i].revents != 0)
     }
 }
 
@@ -1007,54 +760,17 @@ impl Framer {
     }
 }
 
-/// Finds the program like `execvp` would, using the `PATH` of `env` if it sets one.
-fn resolve(argv0: &str, env: &[(String, String)], cwd: &Path) -> Result<PathBuf, String> {
-    match env.iter().rev().find(|(k, _)| k == "PATH") {
-        None => crate::child::supervise::resolve_program(argv0, cwd),
-        // An empty PATH means the system's default, as for execvp.
-        Some((_, path)) => {
-            let search = if path.is_empty() { DEFAULT_PATH } else { path };
-            crate::child::supervise::resolve_program_in(argv0, cwd, std::ffi::OsStr::new(search))
-        }
-    }
-}
-
-fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
-    let Some(argv0) = spec.argv.first() else {
-        return Err("empty command: no program to run".into());
-    };
-    let program = resolve(argv0, &spec.env, &spec.cwd)?;
-    // An absolute path, so the child's chdir cannot change which file is executed.
-    let program = std::path::absolute(&program)
-        .map_err(|e| format!("cannot make {} absolute: {e}", program.display()))?;
-
-    // Captured at each start: a slot starts its process once, not once per item.
-    let inherited = crate::child::spawn::Environ::capture();
-    let crate::child::spawn::Child {
-        group,
-        stdin,
-        stdout,
-        stderr,
-    } = crate::child::spawn::spawn(&crate::child::spawn::Command {
-        program: &program,
+fn start(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
+    let launch = Launch {
+        program: &spec.program,
         argv: &spec.argv,
         env: &spec.env,
-        inherited: &inherited,
+        environ: &spec.environ,
         cwd: &spec.cwd,
-    })
-    .map_err(|e| e.to_string())?;
-    let pidfd = if use_pidfd {
-        pidfd_open(group.pid())
-    } else {
-        None
     };
+    let process = Process::start(&launch, use_pidfd).map_err(|e| e.to_string())?;
     Ok(Live {
-        group,
-        pidfd,
-        stdin: Some(stdin),
-        stdout: Some(stdout),
-        stderr: Some(stderr),
-        lines: LineSplitter::default(),
+        process,
         leftover: Vec::new(),
         answered: false,
         served: 0,
@@ -1064,6 +780,8 @@ fn spawn(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{self, Write};
+    use std::path::Path;
     use std::process::{Command, Stdio};
     use std::sync::Arc;
 
@@ -1077,13 +795,36 @@ mod tests {
         vec!["python3".to_string(), "-c".to_string(), script.to_string()]
     }
 
-    fn server_with(argv: Vec<String>, use_pidfd: bool) -> Server {
-        let mut s = Server::new(ServerSpec {
+    /// A spec whose program is resolved as the command generator does it.
+    fn spec_for(
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: PathBuf,
+        marker: Vec<u8>,
+    ) -> ServerSpec {
+        // A program that cannot be found is started by a path that does not exist, to test
+        // the failed start.
+        let argv0 = argv.first().cloned().unwrap_or_default();
+        let program = crate::child::supervise::resolve_program(&argv0, &cwd)
+            .map(|p| std::path::absolute(p).unwrap())
+            .unwrap_or_else(|_| Path::new("/nonexistent").join(&argv0));
+        ServerSpec {
+            program,
             argv,
-            env: Vec::new(),
-            cwd: PathBuf::from("/"),
-            marker: DEFAULT_MARKER.to_vec(),
-        });
+            env,
+            environ: Environ::capture(),
+            cwd,
+            marker,
+        }
+    }
+
+    fn server_with(argv: Vec<String>, use_pidfd: bool) -> Server {
+        let mut s = Server::new(spec_for(
+            argv,
+            Vec::new(),
+            PathBuf::from("/"),
+            DEFAULT_MARKER.to_vec(),
+        ));
         s.use_pidfd = use_pidfd;
         s
     }
@@ -1899,7 +1640,7 @@ printf 'no newline' >&2"#;
     }
 
     #[test]
-    fn env_cwd_and_path_from_env() {
+    fn env_and_cwd() {
         let dir = std::env::temp_dir().join(format!("persistent-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("my-gen");
@@ -1910,16 +1651,12 @@ printf 'no newline' >&2"#;
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let path = format!("/nonexistent:{}:/bin:/usr/bin", dir.display());
-        let mut s = Server::new(ServerSpec {
-            argv: vec!["my-gen".into()],
-            env: vec![
-                ("SHARDRUN_TEST_VAR".into(), "hello world".into()),
-                ("PATH".into(), path),
-            ],
-            cwd: dir.clone(),
-            marker: DEFAULT_MARKER.to_vec(),
-        });
+        let mut s = Server::new(spec_for(
+            vec!["./my-gen".into()],
+            vec![("SHARDRUN_TEST_VAR".into(), "hello world".into())],
+            dir.clone(),
+            DEFAULT_MARKER.to_vec(),
+        ));
         let out = serve(&mut s, 0);
         assert_eq!(out.result, Ok(()));
         let canonical = std::fs::canonicalize(&dir).unwrap();
@@ -1927,27 +1664,17 @@ printf 'no newline' >&2"#;
             String::from_utf8_lossy(&out.stdout),
             format!("{}\nhello world\n", canonical.display())
         );
-        // Also relative to the working directory.
-        let mut s = Server::new(ServerSpec {
-            argv: vec!["./my-gen".into()],
-            env: Vec::new(),
-            cwd: dir.clone(),
-            marker: DEFAULT_MARKER.to_vec(),
-        });
-        assert_eq!(serve(&mut s, 0).result, Ok(()));
-        let e = resolve("my-gen", &[("PATH".into(), "/nonexistent".into())], &dir).unwrap_err();
-        assert!(e.contains("not found in PATH (/nonexistent)"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
     fn custom_marker() {
-        let mut s = Server::new(ServerSpec {
-            argv: sh("while read -r line; do printf 'END,1\\nENDx\\nEND\\r\\n'; done"),
-            env: Vec::new(),
-            cwd: PathBuf::from("/"),
-            marker: b"END".to_vec(),
-        });
+        let mut s = Server::new(spec_for(
+            sh("while read -r line; do printf 'END,1\\nENDx\\nEND\\r\\n'; done"),
+            Vec::new(),
+            PathBuf::from("/"),
+            b"END".to_vec(),
+        ));
         assert_eq!(serve(&mut s, 0).stdout, b"END,1\nENDx\n");
         assert_eq!(serve(&mut s, 1).stdout, b"END,1\nENDx\n");
         assert_eq!(s.starts(), 1);
