@@ -1,5 +1,11 @@
-//! Runs one attempt of a user's generator command for one work item: spawn, feed stdin, stream
-//! stdout and stderr, enforce the timeout, and always clean up the child's whole process group.
+//! Supervision of generator processes, in one place: [`Process`] is a started child (the leader
+//! of its own process group, its three non-blocking pipes, and how its exit is seen) with the
+//! one poll set, exit watcher, read, drain and reap that both kinds of command generators use;
+//! [`run_attempt`] runs one attempt of a per-item generator on it (spawn, feed stdin, stream
+//! stdout and stderr, enforce the timeout, always clean up the whole process group), and
+//! [`crate::generator::persistent`] keeps one alive across items. [`resolve_program`] is the one
+//! `PATH` rule: generators resolve their program once, with the worker's `PATH`, before the first
+//! item.
 //!
 //! # Model
 //!
