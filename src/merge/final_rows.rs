@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::{IoContext, Result};
 use crate::format::csv_out::RowWriter;
-use crate::store::manifest::{Record, RecordRef};
+use crate::store::record::{Record, RecordRef};
 
 /// Column names of `manifest_final.csv`.
 pub const COLUMNS: [&str; 10] = [

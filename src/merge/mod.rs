@@ -34,7 +34,7 @@ use crate::run::paths::{validate_name, RunPaths};
 use crate::run::plan::ShardPlan;
 use crate::run::runs::{find_run, RunRef};
 use crate::store::lock::ShardLock;
-use crate::store::manifest::Header;
+use crate::store::record::Header;
 pub use output::{describe_revisions, RevisionCount, Stats};
 use scan::ShardScan;
 
@@ -257,8 +257,8 @@ pub struct ShardFiles {
 
 impl ShardFiles {
     fn read(manifest: &Path, data_dir: &Path) -> Result<Self> {
-        let header = crate::store::manifest::read_header(manifest)
-            .ok_or_else(|| scan::no_header(manifest))?;
+        let header =
+            crate::store::record::read_header(manifest).ok_or_else(|| scan::no_header(manifest))?;
         Ok(ShardFiles {
             data: data_dir.join(format!("{}.csv", header.name)),
             manifest: manifest.to_path_buf(),
@@ -509,7 +509,7 @@ pub fn shard_of(
 pub struct Interleave {
     streams: Vec<Items>,
     heap: BinaryHeap<Reverse<(u64, usize)>>,
-    heads: Vec<Option<crate::store::manifest::Record>>,
+    heads: Vec<Option<crate::store::record::Record>>,
 }
 
 /// Shards up to which each shard's manifest is parsed on a thread of its own.
@@ -528,7 +528,7 @@ enum Items {
 }
 
 impl Items {
-    fn next_record(&mut self) -> Result<Option<crate::store::manifest::Record>> {
+    fn next_record(&mut self) -> Result<Option<crate::store::record::Record>> {
         match self {
             Items::Direct(s) => s.next_record(),
             Items::Ahead(s) => s.next_record(),
@@ -576,7 +576,7 @@ impl Interleave {
     }
 
     /// The next committed item in global order, with its shard slot.
-    pub fn next_item(&mut self) -> Result<Option<(usize, crate::store::manifest::Record)>> {
+    pub fn next_item(&mut self) -> Result<Option<(usize, crate::store::record::Record)>> {
         let Some(Reverse((_, slot))) = self.heap.pop() else {
             return Ok(None);
         };

@@ -21,7 +21,7 @@ use crate::format::csv_out::{header_line, RowWriter};
 use crate::merge::copy::RangeCopier;
 use crate::run::config::Sharding;
 use crate::run::runs::RunRef;
-use crate::store::manifest::Record;
+use crate::store::record::Record;
 
 /// Minimum, maximum and mean of a count.
 #[derive(Debug, Default, Serialize)]

@@ -2,6 +2,7 @@
 //! in item order, and (for plans where every shard holds one contiguous block of items) the
 //! shard's rows of `manifest_final.csv`, written while its manifest is read.
 
+use crate::store::record;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
@@ -11,7 +12,7 @@ use super::final_rows::FinalRows;
 use super::ShardFiles;
 use crate::error::{Error, IoContext, Result};
 use crate::run::plan::ShardPlan;
-use crate::store::manifest::{self, Header, Lines, Record, Status};
+use crate::store::record::{Header, Lines, Record, Status};
 
 /// One shard as merge sees it.
 #[derive(Debug)]
@@ -108,7 +109,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
         None => None,
     };
     let mut write_err = None;
-    let found = manifest::scan(&manifest, |rec, _| {
+    let found = record::scan(&manifest, |rec, _| {
         match (rec.status, plan.position(rec.index)) {
             (_, None) => {
                 stray.get_or_insert(rec.index);
@@ -193,7 +194,7 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
         // Only a manifest out of item order (jobs > 1, retried items) needs an index to sort:
         // a second pass collects it, so the common case costs no memory per item.
         let mut ok_lines: Vec<(u64, u64)> = Vec::new();
-        manifest::scan(&manifest, |rec, off| {
+        record::scan(&manifest, |rec, off| {
             if rec.status == Status::Ok {
                 ok_lines.push((rec.index, off));
             }
@@ -309,7 +310,7 @@ struct Latest {
 /// record, one reads them), 16 bytes per record; only shards with superseded records pay it.
 fn latest_records(manifest: &Path) -> Result<Latest> {
     let mut last: Vec<(u64, u64)> = Vec::new();
-    manifest::scan(manifest, |rec, off| last.push((rec.index, off)))?;
+    record::scan(manifest, |rec, off| last.push((rec.index, off)))?;
     // Sorted by index, then by position in the file: the last of each index is its latest.
     last.sort_unstable();
     let mut keep = 0;
@@ -330,7 +331,7 @@ fn latest_records(manifest: &Path) -> Result<Latest> {
         revisions: RevisionCounts::default(),
         order: Vec::new(),
     };
-    manifest::scan(manifest, |rec, off| {
+    record::scan(manifest, |rec, off| {
         if last.binary_search(&(rec.index, off)).is_err() {
             return;
         }
@@ -400,7 +401,7 @@ impl PartWriter {
     /// The row of a committed item, after those of the gaps before it.
     fn ok(
         &mut self,
-        rec: &manifest::RecordRef<'_>,
+        rec: &record::RecordRef<'_>,
         shard: u32,
         failed: &BTreeMap<u64, Record>,
     ) -> Result<()> {
@@ -530,7 +531,7 @@ impl ParkedStream {
             // Out of item order: each line is read where the sort put it, a few per opening.
             for (_, off) in order.take((self.budget / 128).max(1)) {
                 read_line_at(&file, off, &mut line).map_err(changed)?;
-                match manifest::parse_record(&line) {
+                match record::parse_record(&line) {
                     Some(rec) if rec.status == Status::Ok => self.batch.push_back(rec),
                     _ => return Err(changed(format!("no committed record at byte {off}"))),
                 }
@@ -554,7 +555,7 @@ impl ParkedStream {
             };
             for l in buf[..complete].split_inclusive(|&b| b == b'\n') {
                 let rec =
-                    manifest::parse_record(l).ok_or_else(|| changed(String::from_utf8_lossy(l)))?;
+                    record::parse_record(l).ok_or_else(|| changed(String::from_utf8_lossy(l)))?;
                 if rec.status == Status::Ok {
                     self.batch.push_back(rec);
                 }
@@ -684,7 +685,7 @@ impl ItemStream {
                 return Ok(None);
             };
             read_line_at(self.lines.file(), off, &mut self.line).map_err(changed)?;
-            return match manifest::parse_record(&self.line) {
+            return match record::parse_record(&self.line) {
                 Some(rec) if rec.status == Status::Ok => Ok(Some(rec)),
                 _ => Err(changed(format!("no committed record at byte {off}"))),
             };
@@ -696,8 +697,8 @@ impl ItemStream {
             if at >= self.end {
                 return Ok(None);
             }
-            let rec = manifest::parse_record(line)
-                .ok_or_else(|| changed(String::from_utf8_lossy(line)))?;
+            let rec =
+                record::parse_record(line).ok_or_else(|| changed(String::from_utf8_lossy(line)))?;
             if rec.status == Status::Ok {
                 return Ok(Some(rec));
             }

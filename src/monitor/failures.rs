@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::error::{IoContext, Result};
 use crate::run::paths::RunPaths;
-use crate::store::manifest::{Lines, Status};
+use crate::store::record::{Lines, Status};
 
 /// Stderr lines of an item kept as text in the report (the end of a traceback says the most).
 pub const STDERR_TAIL: usize = 5;
@@ -95,7 +95,7 @@ fn failed_in_manifest(
     let log = paths.log(shard, num_shards);
     // Only failures are kept: an ok record of the same item removes it again.
     let mut failed: BTreeMap<u64, FailedItem> = BTreeMap::new();
-    let scanned = crate::store::manifest::scan(&path, |rec, _| match rec.status {
+    let scanned = crate::store::record::scan(&path, |rec, _| match rec.status {
         Status::Ok => {
             failed.remove(&rec.index);
         }

@@ -118,7 +118,7 @@ impl Plan {
         let from_manifest = paths.manifests().ok().and_then(|list| {
             list.into_iter()
                 .filter(|(_, n, _)| *n == num_shards)
-                .find_map(|(_, _, path)| crate::store::manifest::read_header(&path))
+                .find_map(|(_, _, path)| crate::store::record::read_header(&path))
                 .filter(|h| h.num_shards == num_shards)
                 .map(|h| Plan {
                     n_items: h.source_items,
@@ -175,8 +175,8 @@ fn count_manifest<'c>(
     let len = std::fs::metadata(path).ok()?.len();
     if cache.as_ref().map(|c| c.len) != Some(len) {
         let (mut ok, mut rows) = (0, 0);
-        let (header, _, _) = crate::store::manifest::scan(path, |r, _| {
-            if r.status == crate::store::manifest::Status::Ok {
+        let (header, _, _) = crate::store::record::scan(path, |r, _| {
+            if r.status == crate::store::record::Status::Ok {
                 ok += 1;
                 rows += r.rows;
             }

@@ -6,3 +6,4 @@ pub mod files;
 pub mod lock;
 pub mod log;
 pub mod manifest;
+pub mod record;

@@ -4,6 +4,7 @@
 pub mod preflight;
 pub mod shard;
 
+use crate::store::record;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,7 +19,8 @@ use crate::run::items::Item;
 use crate::store::cache::{self, Cache};
 use crate::store::lock::ShardLock;
 use crate::store::log::{EventLog, V};
-use crate::store::manifest::{self, Record, ShardStore, Status};
+use crate::store::manifest::ShardStore;
+use crate::store::record::{Record, Status};
 use crate::worker::shard::{Generator, Shard, WorkerArgs, VERSION};
 
 /// Commit at least this often while items complete.
@@ -356,7 +358,7 @@ impl<'a> Resumed<'a> {
         }
     }
 
-    fn add(&mut self, r: manifest::RecordRef<'_>) {
+    fn add(&mut self, r: record::RecordRef<'_>) {
         let Some(pos) = self.plan.position(r.index) else {
             return;
         };
@@ -1061,7 +1063,7 @@ mod tests {
     use super::*;
     use crate::run::config::Sharding;
     use crate::run::plan::ShardPlan;
-    use crate::store::manifest::RecordRef;
+    use crate::store::record::RecordRef;
 
     fn rec(index: u64, status: Status, rows: u64, rev: &str) -> RecordRef<'_> {
         RecordRef {

@@ -11,7 +11,7 @@ use crate::run::items::ItemSource;
 use crate::run::paths::{validate_name, RunPaths};
 use crate::run::plan::ShardPlan;
 use crate::run::types::ColumnType;
-use crate::store::manifest::Fingerprint;
+use crate::store::record::Fingerprint;
 
 /// The shardrun version recorded with every run.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -138,9 +138,9 @@ impl Shard {
     }
 
     /// The header of this shard's manifest.
-    pub fn manifest_header(&self) -> crate::store::manifest::Header {
-        crate::store::manifest::Header {
-            format: crate::store::manifest::FORMAT.into(),
+    pub fn manifest_header(&self) -> crate::store::record::Header {
+        crate::store::record::Header {
+            format: crate::store::record::FORMAT.into(),
             shardrun: VERSION.into(),
             run: self.config.run.clone(),
             shard: self.index,
@@ -157,7 +157,7 @@ impl Shard {
     }
 
     /// The manifest header that shard `index` of the same plan would write, as `name`.
-    pub fn manifest_header_of(&self, index: u32, name: &str) -> crate::store::manifest::Header {
+    pub fn manifest_header_of(&self, index: u32, name: &str) -> crate::store::record::Header {
         let mut h = self.manifest_header();
         h.shard = index;
         h.name = name.to_string();
