@@ -500,45 +500,30 @@ impl Run<'_> {
     fn produce_all(&mut self, committed: &Committed) -> Result<()> {
         let shard = self.shard;
         let mut pending = committed.pending(&shard.plan).map(|i| shard.source.item(i));
+        let (stop, rate, log) = (self.interrupt.flag(), self.rate, self.log);
         if shard.jobs == 1 {
-            let mut out = RowWriter::new();
-            let mut state = Slot::default();
-            let result = (|| {
-                while let Some(item) = self.next_uncached(&mut pending)? {
-                    self.attempted += 1;
-                    let o = produce(
-                        shard,
-                        item,
-                        0,
-                        self.interrupt.flag(),
-                        self.rate,
-                        self.log,
-                        &mut out,
-                        &mut state,
-                    );
-                    self.handle(o)?;
-                }
-                Ok(())
-            })();
-            finish_slot(&mut state, self.log);
-            return result;
+            // One slot: produced on this thread, without channels.
+            let mut producer = Producer::new(shard, 0, stop, rate, log);
+            while let Some(item) = self.next_uncached(&mut pending)? {
+                self.attempted += 1;
+                self.handle(producer.produce(item))?;
+            }
+            return Ok(());
         }
         std::thread::scope(|scope| {
             let (work_tx, work_rx) = crossbeam_channel::bounded::<Item>(0);
             let (done_tx, done_rx) = crossbeam_channel::unbounded::<Outcome>();
             for slot in 0..shard.jobs {
                 let (rx, tx) = (work_rx.clone(), done_tx.clone());
-                let (stop, rate, log) = (self.interrupt.flag(), self.rate, self.log);
                 scope.spawn(move || {
-                    let mut out = RowWriter::new();
-                    let mut state = Slot::default();
+                    // Made on the slot's own thread, which lives as long as its generator
+                    // processes (their parent-death signal follows the thread that started them).
+                    let mut producer = Producer::new(shard, slot, stop, rate, log);
                     for item in rx {
-                        let o = produce(shard, item, slot, stop, rate, log, &mut out, &mut state);
-                        if tx.send(o).is_err() {
+                        if tx.send(producer.produce(item)).is_err() {
                             break;
                         }
                     }
-                    finish_slot(&mut state, log);
                 });
             }
             drop((work_rx, done_tx));
@@ -899,16 +884,6 @@ impl Run<'_> {
     }
 }
 
-/// Ends a slot's persistent generator, logging what it says on stderr as it goes.
-fn finish_slot(state: &mut Slot, log: &EventLog) {
-    let mut cap = StderrCap::new();
-    state.finish(&mut |line: &[u8]| cap.line(line, &mut |l| log_stderr(log, "", l)));
-    cap.finish(
-        &mut |lines, bytes| log_dropped(log, "", lines, bytes),
-        &mut |l| log_stderr(log, "", l),
-    );
-}
-
 /// One line of a generator's stderr, tagged with the item being made.
 fn log_stderr(log: &EventLog, key: &str, line: &[u8]) {
     log.event(
@@ -932,129 +907,174 @@ fn log_dropped(log: &EventLog, key: &str, lines: u64, bytes: u64) {
     );
 }
 
-/// Produces one item with the shard's generator, retrying a failed command with backoff.
-#[allow(clippy::too_many_arguments)]
-fn produce(
-    shard: &Shard,
-    item: Item,
+/// One slot of a shard: makes items one at a time with the shard's generator, keeping what the
+/// generator keeps between items (a persistent process, a parser, the row buffer). The slot body
+/// of both the one-slot loop and the `jobs` > 1 threads. Dropping it ends the slot's persistent
+/// process, logging its last stderr lines.
+struct Producer<'a> {
+    shard: &'a Shard,
     slot: u32,
-    stop: &AtomicBool,
-    rate: &RateLimit,
-    log: &EventLog,
-    out: &mut RowWriter,
-    state: &mut Slot,
-) -> Outcome {
-    let started = Instant::now();
-    let ms = |s: Instant| s.elapsed().as_millis() as u64;
-    match &shard.generator {
-        Generator::Builtin(b) => {
-            // generator.rate applies to builtins too (a quota is a quota).
-            if !rate.wait(stop) {
-                return Outcome::Stopped;
-            }
-            out.clear();
-            match b.generate(&item, out, stop) {
-                Ok(()) => {
-                    let (rows, count) = out.take();
-                    Outcome::Ok {
-                        item,
-                        rows,
-                        count,
-                        attempts: 1,
-                        ms: ms(started),
-                    }
-                }
-                Err(_) if stop.load(Ordering::SeqCst) => Outcome::Stopped,
-                Err(reason) => Outcome::Failed {
-                    item,
-                    attempts: 1,
-                    reason,
-                    ms: ms(started),
-                    stderr: None,
-                },
-            }
+    stop: &'a AtomicBool,
+    rate: &'a RateLimit,
+    log: &'a EventLog,
+    out: RowWriter,
+    state: Slot,
+}
+
+impl<'a> Producer<'a> {
+    fn new(
+        shard: &'a Shard,
+        slot: u32,
+        stop: &'a AtomicBool,
+        rate: &'a RateLimit,
+        log: &'a EventLog,
+    ) -> Self {
+        Producer {
+            shard,
+            slot,
+            stop,
+            rate,
+            log,
+            out: RowWriter::new(),
+            state: Slot::default(),
         }
-        Generator::Command(cmd) => {
-            let max_attempts = shard.config.generator.retries + 1;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
+    }
+
+    /// Produces one item, retrying a failed command with backoff.
+    fn produce(&mut self, item: Item) -> Outcome {
+        let Producer {
+            slot,
+            stop,
+            rate,
+            log,
+            ..
+        } = *self;
+        let (out, state) = (&mut self.out, &mut self.state);
+        let started = Instant::now();
+        let ms = |s: Instant| s.elapsed().as_millis() as u64;
+        match &self.shard.generator {
+            Generator::Builtin(b) => {
+                // generator.rate applies to builtins too (a quota is a quota).
                 if !rate.wait(stop) {
                     return Outcome::Stopped;
                 }
                 out.clear();
-                let key = &item.key;
-                let mut cap = StderrCap::new();
-                // The last non-blank stderr line names the failure in the launcher's report.
-                let mut last_line: Vec<u8> = Vec::new();
-                let result = {
-                    let mut on_stderr = |line: &[u8]| {
-                        if !line.trim_ascii().is_empty() {
-                            last_line.clear();
-                            last_line.extend_from_slice(line.trim_ascii_end());
-                        }
-                        cap.line(line, &mut |l| log_stderr(log, key, l));
-                    };
-                    if cmd.is_persistent() {
-                        cmd.serve(&item, slot, state, stop, &mut on_stderr, out)
-                    } else {
-                        cmd.attempt(&item, slot, state, stop, &mut on_stderr, out)
-                    }
-                };
-                cap.finish(
-                    &mut |lines, bytes| log_dropped(log, key, lines, bytes),
-                    &mut |l| log_stderr(log, key, l),
-                );
-                match result {
+                match b.generate(&item, out, stop) {
                     Ok(()) => {
                         let (rows, count) = out.take();
-                        return Outcome::Ok {
+                        Outcome::Ok {
                             item,
                             rows,
                             count,
-                            attempts: attempt,
-                            ms: ms(started),
-                        };
-                    }
-                    Err(AttemptError::Stopped) => return Outcome::Stopped,
-                    Err(AttemptError::Fatal(reason)) => {
-                        return Outcome::Fatal {
-                            item,
-                            attempts: attempt,
-                            reason,
+                            attempts: 1,
                             ms: ms(started),
                         }
                     }
-                    Err(AttemptError::Failed(reason)) => {
-                        log.event(
-                            "attempt_failed",
-                            &[
-                                ("key", V::S(&item.key)),
-                                ("index", V::D(&item.index)),
-                                ("attempt", V::S(&format!("{attempt}/{max_attempts}"))),
-                                ("reason", V::S(&reason)),
-                            ],
-                        );
-                        if attempt >= max_attempts {
-                            return Outcome::Failed {
+                    Err(_) if stop.load(Ordering::SeqCst) => Outcome::Stopped,
+                    Err(reason) => Outcome::Failed {
+                        item,
+                        attempts: 1,
+                        reason,
+                        ms: ms(started),
+                        stderr: None,
+                    },
+                }
+            }
+            Generator::Command(cmd) => {
+                let max_attempts = self.shard.config.generator.retries + 1;
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    if !rate.wait(stop) {
+                        return Outcome::Stopped;
+                    }
+                    out.clear();
+                    let key = &item.key;
+                    let mut cap = StderrCap::new();
+                    // The last non-blank stderr line names the failure in the launcher's report.
+                    let mut last_line: Vec<u8> = Vec::new();
+                    let result = {
+                        let mut on_stderr = |line: &[u8]| {
+                            if !line.trim_ascii().is_empty() {
+                                last_line.clear();
+                                last_line.extend_from_slice(line.trim_ascii_end());
+                            }
+                            cap.line(line, &mut |l| log_stderr(log, key, l));
+                        };
+                        if cmd.is_persistent() {
+                            cmd.serve(&item, slot, state, stop, &mut on_stderr, out)
+                        } else {
+                            cmd.attempt(&item, slot, state, stop, &mut on_stderr, out)
+                        }
+                    };
+                    cap.finish(
+                        &mut |lines, bytes| log_dropped(log, key, lines, bytes),
+                        &mut |l| log_stderr(log, key, l),
+                    );
+                    match result {
+                        Ok(()) => {
+                            let (rows, count) = out.take();
+                            return Outcome::Ok {
+                                item,
+                                rows,
+                                count,
+                                attempts: attempt,
+                                ms: ms(started),
+                            };
+                        }
+                        Err(AttemptError::Stopped) => return Outcome::Stopped,
+                        Err(AttemptError::Fatal(reason)) => {
+                            return Outcome::Fatal {
                                 item,
                                 attempts: attempt,
                                 reason,
                                 ms: ms(started),
-                                stderr: (!last_line.is_empty())
-                                    .then(|| String::from_utf8_lossy(&last_line).into_owned()),
-                            };
+                            }
                         }
-                        let delay = BACKOFF
-                            .saturating_mul(1 << (attempt - 1).min(16))
-                            .min(MAX_BACKOFF);
-                        if !sleep_until(Instant::now() + delay, stop) {
-                            return Outcome::Stopped;
+                        Err(AttemptError::Failed(reason)) => {
+                            log.event(
+                                "attempt_failed",
+                                &[
+                                    ("key", V::S(&item.key)),
+                                    ("index", V::D(&item.index)),
+                                    ("attempt", V::S(&format!("{attempt}/{max_attempts}"))),
+                                    ("reason", V::S(&reason)),
+                                ],
+                            );
+                            if attempt >= max_attempts {
+                                return Outcome::Failed {
+                                    item,
+                                    attempts: attempt,
+                                    reason,
+                                    ms: ms(started),
+                                    stderr: (!last_line.is_empty())
+                                        .then(|| String::from_utf8_lossy(&last_line).into_owned()),
+                                };
+                            }
+                            let delay = BACKOFF
+                                .saturating_mul(1 << (attempt - 1).min(16))
+                                .min(MAX_BACKOFF);
+                            if !sleep_until(Instant::now() + delay, stop) {
+                                return Outcome::Stopped;
+                            }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+impl Drop for Producer<'_> {
+    fn drop(&mut self) {
+        let log = self.log;
+        let mut cap = StderrCap::new();
+        self.state
+            .finish(&mut |line: &[u8]| cap.line(line, &mut |l| log_stderr(log, "", l)));
+        cap.finish(
+            &mut |lines, bytes| log_dropped(log, "", lines, bytes),
+            &mut |l| log_stderr(log, "", l),
+        );
     }
 }
 
