@@ -25,7 +25,8 @@ pub const GUARD_ARG: &str = "--guard-generator-groups";
 
 /// The guard's process name (`ps -o comm`, `/proc/<pid>/comm`, what `pkill` and `pgrep` match
 /// by default), so that `pkill shard-worker` does not match it: the guard must outlive a killed
-/// worker to kill what its generators left. At most 15 bytes.
+/// worker to kill what its generators left. Set first thing in [`run`] (for the microseconds
+/// between its `execve` and that, the guard is still named `shard-worker`). At most 15 bytes.
 pub const GUARD_NAME: &CStr = c"shardrun-guard";
 
 /// Starts the guard for this worker; returns the pipe to tell it about groups, and its pid.
