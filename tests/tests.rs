@@ -14,6 +14,7 @@ mod persistent;
 mod revisions;
 mod run_lock;
 mod slurm;
+mod stop_continue;
 mod worker_bad_input;
 mod worker_crash;
 mod worker_run;

@@ -267,6 +267,75 @@ fn a_guard_that_stops_reading_is_killed_rather_than_kept_out_of_step() {
     );
 }
 
+/// The guard carried the worker's process name, so `pkill -9 shard-worker` (which matches
+/// process names) killed it along with the worker, and what the generators started in the
+/// background lived on. It is now named `shardrun-guard`: `pkill shard-worker` kills the
+/// worker only, and the guard then kills the generators' groups.
+#[test]
+fn pkill_shard_worker_does_not_match_the_guard_which_then_kills_the_background_children() {
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\nsleep 300 &\necho $! >> pids\necho $$ >> pids\nwait\n",
+    );
+    p.write(
+        "pk.yaml",
+        "run: pk\nitems: {range: {start: 0, end: 10}}\ngenerator: {command: [./g.sh], jobs: 2}\noutput: {columns: [k]}\n",
+    );
+    let mut cmd = p.worker("pk.yaml", &["--shard-index", "0", "--num-shards", "1"]);
+    // A group of its own, for the pkill below to reach this worker only.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = spawn(cmd);
+    let worker = child.id() as i32;
+    wait_for(
+        "2 generators and their children",
+        Duration::from_secs(10),
+        || p.read("pids").lines().count() >= 4,
+    );
+    let guard = children(worker)
+        .into_iter()
+        .find(|&c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .is_ok_and(|cmd| cmd.windows(8).any(|w| w == b"--guard-"))
+        })
+        .expect("the worker has a guard");
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm(guard), "shardrun-guard\n");
+    assert_eq!(comm(worker), "shard-worker\n");
+    // What pkill would match, among the worker's children and the worker itself: pgrep and
+    // pkill share their matching. (Limited to this worker: other runs may share the machine.)
+    let pgrep = |args: &[&str]| {
+        let out = std::process::Command::new("pgrep")
+            .args(args)
+            .output()
+            .expect("run pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|p| p.parse::<i32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let worker_s = worker.to_string();
+    assert_eq!(pgrep(&["-P", &worker_s, "shard-worker"]), Vec::<i32>::new());
+    assert_eq!(pgrep(&["-P", &worker_s, "shardrun-guard"]), vec![guard]);
+    let status = std::process::Command::new("pkill")
+        .args(["-9", "-g", &worker_s, "shard-worker"])
+        .status()
+        .expect("run pkill");
+    assert!(status.success());
+    child.wait().unwrap();
+    for pid in p.read("pids").lines() {
+        let pid: i32 = pid.parse().unwrap();
+        wait_for(
+            &format!("process {pid} to be gone"),
+            Duration::from_secs(3),
+            || !alive(pid),
+        );
+    }
+    wait_for("the guard to exit", Duration::from_secs(3), || {
+        !alive(guard)
+    });
+}
+
 /// The children of `pid`, from /proc.
 fn children(pid: i32) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))

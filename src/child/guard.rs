@@ -6,50 +6,61 @@
 //! (`sleep 60 &` in a shell script, a Python multiprocessing pool). The worker kills whole groups
 //! whenever it ends an attempt or exits, except when it is itself SIGKILLed (by a user, the OOM
 //! killer, a scheduler). For that case a worker with a command generator starts this guard: the
-//! worker's own executable run with [`GUARD_ARG`], in a process group of its own (so a Ctrl-C
-//! meant for the worker does not end it), whose stdin is a pipe from the worker. The worker
+//! worker's own executable run with [`GUARD_ARG`] and renamed [`GUARD_NAME`] (so that
+//! `pkill shard-worker` leaves it alone), in a process group of its own (so a Ctrl-C meant for
+//! the worker does not end it), whose stdin is a pipe from the worker. The worker
 //! writes `+<pgid>` when a group starts and `-<pgid>` once it has killed it (see
 //! [`crate::child::groups`]); when the pipe ends, because the worker exited in whatever way, the guard
 //! SIGKILLs every group still listed and exits.
 
+use crate::child::spawn::{self, Environ};
 use std::collections::BTreeSet;
+use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, BufRead};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 /// The hidden argument that makes `shard-worker` run as a guard.
 pub const GUARD_ARG: &str = "--guard-generator-groups";
 
+/// The guard's process name (`ps -o comm`, `/proc/<pid>/comm`, what `pkill` and `pgrep` match
+/// by default), so that `pkill shard-worker` does not match it: the guard must outlive a killed
+/// worker to kill what its generators left. Set first thing in [`run`] (for the microseconds
+/// between its `execve` and that, the guard is still named `shard-worker`). At most 15 bytes.
+pub const GUARD_NAME: &CStr = c"shardrun-guard";
+
 /// Starts the guard for this worker; returns the pipe to tell it about groups, and its pid.
-/// The executable must be `shard-worker` (or any program that runs [`serve`] when its first
+/// The executable must be `shard-worker` (or any program that runs [`run`] when its first
 /// argument is [`GUARD_ARG`]).
+///
+/// Started by [`spawn::spawn_detached`], like a generator but without the parent-death signal
+/// (it must outlive the worker), in a process group of its own, in `/` (it must not keep a
+/// directory busy), with stdout and stderr on `/dev/null`. Not with `std::process::Command` and
+/// `process_group`: a Ctrl-Z at the wrong moment would stop it before `execve` and hang the
+/// worker (see the module documentation of [`spawn`]).
 pub fn start() -> io::Result<(File, libc::pid_t)> {
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .arg(GUARD_ARG)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()?;
-    let stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| io::Error::other("the guard has no stdin"))?;
-    let pid = libc::pid_t::try_from(child.id()).map_err(io::Error::other)?;
-    // Dropping `child` neither waits nor kills: the guard lives until the pipe ends.
-    Ok((File::from(OwnedFd::from(stdin)), pid))
+    let argv = [exe.to_string_lossy().into_owned(), GUARD_ARG.to_string()];
+    let (pid, pipe) = spawn::spawn_detached(&spawn::Command {
+        program: &exe,
+        argv: &argv,
+        env: &[],
+        inherited: &Environ::capture(),
+        cwd: Path::new("/"),
+    })?;
+    // Nobody waits for the guard: it lives until the pipe ends, then exits, and is reaped by
+    // whoever inherits it (the worker has exited by then).
+    Ok((pipe, pid))
 }
 
-/// The guard process's `main`: closes the descriptors it inherited beyond 0, 1 and 2 (a
-/// caller's `$(...)` pipe must not stay open because of the guard; best effort, Linux 5.9 and
-/// later), then [`serve`]s its stdin.
+/// The guard process's `main`: takes the name [`GUARD_NAME`], closes the descriptors it
+/// inherited beyond 0, 1 and 2 (a caller's `$(...)` pipe must not stay open because of the
+/// guard; best effort, Linux 5.9 and later), then [`serve`]s its stdin.
 pub fn run() -> i32 {
-    // SAFETY: called first thing in the guard process, where no Rust object owns any
-    // descriptor above 2.
+    // SAFETY: PR_SET_NAME copies the NUL-terminated name. close_range is called first thing
+    // in the guard process, where no Rust object owns any descriptor above 2.
     unsafe {
+        libc::prctl(libc::PR_SET_NAME, GUARD_NAME.as_ptr(), 0, 0, 0);
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
     }
     serve(std::io::stdin().lock())
@@ -103,6 +114,8 @@ pub fn serve(mut input: impl BufRead) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
 
     #[test]
     fn only_groups_still_listed_at_the_end_are_killed() {
