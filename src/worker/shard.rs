@@ -16,23 +16,46 @@ use crate::store::record::Fingerprint;
 /// The shardrun version recorded with every run.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// What the user asked for on the command line.
-#[derive(Debug, Clone, Default)]
+/// What runs one shard: the `shard-worker` command line, parsed by clap straight into this
+/// struct (the binary adds only `--check`).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct WorkerArgs {
+    /// Run configuration (YAML).
+    #[arg(long, default_value = "conf/default.yaml")]
     pub config: PathBuf,
+    /// This shard's index, 0-based (default: $SLURM_ARRAY_TASK_ID or $JOB_COMPLETION_INDEX).
+    #[arg(long)]
     pub shard_index: Option<u32>,
+    /// Number of shards of the run (required with a shard index; default without one: 1).
+    #[arg(long)]
     pub num_shards: Option<u32>,
+    /// Data file name, without .csv (default: `process-<shard-index>`).
+    #[arg(long)]
     pub name: Option<String>,
+    /// Discard this shard's outputs (not the cache) and regenerate it.
+    #[arg(long)]
     pub force: bool,
+    /// Print this shard's items (count, first and last key) and write nothing.
+    #[arg(long)]
     pub dry_run: bool,
+    /// Items in flight within the shard (overrides generator.jobs).
+    #[arg(long)]
     pub jobs: Option<u32>,
+    /// Neither read nor write the item cache.
+    #[arg(long)]
     pub no_cache: bool,
+    /// Directory that relative paths resolve against and commands run in (default: .).
+    #[arg(long)]
     pub root: Option<PathBuf>,
-    /// Log to the log file only, not also to stderr (launchers keep stderr for fatal errors).
+    /// Write log lines only to the shard log, not also to stderr.
+    #[arg(long)]
     pub quiet: bool,
-    /// Print the run's name, default shard count and directories, and exit.
+    /// Print the run's name, default shard count and directories as key=value lines, and exit.
+    #[arg(long)]
     pub describe: bool,
-    /// Also regenerate the committed items that an older revision of the generator made.
+    /// Also regenerate the committed items that an older revision of the generator made
+    /// (a changed script or generator.version); the new commits supersede the old ones.
+    #[arg(long, conflicts_with = "force")]
     pub redo_stale: bool,
 }
 
