@@ -21,7 +21,9 @@
 #   --jobs J           items in flight per shard: passed to the workers, and --cpus-per-task=J
 #   --throttle K       at most K tasks of an array running at once (sbatch --array=...%K; the
 #                      same as passing --array=%K after --)
-#   -- OPTIONS         passed to sbatch as they are (--time, --partition, --mem, --account, ...)
+#   -- OPTIONS         passed to sbatch as they are (--time, --partition, --mem, --account, ...);
+#                      remembered with the run: later submissions without -- reuse them, a new
+#                      -- replaces them
 #
 # Task i of the array runs shard i (`shard-worker --shard-index i --num-shards N --quiet`) and
 # logs to logs/<run>/shard_<i>_of_<N>.log; Slurm's output goes to logs/<run>/slurm-%A_%a.out.
@@ -48,7 +50,10 @@ REDO_STALE=0
 DRY_RUN=0
 JOBS=''
 THROTTLE=''
+THROTTLE_ARG=''
 SBATCH_OPTS=()
+# 1 when this command has a `--`: its options replace those remembered from the run's last launch.
+SBATCH_GIVEN=0
 # Seconds between two looks at the queue while --wait waits.
 POLL=${SHARDRUN_SLURM_POLL:-10}
 
@@ -73,6 +78,7 @@ take_sbatch_opts() {
         shift
         ;;
       --array=* | -a*) usage_error "the array's indices are the shards; pass only a throttle (--array=%K), not $1" ;;
+      *$'\n'*) usage_error "an sbatch option cannot hold a line break" ;;
       *) SBATCH_OPTS+=("$1") ;;
     esac
     shift
@@ -92,14 +98,15 @@ parse_args() {
       --redo-stale) REDO_STALE=1 ;;
       --dry-run) DRY_RUN=1 ;;
       --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
-      --throttle) [ $# -ge 2 ] || usage_error "--throttle needs a number"; THROTTLE=$2; shift ;;
-      --) shift; take_sbatch_opts "$@"; break ;;
+      --throttle) [ $# -ge 2 ] || usage_error "--throttle needs a number"; THROTTLE_ARG=$2; shift ;;
+      --) shift; SBATCH_GIVEN=1; take_sbatch_opts "$@"; break ;;
       *) usage_error "unknown option: $1 (sbatch options go after --)" ;;
     esac
     shift
   done
   [ -z "$NUM_SHARDS" ] || is_count "$NUM_SHARDS" "$MAX_SHARDS" || usage_error "--num-shards must be a whole number from 1 to $MAX_SHARDS, not '$NUM_SHARDS'"
   [ -z "$JOBS" ] || is_count "$JOBS" "$MAX_JOBS" || usage_error "--jobs must be a whole number from 1 to $MAX_JOBS, not '$JOBS'"
+  THROTTLE=${THROTTLE_ARG:-$THROTTLE}
   [ -z "$THROTTLE" ] || is_count "$THROTTLE" "$MAX_SHARDS" || usage_error "the throttle must be a whole number from 1 to $MAX_SHARDS, not '$THROTTLE'"
   is_seconds "$POLL" "$MAX_SECONDS" || usage_error "SHARDRUN_SLURM_POLL must be a number of seconds from 0 to $MAX_SECONDS, not '$POLL'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
@@ -108,23 +115,45 @@ parse_args() {
   if ((REDO_STALE && ONLY_FAILED)); then usage_error "--redo-stale runs every shard (stale items can be in any); drop --only-failed"; fi
 }
 
-
-
-
-
-
-
-
-
-
-
-
 # The run's last launch, by either launcher (this one or run_parallel.sh): the later line wins.
 last_launch() {
   local mine local_
   mine=$(last_line "$STATUS" launch)
   local_=$(last_line "$LOGS_DIR/launcher.status" launch)
   if [ -n "$local_" ] && [[ "$local_" > "$mine" ]]; then echo "$local_"; else echo "$mine"; fi
+}
+
+# The sbatch options as recorded with a launch (`sbatch=` on its line): the words after `--`, and
+# the throttle as --array=%K, quoted as a shell would need them typed.
+sbatch_record() {
+  local words=("${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}")
+  [ -n "$THROTTLE" ] && words+=("--array=%$THROTTLE")
+  ((${#words[@]} > 0)) || return 0
+  quoted "${words[@]}"
+}
+
+# Without a `--` on this command, the sbatch options of the run's last Slurm launch apply again
+# (a pasted --only-failed lands in the same partition, with the same limits); a `--throttle`
+# given now still wins. REMEMBERED_FROM is the time of that launch ('' when none applies).
+use_remembered_sbatch_opts() {
+  local line v opts=() throttle=$THROTTLE_ARG
+  REMEMBERED_FROM=''
+  ((SBATCH_GIVEN)) && return 0
+  line=$(last_line "$STATUS" launch)
+  [[ "$line" == *" sbatch="* ]] || return 0
+  v=${line##* sbatch=}
+  if [[ "$v" == \"* ]]; then
+    # A JSON string (logval): \" and \\ are its only escapes.
+    v=$(sed -e 's/^"//' -e 's/"$//' -e 's/\\\(.\)/\1/g' <<<"$v")
+  fi
+  [ -n "$v" ] || return 0
+  printf '%s' "$v" | xargs -r printf '%s\0' >/dev/null 2>&1 ||
+    DIE_CODE=2 die "the sbatch options recorded in $(rel "$STATUS") are damaged ($v); give them again after --"
+  mapfile -d '' -t opts < <(printf '%s' "$v" | xargs -r printf '%s\0')
+  ((${#opts[@]} > 0)) || return 0
+  take_sbatch_opts "${opts[@]}"
+  THROTTLE=${throttle:-$THROTTLE}
+  REMEMBERED_FROM=${line%% *}
 }
 
 choose_shards() {
@@ -163,6 +192,19 @@ choose_shards() {
       continue
     fi
     SHARDS+=("$i")
+  done
+  # The plain command after a finished run would queue N tasks that each find nothing to do.
+  if ((!ONLY_FAILED && !FORCE && !REDO_STALE)) && run_finished; then
+    SHARDS=()
+  fi
+}
+
+# True when every shard of the NUM_SHARDS plan last ended ok and its output is still there.
+run_finished() {
+  local i
+  for ((i = 0; i < NUM_SHARDS; i++)); do
+    [ -f "$DATA_DIR/manifest_shard${i}_of_${NUM_SHARDS}.jsonl" ] || return 1
+    [ "$(last_field "$(shard_log "$i")" finish status)" = ok ] || return 1
   done
 }
 
@@ -310,18 +352,30 @@ take_submit_lock() {
   exec 8<&-
 }
 
+# One line naming the sbatch options in use and where they come from.
+describe_sbatch_opts() {
+  local opts
+  opts=$(sbatch_record)
+  if [ -n "$REMEMBERED_FROM" ]; then
+    echo "options for sbatch (remembered from the launch of $REMEMBERED_FROM; a new -- replaces them): $opts"
+  elif [ -n "$opts" ]; then
+    echo "options for sbatch (recorded with the run; later submissions reuse them): $opts"
+  fi
+}
+
 dry_run() {
-  local i out offset
+  local i out offset shards
   for i in "${SHARDS[@]}"; do
     out=$("$WORKER" --config "$CONFIG" --shard-index "$i" --num-shards "$NUM_SHARDS" --dry-run 2>&1) ||
       DIE_CODE=2 die "${out#shard-worker: error: }"
     echo "$out"
   done
+  describe_sbatch_opts
   echo "would submit (MaxArraySize $MAX_ARRAY; batch script $(rel "$BATCH")):"
   for offset in "${OFFSETS[@]}"; do
     sbatch_args "$offset"
-    printf '%q ' "${SBATCH_ARGS[@]}" | sed 's/ $//'
-    printf '   # shards %s\n' "${SHARDS_OF[$offset]}"
+    IFS=, read -ra shards <<<"${SHARDS_OF[$offset]}"
+    printf '%s   # shards %s\n' "$(quoted "${SBATCH_ARGS[@]}")" "$(ranges "${shards[@]}")"
   done
 }
 
@@ -331,7 +385,7 @@ submit() {
   mv -f "$BATCH.tmp" "$BATCH"
   chmod +x "$BATCH"
   SUBMIT_TS=$(now)
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY sbatch=$(logval "$(sbatch_record)")"
   JOB_IDS=()
   declare -gA JOB_OF=()
   for offset in "${OFFSETS[@]}"; do
@@ -420,8 +474,8 @@ report_shard() {
   SHARD_DONE=$(field "$line" "done" | grep -E '^[0-9]+$' || echo 0)
   SHARD_ROWS=$(field "$line" rows | grep -E '^[0-9]+$' || echo 0)
   if [ "$state" = ok ]; then
-    printf '✓ shard %s/%s (job %s) ok: %s items, %s rows, %s s\n' "$i" "$NUM_SHARDS" "$task" \
-      "$(thousands "$SHARD_DONE")" "$(thousands "$SHARD_ROWS")" "$(field "$line" elapsed_s)"
+    printf '✓ shard %s/%s (job %s) ok: %s, %s, %s s\n' "$i" "$NUM_SHARDS" "$task" \
+      "$(plural "$SHARD_DONE" item)" "$(plural "$SHARD_ROWS" row)" "$(field "$line" elapsed_s)"
     status "end shard=$i num_shards=$NUM_SHARDS job=$task state=ok"
     return 0
   fi
@@ -430,8 +484,8 @@ report_shard() {
   # items' reasons and their generators' stderr.
   msg=$(worker_reason "$out")
   if [ "$state" = interrupted ]; then
-    printf '✗ shard %s/%s (job %s) interrupted: exit %s, %s items committed (Slurm: %s; see %s)\n' "$i" "$NUM_SHARDS" "$task" \
-      "$(field "$line" exit)" "$(thousands "$SHARD_DONE")" "${sstate:-gone}" "$(rel "$(shard_log "$i")")"
+    printf '✗ shard %s/%s (job %s) interrupted: exit %s, %s committed (Slurm: %s; see %s)\n' "$i" "$NUM_SHARDS" "$task" \
+      "$(field "$line" exit)" "$(plural "$SHARD_DONE" item)" "${sstate:-gone}" "$(rel "$(shard_log "$i")")"
   elif [ -n "$state" ]; then
     printf '✗ shard %s/%s (job %s) %s: exit %s: %s (Slurm: %s; see %s, %s)\n' "$i" "$NUM_SHARDS" "$task" \
       "$state" "$(field "$line" exit)" "${msg:-$(field "$line" failed) items failed}" "${sstate:-gone}" \
@@ -455,7 +509,7 @@ report() {
     items=$((items + SHARD_DONE))
     rows=$((rows + SHARD_ROWS))
   done
-  printf '%s shard(s): %s ok, %s not ok; %s items, %s rows\n' "${#SHARDS[@]}" "$ok" "$bad" "$(thousands "$items")" "$(thousands "$rows")"
+  printf '%s: %s ok, %s not ok; %s, %s\n' "$(plural "${#SHARDS[@]}" shard)" "$ok" "$bad" "$(plural "$items" item)" "$(plural "$rows" row)"
   if ((bad > 0)); then
     echo "next: fix the cause (see the files named above), then re-submit only those shards: $(again)"
     exit 1
@@ -473,13 +527,22 @@ print_next_steps() {
   echo "then:   $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")   (when every shard is done; else: $(again))"
 }
 
+nothing_to_do() {
+  local more=''
+  ((ONLY_FAILED)) || more="; --force starts it over"
+  echo "nothing to do: all $(plural "$NUM_SHARDS" shard) of run '$RUN' succeeded$more"
+  exit 0
+}
+
 main() {
   parse_args "$@"
   ensure_binaries
   describe_run slurm.status
   BATCH=$LOGS_DIR/slurm_task.sh
+  use_remembered_sbatch_opts
   if ((DRY_RUN)); then
     choose_shards
+    ((${#SHARDS[@]} > 0)) || nothing_to_do
     plan_submissions
     dry_run
     exit 0
@@ -495,8 +558,7 @@ main() {
   fi
   choose_shards
   if ((${#SHARDS[@]} == 0)); then
-    echo "nothing to do: all $NUM_SHARDS shard(s) of run '$RUN' succeeded"
-    exit 0
+    nothing_to_do
   fi
   ((ONLY_FAILED)) && say "re-submitting shard(s) $(ranges "${SHARDS[@]}") of $NUM_SHARDS"
   plan_submissions

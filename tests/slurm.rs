@@ -215,6 +215,10 @@ fn a_cancelled_task_is_resubmitted_alone_and_merges_like_a_local_run() {
         "{log1}"
     );
     assert!(log1.contains(" signal signal=SIGTERM"), "{log1}");
+    // Slurm signals every process of the task, the generators' guard too: it outlives the
+    // signal, so the worker has nothing to warn about.
+    let out1 = p.read(&format!("logs/c/slurm-{job}_1.out"));
+    assert!(!out1.contains("stopped reading"), "{out1}");
     // The requeued one resumed: its second start found items committed by the first.
     let log0 = p.read("logs/c/shard_0_of_3.log");
     let restart = last_line_with(&log0, "start");
@@ -329,7 +333,7 @@ fn shards_beyond_max_array_size_run_as_several_offset_arrays() {
             "shard {i}: {out_file}"
         );
     }
-    assert!(text(&out).contains("5 shard(s): 5 ok"), "{}", text(&out));
+    assert!(text(&out).contains("5 shards: 5 ok"), "{}", text(&out));
     let out = Command::new(bin_dir().join("merge"))
         .current_dir(p.root())
         .args(["--config", "conf/m.yaml"])
@@ -670,4 +674,193 @@ fn a_failed_slurm_shard_is_reported_with_its_full_reason_and_log() {
         report.contains("--config 'conf/my f.yaml' --only-failed"),
         "{report}"
     );
+}
+
+// ---- options remembered, a finished run, the dry run's array ------------------------------
+
+/// `scontrol show job` of a job: its `Key=Value` fields.
+fn job_fields(job: &str) -> String {
+    sh(&["scontrol", "-o", "show", "job", job])
+}
+
+/// A generator that fails on key 3 while the file `fail` exists.
+const FLAKY: &str =
+    "#!/bin/sh\n[ -e fail ] && [ \"$1\" = 3 ] && { echo 'flaky' >&2; exit 1; }\necho \"$1\"\n";
+
+fn flaky_project(run: &str) -> Project {
+    let p = Project::new();
+    p.script("g.sh", FLAKY);
+    p.write("fail", "");
+    p.write(
+        "conf/f.yaml",
+        &format!(
+            "run: {run}\nitems: {{range: {{start: 0, end: 4}}}}\n\
+             generator: {{command: [./g.sh, \"{{key}}\"], retries: 0}}\noutput: {{columns: [k]}}\n"
+        ),
+    );
+    p
+}
+
+#[test]
+fn sbatch_options_are_remembered_until_a_new_double_dash_and_a_finished_run_submits_nothing() {
+    let Some(_turn) = cluster("sbatch_options_are_remembered") else {
+        return;
+    };
+    let p = flaky_project("o");
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--wait",
+            "--",
+            "--time=5",
+            "--comment=first options",
+        ],
+    );
+    assert_exit(&out, 1, "a failed shard", p.root());
+    let first = submitted_jobs(&p, "o").pop().unwrap();
+    let f = job_fields(&first);
+    assert!(
+        f.contains("TimeLimit=00:05:00") && f.contains("Comment=first options"),
+        "{f}"
+    );
+    // The printed hint is the plain --only-failed: the options come with the run.
+    assert!(
+        text(&out).contains("--config conf/f.yaml --only-failed"),
+        "{}",
+        text(&out)
+    );
+
+    std::fs::remove_file(p.path("fail")).unwrap();
+    let out = slurm(
+        &p,
+        &["--config", "conf/f.yaml", "--only-failed", "--dry-run"],
+    );
+    assert_exit(&out, 0, "--only-failed --dry-run", p.root());
+    let t = text(&out);
+    assert!(
+        t.contains("options for sbatch (remembered from the launch of ")
+            && t.contains("a new -- replaces them): --time=5 '--comment=first options'"),
+        "{t}"
+    );
+    assert!(
+        t.contains(" --time=5 '--comment=first options' logs/o/slurm_task.sh 0   # shards 1"),
+        "{t}"
+    );
+
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--only-failed", "--wait"]);
+    assert_exit(&out, 0, "--only-failed with remembered options", p.root());
+    let second = submitted_jobs(&p, "o").pop().unwrap();
+    assert_ne!(first, second);
+    let f = job_fields(&second);
+    assert!(
+        f.contains("TimeLimit=00:05:00") && f.contains("Comment=first options"),
+        "{f}"
+    );
+    assert!(
+        text(&out).contains("1 shard: 1 ok, 0 not ok; 2 items, 2 rows"),
+        "{}",
+        text(&out)
+    );
+
+    // The run is finished: the plain command submits nothing, --force would.
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--num-shards", "2"]);
+    assert_exit(&out, 0, "the plain command after a finished run", p.root());
+    assert!(
+        text(&out)
+            .contains("nothing to do: all 2 shards of run 'o' succeeded; --force starts it over"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        submitted_jobs(&p, "o").len(),
+        2,
+        "{}",
+        p.read("logs/o/slurm.status")
+    );
+
+    // A new -- replaces them (an empty one clears them), and is remembered in turn.
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--force",
+            "--wait",
+            "--",
+            "--time=7",
+        ],
+    );
+    assert_exit(&out, 0, "--force with new options", p.root());
+    let third = submitted_jobs(&p, "o").pop().unwrap();
+    let f = job_fields(&third);
+    assert!(
+        f.contains("TimeLimit=00:07:00") && !f.contains("first options"),
+        "{f}"
+    );
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--force",
+            "--num-shards",
+            "2",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        text(&out).contains("a new -- replaces them): --time=7\n"),
+        "{}",
+        text(&out)
+    );
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--force",
+            "--num-shards",
+            "2",
+            "--dry-run",
+            "--",
+        ],
+    );
+    assert!(!text(&out).contains("--time=7"), "{}", text(&out));
+}
+
+#[test]
+fn dry_run_prints_a_sparse_array_as_compressed_ranges_without_backslashes() {
+    let p = Project::new();
+    p.write("conf/d.yaml", ECHO5);
+    p.write(
+        "logs/d/slurm.status",
+        "2026-01-01T00:00:00.000Z launch run=d num_shards=10 shards=0-9 config=conf/d.yaml\n",
+    );
+    for i in [1, 6, 8, 9] {
+        p.write(
+            &format!("logs/d/shard_{i}_of_10.log"),
+            "2026-01-01T00:00:01.000Z finish status=ok done=1 total=1 failed=0 cached=0 generated=1 rows=1 elapsed_s=1 exit=0\n",
+        );
+    }
+    let out = slurm(
+        &p,
+        &["--config", "conf/d.yaml", "--only-failed", "--dry-run"],
+    );
+    assert_exit(&out, 0, "--only-failed --dry-run", p.root());
+    let t = text(&out);
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("sbatch "))
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(
+        line.contains(" --array=0,2-5,7 ") && line.ends_with("# shards 0,2-5,7"),
+        "{t}"
+    );
+    assert!(!line.contains('\\'), "{line}");
 }
