@@ -2,8 +2,9 @@
 # run_slurm.sh: run every shard of a shardrun configuration as a Slurm job array.
 #
 # Usage: ./scripts/run_slurm.sh [--config FILE] [--num-shards N] [--only-failed] [--wait]
-#                               [--force | --redo-stale] [--dry-run] [--jobs J] [--throttle K]
-#                               [-- SBATCH_OPTION...]
+#                               [--merge] [--force | --redo-stale] [--dry-run] [--jobs J]
+#                               [--throttle K] [-- SBATCH_OPTION...]
+#        ./scripts/run_slurm.sh [--config FILE] --status | --cancel | --wait
 #
 #   --version          print the version and exit
 #   --config FILE      run configuration (default: conf/default.yaml)
@@ -11,7 +12,17 @@
 #   --only-failed      submit exactly the shards whose last run failed, was interrupted or never
 #                      finished (their logs say so), with the recorded shard count; the workers'
 #                      preflight refuses a changed dataset identity (not a fixed script)
-#   --wait             wait until the array ends; exit 0 only if every shard succeeded
+#   --wait             wait until the array ends; exit 0 only if every shard succeeded. Alone
+#                      (no submission option) while the run's jobs are queued: wait for that
+#                      submission instead of submitting (after a Ctrl-C of an earlier --wait)
+#   --merge            also submit a merge job (name shardrun-<run>-merge) that starts once every
+#                      task succeeded (--dependency=afterok) and writes the dataset; Slurm ends it
+#                      when a task fails. Its output: logs/<run>/slurm-merge-<job>.out
+#   --status           the run's shards by state (ok, running, queued, requeued, failed,
+#                      interrupted, cancelled, gone, never started) from its recorded jobs: one
+#                      sacct call (scontrol when accounting is off) and one read of the logs
+#   --cancel           scancel every job of the run's submissions (split arrays and merge job)
+#                      still queued, and wait until they have left the queue
 #   --force            start the run over: workers discard their outputs, and outputs of another
 #                      shard count are removed (cached items are reused)
 #   --redo-stale       submit every shard, regenerating the items that an older revision of the
@@ -25,7 +36,7 @@
 #                      remembered with the run: later submissions without -- reuse them, a new
 #                      -- replaces them
 #
-# Task i of the array runs shard i (`shard-worker --shard-index i --num-shards N --quiet`) and
+# Jobs are named shardrun-<run> (squeue -n shardrun-<run>). Task i of the array runs shard i (`shard-worker --shard-index i --num-shards N --quiet`) and
 # logs to logs/<run>/shard_<i>_of_<N>.log; Slurm's output goes to logs/<run>/slurm-%A_%a.out.
 # Submissions are recorded in logs/<run>/slurm.status. Arrays longer than the cluster's
 # MaxArraySize (SHARDRUN_MAX_ARRAY_SIZE overrides it) are split into several submissions; each
@@ -33,8 +44,9 @@
 # Environment: SHARDRUN_BIN (prebuilt binaries; default target/release, built when missing or
 # stale), SHARDRUN_MAX_ARRAY_SIZE, SHARDRUN_SLURM_POLL (seconds between looks at the queue while
 # waiting; default 10).
-# Exit: 0 submitted (with --wait: every shard succeeded), 1 a submission failed (with --wait:
-# some shard did not succeed), 2 usage error or refusal (a failed preflight,
+# Exit: 0 submitted (with --wait: every shard succeeded, and the merge job too with --merge;
+# --status: shown; --cancel: nothing of the run is queued), 1 a submission failed (with --wait:
+# some shard or the merge job did not succeed), 2 usage error or refusal (a failed preflight,
 # `shard-worker --check`, submits nothing), 130/143 interrupted while waiting (the
 # jobs keep running).
 set -Eeuo pipefail
@@ -45,6 +57,9 @@ CONFIG=conf/default.yaml
 NUM_SHARDS=''
 ONLY_FAILED=0
 WAIT=0
+STATUS_ONLY=0
+CANCEL=0
+MERGE=0
 FORCE=0
 REDO_STALE=0
 DRY_RUN=0
@@ -94,6 +109,9 @@ parse_args() {
       --num-shards) [ $# -ge 2 ] || usage_error "--num-shards needs a number"; NUM_SHARDS=$2; shift ;;
       --only-failed) ONLY_FAILED=1 ;;
       --wait) WAIT=1 ;;
+      --status) STATUS_ONLY=1 ;;
+      --cancel) CANCEL=1 ;;
+      --merge) MERGE=1 ;;
       --force) FORCE=1 ;;
       --redo-stale) REDO_STALE=1 ;;
       --dry-run) DRY_RUN=1 ;;
@@ -112,6 +130,14 @@ parse_args() {
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
+  if ((STATUS_ONLY + CANCEL > 1)); then usage_error "--status and --cancel are two commands: give one"; fi
+  if ((STATUS_ONLY || CANCEL)); then
+    local what=--status
+    ((CANCEL)) && what=--cancel
+    if ((ONLY_FAILED || FORCE || REDO_STALE || DRY_RUN || WAIT || MERGE || SBATCH_GIVEN)) || [ -n "$NUM_SHARDS$JOBS$THROTTLE" ]; then
+      usage_error "$what acts on the run's recorded jobs and takes only --config"
+    fi
+  fi
   if ((REDO_STALE && ONLY_FAILED)); then usage_error "--redo-stale runs every shard (stale items can be in any); drop --only-failed"; fi
 }
 
@@ -186,9 +212,10 @@ choose_shards() {
       fi
     fi
   fi
+  read_finishes ''
   SHARDS=()
   for ((i = 0; i < NUM_SHARDS; i++)); do
-    if ((ONLY_FAILED)) && [ "$(last_field "$(shard_log "$i")" finish status)" = ok ]; then
+    if ((ONLY_FAILED)) && [ "${FSTATUS[$i]:-}" = ok ]; then
       continue
     fi
     SHARDS+=("$i")
@@ -199,12 +226,31 @@ choose_shards() {
   fi
 }
 
+# read_finishes SINCE: FINISH[i] = the last `finish` line at or after time SINCE ('' for any) of
+# shard i's log in the NUM_SHARDS plan, and FSTATUS[i] its status, for every shard with one. One
+# awk over all the logs: a plan of 10,000 shards costs one process, not three per shard.
+# shellcheck disable=SC2016  # an awk program
+read_finishes() {
+  local i st line
+  declare -gA FINISH=() FSTATUS=()
+  while IFS=' ' read -r i st line; do
+    [ -n "$line" ] || continue
+    FINISH[$i]=$line
+    FSTATUS[$i]=$st
+  done < <(find "$LOGS_DIR" -maxdepth 1 -name "shard_*_of_${NUM_SHARDS}.log" -print0 2>/dev/null |
+    xargs -0 -r awk -v since="$1" '
+      function out() { n = f; sub(/.*\/shard_/, "", n); sub(/_of_.*/, "", n); print n " " st " " line }
+      FNR == 1 { if (f != "") out(); f = FILENAME; line = ""; st = "" }
+      $2 == "finish" && $1 >= since { line = $0; st = "-"; if (match($0, / status=[^ ]*/)) st = substr($0, RSTART + 8, RLENGTH - 8) }
+      END { if (f != "") out() }')
+}
+
 # True when every shard of the NUM_SHARDS plan last ended ok and its output is still there.
 run_finished() {
   local i
   for ((i = 0; i < NUM_SHARDS; i++)); do
+    [ "${FSTATUS[$i]:-}" = ok ] || return 1
     [ -f "$DATA_DIR/manifest_shard${i}_of_${NUM_SHARDS}.jsonl" ] || return 1
-    [ "$(last_field "$(shard_log "$i")" finish status)" = ok ] || return 1
   done
 }
 
@@ -214,6 +260,7 @@ run_finished() {
 again() {
   local action=--only-failed
   ((REDO_STALE)) && action=--redo-stale
+  ((MERGE)) && action+=' --merge'
   printf '%s %s%s %s' "$(me)" "$(quoted --config "$CONFIG")" "${JOBS:+ --jobs $JOBS}" "$action"
 }
 
@@ -235,22 +282,29 @@ max_array_size() {
   echo "$m"
 }
 
-# ranges 0 1 2 5 7 8: the compact array syntax, "0-2,5,7-8".
+# ranges 0 1 2 5 7 8: the compact array syntax, "0-2,5,7-8" (no process per range: a sparse set
+# of thousands of shards is one line in a blink).
 ranges() {
   local out='' start='' prev='' i
-  for i in "$@"; do
-    if [ -n "$prev" ] && ((i == prev + 1)); then
+  for i in "$@" ''; do
+    if [ -n "$i" ] && [ -n "$prev" ] && ((i == prev + 1)); then
       prev=$i
       continue
     fi
-    [ -n "$start" ] && out+=$(range_of "$start" "$prev"),
+    if [ -n "$start" ]; then
+      out+=${out:+,}$start
+      ((start == prev)) || out+=-$prev
+    fi
     start=$i
     prev=$i
   done
-  [ -n "$start" ] && out+=$(range_of "$start" "$prev")
   echo "$out"
 }
-range_of() { if (($1 == $2)); then echo "$1"; else echo "$1-$2"; fi; }
+
+# expand_ranges "0-2,5": 0 1 2 5, one a line (a throttle, %K, is ignored).
+expand_ranges() {
+  tr , '\n' <<<"${1%%\%*}" | awk -F- 'NF == 1 && $1 != "" { print $1; next } NF == 2 { for (i = $1; i <= $2; i++) print i }'
+}
 
 # Splits SHARDS into submissions of task ids below MaxArraySize: shard i goes to the
 # submission with offset (i / M) * M as task i - offset. OFFSETS lists the offsets; ARRAY_OF
@@ -267,7 +321,7 @@ plan_submissions() {
     if [ "$offset" != "$prev" ] && ((${#tasks[@]} > 0)); then
       OFFSETS+=("$prev")
       ARRAY_OF[$prev]=$(ranges "${tasks[@]}")${THROTTLE:+%$THROTTLE}
-      SHARDS_OF[$prev]=$(IFS=,; echo "${shards[*]}")
+      SHARDS_OF[$prev]=$(ranges "${shards[@]}")
       tasks=()
       shards=()
     fi
@@ -325,7 +379,7 @@ sbatch_args() {
 # hands out again are not mistaken for ours.
 queued_jobs() {
   local ids queue
-  ids=$(grep -E '^[^ ]+ submit ' "$STATUS" 2>/dev/null | sed -n 's/.* job=\([0-9]*\).*/\1/p' | sort -u)
+  ids=$(grep -E '^[^ ]+ submit ' "$STATUS" 2>/dev/null | sed -n 's/.* job=\([0-9]*\).*/\1/p' | sort -un)
   [ -n "$ids" ] || return 0
   queue=$(squeue -h -u "$(id -un)" -o '%F %Z' 2>/dev/null) || die "cannot read the Slurm queue (squeue failed); is Slurm reachable from here?"
   awk -v dir="$PWD" 'NR == FNR { want[$1] = 1; next }
@@ -364,7 +418,7 @@ describe_sbatch_opts() {
 }
 
 dry_run() {
-  local i out offset shards
+  local i out offset
   for i in "${SHARDS[@]}"; do
     out=$("$WORKER" --config "$CONFIG" --shard-index "$i" --num-shards "$NUM_SHARDS" --dry-run 2>&1) ||
       DIE_CODE=2 die "${out#shard-worker: error: }"
@@ -374,9 +428,12 @@ dry_run() {
   echo "would submit (MaxArraySize $MAX_ARRAY; batch script $(rel "$BATCH")):"
   for offset in "${OFFSETS[@]}"; do
     sbatch_args "$offset"
-    IFS=, read -ra shards <<<"${SHARDS_OF[$offset]}"
-    printf '%s   # shards %s\n' "$(quoted "${SBATCH_ARGS[@]}")" "$(ranges "${shards[@]}")"
+    printf '%s   # shards %s\n' "$(quoted "${SBATCH_ARGS[@]}")" "${SHARDS_OF[$offset]}"
   done
+  if ((MERGE)); then
+    merge_sbatch_args '<job ids above>'
+    printf '%s   # merge, once every array succeeded\n' "$(quoted "${SBATCH_ARGS[@]}")"
+  fi
 }
 
 submit() {
@@ -385,8 +442,13 @@ submit() {
   mv -f "$BATCH.tmp" "$BATCH"
   chmod +x "$BATCH"
   SUBMIT_TS=$(now)
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY sbatch=$(logval "$(sbatch_record)")"
+  local mode=plain
+  ((ONLY_FAILED)) && mode=only-failed
+  ((FORCE)) && mode=force
+  ((REDO_STALE)) && mode=redo-stale
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(ranges "${SHARDS[@]}") mode=$mode jobs=$JOBS merge=$MERGE submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY sbatch=$(logval "$(sbatch_record)")"
   JOB_IDS=()
+  MERGE_JOB=''
   declare -gA JOB_OF=()
   for offset in "${OFFSETS[@]}"; do
     sbatch_args "$offset"
@@ -403,21 +465,67 @@ submit() {
     status "submit job=$job offset=$offset array=${ARRAY_OF[$offset]} shards=${SHARDS_OF[$offset]}"
     done_shards+=${done_shards:+,}${SHARDS_OF[$offset]}
   done
+  ((MERGE)) && submit_merge
+  return 0
+}
+
+# The merge job's sbatch command line (in SBATCH_ARGS), after the arrays DEPS (colon-separated).
+# afterok: it starts only once every task of every array succeeded; a task that fails makes the
+# dependency impossible, and --kill-on-invalid-dep ends the merge job then instead of leaving it
+# pending forever. The user's options (partition, account, time, memory) apply to it too.
+merge_sbatch_args() {
+  local q_merge q_config q_root
+  q_merge=$(printf '%q' "$MERGE_BIN")
+  q_config=$(printf '%q' "$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")")
+  q_root=$(printf '%q' "$PWD")
+  SBATCH_ARGS=(sbatch --parsable --job-name="shardrun-$RUN-merge" --dependency="afterok:$1"
+    --kill-on-invalid-dep=yes --output="$(rel "$LOGS_DIR")/slurm-merge-%j.out" --open-mode=append
+    --chdir="$PWD" "${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}"
+    --wrap="exec $q_merge --config $q_config --root $q_root")
+  # The user's --output names the tasks' files; the merge job keeps its own.
+  strip_output_opts
+}
+
+submit_merge() {
+  local out deps
+  deps=$(IFS=:; echo "${JOB_IDS[*]}")
+  merge_sbatch_args "$deps"
+  if ! out=$("${SBATCH_ARGS[@]}" 2>&1); then
+    printf '%s\n' "$out" >&2
+    status "submit_failed merge=1 after=$deps"
+    die "sbatch refused the merge job (the arrays ${JOB_IDS[*]} are submitted; merge by hand when they end: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG"))"
+  fi
+  MERGE_JOB=$(grep -E '^[0-9]+(;|$)' <<<"$out" | tail -n 1 | cut -d';' -f1)
+  [ -n "$MERGE_JOB" ] || die "unexpected sbatch output: $out"
+  status "submit job=$MERGE_JOB merge=1 after=$deps"
+}
+
+# Drops --output/-o (and --array) from SBATCH_ARGS, except the first --output (ours).
+strip_output_opts() {
+  local a kept=() skip=0 seen=0
+  for a in "${SBATCH_ARGS[@]}"; do
+    if ((skip)); then skip=0; continue; fi
+    case "$a" in
+      --output=*) ((seen++ == 0)) && kept+=("$a") ;;
+      -o | --output) skip=1 ;;
+      -o*) ;;
+      *) kept+=("$a") ;;
+    esac
+  done
+  SBATCH_ARGS=("${kept[@]}")
 }
 
 # "12 4 RUNNING" lines (array job, task, state) for this submission's tasks still in the queue.
 queue_of_ours() {
   local q
   q=$(squeue -h -r -u "$(id -un)" -o '%F %K %T' 2>/dev/null) || return 1
-  awk 'NR == FNR { want[$1] = 1; next } ($1 in want)' <(printf '%s\n' "${JOB_IDS[@]}") <(echo "$q")
+  awk 'NR == FNR { want[$1] = 1; next } ($1 in want)' <(printf '%s\n' "${JOB_IDS[@]}" "$MERGE_JOB") <(echo "$q")
 }
 
 # shellcheck disable=SC2317  # invoked by the INT/TERM traps
 on_wait_signal() {
-  local jobs
-  jobs=$(IFS=' '; echo "${JOB_IDS[*]}")
   printf '\n' >&2
-  say "$1: stopped waiting; the job(s) keep running (squeue -j ${jobs// /,}; stop them with: scancel $jobs)"
+  say "$1: stopped waiting; the job(s) keep running (wait again: $(me) $(quoted --config "$CONFIG") --wait; see them: --status; stop them: --cancel)"
   [ "$1" = SIGTERM ] && exit 143
   exit 130
 }
@@ -426,7 +534,7 @@ wait_for_jobs() {
   local q last='' line failing_since=''
   trap 'on_wait_signal SIGINT' INT
   trap 'on_wait_signal SIGTERM' TERM
-  say "waiting for job(s) ${JOB_IDS[*]} (Ctrl-C stops waiting, not the jobs)"
+  say "waiting for job(s) ${JOB_IDS[*]}${MERGE_JOB:+ and merge job $MERGE_JOB} (Ctrl-C stops waiting, not the jobs)"
   while true; do
     if q=$(queue_of_ours); then
       failing_since=''
@@ -445,13 +553,6 @@ wait_for_jobs() {
 }
 
 
-# The shard's last finish line written since this submission ('' if none).
-finish_since_submit() {
-  local log
-  log=$(shard_log "$1")
-  [ -f "$log" ] || return 0
-  awk -v since="$SUBMIT_TS" '$2 == "finish" && $1 >= since { line = $0 } END { print line }' "$log"
-}
 
 # job_of_shard I: the Slurm id (A_T) of shard I's task.
 job_of_shard() {
@@ -459,18 +560,21 @@ job_of_shard() {
   echo "${JOB_OF[$offset]}_$(($1 - offset))"
 }
 
-# What Slurm says about a task (state and exit code), while it still remembers it.
+# What Slurm says about task A_T (state and exit code), from task_states ('' when it is gone).
 slurm_state() {
-  scontrol -o show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([^ ]*\).* ExitCode=\([^ ]*\).*/\1, exit \2/p' | head -n 1
+  local st ex
+  read -r st ex _ <<<"${SSTATE[$1]:-}"
+  [ -n "$st" ] || return 0
+  printf '%s, exit %s' "$st" "$ex"
 }
 
 # report_shard I: prints shard I's line and records its end; true when it succeeded.
 report_shard() {
   local i=$1 line state task out sstate msg
-  line=$(finish_since_submit "$i")
-  state=$(field "$line" status)
+  line=${FINISH[$i]:-}
+  state=${FSTATUS[$i]:-}
   task=$(job_of_shard "$i")
-  out=$(rel "$LOGS_DIR")/slurm-${task}.out
+  out=$(output_file "$task")
   SHARD_DONE=$(field "$line" "done" | grep -E '^[0-9]+$' || echo 0)
   SHARD_ROWS=$(field "$line" rows | grep -E '^[0-9]+$' || echo 0)
   if [ "$state" = ok ]; then
@@ -480,22 +584,23 @@ report_shard() {
     return 0
   fi
   sstate=$(slurm_state "$task")
+  [ -n "$sstate" ] || sstate=$GONE
   # The worker's last stderr line (in Slurm's output) says why in full; the log holds failed
   # items' reasons and their generators' stderr.
   msg=$(worker_reason "$out")
   if [ "$state" = interrupted ]; then
     printf '✗ shard %s/%s (job %s) interrupted: exit %s, %s committed (Slurm: %s; see %s)\n' "$i" "$NUM_SHARDS" "$task" \
-      "$(field "$line" exit)" "$(plural "$SHARD_DONE" item)" "${sstate:-gone}" "$(rel "$(shard_log "$i")")"
+      "$(field "$line" exit)" "$(plural "$SHARD_DONE" item)" "$sstate" "$(rel "$(shard_log "$i")")"
   elif [ -n "$state" ]; then
     printf '✗ shard %s/%s (job %s) %s: exit %s: %s (Slurm: %s; see %s, %s)\n' "$i" "$NUM_SHARDS" "$task" \
-      "$state" "$(field "$line" exit)" "${msg:-$(field "$line" failed) items failed}" "${sstate:-gone}" \
-      "$(rel "$(shard_log "$i")")" "$out"
+      "$state" "$(field "$line" exit)" "${msg:-$(field "$line" failed) items failed}" "$sstate" \
+      "$(rel "$(shard_log "$i")")" "$(shown_output "$out")"
   else
     # No finish line: the worker never started or was killed hard; its Slurm output says why.
     msg=$(grep -v '^shardrun: run ' "$out" 2>/dev/null | tail -n 1 | sed 's/^shard-worker: error: //' || true)
     [ -z "$(worker_reason "$out")" ] || msg=$(worker_reason "$out")
-    printf '✗ shard %s/%s (job %s) did not finish (Slurm: %s)%s (see %s)\n' "$i" "$NUM_SHARDS" "$task" \
-      "${sstate:-gone}" "${msg:+: $msg}" "$out"
+    printf '✗ shard %s/%s (job %s) did not finish (Slurm: %s)%s (%s)\n' "$i" "$NUM_SHARDS" "$task" \
+      "$sstate" "${msg:+: $msg}" "$(shown_output "$out" see)"
     state=unfinished
   fi
   status "end shard=$i num_shards=$NUM_SHARDS job=$task state=$state"
@@ -504,6 +609,8 @@ report_shard() {
 
 report() {
   local i ok=0 bad=0 items=0 rows=0
+  read_finishes "$SUBMIT_TS"
+  task_states
   for i in "${SHARDS[@]}"; do
     if report_shard "$i"; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
     items=$((items + SHARD_DONE))
@@ -511,20 +618,283 @@ report() {
   done
   printf '%s: %s ok, %s not ok; %s, %s\n' "$(plural "${#SHARDS[@]}" shard)" "$ok" "$bad" "$(plural "$items" item)" "$(plural "$rows" row)"
   if ((bad > 0)); then
+    [ -z "$MERGE_JOB" ] || echo "merge job $MERGE_JOB did not run (it waits for every shard to succeed; Slurm ends it when one did not)"
     echo "next: fix the cause (see the files named above), then re-submit only those shards: $(again)"
     exit 1
+  fi
+  if [ -n "$MERGE_JOB" ]; then
+    report_merge
+    exit $?
   fi
   echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")"
   exit 0
 }
 
+# The merge job's line, like a shard's: its state, exit and output file; true when it succeeded.
+report_merge() {
+  local st ex out msg
+  read -r st ex _ <<<"${SSTATE[$MERGE_JOB]:-}"
+  out=$(output_file "$MERGE_JOB")
+  if [ "$st" = COMPLETED ] && [ "$ex" = 0:0 ]; then
+    printf '✓ merge (job %s) ok: %s (%s)\n' "$MERGE_JOB" "$(rel "$DATA_DIR")/" "$(shown_output "$out" output)"
+    status "end merge=1 job=$MERGE_JOB state=ok"
+    return 0
+  fi
+  msg=$(worker_reason "$out")
+  msg=${msg#merge: }
+  msg=${msg#error: }
+  printf '✗ merge (job %s) %s%s (%s)\n' "$MERGE_JOB" "${st:+Slurm: $st, exit $ex}${st:-$GONE}" "${msg:+: $msg}" "$(shown_output "$out" see)"
+  status "end merge=1 job=$MERGE_JOB state=${st:-gone}"
+  echo "next: fix the cause, then merge: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")"
+  return 1
+}
+
+# ---- what Slurm says about the run's jobs --------------------------------------------------
+
+# task_states: SSTATE[A_T] (and SSTATE[J] for the merge job) = "STATE EXIT RESTARTS", and
+# SOUT[...] = the output file Slurm names, for the run's recorded jobs still known to Slurm: one
+# `sacct` call where accounting is on (it remembers finished jobs), else one `scontrol` call
+# (which forgets a job MinJobAge seconds after it ended). GONE says what a missing task means.
+task_states() {
+  local ids out job task st ex rs so
+  declare -gA SSTATE=() SOUT=()
+  ids=$(IFS=,; echo "${JOB_IDS[*]}${MERGE_JOB:+,$MERGE_JOB}")
+  [ -n "$ids" ] || return 0
+  if have_cmd sacct && out=$(sacct -n -P -X -j "$ids" -o JobID,State,ExitCode,Restarts 2>/dev/null); then
+    STATE_SOURCE=sacct
+    GONE="unknown to Slurm's accounting (sacct)"
+    out=$(awk -F'|' '{ id = $1; st = $2; sub(/ .*/, "", st); job = id; task = "-"
+        if (id ~ /_/) { sub(/_.*/, "", job); task = id; sub(/^[^_]*_/, "", task); gsub(/[][]/, "", task) }
+        print job, task, st, $3, ($4 == "" ? 0 : $4), "-" }' <<<"$out")
+  else
+    STATE_SOURCE=scontrol
+    GONE="gone: Slurm forgets a job $(min_job_age) s after it ends, and this cluster keeps no accounting (sacct)"
+    out=$(scontrol -o show job 2>/dev/null | awk -v want="$ids" '
+      function val(k,   m) { if (match($0, " " k "=[^ ]*")) return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 2); return "" }
+      BEGIN { n = split(want, w, ","); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
+      { $0 = " " $0; job = val("ArrayJobId"); task = val("ArrayTaskId")
+        if (job == "") { job = val("JobId"); task = "-" }
+        if (!(job in ok)) next
+        print job, task, val("JobState"), val("ExitCode"), val("Restarts"), val("StdOut") }')
+  fi
+  while read -r job task st ex rs so; do
+    [ -n "$job" ] || continue
+    if [ "$task" = - ]; then
+      SSTATE[$job]="$st $ex ${rs:-0}"
+      [ "$so" = - ] || SOUT[$job]=$so
+      continue
+    fi
+    # A pending array's tasks come as one record with a range (4-99%2), whose output file name
+    # Slurm expands with a placeholder task id: only a single task's is its own.
+    [[ "$task" =~ ^[0-9]+$ ]] && [[ "$so" != *4294967294* ]] || so=-
+    while read -r t; do
+      SSTATE[${job}_$t]="$st $ex ${rs:-0}"
+      [ "$so" = - ] || SOUT[${job}_$t]=$so
+    done < <(expand_ranges "$task")
+  done <<<"$out"
+}
+
+min_job_age() {
+  scontrol show config 2>/dev/null | awk '$1 == "MinJobAge" { print $3; found = 1 } END { if (!found) print 300 }'
+}
+
+# output_file ID: the output file of task A_T (or of the merge job J): the one Slurm names, else
+# the --output pattern in force expanded (%A, %a, %j, %x, %u, %%), relative to here when below.
+output_file() {
+  local id=$1 job task pat
+  if [ -n "${SOUT[$id]:-}" ]; then
+    rel "${SOUT[$id]}"
+    return
+  fi
+  job=${id%%_*}
+  task=''
+  [[ "$id" == *_* ]] && task=${id#*_}
+  if [ -z "$task" ]; then
+    pat=$(rel "$LOGS_DIR")/slurm-merge-%j.out
+  else
+    pat=$(output_pattern)
+  fi
+  pat=${pat//%%/$'\001'}
+  pat=${pat//%A/$job}
+  pat=${pat//%a/$task}
+  pat=${pat//%j/$job}
+  pat=${pat//%x/shardrun-$RUN}
+  pat=${pat//%u/$(id -un)}
+  pat=${pat//$'\001'/%}
+  rel "$PWD/${pat#"$PWD"/}"
+}
+
+# The tasks' --output pattern: the user's last --output/-o, else ours.
+output_pattern() {
+  local pat i o=("${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}")
+  pat="$(rel "$LOGS_DIR")/slurm-%A_%a.out"
+  for ((i = 0; i < ${#o[@]}; i++)); do
+    case "${o[$i]}" in
+      --output=*) pat=${o[$i]#--output=} ;;
+      -o | --output) pat=${o[$((i + 1))]:-$pat} ;;
+      -o*) pat=${o[$i]#-o} ;;
+    esac
+  done
+  echo "$pat"
+}
+
+# shown_output FILE [WORD]: "WORD FILE" when the file exists, else says there is none.
+shown_output() {
+  if [ -e "$1" ]; then
+    echo "${2:+$2 }$1"
+  else
+    echo "no Slurm output file: $1 was never written (the task never started)"
+  fi
+}
+
+# ---- the run's last submission, from its records --------------------------------------------
+
+# load_last_submission: the run's last Slurm launch and its submissions, from slurm.status:
+# SUBMIT_TS, NUM_SHARDS, MAX_ARRAY, JOBS, REDO_STALE, SHARDS, JOB_IDS, JOB_OF, OFFSET_OF, MERGE_JOB.
+load_last_submission() {
+  local n line l job offset shards
+  [ -f "$STATUS" ] && n=$(grep -n -E '^[^ ]+ launch ' "$STATUS" | tail -n 1 | cut -d: -f1)
+  [ -n "${n:-}" ] || DIE_CODE=2 die "run '$RUN' has no Slurm submission recorded ($(rel "$STATUS")); submit it first: $(me) $(quoted --config "$CONFIG")"
+  line=$(sed -n "${n}p" "$STATUS")
+  SUBMIT_TS=${line%% *}
+  NUM_SHARDS=$(field "$line" num_shards)
+  MAX_ARRAY=$(field "$line" max_array_size)
+  if ! [[ "$NUM_SHARDS" =~ ^[1-9][0-9]{0,5}$ && "$MAX_ARRAY" =~ ^[1-9][0-9]{0,6}$ ]]; then
+    DIE_CODE=2 die "the status file $(rel "$STATUS") is damaged (its last launch line: ${line:0:80}); start the run again with --force"
+  fi
+  JOBS=$(field "$line" jobs)
+  [ "$(field "$line" mode)" = redo-stale ] && REDO_STALE=1
+  [ "$(field "$line" merge)" = 1 ] && MERGE=1
+  JOB_IDS=()
+  SHARDS=()
+  MERGE_JOB=''
+  declare -gA JOB_OF=()
+  while IFS= read -r l; do
+    job=$(field "$l" job)
+    [[ "$job" =~ ^[0-9]+$ ]] || continue
+    if [ "$(field "$l" merge)" = 1 ]; then
+      MERGE_JOB=$job
+      continue
+    fi
+    offset=$(field "$l" offset)
+    shards=$(field "$l" shards)
+    JOB_IDS+=("$job")
+    JOB_OF[$offset]=$job
+    mapfile -t -O "${#SHARDS[@]}" SHARDS < <(expand_ranges "$shards")
+  done < <(tail -n +"$n" "$STATUS" | grep -E '^[^ ]+ submit ')
+  ((${#JOB_IDS[@]} > 0)) || DIE_CODE=2 die "run '$RUN': sbatch accepted nothing at its last submission ($SUBMIT_TS); submit it again: $(again)"
+}
+
+# ---- --status, --cancel ------------------------------------------------------------------
+
+# One line per state: how many shards, and which (compressed ranges).
+show_status() {
+  local i st task key had_gone sst srs mst mex
+  need_cmd scontrol
+  load_last_submission
+  read_finishes "$SUBMIT_TS"
+  task_states
+  declare -A in_sub=() members=()
+  for i in "${SHARDS[@]}"; do in_sub[$i]=1; done
+  echo "run '$RUN': $(plural "$NUM_SHARDS" shard); last submission $SUBMIT_TS: job(s) ${JOB_IDS[*]} (name shardrun-$RUN)${MERGE_JOB:+, merge job $MERGE_JOB (shardrun-$RUN-merge)}"
+  [ -n "$(sbatch_record)" ] && echo "sbatch options: $(sbatch_record)"
+  echo "job states from $STATE_SOURCE"
+  # Shards outside the last submission keep what their logs last said.
+  [ "${#in_sub[@]}" = "$NUM_SHARDS" ] || read_earlier_finishes
+  for ((i = 0; i < NUM_SHARDS; i++)); do
+    if [ -z "${in_sub[$i]:-}" ]; then
+      st=${EARLIER[$i]:-never started}
+      [ "$st" = ok ] && st='ok'
+    else
+      task=$(job_of_shard "$i")
+      read -r sst _ srs <<<"${SSTATE[$task]:-}"
+      case "$sst" in
+        PENDING | REQUEUED | REQUEUE_HOLD | REQUEUE_FED)
+          if [ "${srs:-0}" != 0 ] || [ "$sst" != PENDING ]; then st=requeued; else st=queued; fi ;;
+        RUNNING | COMPLETING | CONFIGURING | SUSPENDED | STOPPED) st=running ;;
+        *)
+          st=${FSTATUS[$i]:-}
+          if [ -z "$st" ]; then
+            if [ -n "$sst" ]; then
+              st="did not finish (Slurm: $sst)"
+              if [ "$sst" = CANCELLED ]; then
+                st="cancelled while running"
+                [ -e "$(output_file "$task")" ] || st="cancelled, never started"
+              fi
+            else
+              st=gone
+            fi
+          fi
+          ;;
+      esac
+    fi
+    members[$st]+="$i "
+  done
+  had_gone=0
+  [ -n "${members[gone]:-}" ] && had_gone=1
+  for key in ok running queued requeued failed interrupted halted "cancelled while running" "cancelled, never started" gone "never started"; do
+    [ -n "${members[$key]:-}" ] || continue
+    # shellcheck disable=SC2086  # one word per shard
+    printf '  %-28s %6s  %s\n' "$key" "$(thousands "$(wc -w <<<"${members[$key]}")")" "$(ranges ${members[$key]})"
+    unset "members[$key]"
+  done
+  for key in "${!members[@]}"; do
+    # shellcheck disable=SC2086
+    printf '  %-28s %6s  %s\n' "$key" "$(thousands "$(wc -w <<<"${members[$key]}")")" "$(ranges ${members[$key]})"
+  done
+  if [ -n "$MERGE_JOB" ]; then
+    read -r mst mex _ <<<"${SSTATE[$MERGE_JOB]:-}"
+    echo "  merge job $MERGE_JOB: ${mst:-$GONE}${mex:+, exit $mex} ($(shown_output "$(output_file "$MERGE_JOB")" output))"
+  fi
+  ((had_gone)) && echo "  gone: Slurm no longer knows the task, and its log has no end since the submission (${GONE#gone: })"
+  return 0
+}
+
+# Cancels the run's jobs still in the queue (every array of a split run, and its merge job), and
+# waits until they have left it: a cancelled worker commits its finished items first.
+cancel_run() {
+  local q t=0
+  need_cmd scancel
+  need_cmd squeue
+  q=$(queued_jobs | tr '\n' ' ' | sed 's/ $//')
+  if [ -z "$q" ]; then
+    echo "nothing to cancel: run '$RUN' has no job in the Slurm queue"
+    exit 0
+  fi
+  load_last_submission
+  # shellcheck disable=SC2086  # one argument per job id
+  scancel $q || die "scancel $q failed"
+  status "cancel jobs=${q// /,}"
+  say "cancelled job(s) $q; waiting for their tasks to leave the queue (running workers commit what they finished)"
+  while [ -n "$(queued_jobs)" ]; do
+    ((t++ < 600)) || die "job(s) $q are still in the queue after 10 minutes (squeue -j ${q// /,})"
+    sleep 1
+  done
+  echo "cancelled run '$RUN': job(s) $q; nothing of it is queued. Finish it later with: $(again)"
+  exit 0
+}
+
+# read_earlier_finishes: EARLIER[i] = the status of shard i's last finish line, whenever written.
+read_earlier_finishes() {
+  local i
+  read_finishes ''
+  declare -gA EARLIER=()
+  for i in "${!FSTATUS[@]}"; do EARLIER[$i]=${FSTATUS[$i]}; done
+  read_finishes "$SUBMIT_TS"
+}
+
+
 print_next_steps() {
-  local jobs
-  jobs=$(IFS=,; echo "${JOB_IDS[*]}")
-  echo "submitted run '$RUN': job(s) ${JOB_IDS[*]}, shard(s) $(ranges "${SHARDS[@]}") of $NUM_SHARDS; logs in $(rel "$LOGS_DIR")/"
+  local cmd
+  cmd="$(me) $(quoted --config "$CONFIG")"
+  echo "submitted run '$RUN': job(s) ${JOB_IDS[*]} (name shardrun-$RUN), shard(s) $(ranges "${SHARDS[@]}") of $NUM_SHARDS${MERGE_JOB:+; merge job $MERGE_JOB (shardrun-$RUN-merge) once every shard succeeded}; logs in $(rel "$LOGS_DIR")/"
   echo "watch:  $(rel "$BIN")/monitor $(quoted --config "$CONFIG") --follow"
-  echo "        squeue -j $jobs"
-  echo "then:   $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")   (when every shard is done; else: $(again))"
+  echo "        $cmd --status   (--wait waits for it, --cancel cancels it)"
+  if [ -n "$MERGE_JOB" ]; then
+    echo "then:   the merge job writes $(rel "$DATA_DIR")/ (if a shard fails: $(again))"
+  else
+    echo "then:   $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")   (when every shard is done; else: $(again))"
+  fi
 }
 
 nothing_to_do() {
@@ -540,6 +910,13 @@ main() {
   describe_run slurm.status
   BATCH=$LOGS_DIR/slurm_task.sh
   use_remembered_sbatch_opts
+  if ((STATUS_ONLY)); then
+    show_status
+    exit 0
+  fi
+  if ((CANCEL)); then
+    cancel_run
+  fi
   if ((DRY_RUN)); then
     choose_shards
     ((${#SHARDS[@]} > 0)) || nothing_to_do
@@ -550,6 +927,16 @@ main() {
   need_cmd sbatch
   need_cmd squeue
   take_submit_lock
+  # --wait alone while the run's jobs are queued: wait for that submission (after a Ctrl-C of an
+  # earlier --wait, or from another login).
+  if ((WAIT && !ONLY_FAILED && !FORCE && !REDO_STALE && !MERGE && !SBATCH_GIVEN)) && [ -z "$NUM_SHARDS$JOBS$THROTTLE_ARG" ] &&
+    [ -n "$(queued_jobs)" ]; then
+    exec 9>&-
+    load_last_submission
+    say "run '$RUN' has job(s) in the queue: waiting for its submission of $SUBMIT_TS"
+    wait_for_jobs
+    report
+  fi
   refuse_when_queued
   if ((ONLY_FAILED)); then
     preflight "$(field "$(last_launch)" num_shards)"
@@ -567,6 +954,7 @@ main() {
   exec 9>&-
   print_next_steps
   if ((WAIT)); then
+    # The report judges shards by their logs and Slurm's memory of the tasks.
     wait_for_jobs
     report
   fi

@@ -313,8 +313,8 @@ fn shards_beyond_max_array_size_run_as_several_offset_arrays() {
     assert_eq!(
         submits,
         [
-            "0 array=0-1 shards=0,1",
-            "2 array=0-1 shards=2,3",
+            "0 array=0-1 shards=0-1",
+            "2 array=0-1 shards=2-3",
             "4 array=0 shards=4"
         ],
         "{status}"
@@ -863,4 +863,180 @@ fn dry_run_prints_a_sparse_array_as_compressed_ranges_without_backslashes() {
         "{t}"
     );
     assert!(!line.contains('\\'), "{line}");
+}
+
+// ---- --status, --cancel, --wait on an existing submission, --merge -------------------------
+
+/// Jobs of `ids` still in the queue (any task).
+fn queued(ids: &[String]) -> String {
+    sh(&["squeue", "-h", "-j", &ids.join(","), "-o", "%i %T"])
+}
+
+#[test]
+fn a_split_run_is_watched_reattached_and_cancelled_from_its_records() {
+    let Some(_turn) = cluster("a_split_run_is_watched_reattached_and_cancelled_from_its_records")
+    else {
+        return;
+    };
+    let p = Project::new();
+    p.script("g.sh", SLOW);
+    p.write("conf/c.yaml", &slow_config("a"));
+    // Three arrays (MaxArraySize 2); the user's own output file name.
+    let out = launcher(
+        &p,
+        "run_slurm.sh",
+        &[
+            "--config",
+            "conf/c.yaml",
+            "--num-shards",
+            "5",
+            "--",
+            "--output=logs/a/out-%x-%A.%a.txt",
+        ],
+    )
+    .env("SHARDRUN_MAX_ARRAY_SIZE", "2")
+    .output()
+    .unwrap();
+    assert_exit(&out, 0, "submission", p.root());
+    assert!(
+        text(&out).contains("--config conf/c.yaml --status"),
+        "{}",
+        text(&out)
+    );
+    let jobs = submitted_jobs(&p, "a");
+    assert_eq!(jobs.len(), 3, "{}", p.read("logs/a/slurm.status"));
+    wait_for("shard 0 under way", Duration::from_secs(30), || {
+        p.read("logs/a/shard_0_of_5.log").contains(" item done=")
+    });
+
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--status"]);
+    assert_exit(&out, 0, "--status", p.root());
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("job(s) {} (name shardrun-a)", jobs.join(" ")))
+            && t.contains("job states from scontrol"),
+        "{t}"
+    );
+    let row = |t: &str, state: &str| {
+        t.lines()
+            .find(|l| l.trim_start().starts_with(state))
+            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(row(&t, "running"), "0-1", "{t}");
+    assert_eq!(row(&t, "queued"), "2-4", "{t}");
+
+    // --wait re-attaches to the submission, and reports what --cancel leaves.
+    let mut waiting = spawn(launcher(
+        &p,
+        "run_slurm.sh",
+        &["--config", "conf/c.yaml", "--wait"],
+    ));
+    wait_for("--wait to re-attach", Duration::from_secs(10), || {
+        p.read("logs/a/slurm.status").lines().count() >= 4
+            && std::fs::read_dir(p.path("logs/a")).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--cancel"]);
+    assert_exit(&out, 0, "--cancel", p.root());
+    assert!(
+        text(&out).contains("nothing of it is queued"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(queued(&jobs), "", "after --cancel");
+    let status = wait_child(&mut waiting, Duration::from_secs(30));
+    let out = waiting.wait_with_output().unwrap();
+    let report = text(&out);
+    assert_eq!(status.code(), Some(1), "{report}");
+    assert!(report.contains("waiting for its submission of"), "{report}");
+    // (Slurm signals the generators too: a shard cancelled mid-item may end failed or
+    // interrupted; either way it is not ok.)
+    assert!(
+        report.contains(&format!("✗ shard 0/5 (job {}_0) ", jobs[0])),
+        "{report}"
+    );
+    // A task that never started has no output file, and the report says so by its real name.
+    assert!(
+        report.contains(&format!(
+            "✗ shard 4/5 (job {}_0) did not finish (Slurm: CANCELLED, exit 0:0) (no Slurm output file: logs/a/out-shardrun-a-{}.0.txt was never written",
+            jobs[2], jobs[2]
+        )),
+        "{report}"
+    );
+    assert!(p
+        .path(&format!("logs/a/out-shardrun-a-{}.0.txt", jobs[0]))
+        .exists());
+
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--status"]);
+    let t = text(&out);
+    assert_eq!(row(&t, "cancelled, never started"), "2-4", "{t}");
+    assert!(!t.contains(" ok ") && !t.contains("queued"), "{t}");
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--cancel"]);
+    assert_exit(&out, 0, "--cancel with nothing queued", p.root());
+    assert!(text(&out).contains("nothing to cancel"), "{}", text(&out));
+}
+
+#[test]
+fn a_merge_job_writes_the_dataset_once_every_shard_succeeded() {
+    let Some(_turn) = cluster("a_merge_job_writes_the_dataset_once_every_shard_succeeded") else {
+        return;
+    };
+    let p = flaky_project("mj");
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--merge",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 1, "--merge with a failed shard", p.root());
+    let t = text(&out);
+    let merge_job = last_line_with(&p.read("logs/mj/slurm.status"), "submit")
+        .split(" job=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        t.contains(&format!("merge job {merge_job} did not run")),
+        "{t}"
+    );
+    assert!(
+        t.contains("--config conf/f.yaml --only-failed --merge"),
+        "{t}"
+    );
+    assert_eq!(
+        queued(&[merge_job]),
+        "",
+        "the merge job must not stay pending"
+    );
+    assert!(!p.path("data/mj/combined.csv").exists());
+
+    // Submitted without --wait: the dataset appears with nothing running here.
+    std::fs::remove_file(p.path("fail")).unwrap();
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--only-failed", "--merge"]);
+    assert_exit(&out, 0, "--only-failed --merge", p.root());
+    assert!(
+        text(&out).contains("the merge job writes data/mj/"),
+        "{}",
+        text(&out)
+    );
+    wait_for("combined.csv", Duration::from_secs(60), || {
+        p.path("data/mj/combined.csv").exists() && queued(&submitted_jobs(&p, "mj")).is_empty()
+    });
+    assert_eq!(p.read("data/mj/combined.csv"), "k\n0\n1\n2\n3\n");
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--status"]);
+    let t = text(&out);
+    let merge_job = submitted_jobs(&p, "mj").pop().unwrap();
+    assert!(
+        t.contains(&format!(
+            "merge job {merge_job}: COMPLETED, exit 0:0 (output logs/mj/slurm-merge-{merge_job}.out)"
+        )),
+        "{t}"
+    );
 }
