@@ -418,8 +418,14 @@ describe_sbatch_opts() {
 }
 
 dry_run() {
-  local i out offset
+  local i out offset n=${#SHARDS[@]} k=0
   for i in "${SHARDS[@]}"; do
+    k=$((k + 1))
+    # Thousands of shards: the first and last ten tell the plan (one worker process each).
+    if ((n > 20 && k > 10 && k <= n - 10)); then
+      ((k == 11)) && echo "… $(thousands $((n - 20))) more shards …"
+      continue
+    fi
     out=$("$WORKER" --config "$CONFIG" --shard-index "$i" --num-shards "$NUM_SHARDS" --dry-run 2>&1) ||
       DIE_CODE=2 die "${out#shard-worker: error: }"
     echo "$out"

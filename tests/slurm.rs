@@ -334,6 +334,48 @@ fn shards_beyond_max_array_size_run_as_several_offset_arrays() {
         );
     }
     assert!(text(&out).contains("5 shards: 5 ok"), "{}", text(&out));
+
+    // A sparse set across the arrays (as if shards 1 and 4 had failed): one submission per
+    // array, each with only its own tasks.
+    for i in [1, 4] {
+        let log = p.path(&format!("logs/m/shard_{i}_of_5.log"));
+        let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        writeln!(
+            f,
+            "2026-01-01T00:00:00.000Z finish status=failed done=0 exit=1"
+        )
+        .unwrap();
+    }
+    let out = launcher(
+        &p,
+        "run_slurm.sh",
+        &["--config", "conf/m.yaml", "--only-failed", "--wait"],
+    )
+    .env("SHARDRUN_MAX_ARRAY_SIZE", "2")
+    .output()
+    .unwrap();
+    assert_exit(&out, 0, "sparse --only-failed across arrays", p.root());
+    let status = p.read("logs/m/slurm.status");
+    let submits: Vec<&str> = status
+        .lines()
+        .filter(|l| l.contains(" submit "))
+        .skip(3)
+        .map(|l| l.split_once(" offset=").map(|(_, r)| r).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        submits,
+        ["0 array=1 shards=1", "4 array=0 shards=4"],
+        "{status}"
+    );
+    assert!(text(&out).contains("2 shards: 2 ok"), "{}", text(&out));
+    let out = slurm(&p, &["--config", "conf/m.yaml", "--status"]);
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["ok", "5", "0-4"]),
+        "{}",
+        text(&out)
+    );
     let out = Command::new(bin_dir().join("merge"))
         .current_dir(p.root())
         .args(["--config", "conf/m.yaml"])
@@ -1039,4 +1081,52 @@ fn a_merge_job_writes_the_dataset_once_every_shard_succeeded() {
         )),
         "{t}"
     );
+}
+
+/// 10,000 shards, a sparse set of them failed across several arrays: --only-failed plans one
+/// submission per array with compressed ranges, reading the 10,000 logs at once.
+#[test]
+fn only_failed_of_ten_thousand_shards_is_split_into_compressed_ranges() {
+    let p = Project::new();
+    p.write(
+        "conf/s.yaml",
+        "run: s\nitems: {range: {start: 0, end: 20000}}\ngenerator: {builtin: echo}\n",
+    );
+    p.write(
+        "logs/s/slurm.status",
+        "2026-01-01T00:00:00.000Z launch run=s num_shards=10000 shards=0-9999 config=conf/s.yaml\n",
+    );
+    let failed = [3, 4, 5, 6, 7, 19, 200, 1500, 1501, 9999];
+    for i in (0..10_000).filter(|i| !failed.contains(i)) {
+        let status = if i == 260 { "failed" } else { "ok" };
+        std::fs::write(
+            p.path(&format!("logs/s/shard_{i}_of_10000.log")),
+            format!("2026-01-01T00:00:01.000Z finish status={status} done=2 exit=0\n"),
+        )
+        .unwrap();
+    }
+    let out = slurm(
+        &p,
+        &["--config", "conf/s.yaml", "--only-failed", "--dry-run"],
+    );
+    assert_exit(
+        &out,
+        0,
+        "--only-failed --dry-run of 10,000 shards",
+        p.root(),
+    );
+    let t = text(&out);
+    let sbatch: Vec<&str> = t.lines().filter(|l| l.starts_with("sbatch ")).collect();
+    assert_eq!(sbatch.len(), 3, "{t}");
+    for (line, (array, offset, shards)) in sbatch.iter().zip([
+        ("3-7,19,200,260", 0, "3-7,19,200,260"),
+        ("499-500", 1001, "1500-1501"),
+        ("990", 9009, "9999"),
+    ]) {
+        assert!(
+            line.contains(&format!(" --array={array} "))
+                && line.ends_with(&format!("slurm_task.sh {offset}   # shards {shards}")),
+            "{t}"
+        );
+    }
 }
