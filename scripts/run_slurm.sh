@@ -3,7 +3,7 @@
 #
 # Usage: ./scripts/run_slurm.sh [--config FILE] [--num-shards N] [--only-failed] [--wait]
 #                               [--merge] [--force | --redo-stale] [--dry-run] [--jobs J]
-#                               [--throttle K] [-- SBATCH_OPTION...]
+#                               [--shards-per-task K] [--throttle K] [-- SBATCH_OPTION...]
 #        ./scripts/run_slurm.sh [--config FILE] --status | --cancel | --wait
 #
 #   --version          print the version and exit
@@ -30,6 +30,9 @@
 #   --dry-run          print the plan (per shard: items, first … last key) and the sbatch
 #                      command(s); submit nothing
 #   --jobs J           items in flight per shard: passed to the workers, and --cpus-per-task=J
+#   --shards-per-task K  array task t runs shards t*K to t*K+K-1, one after another (default: the
+#                      run's last submission's, else 1); --only-failed submits only the tasks that
+#                      own failed shards and runs only those shards in them
 #   --throttle K       at most K tasks of an array running at once (sbatch --array=...%K; the
 #                      same as passing --array=%K after --)
 #   -- OPTIONS         passed to sbatch as they are (--time, --partition, --mem, --account, ...);
@@ -64,6 +67,9 @@ FORCE=0
 REDO_STALE=0
 DRY_RUN=0
 JOBS=''
+# Shards per array task (--shards-per-task); PER_TASK_ARG is the command line's.
+PER_TASK=1
+PER_TASK_ARG=''
 THROTTLE=''
 THROTTLE_ARG=''
 SBATCH_OPTS=()
@@ -116,6 +122,7 @@ parse_args() {
       --redo-stale) REDO_STALE=1 ;;
       --dry-run) DRY_RUN=1 ;;
       --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
+      --shards-per-task) [ $# -ge 2 ] || usage_error "--shards-per-task needs a number"; PER_TASK_ARG=$2; shift ;;
       --throttle) [ $# -ge 2 ] || usage_error "--throttle needs a number"; THROTTLE_ARG=$2; shift ;;
       --) shift; SBATCH_GIVEN=1; take_sbatch_opts "$@"; break ;;
       *) usage_error "unknown option: $1 (sbatch options go after --)" ;;
@@ -123,6 +130,7 @@ parse_args() {
     shift
   done
   [ -z "$NUM_SHARDS" ] || is_count "$NUM_SHARDS" "$MAX_SHARDS" || usage_error "--num-shards must be a whole number from 1 to $MAX_SHARDS, not '$NUM_SHARDS'"
+  [ -z "$PER_TASK_ARG" ] || is_count "$PER_TASK_ARG" "$MAX_SHARDS" || usage_error "--shards-per-task must be a whole number from 1 to $MAX_SHARDS, not '$PER_TASK_ARG'"
   [ -z "$JOBS" ] || is_count "$JOBS" "$MAX_JOBS" || usage_error "--jobs must be a whole number from 1 to $MAX_JOBS, not '$JOBS'"
   THROTTLE=${THROTTLE_ARG:-$THROTTLE}
   [ -z "$THROTTLE" ] || is_count "$THROTTLE" "$MAX_SHARDS" || usage_error "the throttle must be a whole number from 1 to $MAX_SHARDS, not '$THROTTLE'"
@@ -134,7 +142,7 @@ parse_args() {
   if ((STATUS_ONLY || CANCEL)); then
     local what=--status
     ((CANCEL)) && what=--cancel
-    if ((ONLY_FAILED || FORCE || REDO_STALE || DRY_RUN || WAIT || MERGE || SBATCH_GIVEN)) || [ -n "$NUM_SHARDS$JOBS$THROTTLE" ]; then
+    if ((ONLY_FAILED || FORCE || REDO_STALE || DRY_RUN || WAIT || MERGE || SBATCH_GIVEN)) || [ -n "$NUM_SHARDS$JOBS$THROTTLE$PER_TASK_ARG" ]; then
       usage_error "$what acts on the run's recorded jobs and takes only --config"
     fi
   fi
@@ -156,6 +164,14 @@ sbatch_record() {
   [ -n "$THROTTLE" ] && words+=("--array=%$THROTTLE")
   ((${#words[@]} > 0)) || return 0
   quoted "${words[@]}"
+}
+
+# The shards per task: the command line's, else the run's last Slurm launch's, else 1.
+choose_per_task() {
+  local k
+  k=$(field "$(last_line "$STATUS" launch)" shards_per_task)
+  [[ "$k" =~ ^[1-9][0-9]{0,5}$ ]] || k=1
+  PER_TASK=${PER_TASK_ARG:-$k}
 }
 
 # Without a `--` on this command, the sbatch options of the run's last Slurm launch apply again
@@ -309,15 +325,21 @@ expand_ranges() {
 # Splits SHARDS into submissions of task ids below MaxArraySize: shard i goes to the
 # submission with offset (i / M) * M as task i - offset. OFFSETS lists the offsets; ARRAY_OF
 # and SHARDS_OF give each one's array spec and shard list.
+# With --shards-per-task K, the unit is the task: task t owns shards t*K to t*K+K-1, and the
+# task ids (not the shard indices) are split at MaxArraySize.
 plan_submissions() {
-  local m i offset prev=-1 tasks=() shards=()
+  local m i t offset prev=-1 tasks=() shards=() last_t=-1
   m=$(max_array_size)
   MAX_ARRAY=$m
   OFFSETS=()
   declare -gA ARRAY_OF=() SHARDS_OF=()
   for i in "${SHARDS[@]}" ''; do
     offset=''
-    [ -n "$i" ] && offset=$((i / m * m))
+    t=''
+    if [ -n "$i" ]; then
+      t=$((i / PER_TASK))
+      offset=$((t / m * m))
+    fi
     if [ "$offset" != "$prev" ] && ((${#tasks[@]} > 0)); then
       OFFSETS+=("$prev")
       ARRAY_OF[$prev]=$(ranges "${tasks[@]}")${THROTTLE:+%$THROTTLE}
@@ -327,7 +349,8 @@ plan_submissions() {
     fi
     [ -n "$i" ] || break
     prev=$offset
-    tasks+=($((i - offset)))
+    ((t == last_t)) || tasks+=($((t - offset)))
+    last_t=$t
     shards+=("$i")
   done
 }
@@ -344,13 +367,19 @@ write_batch_script() {
   [ -n "$JOBS" ] && extra=" --jobs $JOBS"
   # A requeued task redoes what is still stale: the same work, never more.
   ((REDO_STALE)) && extra+=" --redo-stale"
+  local what="shard \$index of $NUM_SHARDS" runs="shard T + O of $NUM_SHARDS"
+  if ((PER_TASK > 1)); then
+    what="task \$index (shards \$((index * $PER_TASK))-\$((index * $PER_TASK + $((PER_TASK - 1)))) of $NUM_SHARDS)"
+    runs="those of shards (T + O) * $PER_TASK to (T + O) * $PER_TASK + $((PER_TASK - 1)) of $NUM_SHARDS in the list (second argument)"
+  fi
   cat <<EOF
 #!/bin/bash
 # Slurm batch script of shardrun run $q_run, written by scripts/run_slurm.sh.
-# Task T of an array submitted with offset O (the first argument) runs shard T + O of $NUM_SHARDS.
+# Task T of an array submitted with offset O (the first argument) runs $runs.
 set -eu
 index=\$((SLURM_ARRAY_TASK_ID + \${1:-0}))
-echo "shardrun: run $q_run, shard \$index of $NUM_SHARDS, job \${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID} on \$(hostname), restart \${SLURM_RESTART_COUNT:-0}"
+shard_list=\${2:-}
+echo "shardrun: run $q_run, $what, job \${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID} on \$(hostname), restart \${SLURM_RESTART_COUNT:-0}"
 set --
 EOF
   if ((FORCE)); then
@@ -359,9 +388,54 @@ EOF
 if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then set -- --force; fi
 EOF
   fi
-  cat <<EOF
+  if ((PER_TASK == 1)); then
+    cat <<EOF
 cd $q_root
 exec $q_bin --config $q_config --root $q_root --shard-index "\$index" --num-shards $NUM_SHARDS --quiet$extra "\$@"
+EOF
+    return
+  fi
+  # K shards per task, one after another: only those of the submission's list (the second
+  # argument, ranges such as 3-7,19), so a re-submission runs only the shards that failed. The
+  # shell stays (no exec): it passes a SIGTERM meant for the batch step (--signal=B:TERM@...) on
+  # to the running worker, starts no further shard, and exits 143.
+  cat <<EOF
+cd $q_root
+task=\$index
+first=\$((task * $PER_TASK))
+stop=0
+pid=''
+trap 'stop=1; [ -z "\$pid" ] || kill -TERM "\$pid" 2>/dev/null || true' TERM INT
+in_list() {
+  for r in \$(echo "\$shard_list" | tr , ' '); do
+    lo=\${r%-*}
+    hi=\${r#*-}
+    [ "\$1" -ge "\$lo" ] && [ "\$1" -le "\$hi" ] && return 0
+  done
+  return 1
+}
+rc=0
+i=\$first
+while [ "\$i" -lt \$((first + $PER_TASK)) ] && [ "\$i" -lt $NUM_SHARDS ]; do
+  [ "\$stop" = 0 ] || break
+  if in_list "\$i"; then
+    echo "shardrun: shard \$i of $NUM_SHARDS"
+    set +e
+    $q_bin --config $q_config --root $q_root --shard-index "\$i" --num-shards $NUM_SHARDS --quiet$extra "\$@" &
+    pid=\$!
+    while :; do
+      wait "\$pid"
+      r=\$?
+      kill -0 "\$pid" 2>/dev/null || break
+    done
+    pid=''
+    set -e
+    [ "\$r" = 0 ] || rc=\$r
+  fi
+  i=\$((i + 1))
+done
+[ "\$stop" = 0 ] || exit 143
+exit "\$rc"
 EOF
 }
 
@@ -372,6 +446,7 @@ sbatch_args() {
     --output="$(rel "$LOGS_DIR")/slurm-%A_%a.out" --open-mode=append --requeue --chdir="$PWD")
   [ -n "$JOBS" ] && SBATCH_ARGS+=(--cpus-per-task="$JOBS")
   SBATCH_ARGS+=("${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}" "$(rel "$BATCH")" "$offset")
+  ((PER_TASK == 1)) || SBATCH_ARGS+=("${SHARDS_OF[$offset]}")
 }
 
 # Array job ids of this run (from the status file) that are still in the queue. A job counts
@@ -452,7 +527,7 @@ submit() {
   ((ONLY_FAILED)) && mode=only-failed
   ((FORCE)) && mode=force
   ((REDO_STALE)) && mode=redo-stale
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(ranges "${SHARDS[@]}") mode=$mode jobs=$JOBS merge=$MERGE submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY sbatch=$(logval "$(sbatch_record)")"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(ranges "${SHARDS[@]}") mode=$mode jobs=$JOBS merge=$MERGE shards_per_task=$PER_TASK submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY sbatch=$(logval "$(sbatch_record)")"
   JOB_IDS=()
   MERGE_JOB=''
   declare -gA JOB_OF=()
@@ -562,8 +637,9 @@ wait_for_jobs() {
 
 # job_of_shard I: the Slurm id (A_T) of shard I's task.
 job_of_shard() {
-  local offset=$(($1 / MAX_ARRAY * MAX_ARRAY))
-  echo "${JOB_OF[$offset]}_$(($1 - offset))"
+  local t=$(($1 / PER_TASK))
+  local offset=$((t / MAX_ARRAY * MAX_ARRAY))
+  echo "${JOB_OF[$offset]}_$((t - offset))"
 }
 
 # What Slurm says about task A_T (state and exit code), from task_states ('' when it is gone).
@@ -769,6 +845,8 @@ load_last_submission() {
     DIE_CODE=2 die "the status file $(rel "$STATUS") is damaged (its last launch line: ${line:0:80}); start the run again with --force"
   fi
   JOBS=$(field "$line" jobs)
+  PER_TASK=$(field "$line" shards_per_task)
+  [[ "$PER_TASK" =~ ^[1-9][0-9]{0,5}$ ]] || PER_TASK=1
   [ "$(field "$line" mode)" = redo-stale ] && REDO_STALE=1
   [ "$(field "$line" merge)" = 1 ] && MERGE=1
   JOB_IDS=()
@@ -817,7 +895,11 @@ show_status() {
       case "$sst" in
         PENDING | REQUEUED | REQUEUE_HOLD | REQUEUE_FED)
           if [ "${srs:-0}" != 0 ] || [ "$sst" != PENDING ]; then st=requeued; else st=queued; fi ;;
-        RUNNING | COMPLETING | CONFIGURING | SUSPENDED | STOPPED) st=running ;;
+        RUNNING | COMPLETING | CONFIGURING | SUSPENDED | STOPPED)
+          st=running
+          # A task of several shards runs them one after another: those done say so.
+          ((PER_TASK == 1)) || st=${FSTATUS[$i]:-running}
+          ;;
         *)
           st=${FSTATUS[$i]:-}
           if [ -z "$st" ]; then
@@ -916,6 +998,7 @@ main() {
   describe_run slurm.status
   BATCH=$LOGS_DIR/slurm_task.sh
   use_remembered_sbatch_opts
+  choose_per_task
   if ((STATUS_ONLY)); then
     show_status
     exit 0
@@ -935,7 +1018,7 @@ main() {
   take_submit_lock
   # --wait alone while the run's jobs are queued: wait for that submission (after a Ctrl-C of an
   # earlier --wait, or from another login).
-  if ((WAIT && !ONLY_FAILED && !FORCE && !REDO_STALE && !MERGE && !SBATCH_GIVEN)) && [ -z "$NUM_SHARDS$JOBS$THROTTLE_ARG" ] &&
+  if ((WAIT && !ONLY_FAILED && !FORCE && !REDO_STALE && !MERGE && !SBATCH_GIVEN)) && [ -z "$NUM_SHARDS$JOBS$THROTTLE_ARG$PER_TASK_ARG" ] &&
     [ -n "$(queued_jobs)" ]; then
     exec 9>&-
     load_last_submission

@@ -1130,3 +1130,105 @@ fn only_failed_of_ten_thousand_shards_is_split_into_compressed_ranges() {
         );
     }
 }
+
+// ---- several shards per task -------------------------------------------------------------
+
+#[test]
+fn four_shards_per_task_give_a_local_runs_bytes_and_only_failed_reruns_only_failed_shards() {
+    let Some(_turn) = cluster("four_shards_per_task") else {
+        return;
+    };
+    let gen = "#!/bin/sh\n[ -e fail ] && { [ \"$1\" = 3 ] || [ \"$1\" = 29 ]; } && { echo flaky >&2; exit 1; }\necho \"$1,$(( $1 * 7 % 13 ))\"\n";
+    let conf = |run: &str| {
+        format!(
+            "run: {run}\nitems: {{range: {{start: 0, end: 32}}}}\n\
+             generator: {{command: [./g.sh, \"{{key}}\"], retries: 0}}\noutput: {{columns: [k, v]}}\n"
+        )
+    };
+    let local = Project::new();
+    local.script("g.sh", gen);
+    local.write("conf/c.yaml", &conf("l"));
+    let out = launcher(
+        &local,
+        "run_parallel.sh",
+        &["--config", "conf/c.yaml", "--num-shards", "16", "--merge"],
+    )
+    .output()
+    .unwrap();
+    assert_exit(&out, 0, "local run", local.root());
+
+    let p = Project::new();
+    p.script("g.sh", gen);
+    p.write("fail", "");
+    p.write("conf/c.yaml", &conf("k"));
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/c.yaml",
+            "--num-shards",
+            "16",
+            "--shards-per-task",
+            "4",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 1, "two failed shards", p.root());
+    let t = text(&out);
+    let job = submitted_jobs(&p, "k").pop().unwrap();
+    assert!(
+        t.contains(&format!("✗ shard 1/16 (job {job}_0) failed"))
+            && t.contains(&format!("✗ shard 14/16 (job {job}_3) failed"))
+            && t.contains(&format!("✓ shard 15/16 (job {job}_3) ok"))
+            && t.contains("16 shards: 14 ok, 2 not ok"),
+        "{t}"
+    );
+    assert!(last_line_with(&p.read("logs/k/slurm.status"), "submit")
+        .ends_with(" array=0-3 shards=0-15"));
+
+    std::fs::remove_file(p.path("fail")).unwrap();
+    let starts = |i: u32| {
+        p.read(&format!("logs/k/shard_{i}_of_16.log"))
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some("start"))
+            .count()
+    };
+    let before: Vec<usize> = (0..16).map(starts).collect();
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/c.yaml",
+            "--only-failed",
+            "--merge",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 0, "--only-failed of 2 shards in 2 tasks", p.root());
+    assert!(
+        last_line_with(&p.read("logs/k/slurm.status"), "submit").contains(" merge=1 "),
+        "{}",
+        p.read("logs/k/slurm.status")
+    );
+    let submit = p
+        .read("logs/k/slurm.status")
+        .lines()
+        .filter(|l| l.contains(" submit ") && l.contains(" array="))
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(submit.ends_with(" array=0,3 shards=1,14"), "{submit}");
+    for i in 0..16 {
+        let want = before[i as usize] + usize::from(i == 1 || i == 14);
+        assert_eq!(
+            starts(i),
+            want,
+            "shard {i} must run again only if it failed"
+        );
+    }
+    assert_eq!(
+        p.read("data/k/combined.csv"),
+        local.read("data/l/combined.csv"),
+        "4 shards per task and a local run must give the same bytes"
+    );
+}
