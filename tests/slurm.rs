@@ -1213,8 +1213,7 @@ fn four_shards_per_task_give_a_local_runs_bytes_and_only_failed_reruns_only_fail
     let submit = p
         .read("logs/k/slurm.status")
         .lines()
-        .filter(|l| l.contains(" submit ") && l.contains(" array="))
-        .last()
+        .rfind(|l| l.contains(" submit ") && l.contains(" array="))
         .unwrap()
         .to_string();
     assert!(submit.ends_with(" array=0,3 shards=1,14"), "{submit}");
