@@ -174,6 +174,12 @@ fn a_cancelled_task_is_resubmitted_alone_and_merges_like_a_local_run() {
     // Shard 1 is cancelled for good; shard 0 is requeued (as after a node failure) and resumes.
     sh(&["scancel", &format!("{job}_1")]);
     sh(&["scontrol", "requeue", &format!("{job}_0")]);
+    // The monitor knows the requeued task from Slurm (its log only says it was interrupted).
+    wait_for(
+        "monitor to show shard 0 requeued",
+        Duration::from_secs(10),
+        || monitor_json(&p, "conf/c.yaml")["slurm"]["requeued"] == "0",
+    );
     // While its tasks are queued, the run cannot be submitted again.
     let out = slurm(&p, &["--config", "conf/c.yaml", "--only-failed"]);
     assert_exit(&out, 2, "a second submission", p.root());
@@ -1229,5 +1235,71 @@ fn four_shards_per_task_give_a_local_runs_bytes_and_only_failed_reruns_only_fail
         p.read("data/k/combined.csv"),
         local.read("data/l/combined.csv"),
         "4 shards per task and a local run must give the same bytes"
+    );
+}
+
+// ---- the monitor of a Slurm run --------------------------------------------------------------
+
+fn monitor_json(p: &Project, config: &str) -> serde_json::Value {
+    let out = Command::new(bin_dir().join("monitor"))
+        .current_dir(p.root())
+        .args(["--config", config, "--json"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "monitor --json", p.root());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_monitor_shows_queued_shards_and_follow_ends_when_the_jobs_are_cancelled() {
+    let Some(_turn) = cluster("the_monitor_shows_queued_shards") else {
+        return;
+    };
+    let p = Project::new();
+    p.script("g.sh", SLOW);
+    p.write("conf/c.yaml", &slow_config("q"));
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/c.yaml",
+            "--num-shards",
+            "4",
+            "--throttle",
+            "1",
+        ],
+    );
+    assert_exit(&out, 0, "submission", p.root());
+    let job = submitted_jobs(&p, "q").pop().unwrap();
+    wait_for("shard 0 under way", Duration::from_secs(30), || {
+        p.read("logs/q/shard_0_of_4.log").contains(" item done=")
+    });
+    let snap = monitor_json(&p, "conf/c.yaml");
+    assert_eq!(snap["slurm"]["queued"], "1-3", "{snap}");
+    assert_eq!(snap["slurm"]["in_queue"], true, "{snap}");
+    assert_eq!(snap["summary"]["items_total"], 18, "{snap}");
+
+    let mut follow = spawn({
+        let mut c = Command::new(bin_dir().join("monitor"));
+        c.current_dir(p.root())
+            .args(["--config", "conf/c.yaml", "--follow", "--interval", "0.3"]);
+        c
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    sh(&["scancel", &job]);
+    let status = wait_child(&mut follow, Duration::from_secs(40));
+    let out = follow.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", text(&out));
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        last.contains(&format!(
+            "slurm: job(s) {job} no longer in the queue; cancelled, never started: 3 (1-3)"
+        )),
+        "{}",
+        text(&out)
     );
 }
