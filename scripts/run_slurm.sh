@@ -989,6 +989,7 @@ nothing_to_do() {
   local more=''
   ((ONLY_FAILED)) || more="; --force starts it over"
   echo "nothing to do: all $(plural "$NUM_SHARDS" shard) of run '$RUN' succeeded$more"
+  ((MERGE)) && echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")"
   exit 0
 }
 

@@ -561,6 +561,20 @@ fn bad_run_slurm_arguments_exit_2() {
         ],
         // No shard count: neither --num-shards nor `shards:` in the configuration.
         &["--config", "conf/d.yaml", "--dry-run"],
+        &["--config", "conf/d.yaml", "--status", "--only-failed"],
+        &["--config", "conf/d.yaml", "--cancel", "--", "--time=5"],
+        &["--config", "conf/d.yaml", "--status", "--cancel"],
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--shards-per-task",
+            "0",
+            "--dry-run",
+        ],
+        // --status of a run never submitted to Slurm.
+        &["--config", "conf/d.yaml", "--status"],
     ] {
         let out = slurm(&p, args);
         assert_exit(&out, 2, &format!("{args:?}"), p.root());
@@ -1301,5 +1315,54 @@ fn the_monitor_shows_queued_shards_and_follow_ends_when_the_jobs_are_cancelled()
         )),
         "{}",
         text(&out)
+    );
+}
+
+/// Where accounting is on, task states come from one `sacct` call (here a stand-in that prints
+/// what sacct prints for an array with a pending range and a cancelled merge job).
+#[test]
+fn status_reads_task_states_from_sacct_when_accounting_is_on() {
+    let p = Project::new();
+    p.write("conf/d.yaml", ECHO5);
+    p.write(
+        "logs/d/slurm.status",
+        "2026-01-01T00:00:00.000Z launch run=d num_shards=5 shards=0-3 mode=plain jobs= merge=1 shards_per_task=1 max_array_size=1001 sbatch=\"\"\n\
+         2026-01-01T00:00:00.100Z submit job=12 offset=0 array=0-3 shards=0-3\n\
+         2026-01-01T00:00:00.200Z submit job=13 merge=1 after=12\n",
+    );
+    let finish = |status: &str| {
+        format!("2026-01-01T00:00:05.000Z finish status={status} done=1 total=2 failed=0 cached=0 generated=1 rows=1 elapsed_s=1 exit=0\n")
+    };
+    p.write("logs/d/shard_0_of_5.log", &finish("ok"));
+    p.write("logs/d/shard_1_of_5.log", &finish("failed"));
+    p.write("logs/d/shard_4_of_5.log", &finish("ok"));
+    p.script(
+        "bin/sacct",
+        "#!/bin/sh\nprintf '12_0|COMPLETED|0:0|0\\n12_1|FAILED|1:0|0\\n12_[2-3]|PENDING|0:0|0\\n13|CANCELLED by 0|0:0|0\\n'\n",
+    );
+    p.script("bin/scontrol", "#!/bin/sh\nexit 1\n");
+    let path = format!(
+        "{}:{}",
+        p.path("bin").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = launcher(&p, "run_slurm.sh", &["--config", "conf/d.yaml", "--status"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "--status with sacct", p.root());
+    let t = text(&out);
+    let rows: Vec<Vec<&str>> = t
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(t.contains("job states from sacct"), "{t}");
+    assert!(rows.contains(&vec!["ok", "2", "0,4"]), "{t}");
+    assert!(rows.contains(&vec!["failed", "1", "1"]), "{t}");
+    assert!(rows.contains(&vec!["queued", "2", "2-3"]), "{t}");
+    assert!(
+        t.contains("merge job 13: CANCELLED, exit 0:0 (no Slurm output file: logs/d/slurm-merge-13.out was never written"),
+        "{t}"
     );
 }
