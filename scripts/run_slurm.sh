@@ -751,7 +751,7 @@ task_states() {
   else
     STATE_SOURCE=scontrol
     GONE="gone: Slurm forgets a job $(min_job_age) s after it ends, and this cluster keeps no accounting (sacct)"
-    out=$(scontrol -o show job 2>/dev/null | awk -v want="$ids" '
+    out=$(scontrol_jobs "${JOB_IDS[@]}" "$MERGE_JOB" | awk -v want="$ids" '
       function val(k,   m) { if (match($0, " " k "=[^ ]*")) return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 2); return "" }
       BEGIN { n = split(want, w, ","); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
       { $0 = " " $0; job = val("ArrayJobId"); task = val("ArrayTaskId")
@@ -774,6 +774,15 @@ task_states() {
       [ "$so" = - ] || SOUT[${job}_$t]=$so
     done < <(expand_ranges "$task")
   done <<<"$out"
+}
+
+# scontrol_jobs ID...: `scontrol -o show job` of each job (one call per array, not a listing of
+# the whole cluster); a job Slurm has forgotten prints nothing.
+scontrol_jobs() {
+  local id
+  for id in "$@"; do
+    [ -z "$id" ] || scontrol -o show job "$id" 2>/dev/null || true
+  done
 }
 
 min_job_age() {

@@ -942,7 +942,11 @@ fn a_split_run_is_watched_reattached_and_cancelled_from_its_records() {
     };
     let p = Project::new();
     p.script("g.sh", SLOW);
-    p.write("conf/c.yaml", &slow_config("a"));
+    // 20 items of 0.4 s per shard: the first two are still running when --cancel comes.
+    p.write(
+        "conf/c.yaml",
+        &slow_config("a").replace("end: 18", "end: 100"),
+    );
     // Three arrays (MaxArraySize 2); the user's own output file name.
     let out = launcher(
         &p,

@@ -2,7 +2,8 @@
 //! queue, were requeued, never started or were cancelled before they started. A shard's log
 //! cannot tell these apart (it has no line until the worker starts); the run's record
 //! (`logs/<run>/slurm.status`: its last `launch` line and the `submit` lines after it) names the
-//! jobs, and one `scontrol -o show job` per refresh says where their tasks are.
+//! jobs, and `scontrol -o show job <array job>` (one call per array, per refresh) says where
+//! their tasks are.
 //!
 //! `scontrol` rather than `sacct`: the monitor asks about the live queue, which the controller
 //! knows whether or not accounting is on. A task it no longer lists has left the queue.
@@ -237,38 +238,46 @@ impl SlurmRun {
     }
 
     /// Every task of the run's jobs that the controller lists; `None` when it cannot be asked.
+    /// One call per array job (a split run has a few), not one listing of the whole cluster.
     fn query(&self) -> Option<HashMap<(u64, u32), Task>> {
-        let out = Command::new("scontrol")
-            .args(["-o", "show", "job"])
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        let ours: std::collections::HashSet<u64> = self.jobs.values().copied().collect();
         let mut tasks = HashMap::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let field = |k: &str| {
-                line.split(' ')
-                    .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
-            };
-            let Some(job) = field("ArrayJobId").and_then(|v| v.parse::<u64>().ok()) else {
-                continue;
-            };
-            if !ours.contains(&job) {
-                continue;
+        for job in self.jobs.values() {
+            let out = Command::new("scontrol")
+                .args(["-o", "show", "job", &job.to_string()])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                // A job the controller has forgotten is gone; any other failure (controller
+                // down) says nothing.
+                if String::from_utf8_lossy(&out.stderr).contains("Invalid job id") {
+                    continue;
+                }
+                return None;
             }
-            let task = Task {
-                state: field("JobState").unwrap_or("").to_string(),
-                restarts: field("Restarts").and_then(|v| v.parse().ok()).unwrap_or(0),
-            };
-            for t in field("ArrayTaskId").and_then(expand).unwrap_or_default() {
-                tasks.insert((job, t), task.clone());
-            }
+            parse_tasks(&String::from_utf8_lossy(&out.stdout), *job, &mut tasks);
         }
         Some(tasks)
+    }
+}
+
+/// Adds the tasks of array job `ours` that `scontrol -o show job` lists in `text`.
+fn parse_tasks(text: &str, ours: u64, tasks: &mut HashMap<(u64, u32), Task>) {
+    for line in text.lines() {
+        let field = |k: &str| {
+            line.split(' ')
+                .find_map(|w| w.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+        };
+        if field("ArrayJobId").and_then(|v| v.parse::<u64>().ok()) != Some(ours) {
+            continue;
+        }
+        let task = Task {
+            state: field("JobState").unwrap_or("").to_string(),
+            restarts: field("Restarts").and_then(|v| v.parse().ok()).unwrap_or(0),
+        };
+        for t in field("ArrayTaskId").and_then(expand).unwrap_or_default() {
+            tasks.insert((ours, t), task.clone());
+        }
     }
 }
 
