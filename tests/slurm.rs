@@ -1370,3 +1370,28 @@ fn status_reads_task_states_from_sacct_when_accounting_is_on() {
         "{t}"
     );
 }
+
+/// A scheduler stopping a job signals every process of it at once, so a generator may die of the
+/// SIGTERM before its worker has seen its own: that is the worker being stopped, not the item
+/// failing. Here the generator kills itself and has the worker signalled a moment later.
+#[test]
+fn a_generator_killed_by_the_jobs_sigterm_leaves_its_item_pending() {
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\nif [ \"$1\" = 2 ]; then\n  setsid sh -c \"sleep 0.1; kill -TERM $PPID\" </dev/null >/dev/null 2>&1 &\n  sleep 0.05\n  kill -TERM $$\nfi\n[ \"$1\" -gt 2 ] && sleep 2\necho \"$1\"\n",
+    );
+    p.write(
+        "t.yaml",
+        "run: t\nitems: {range: {start: 0, end: 5}}\ngenerator: {command: [./g.sh, \"{key}\"], retries: 0}\noutput: {columns: [k]}\n",
+    );
+    let out = p.run("t.yaml", &[]);
+    assert_exit(&out, 143, "a worker stopped by SIGTERM", p.root());
+    let log = p.read("logs/t/shard_0_of_1.log");
+    let finish = last_line_with(&log, "finish");
+    assert!(
+        finish.contains("status=interrupted") && finish.contains(" failed=0 "),
+        "{log}"
+    );
+    assert!(!log.contains(" item_failed "), "{log}");
+}
