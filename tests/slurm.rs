@@ -1016,12 +1016,13 @@ fn a_split_run_is_watched_reattached_and_cancelled_from_its_records() {
     let report = text(&out);
     assert_eq!(status.code(), Some(1), "{report}");
     assert!(report.contains("waiting for its submission of"), "{report}");
-    // (Slurm signals the generators too: a shard cancelled mid-item may end failed or
-    // interrupted; either way it is not ok.)
-    assert!(
-        report.contains(&format!("✗ shard 0/5 (job {}_0) ", jobs[0])),
-        "{report}"
-    );
+    // Slurm signals the generators too; a generator dead of that SIGTERM is no item failure.
+    for i in [0, 1] {
+        assert!(
+            report.contains(&format!("✗ shard {i}/5 (job {}_{i}) interrupted", jobs[0])),
+            "{report}"
+        );
+    }
     // A task that never started has no output file, and the report says so by its real name.
     assert!(
         report.contains(&format!(
