@@ -812,7 +812,8 @@ output_file() {
   pat=${pat//%x/shardrun-$RUN}
   pat=${pat//%u/$(id -un)}
   pat=${pat//$'\001'/%}
-  rel "$PWD/${pat#"$PWD"/}"
+  # Relative patterns are relative to the tasks' --chdir, this directory.
+  if [[ "$pat" == /* ]]; then rel "$pat"; else echo "$pat"; fi
 }
 
 # The tasks' --output pattern: the user's last --output/-o, else ours.
