@@ -221,6 +221,9 @@ quoted() {
 # A path relative to the current directory when it is below it.
 rel() { echo "${1#"$PWD"/}"; }
 
+# plural N WORD: "1 item", "2 items", "1,000 items".
+plural() { if [ "$1" = 1 ]; then echo "1 $2"; else echo "$(thousands "$1") $2s"; fi; }
+
 thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 
 # Shard counts of the outputs already in the run directory.

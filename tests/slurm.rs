@@ -174,6 +174,12 @@ fn a_cancelled_task_is_resubmitted_alone_and_merges_like_a_local_run() {
     // Shard 1 is cancelled for good; shard 0 is requeued (as after a node failure) and resumes.
     sh(&["scancel", &format!("{job}_1")]);
     sh(&["scontrol", "requeue", &format!("{job}_0")]);
+    // The monitor knows the requeued task from Slurm (its log only says it was interrupted).
+    wait_for(
+        "monitor to show shard 0 requeued",
+        Duration::from_secs(10),
+        || monitor_json(&p, "conf/c.yaml")["slurm"]["requeued"] == "0",
+    );
     // While its tasks are queued, the run cannot be submitted again.
     let out = slurm(&p, &["--config", "conf/c.yaml", "--only-failed"]);
     assert_exit(&out, 2, "a second submission", p.root());
@@ -215,6 +221,10 @@ fn a_cancelled_task_is_resubmitted_alone_and_merges_like_a_local_run() {
         "{log1}"
     );
     assert!(log1.contains(" signal signal=SIGTERM"), "{log1}");
+    // Slurm signals every process of the task, the generators' guard too: it outlives the
+    // signal, so the worker has nothing to warn about.
+    let out1 = p.read(&format!("logs/c/slurm-{job}_1.out"));
+    assert!(!out1.contains("stopped reading"), "{out1}");
     // The requeued one resumed: its second start found items committed by the first.
     let log0 = p.read("logs/c/shard_0_of_3.log");
     let restart = last_line_with(&log0, "start");
@@ -309,8 +319,8 @@ fn shards_beyond_max_array_size_run_as_several_offset_arrays() {
     assert_eq!(
         submits,
         [
-            "0 array=0-1 shards=0,1",
-            "2 array=0-1 shards=2,3",
+            "0 array=0-1 shards=0-1",
+            "2 array=0-1 shards=2-3",
             "4 array=0 shards=4"
         ],
         "{status}"
@@ -329,7 +339,49 @@ fn shards_beyond_max_array_size_run_as_several_offset_arrays() {
             "shard {i}: {out_file}"
         );
     }
-    assert!(text(&out).contains("5 shard(s): 5 ok"), "{}", text(&out));
+    assert!(text(&out).contains("5 shards: 5 ok"), "{}", text(&out));
+
+    // A sparse set across the arrays (as if shards 1 and 4 had failed): one submission per
+    // array, each with only its own tasks.
+    for i in [1, 4] {
+        let log = p.path(&format!("logs/m/shard_{i}_of_5.log"));
+        let mut f = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        writeln!(
+            f,
+            "2026-01-01T00:00:00.000Z finish status=failed done=0 exit=1"
+        )
+        .unwrap();
+    }
+    let out = launcher(
+        &p,
+        "run_slurm.sh",
+        &["--config", "conf/m.yaml", "--only-failed", "--wait"],
+    )
+    .env("SHARDRUN_MAX_ARRAY_SIZE", "2")
+    .output()
+    .unwrap();
+    assert_exit(&out, 0, "sparse --only-failed across arrays", p.root());
+    let status = p.read("logs/m/slurm.status");
+    let submits: Vec<&str> = status
+        .lines()
+        .filter(|l| l.contains(" submit "))
+        .skip(3)
+        .map(|l| l.split_once(" offset=").map(|(_, r)| r).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        submits,
+        ["0 array=1 shards=1", "4 array=0 shards=4"],
+        "{status}"
+    );
+    assert!(text(&out).contains("2 shards: 2 ok"), "{}", text(&out));
+    let out = slurm(&p, &["--config", "conf/m.yaml", "--status"]);
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["ok", "5", "0-4"]),
+        "{}",
+        text(&out)
+    );
     let out = Command::new(bin_dir().join("merge"))
         .current_dir(p.root())
         .args(["--config", "conf/m.yaml"])
@@ -509,6 +561,20 @@ fn bad_run_slurm_arguments_exit_2() {
         ],
         // No shard count: neither --num-shards nor `shards:` in the configuration.
         &["--config", "conf/d.yaml", "--dry-run"],
+        &["--config", "conf/d.yaml", "--status", "--only-failed"],
+        &["--config", "conf/d.yaml", "--cancel", "--", "--time=5"],
+        &["--config", "conf/d.yaml", "--status", "--cancel"],
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--shards-per-task",
+            "0",
+            "--dry-run",
+        ],
+        // --status of a run never submitted to Slurm.
+        &["--config", "conf/d.yaml", "--status"],
     ] {
         let out = slurm(&p, args);
         assert_exit(&out, 2, &format!("{args:?}"), p.root());
@@ -670,4 +736,663 @@ fn a_failed_slurm_shard_is_reported_with_its_full_reason_and_log() {
         report.contains("--config 'conf/my f.yaml' --only-failed"),
         "{report}"
     );
+}
+
+// ---- options remembered, a finished run, the dry run's array ------------------------------
+
+/// `scontrol show job` of a job: its `Key=Value` fields.
+fn job_fields(job: &str) -> String {
+    sh(&["scontrol", "-o", "show", "job", job])
+}
+
+/// A generator that fails on key 3 while the file `fail` exists.
+const FLAKY: &str =
+    "#!/bin/sh\n[ -e fail ] && [ \"$1\" = 3 ] && { echo 'flaky' >&2; exit 1; }\necho \"$1\"\n";
+
+fn flaky_project(run: &str) -> Project {
+    let p = Project::new();
+    p.script("g.sh", FLAKY);
+    p.write("fail", "");
+    p.write(
+        "conf/f.yaml",
+        &format!(
+            "run: {run}\nitems: {{range: {{start: 0, end: 4}}}}\n\
+             generator: {{command: [./g.sh, \"{{key}}\"], retries: 0}}\noutput: {{columns: [k]}}\n"
+        ),
+    );
+    p
+}
+
+#[test]
+fn sbatch_options_are_remembered_until_a_new_double_dash_and_a_finished_run_submits_nothing() {
+    let Some(_turn) = cluster("sbatch_options_are_remembered") else {
+        return;
+    };
+    let p = flaky_project("o");
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--wait",
+            "--",
+            "--time=5",
+            "--comment=first options",
+        ],
+    );
+    assert_exit(&out, 1, "a failed shard", p.root());
+    let first = submitted_jobs(&p, "o").pop().unwrap();
+    let f = job_fields(&first);
+    assert!(
+        f.contains("TimeLimit=00:05:00") && f.contains("Comment=first options"),
+        "{f}"
+    );
+    // The printed hint is the plain --only-failed: the options come with the run.
+    assert!(
+        text(&out).contains("--config conf/f.yaml --only-failed"),
+        "{}",
+        text(&out)
+    );
+
+    std::fs::remove_file(p.path("fail")).unwrap();
+    let out = slurm(
+        &p,
+        &["--config", "conf/f.yaml", "--only-failed", "--dry-run"],
+    );
+    assert_exit(&out, 0, "--only-failed --dry-run", p.root());
+    let t = text(&out);
+    assert!(
+        t.contains("options for sbatch (remembered from the launch of ")
+            && t.contains("a new -- replaces them): --time=5 '--comment=first options'"),
+        "{t}"
+    );
+    assert!(
+        t.contains(" --time=5 '--comment=first options' logs/o/slurm_task.sh 0   # shards 1"),
+        "{t}"
+    );
+
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--only-failed", "--wait"]);
+    assert_exit(&out, 0, "--only-failed with remembered options", p.root());
+    let second = submitted_jobs(&p, "o").pop().unwrap();
+    assert_ne!(first, second);
+    let f = job_fields(&second);
+    assert!(
+        f.contains("TimeLimit=00:05:00") && f.contains("Comment=first options"),
+        "{f}"
+    );
+    assert!(
+        text(&out).contains("1 shard: 1 ok, 0 not ok; 2 items, 2 rows"),
+        "{}",
+        text(&out)
+    );
+
+    // The run is finished: the plain command submits nothing, --force would.
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--num-shards", "2"]);
+    assert_exit(&out, 0, "the plain command after a finished run", p.root());
+    assert!(
+        text(&out)
+            .contains("nothing to do: all 2 shards of run 'o' succeeded; --force starts it over"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        submitted_jobs(&p, "o").len(),
+        2,
+        "{}",
+        p.read("logs/o/slurm.status")
+    );
+
+    // A new -- replaces them (an empty one clears them), and is remembered in turn.
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--force",
+            "--wait",
+            "--",
+            "--time=7",
+        ],
+    );
+    assert_exit(&out, 0, "--force with new options", p.root());
+    let third = submitted_jobs(&p, "o").pop().unwrap();
+    let f = job_fields(&third);
+    assert!(
+        f.contains("TimeLimit=00:07:00") && !f.contains("first options"),
+        "{f}"
+    );
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--force",
+            "--num-shards",
+            "2",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        text(&out).contains("a new -- replaces them): --time=7\n"),
+        "{}",
+        text(&out)
+    );
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--force",
+            "--num-shards",
+            "2",
+            "--dry-run",
+            "--",
+        ],
+    );
+    assert!(!text(&out).contains("--time=7"), "{}", text(&out));
+}
+
+#[test]
+fn dry_run_prints_a_sparse_array_as_compressed_ranges_without_backslashes() {
+    let p = Project::new();
+    p.write("conf/d.yaml", ECHO5);
+    p.write(
+        "logs/d/slurm.status",
+        "2026-01-01T00:00:00.000Z launch run=d num_shards=10 shards=0-9 config=conf/d.yaml\n",
+    );
+    for i in [1, 6, 8, 9] {
+        p.write(
+            &format!("logs/d/shard_{i}_of_10.log"),
+            "2026-01-01T00:00:01.000Z finish status=ok done=1 total=1 failed=0 cached=0 generated=1 rows=1 elapsed_s=1 exit=0\n",
+        );
+    }
+    let out = slurm(
+        &p,
+        &["--config", "conf/d.yaml", "--only-failed", "--dry-run"],
+    );
+    assert_exit(&out, 0, "--only-failed --dry-run", p.root());
+    let t = text(&out);
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("sbatch "))
+        .unwrap_or_else(|| panic!("{t}"));
+    assert!(
+        line.contains(" --array=0,2-5,7 ") && line.ends_with("# shards 0,2-5,7"),
+        "{t}"
+    );
+    assert!(!line.contains('\\'), "{line}");
+}
+
+// ---- --status, --cancel, --wait on an existing submission, --merge -------------------------
+
+/// Jobs of `ids` still in the queue (any task).
+fn queued(ids: &[String]) -> String {
+    sh(&["squeue", "-h", "-j", &ids.join(","), "-o", "%i %T"])
+}
+
+#[test]
+fn a_split_run_is_watched_reattached_and_cancelled_from_its_records() {
+    let Some(_turn) = cluster("a_split_run_is_watched_reattached_and_cancelled_from_its_records")
+    else {
+        return;
+    };
+    let p = Project::new();
+    p.script("g.sh", SLOW);
+    // 20 items of 0.4 s per shard: the first two are still running when --cancel comes.
+    p.write(
+        "conf/c.yaml",
+        &slow_config("a").replace("end: 18", "end: 100"),
+    );
+    // Three arrays (MaxArraySize 2); the user's own output file name.
+    let out = launcher(
+        &p,
+        "run_slurm.sh",
+        &[
+            "--config",
+            "conf/c.yaml",
+            "--num-shards",
+            "5",
+            "--",
+            "--output=logs/a/out-%x-%A.%a.txt",
+        ],
+    )
+    .env("SHARDRUN_MAX_ARRAY_SIZE", "2")
+    .output()
+    .unwrap();
+    assert_exit(&out, 0, "submission", p.root());
+    assert!(
+        text(&out).contains("--config conf/c.yaml --status"),
+        "{}",
+        text(&out)
+    );
+    let jobs = submitted_jobs(&p, "a");
+    assert_eq!(jobs.len(), 3, "{}", p.read("logs/a/slurm.status"));
+    wait_for("shard 0 under way", Duration::from_secs(30), || {
+        p.read("logs/a/shard_0_of_5.log").contains(" item done=")
+    });
+
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--status"]);
+    assert_exit(&out, 0, "--status", p.root());
+    let t = text(&out);
+    assert!(
+        t.contains(&format!("job(s) {} (name shardrun-a)", jobs.join(" ")))
+            && t.contains("job states from scontrol"),
+        "{t}"
+    );
+    let row = |t: &str, state: &str| {
+        t.lines()
+            .find(|l| l.trim_start().starts_with(state))
+            .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(row(&t, "running"), "0-1", "{t}");
+    assert_eq!(row(&t, "queued"), "2-4", "{t}");
+
+    // --wait re-attaches to the submission, and reports what --cancel leaves.
+    let mut waiting = spawn(launcher(
+        &p,
+        "run_slurm.sh",
+        &["--config", "conf/c.yaml", "--wait"],
+    ));
+    wait_for("--wait to re-attach", Duration::from_secs(10), || {
+        p.read("logs/a/slurm.status").lines().count() >= 4
+            && std::fs::read_dir(p.path("logs/a")).is_ok()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--cancel"]);
+    assert_exit(&out, 0, "--cancel", p.root());
+    assert!(
+        text(&out).contains("nothing of it is queued"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(queued(&jobs), "", "after --cancel");
+    let status = wait_child(&mut waiting, Duration::from_secs(30));
+    let out = waiting.wait_with_output().unwrap();
+    let report = text(&out);
+    assert_eq!(status.code(), Some(1), "{report}");
+    assert!(report.contains("waiting for its submission of"), "{report}");
+    // Slurm signals the generators too; a generator dead of that SIGTERM is no item failure.
+    for i in [0, 1] {
+        assert!(
+            report.contains(&format!("✗ shard {i}/5 (job {}_{i}) interrupted", jobs[0])),
+            "{report}"
+        );
+    }
+    // A task that never started has no output file, and the report says so by its real name.
+    assert!(
+        report.contains(&format!(
+            "✗ shard 4/5 (job {}_0) did not finish (Slurm: CANCELLED, exit 0:0) (no Slurm output file: logs/a/out-shardrun-a-{}.0.txt was never written",
+            jobs[2], jobs[2]
+        )),
+        "{report}"
+    );
+    assert!(p
+        .path(&format!("logs/a/out-shardrun-a-{}.0.txt", jobs[0]))
+        .exists());
+
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--status"]);
+    let t = text(&out);
+    assert_eq!(row(&t, "cancelled, never started"), "2-4", "{t}");
+    assert!(!t.contains(" ok ") && !t.contains("queued"), "{t}");
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--cancel"]);
+    assert_exit(&out, 0, "--cancel with nothing queued", p.root());
+    assert!(text(&out).contains("nothing to cancel"), "{}", text(&out));
+}
+
+#[test]
+fn a_merge_job_writes_the_dataset_once_every_shard_succeeded() {
+    let Some(_turn) = cluster("a_merge_job_writes_the_dataset_once_every_shard_succeeded") else {
+        return;
+    };
+    let p = flaky_project("mj");
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--merge",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 1, "--merge with a failed shard", p.root());
+    let t = text(&out);
+    let merge_job = last_line_with(&p.read("logs/mj/slurm.status"), "submit")
+        .split(" job=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        t.contains(&format!("merge job {merge_job} did not run")),
+        "{t}"
+    );
+    assert!(
+        t.contains("--config conf/f.yaml --only-failed --merge"),
+        "{t}"
+    );
+    assert_eq!(
+        queued(&[merge_job]),
+        "",
+        "the merge job must not stay pending"
+    );
+    assert!(!p.path("data/mj/combined.csv").exists());
+
+    // Submitted without --wait: the dataset appears with nothing running here.
+    std::fs::remove_file(p.path("fail")).unwrap();
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--only-failed", "--merge"]);
+    assert_exit(&out, 0, "--only-failed --merge", p.root());
+    assert!(
+        text(&out).contains("the merge job writes data/mj/"),
+        "{}",
+        text(&out)
+    );
+    wait_for("combined.csv", Duration::from_secs(60), || {
+        p.path("data/mj/combined.csv").exists() && queued(&submitted_jobs(&p, "mj")).is_empty()
+    });
+    assert_eq!(p.read("data/mj/combined.csv"), "k\n0\n1\n2\n3\n");
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--status"]);
+    let t = text(&out);
+    let merge_job = submitted_jobs(&p, "mj").pop().unwrap();
+    assert!(
+        t.contains(&format!(
+            "merge job {merge_job}: COMPLETED, exit 0:0 (output logs/mj/slurm-merge-{merge_job}.out)"
+        )),
+        "{t}"
+    );
+}
+
+/// 10,000 shards, a sparse set of them failed across several arrays: --only-failed plans one
+/// submission per array with compressed ranges, reading the 10,000 logs at once.
+#[test]
+fn only_failed_of_ten_thousand_shards_is_split_into_compressed_ranges() {
+    let p = Project::new();
+    p.write(
+        "conf/s.yaml",
+        "run: s\nitems: {range: {start: 0, end: 20000}}\ngenerator: {builtin: echo}\n",
+    );
+    p.write(
+        "logs/s/slurm.status",
+        "2026-01-01T00:00:00.000Z launch run=s num_shards=10000 shards=0-9999 config=conf/s.yaml\n",
+    );
+    let failed = [3, 4, 5, 6, 7, 19, 200, 1500, 1501, 9999];
+    for i in (0..10_000).filter(|i| !failed.contains(i)) {
+        let status = if i == 260 { "failed" } else { "ok" };
+        std::fs::write(
+            p.path(&format!("logs/s/shard_{i}_of_10000.log")),
+            format!("2026-01-01T00:00:01.000Z finish status={status} done=2 exit=0\n"),
+        )
+        .unwrap();
+    }
+    let out = slurm(
+        &p,
+        &["--config", "conf/s.yaml", "--only-failed", "--dry-run"],
+    );
+    assert_exit(
+        &out,
+        0,
+        "--only-failed --dry-run of 10,000 shards",
+        p.root(),
+    );
+    let t = text(&out);
+    let sbatch: Vec<&str> = t.lines().filter(|l| l.starts_with("sbatch ")).collect();
+    assert_eq!(sbatch.len(), 3, "{t}");
+    for (line, (array, offset, shards)) in sbatch.iter().zip([
+        ("3-7,19,200,260", 0, "3-7,19,200,260"),
+        ("499-500", 1001, "1500-1501"),
+        ("990", 9009, "9999"),
+    ]) {
+        assert!(
+            line.contains(&format!(" --array={array} "))
+                && line.ends_with(&format!("slurm_task.sh {offset}   # shards {shards}")),
+            "{t}"
+        );
+    }
+}
+
+// ---- several shards per task -------------------------------------------------------------
+
+#[test]
+fn four_shards_per_task_give_a_local_runs_bytes_and_only_failed_reruns_only_failed_shards() {
+    let Some(_turn) = cluster("four_shards_per_task") else {
+        return;
+    };
+    let gen = "#!/bin/sh\n[ -e fail ] && { [ \"$1\" = 3 ] || [ \"$1\" = 29 ]; } && { echo flaky >&2; exit 1; }\necho \"$1,$(( $1 * 7 % 13 ))\"\n";
+    let conf = |run: &str| {
+        format!(
+            "run: {run}\nitems: {{range: {{start: 0, end: 32}}}}\n\
+             generator: {{command: [./g.sh, \"{{key}}\"], retries: 0}}\noutput: {{columns: [k, v]}}\n"
+        )
+    };
+    let local = Project::new();
+    local.script("g.sh", gen);
+    local.write("conf/c.yaml", &conf("l"));
+    let out = launcher(
+        &local,
+        "run_parallel.sh",
+        &["--config", "conf/c.yaml", "--num-shards", "16", "--merge"],
+    )
+    .output()
+    .unwrap();
+    assert_exit(&out, 0, "local run", local.root());
+
+    let p = Project::new();
+    p.script("g.sh", gen);
+    p.write("fail", "");
+    p.write("conf/c.yaml", &conf("k"));
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/c.yaml",
+            "--num-shards",
+            "16",
+            "--shards-per-task",
+            "4",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 1, "two failed shards", p.root());
+    let t = text(&out);
+    let job = submitted_jobs(&p, "k").pop().unwrap();
+    assert!(
+        t.contains(&format!("✗ shard 1/16 (job {job}_0) failed"))
+            && t.contains(&format!("✗ shard 14/16 (job {job}_3) failed"))
+            && t.contains(&format!("✓ shard 15/16 (job {job}_3) ok"))
+            && t.contains("16 shards: 14 ok, 2 not ok"),
+        "{t}"
+    );
+    assert!(last_line_with(&p.read("logs/k/slurm.status"), "submit")
+        .ends_with(" array=0-3 shards=0-15"));
+
+    std::fs::remove_file(p.path("fail")).unwrap();
+    let starts = |i: u32| {
+        p.read(&format!("logs/k/shard_{i}_of_16.log"))
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some("start"))
+            .count()
+    };
+    let before: Vec<usize> = (0..16).map(starts).collect();
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/c.yaml",
+            "--only-failed",
+            "--merge",
+            "--wait",
+        ],
+    );
+    assert_exit(&out, 0, "--only-failed of 2 shards in 2 tasks", p.root());
+    assert!(
+        last_line_with(&p.read("logs/k/slurm.status"), "submit").contains(" merge=1 "),
+        "{}",
+        p.read("logs/k/slurm.status")
+    );
+    let submit = p
+        .read("logs/k/slurm.status")
+        .lines()
+        .rfind(|l| l.contains(" submit ") && l.contains(" array="))
+        .unwrap()
+        .to_string();
+    assert!(submit.ends_with(" array=0,3 shards=1,14"), "{submit}");
+    for i in 0..16 {
+        let want = before[i as usize] + usize::from(i == 1 || i == 14);
+        assert_eq!(
+            starts(i),
+            want,
+            "shard {i} must run again only if it failed"
+        );
+    }
+    assert_eq!(
+        p.read("data/k/combined.csv"),
+        local.read("data/l/combined.csv"),
+        "4 shards per task and a local run must give the same bytes"
+    );
+}
+
+// ---- the monitor of a Slurm run --------------------------------------------------------------
+
+fn monitor_json(p: &Project, config: &str) -> serde_json::Value {
+    let out = Command::new(bin_dir().join("monitor"))
+        .current_dir(p.root())
+        .args(["--config", config, "--json"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "monitor --json", p.root());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_monitor_shows_queued_shards_and_follow_ends_when_the_jobs_are_cancelled() {
+    let Some(_turn) = cluster("the_monitor_shows_queued_shards") else {
+        return;
+    };
+    let p = Project::new();
+    p.script("g.sh", SLOW);
+    p.write("conf/c.yaml", &slow_config("q"));
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/c.yaml",
+            "--num-shards",
+            "4",
+            "--throttle",
+            "1",
+        ],
+    );
+    assert_exit(&out, 0, "submission", p.root());
+    let job = submitted_jobs(&p, "q").pop().unwrap();
+    wait_for("shard 0 under way", Duration::from_secs(30), || {
+        p.read("logs/q/shard_0_of_4.log").contains(" item done=")
+    });
+    let snap = monitor_json(&p, "conf/c.yaml");
+    assert_eq!(snap["slurm"]["queued"], "1-3", "{snap}");
+    assert_eq!(snap["slurm"]["in_queue"], true, "{snap}");
+    assert_eq!(snap["summary"]["items_total"], 18, "{snap}");
+
+    let mut follow = spawn({
+        let mut c = Command::new(bin_dir().join("monitor"));
+        c.current_dir(p.root())
+            .args(["--config", "conf/c.yaml", "--follow", "--interval", "0.3"]);
+        c
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    sh(&["scancel", &job]);
+    let status = wait_child(&mut follow, Duration::from_secs(40));
+    let out = follow.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", text(&out));
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        last.contains(&format!(
+            "slurm: job(s) {job} no longer in the queue; cancelled, never started: 3 (1-3)"
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Where accounting is on, task states come from one `sacct` call (here a stand-in that prints
+/// what sacct prints for an array with a pending range and a cancelled merge job).
+#[test]
+fn status_reads_task_states_from_sacct_when_accounting_is_on() {
+    let p = Project::new();
+    p.write("conf/d.yaml", ECHO5);
+    p.write(
+        "logs/d/slurm.status",
+        "2026-01-01T00:00:00.000Z launch run=d num_shards=5 shards=0-3 mode=plain jobs= merge=1 shards_per_task=1 max_array_size=1001 sbatch=\"\"\n\
+         2026-01-01T00:00:00.100Z submit job=12 offset=0 array=0-3 shards=0-3\n\
+         2026-01-01T00:00:00.200Z submit job=13 merge=1 after=12\n",
+    );
+    let finish = |status: &str| {
+        format!("2026-01-01T00:00:05.000Z finish status={status} done=1 total=2 failed=0 cached=0 generated=1 rows=1 elapsed_s=1 exit=0\n")
+    };
+    p.write("logs/d/shard_0_of_5.log", &finish("ok"));
+    p.write("logs/d/shard_1_of_5.log", &finish("failed"));
+    p.write("logs/d/shard_4_of_5.log", &finish("ok"));
+    p.script(
+        "bin/sacct",
+        "#!/bin/sh\nprintf '12_0|COMPLETED|0:0|0\\n12_1|FAILED|1:0|0\\n12_[2-3]|PENDING|0:0|0\\n13|CANCELLED by 0|0:0|0\\n'\n",
+    );
+    p.script("bin/scontrol", "#!/bin/sh\nexit 1\n");
+    let path = format!(
+        "{}:{}",
+        p.path("bin").display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = launcher(&p, "run_slurm.sh", &["--config", "conf/d.yaml", "--status"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "--status with sacct", p.root());
+    let t = text(&out);
+    let rows: Vec<Vec<&str>> = t
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(t.contains("job states from sacct"), "{t}");
+    assert!(rows.contains(&vec!["ok", "2", "0,4"]), "{t}");
+    assert!(rows.contains(&vec!["failed", "1", "1"]), "{t}");
+    assert!(rows.contains(&vec!["queued", "2", "2-3"]), "{t}");
+    assert!(
+        t.contains("merge job 13: CANCELLED, exit 0:0 (no Slurm output file: logs/d/slurm-merge-13.out was never written"),
+        "{t}"
+    );
+}
+
+/// A scheduler stopping a job signals every process of it at once, so a generator may die of the
+/// SIGTERM before its worker has seen its own: that is the worker being stopped, not the item
+/// failing. Here the generator kills itself and has the worker signalled a moment later.
+#[test]
+fn a_generator_killed_by_the_jobs_sigterm_leaves_its_item_pending() {
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\nif [ \"$1\" = 2 ]; then\n  setsid sh -c \"sleep 0.1; kill -TERM $PPID\" </dev/null >/dev/null 2>&1 &\n  sleep 0.05\n  kill -TERM $$\nfi\n[ \"$1\" -gt 2 ] && sleep 2\necho \"$1\"\n",
+    );
+    p.write(
+        "t.yaml",
+        "run: t\nitems: {range: {start: 0, end: 5}}\ngenerator: {command: [./g.sh, \"{key}\"], retries: 0}\noutput: {columns: [k]}\n",
+    );
+    let out = p.run("t.yaml", &[]);
+    assert_exit(&out, 143, "a worker stopped by SIGTERM", p.root());
+    let log = p.read("logs/t/shard_0_of_1.log");
+    let finish = last_line_with(&log, "finish");
+    assert!(
+        finish.contains("status=interrupted") && finish.contains(" failed=0 "),
+        "{log}"
+    );
+    assert!(!log.contains(" item_failed "), "{log}");
 }

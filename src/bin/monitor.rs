@@ -197,6 +197,15 @@ fn follow(cli: &Cli, monitor: &mut Monitor, stop: &AtomicBool) -> Result<i32> {
         if snap.all_ended() {
             return Ok(if snap.all_done() { 0 } else { 1 });
         }
+        // A Slurm run whose jobs have all left the queue: what has not started never will.
+        if let Some(v) = snap.slurm.as_ref().filter(|v| v.ended()) {
+            if screen.is_some() {
+                if let Some(line) = v.line() {
+                    eprintln!("monitor: {line}");
+                }
+            }
+            return Ok(if snap.all_done() { 0 } else { 1 });
+        }
         let until = Instant::now() + interval;
         while Instant::now() < until {
             if stop.load(Ordering::SeqCst) {

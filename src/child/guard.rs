@@ -63,6 +63,16 @@ pub fn run() -> i32 {
         libc::prctl(libc::PR_SET_NAME, GUARD_NAME.as_ptr(), 0, 0, 0);
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
     }
+    // A scheduler stopping a job (Slurm's scancel, time limit, preemption) signals every process
+    // of the job, the guard included. The guard's end is the end of its pipe, not a signal: killed
+    // now, it would leave the worker, still committing its finished items, without a guard
+    // (and warning so). SIGKILL still ends it.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no handler to be unsafe in.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
     serve(std::io::stdin().lock())
 }
 

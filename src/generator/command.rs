@@ -455,6 +455,9 @@ impl CommandGen {
                 None => Ok(()),
             },
             Ended::Exited(code) => Err(AttemptError::Failed(format!("exit code {code}"))),
+            Ended::Signaled(sig) if stopped_with_the_worker(sig, stop) => {
+                Err(AttemptError::Stopped)
+            }
             Ended::Signaled(sig) => Err(AttemptError::Failed(format!(
                 "killed by signal {sig} ({})",
                 signal_name(sig)
@@ -468,6 +471,27 @@ impl CommandGen {
                 error.unwrap_or_else(|| "bad output".into()),
             )),
         }
+    }
+}
+
+/// A scheduler stopping a job (Slurm's scancel, a time limit, preemption) signals every process
+/// of it at once: the generator may die of that SIGTERM before the worker has seen its own. Such
+/// a death is the worker being stopped, not the item failing, when the worker's stop request
+/// follows within a moment (the item then stays pending and is redone on resume).
+fn stopped_with_the_worker(sig: i32, stop: &AtomicBool) -> bool {
+    use std::sync::atomic::Ordering;
+    if !matches!(sig, libc::SIGTERM | libc::SIGINT | libc::SIGHUP) {
+        return false;
+    }
+    let until = std::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

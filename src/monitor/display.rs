@@ -179,10 +179,16 @@ pub fn table(s: &Snapshot) -> String {
     }
     out.push_str(&summary_line(s));
     out.push('\n');
+    if let Some(line) = s.slurm.as_ref().and_then(|v| v.line()) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     out
 }
 
 /// One timestamped line per refresh, for logs and pipes.
 pub fn plain_line(s: &Snapshot) -> String {
-    format!("{} {}\n", crate::store::log::timestamp(), summary_line(s))
+    let slurm = s.slurm.as_ref().and_then(|v| v.line());
+    let slurm = slurm.map(|l| format!(" | {l}")).unwrap_or_default();
+    format!("{} {}{slurm}\n", crate::store::log::timestamp(), summary_line(s))
 }

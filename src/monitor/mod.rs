@@ -6,6 +6,7 @@ pub mod display;
 pub mod failures;
 pub mod log_tail;
 pub mod screen;
+pub mod slurm;
 
 use std::path::Path;
 use std::time::Duration;
@@ -89,6 +90,9 @@ pub struct Snapshot {
     pub num_shards: u32,
     pub shards: Vec<ShardView>,
     pub summary: Summary,
+    /// For a run submitted by run_slurm.sh: where its tasks are in Slurm's queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<slurm::SlurmView>,
 }
 
 impl Snapshot {
@@ -156,6 +160,8 @@ pub struct Monitor {
     cpu_prev: Vec<Option<(u32, u64, std::time::Instant)>>,
     /// Each shard's manifest as last counted (for shards whose log ended early).
     manifests: Vec<Option<ManifestCount>>,
+    /// The run's last Slurm submission, when it has one (looked for until found).
+    slurm: Option<slurm::SlurmRun>,
 }
 
 /// What a shard's manifest says: committed items, their rows, the shard's item count, and the
@@ -208,6 +214,7 @@ impl Monitor {
             host: crate::child::proc_info::hostname(),
             cpu_prev: vec![None; num_shards as usize],
             manifests: (0..num_shards).map(|_| None).collect(),
+            slurm: None,
         }
     }
 
@@ -282,11 +289,15 @@ impl Monitor {
             Some(r) if summary.items_total_complete => Some(left as f64 / r),
             _ => None,
         };
+        if self.slurm.is_none() {
+            self.slurm = slurm::SlurmRun::load(&self.paths.logs_dir);
+        }
         Snapshot {
             run: self.run.clone(),
             num_shards: self.num_shards,
             shards,
             summary,
+            slurm: self.slurm.as_ref().map(|s| s.view(&self.tails)),
         }
     }
 

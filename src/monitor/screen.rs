@@ -317,6 +317,7 @@ mod tests {
             num_shards: shards.len() as u32,
             shards,
             summary: m,
+            slurm: None,
         }
     }
 
