@@ -5,7 +5,9 @@
 pub mod display;
 pub mod failures;
 pub mod log_tail;
+pub mod notify;
 pub mod screen;
+pub mod serve;
 
 use std::path::Path;
 use std::time::Duration;
