@@ -3,7 +3,7 @@
 #
 # Usage: ./scripts/run_slurm.sh [--config FILE] [--num-shards N] [--only-failed] [--wait]
 #                               [--force | --redo-stale] [--dry-run] [--jobs J] [--throttle K]
-#                               [-- SBATCH_OPTION...]
+#                               [--notify CMD [ARG...] ';'] [-- SBATCH_OPTION...]
 #
 #   --version          print the version and exit
 #   --config FILE      run configuration (default: conf/default.yaml)
@@ -21,6 +21,11 @@
 #   --jobs J           items in flight per shard: passed to the workers, and --cpus-per-task=J
 #   --throttle K       at most K tasks of an array running at once (sbatch --array=...%K; the
 #                      same as passing --array=%K after --)
+#   --notify CMD [ARG...] ';'
+#                      with --wait, when the array ends, run CMD (no shell) with the run's summary
+#                      as JSON on stdin and SHARDRUN_* variables; the ';' word ends its words.
+#                      Killed after SHARDRUN_NOTIFY_TIMEOUT seconds (default 60); never changes
+#                      the exit code
 #   -- OPTIONS         passed to sbatch as they are (--time, --partition, --mem, --account, ...)
 #
 # Task i of the array runs shard i (`shard-worker --shard-index i --num-shards N --quiet`) and
@@ -93,6 +98,7 @@ parse_args() {
       --dry-run) DRY_RUN=1 ;;
       --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
       --throttle) [ $# -ge 2 ] || usage_error "--throttle needs a number"; THROTTLE=$2; shift ;;
+      --notify) shift; take_notify "$@"; shift $((NOTIFY_WORDS - 1)) ;;
       --) shift; take_sbatch_opts "$@"; break ;;
       *) usage_error "unknown option: $1 (sbatch options go after --)" ;;
     esac
@@ -103,6 +109,8 @@ parse_args() {
   [ -z "$THROTTLE" ] || is_count "$THROTTLE" "$MAX_SHARDS" || usage_error "the throttle must be a whole number from 1 to $MAX_SHARDS, not '$THROTTLE'"
   is_seconds "$POLL" "$MAX_SECONDS" || usage_error "SHARDRUN_SLURM_POLL must be a number of seconds from 0 to $MAX_SECONDS, not '$POLL'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
+  check_notify_timeout
+  if ((${#NOTIFY[@]} > 0 && !WAIT)); then usage_error "--notify runs when the array ends, which only --wait sees: add --wait (or watch with: monitor --follow --notify CMD ... ';')"; fi
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
   if ((REDO_STALE && ONLY_FAILED)); then usage_error "--redo-stale runs every shard (stale items can be in any); drop --only-failed"; fi
@@ -458,10 +466,10 @@ report() {
   printf '%s shard(s): %s ok, %s not ok; %s items, %s rows\n' "${#SHARDS[@]}" "$ok" "$bad" "$(thousands "$items")" "$(thousands "$rows")"
   if ((bad > 0)); then
     echo "next: fix the cause (see the files named above), then re-submit only those shards: $(again)"
-    exit 1
+    end_run 1
   fi
   echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")"
-  exit 0
+  end_run 0
 }
 
 print_next_steps() {
