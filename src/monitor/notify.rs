@@ -141,7 +141,7 @@ pub fn notify(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{tool}: warning: the --notify command {name:?} could not be started: {e}");
+            eprintln!("{tool}: warning: the --notify command {name:?} could not be started: {e} (the run's exit code is unchanged)");
             return false;
         }
     };
