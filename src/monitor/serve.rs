@@ -179,6 +179,12 @@ impl Feeder {
             failures_changed = true;
             match shard_failures(&self.paths, view.shard, num_shards) {
                 Ok(items) => {
+                    // The log tells of a failed item before its record reaches the manifest
+                    // (records are committed in batches): read it again next time until it does.
+                    let found = items.as_ref().map_or(0, |v| v.len() as u64);
+                    if found < view.items_failed {
+                        self.read_at[i] = None;
+                    }
                     self.failed[i] = items;
                     self.errors[i] = None;
                 }
