@@ -16,7 +16,14 @@ use shardrun::stdout;
 
 /// Shows progress, ETA, rows and the health of every shard of a run.
 #[derive(Debug, Parser)]
-#[command(name = "monitor", version)]
+#[command(
+    name = "monitor",
+    version,
+    after_help = "With --follow: --notify CMD [ARG...] ';' runs CMD (no shell) once the run has ended, \
+                  with the run's summary as JSON on stdin and SHARDRUN_* variables; the ';' word \
+                  (quoted for the shell) ends its words. Killed with its process group after \
+                  --notify-timeout seconds; its failure never changes monitor's exit code."
+)]
 struct Cli {
     /// Run configuration (YAML); its `run` names the run.
     #[arg(long, conflicts_with = "run")]
