@@ -27,10 +27,15 @@ impl Drop for Server {
 
 impl Server {
     fn start(p: &Project, run: &str) -> Server {
+        Server::start_with(p, &["--run", run])
+    }
+
+    fn start_with(p: &Project, args: &[&str]) -> Server {
         let mut child = Command::new(MONITOR)
             .arg("--root")
             .arg(p.root())
-            .args(["--run", run, "--serve", "0", "--interval", "0.2"])
+            .args(["--serve", "0", "--interval", "0.2"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -335,6 +340,22 @@ fn fifty_event_streams_get_every_snapshot_while_the_server_stays_responsive_and_
         srv.get("/").0 == 200
     });
     assert_eq!(p.listing(), before, "monitor --serve wrote in the project");
+}
+
+#[test]
+fn serve_started_before_any_run_waits_for_one() {
+    let p = Project::new();
+    let srv = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(800));
+            ended_run(&p);
+        });
+        // No run named and none yet: it says so, waits, then serves the run that appears.
+        Server::start_with(&p, &[])
+    });
+    let status = srv.json("/api/status");
+    assert_eq!(status["run"], "s");
+    assert_eq!(status["num_shards"], 2);
 }
 
 #[test]

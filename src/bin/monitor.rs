@@ -128,6 +128,23 @@ fn run(cli: &Cli, notify: Option<&[OsString]>) -> Result<i32> {
             return Ok(130);
         }
     }
+    // A dashboard started before the run it shows (any run: none is named) waits for one.
+    if addr.is_some() && cli.config.is_none() && cli.run.is_none() {
+        let logs = shardrun::shard::resolve_root(cli.root.as_deref())?.join("logs");
+        let mut said = false;
+        while !has_run(&logs) {
+            if !said {
+                eprintln!(
+                    "monitor: no run under {} yet; waiting for one (Ctrl-C to stop)",
+                    logs.display()
+                );
+                said = true;
+            }
+            if !pause(cli, &stop) {
+                return Ok(130);
+            }
+        }
+    }
     let run = find_run(
         cli.config.as_deref(),
         cli.run.as_deref(),
@@ -237,6 +254,22 @@ fn wait_for_start(cli: &Cli, stop: &AtomicBool) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// True when `logs` holds a run's directory with a file in it.
+fn has_run(logs: &std::path::Path) -> bool {
+    std::fs::read_dir(logs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.path().is_dir()
+                && std::fs::read_dir(e.path())
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .is_some()
+        })
 }
 
 /// Sleeps one `--interval` in short steps; false if a stop was requested.
