@@ -280,3 +280,56 @@ remove_own_workdir() {
     rm -rf -- "$WORKDIR"
   fi
 }
+
+# ---- --notify CMD ARG... ';' (both launchers) ---------------------------------------------------
+# The command's words follow --notify and end at a ';' word (quoted for the shell, as with
+# find -exec), so a command with options of its own never mixes with the launcher's. It runs once
+# when the run ends, through `monitor`, which gives it the run's summary as JSON on stdin and
+# SHARDRUN_* variables, and kills its process group after SHARDRUN_NOTIFY_TIMEOUT seconds
+# (default 60). Its failure is reported and never changes the launcher's exit code.
+NOTIFY=()
+NOTIFY_WORDS=0
+NOTIFY_TIMEOUT=${SHARDRUN_NOTIFY_TIMEOUT:-60}
+NOTIFY_FORM="write the command's words after --notify and end them with a ';' word, e.g. --notify notify-send 'run ended' ';'"
+
+# take_notify WORDS...: the words after --notify, up to ';', become NOTIFY; NOTIFY_WORDS is how
+# many arguments that took (the ';' included). The caller defines usage_error.
+take_notify() {
+  ((${#NOTIFY[@]} == 0)) || usage_error "--notify is given twice; give one command"
+  local n=0
+  while [ $# -gt 0 ] && [ "$1" != ';' ]; do
+    NOTIFY+=("$1")
+    n=$((n + 1))
+    shift
+  done
+  [ $# -gt 0 ] || usage_error "--notify: no ';' ends the command; $NOTIFY_FORM"
+  ((n > 0)) || usage_error "--notify: no command before ';'; $NOTIFY_FORM"
+  # shellcheck disable=SC2034 # read by the launchers' option parsers
+  NOTIFY_WORDS=$((n + 1))
+}
+
+# check_notify_timeout: SHARDRUN_NOTIFY_TIMEOUT is a number of seconds above 0.
+check_notify_timeout() {
+  if ! is_seconds "$NOTIFY_TIMEOUT" "$MAX_SECONDS" || [[ "$NOTIFY_TIMEOUT" =~ ^0*(\.0*)?$ ]]; then
+    usage_error "SHARDRUN_NOTIFY_TIMEOUT must be a number of seconds above 0 and at most $MAX_SECONDS, not '$NOTIFY_TIMEOUT'"
+  fi
+}
+
+# run_notify CODE: runs the --notify command, if any, on the run as it ended with exit code CODE.
+# Never fails and returns within about SHARDRUN_NOTIFY_TIMEOUT + 2 seconds.
+run_notify() {
+  ((${#NOTIFY[@]} > 0)) || return 0
+  if [ ! -x "$BIN/monitor" ]; then
+    say "warning: no $BIN/monitor to run the --notify command with; the run's exit code is unchanged"
+    return 0
+  fi
+  "$BIN/monitor" --root "$PWD" --run "$RUN" --num-shards "$NUM_SHARDS" --notify-exit-code "$1" \
+    --notify-timeout "$NOTIFY_TIMEOUT" --notify "${NOTIFY[@]}" ';' </dev/null ||
+    say "warning: the --notify command could not be run (monitor exited $?); the run's exit code is unchanged"
+}
+
+# end_run CODE: the run has ended: notify, then exit with CODE.
+end_run() {
+  run_notify "$1"
+  exit "$1"
+}

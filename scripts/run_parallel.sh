@@ -3,7 +3,7 @@
 #
 # Usage: ./scripts/run_parallel.sh [--config FILE] [--num-shards N] [--only-failed] [--force]
 #                                  [--redo-stale] [--dry-run] [--stagger SECONDS] [--jobs J] [--merge]
-#                                  [--grace SECONDS]
+#                                  [--grace SECONDS] [--notify CMD [ARG...] ';']
 #
 #   --version          print the version and exit
 #   --config FILE      run configuration (default: conf/default.yaml)
@@ -18,6 +18,10 @@
 #   --jobs J           items in flight per shard (overrides generator.jobs)
 #   --merge            run `merge` after a fully successful run
 #   --grace SECONDS    on SIGINT/SIGTERM, how long workers get to drain before SIGKILL (default: 4)
+#   --notify CMD [ARG...] ';'
+#                      when the run ends, run CMD (no shell) with the run's summary as JSON on
+#                      stdin and SHARDRUN_* variables; the ';' word ends its words. Killed after
+#                      SHARDRUN_NOTIFY_TIMEOUT seconds (default 60); never changes the exit code
 #
 # Workers run in the background, each logging to logs/<run>/shard_<I>_of_<N>.log. Their pid,
 # start and end time and exit code go to logs/<run>/launcher.status. SIGINT and SIGTERM are
@@ -77,6 +81,7 @@ parse_args() {
       --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
       --merge) MERGE=1 ;;
       --grace) [ $# -ge 2 ] || usage_error "--grace needs seconds"; GRACE=$2; shift ;;
+      --notify) shift; take_notify "$@"; shift $((NOTIFY_WORDS - 1)) ;;
       *) usage_error "unknown option: $1" ;;
     esac
     shift
@@ -85,6 +90,7 @@ parse_args() {
   [ -z "$JOBS" ] || is_count "$JOBS" "$MAX_JOBS" || usage_error "--jobs must be a whole number from 1 to $MAX_JOBS, not '$JOBS'"
   is_seconds "$STAGGER" "$MAX_SECONDS" || usage_error "--stagger must be a number of seconds from 0 to $MAX_SECONDS, not '$STAGGER'"
   is_seconds "$GRACE" "$MAX_SECONDS" || usage_error "--grace must be a number of seconds from 0 to $MAX_SECONDS, not '$GRACE'"
+  check_notify_timeout
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
@@ -439,21 +445,23 @@ report() {
   again=$(again)
   if [ -n "$INTERRUPTED" ]; then
     echo "interrupted; committed items are kept. To finish: $again"
-    [ "$INTERRUPTED" = SIGTERM ] && exit 143
-    [ "$INTERRUPTED" = SIGHUP ] && exit 129
-    exit 130
+    [ "$INTERRUPTED" = SIGTERM ] && end_run 143
+    [ "$INTERRUPTED" = SIGHUP ] && end_run 129
+    end_run 130
   fi
   if ((bad > 0)); then
     echo "next: fix the cause (see the files named above), then re-run only those shards: $again"
-    exit 1
+    end_run 1
   fi
   if ((MERGE)); then
     say "merging"
-    "$MERGE_BIN" --config "$CONFIG"
+    local code=0
+    "$MERGE_BIN" --config "$CONFIG" || code=$?
+    end_run "$code"
   else
     echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")   (watch a run with: $(rel "$BIN")/monitor $(quoted --config "$CONFIG") --follow)"
   fi
-  exit 0
+  end_run 0
 }
 
 main() {

@@ -3,7 +3,8 @@
 #
 # Usage: ./scripts/run_slurm.sh [--config FILE] [--num-shards N] [--only-failed] [--wait]
 #                               [--merge] [--force | --redo-stale] [--dry-run] [--jobs J]
-#                               [--shards-per-task K] [--throttle K] [-- SBATCH_OPTION...]
+#                               [--shards-per-task K] [--throttle K]
+#                               [--notify CMD [ARG...] ';'] [-- SBATCH_OPTION...]
 #        ./scripts/run_slurm.sh [--config FILE] --status | --cancel | --wait
 #
 #   --version          print the version and exit
@@ -35,6 +36,11 @@
 #                      own failed shards and runs only those shards in them
 #   --throttle K       at most K tasks of an array running at once (sbatch --array=...%K; the
 #                      same as passing --array=%K after --)
+#   --notify CMD [ARG...] ';'
+#                      with --wait, when the array ends, run CMD (no shell) with the run's summary
+#                      as JSON on stdin and SHARDRUN_* variables; the ';' word ends its words.
+#                      Killed after SHARDRUN_NOTIFY_TIMEOUT seconds (default 60); never changes
+#                      the exit code
 #   -- OPTIONS         passed to sbatch as they are (--time, --partition, --mem, --account, ...);
 #                      remembered with the run: later submissions without -- reuse them, a new
 #                      -- replaces them
@@ -124,6 +130,7 @@ parse_args() {
       --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
       --shards-per-task) [ $# -ge 2 ] || usage_error "--shards-per-task needs a number"; PER_TASK_ARG=$2; shift ;;
       --throttle) [ $# -ge 2 ] || usage_error "--throttle needs a number"; THROTTLE_ARG=$2; shift ;;
+      --notify) shift; take_notify "$@"; shift $((NOTIFY_WORDS - 1)) ;;
       --) shift; SBATCH_GIVEN=1; take_sbatch_opts "$@"; break ;;
       *) usage_error "unknown option: $1 (sbatch options go after --)" ;;
     esac
@@ -136,6 +143,8 @@ parse_args() {
   [ -z "$THROTTLE" ] || is_count "$THROTTLE" "$MAX_SHARDS" || usage_error "the throttle must be a whole number from 1 to $MAX_SHARDS, not '$THROTTLE'"
   is_seconds "$POLL" "$MAX_SECONDS" || usage_error "SHARDRUN_SLURM_POLL must be a number of seconds from 0 to $MAX_SECONDS, not '$POLL'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
+  check_notify_timeout
+  if ((${#NOTIFY[@]} > 0 && !WAIT)); then usage_error "--notify runs when the array ends, which only --wait sees: add --wait (or watch with: monitor --follow --notify CMD ... ';')"; fi
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
   if ((STATUS_ONLY + CANCEL > 1)); then usage_error "--status and --cancel are two commands: give one"; fi
@@ -702,14 +711,15 @@ report() {
   if ((bad > 0)); then
     [ -z "$MERGE_JOB" ] || echo "merge job $MERGE_JOB did not run (it waits for every shard to succeed; Slurm ends it when one did not)"
     echo "next: fix the cause (see the files named above), then re-submit only those shards: $(again)"
-    exit 1
+    end_run 1
   fi
   if [ -n "$MERGE_JOB" ]; then
-    report_merge
-    exit $?
+    local merged=0
+    report_merge || merged=$?
+    end_run "$merged"
   fi
   echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")"
-  exit 0
+  end_run 0
 }
 
 # The merge job's line, like a shard's: its state, exit and output file; true when it succeeded.

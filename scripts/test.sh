@@ -21,6 +21,9 @@ ensure_tools() {
   have_cmd python3 || missing+=(python3)
   have_cmd tmux || missing+=(tmux)
   have_cmd flock || missing+=(util-linux)
+  # The dashboard's browser test (tests/serve.rs, tests/dashboard_browser.py).
+  have_cmd chromium || missing+=(chromium)
+  have_cmd chromedriver || missing+=(chromium-driver)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     apt_install "${missing[@]}" || true
@@ -51,6 +54,22 @@ ensure_py_venv() {
   # The test checks datasets' reading only when it is installed (it says so).
   "${pip[@]}" datasets || say "pip could not install datasets: the interop test leaves that reader out"
   touch "$PY_VENV/.shardrun-ready"
+}
+
+# Selenium for the dashboard's browser test, in the same environment (its own mark, so an
+# environment made before it gets it too). The test skips itself, and says so, without it.
+ensure_selenium() {
+  [ -f "$PY_VENV/.shardrun-selenium" ] && return 0
+  if [ ! -x "$PY_VENV/bin/python" ]; then
+    say "no Python environment at $PY_VENV: the dashboard browser test will be skipped"
+    return 0
+  fi
+  say "installing selenium in $PY_VENV for the dashboard browser test"
+  if ! "$PY_VENV/bin/python" -m pip install --quiet --disable-pip-version-check selenium; then
+    say "pip could not install selenium: the dashboard browser test will be skipped"
+    return 0
+  fi
+  touch "$PY_VENV/.shardrun-selenium"
 }
 
 # The launcher end to end, as a user runs it: 2 shards of a small config, then merge.
@@ -87,6 +106,7 @@ main() {
   say "cargo build --release"
   cargo build --release --quiet
   ensure_py_venv
+  ensure_selenium
   say "cargo test"
   local log
   log=$(mktemp)

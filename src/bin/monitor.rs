@@ -1,5 +1,6 @@
 //! `monitor`: live progress of every shard of a run (see the README).
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +11,19 @@ use clap::Parser;
 use shardrun::error::{Error, Result};
 use shardrun::format::stdout;
 use shardrun::monitor::screen::Screen;
-use shardrun::monitor::{display, failures, plan_shards, Monitor};
+use shardrun::monitor::{display, failures, notify, plan_shards, serve, Monitor};
 use shardrun::run::runs::find_run;
 
 /// Shows progress, ETA, rows and the health of every shard of a run.
 #[derive(Debug, Parser)]
-#[command(name = "monitor", version)]
+#[command(
+    name = "monitor",
+    version,
+    after_help = "With --follow: --notify CMD [ARG...] ';' runs CMD (no shell) once the run has ended, \
+                  with the run's summary as JSON on stdin and SHARDRUN_* variables; the ';' word \
+                  (quoted for the shell) ends its words. Killed with its process group after \
+                  --notify-timeout seconds; its failure never changes monitor's exit code."
+)]
 struct Cli {
     /// Run configuration (YAML); its `run` names the run.
     #[arg(long, conflicts_with = "run")]
@@ -29,7 +37,7 @@ struct Cli {
     /// Keep refreshing until every shard has ended (exit 0 if all succeeded, else 1).
     #[arg(long)]
     follow: bool,
-    /// Seconds between refreshes with --follow.
+    /// Seconds between refreshes with --follow and --serve.
     #[arg(long, default_value_t = 2.0)]
     interval: f64,
     /// Print the snapshot (or the failures) as one JSON document.
@@ -46,14 +54,33 @@ struct Cli {
     /// Shard count, when neither the launcher's status file nor the logs tell it.
     #[arg(long)]
     num_shards: Option<u32>,
+    /// Serve a live dashboard of the run at http://ADDR:PORT/ (ADDR defaults to 127.0.0.1; name
+    /// another, e.g. 0.0.0.0:8080, to be reached from other machines) until Ctrl-C.
+    #[arg(long, value_name = "[ADDR:]PORT", conflicts_with_all = ["follow", "json", "failures"])]
+    serve: Option<String>,
+    /// Seconds the --notify command may run before it is killed with its process group.
+    #[arg(long, default_value_t = shardrun::monitor::notify::DEFAULT_TIMEOUT_S)]
+    notify_timeout: f64,
+    /// The run's exit code to tell the --notify command, which runs at once on the run as it
+    /// is (the launchers' --notify uses it); without it --notify needs --follow.
+    #[arg(long, hide = true)]
+    notify_exit_code: Option<i32>,
 }
 
 /// Upper bound of `--interval` and `--stall`, in seconds.
 const MAX_SECONDS: f64 = 604_800.0;
 
 fn main() {
-    let cli = Cli::parse();
-    let code = match run(&cli) {
+    // `--notify CMD ARG... ';'` is taken out first: its words are the command's, not options.
+    let (notify, args) = match notify::take_notify(std::env::args_os().collect()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("monitor: error: {e}");
+            std::process::exit(e.exit_code().code());
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let code = match run(&cli, notify.as_deref()) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("monitor: error: {e}");
@@ -63,7 +90,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(cli: &Cli) -> Result<i32> {
+fn run(cli: &Cli, notify: Option<&[OsString]>) -> Result<i32> {
     // Bounded so that a duration is always representable (1e300 s would overflow it).
     let in_range = |x: f64| x > 0.0 && x <= MAX_SECONDS;
     if !(in_range(cli.interval) && in_range(cli.stall)) {
@@ -80,14 +107,42 @@ fn run(cli: &Cli) -> Result<i32> {
             shardrun::run::config::MAX_SHARDS
         )));
     }
+    if !in_range(cli.notify_timeout) {
+        return Err(Error::usage(format!(
+            "--notify-timeout must be a number of seconds above 0 and at most {MAX_SECONDS} (a week)"
+        )));
+    }
+    if notify.is_some() && !cli.follow && cli.notify_exit_code.is_none() {
+        return Err(Error::usage(
+            "--notify runs its command when the run ends: use it with --follow (or on a launcher)",
+        ));
+    }
+    let addr = cli.serve.as_deref().map(serve::parse_addr).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
-    if cli.follow {
+    if cli.follow || addr.is_some() {
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(sig, stop.clone())
                 .map_err(|e| Error::usage(format!("cannot install signal handlers: {e}")))?;
         }
         if !wait_for_start(cli, &stop)? {
             return Ok(130);
+        }
+    }
+    // A dashboard started before the run it shows (any run: none is named) waits for one.
+    if addr.is_some() && cli.config.is_none() && cli.run.is_none() {
+        let logs = shardrun::worker::shard::resolve_root(cli.root.as_deref())?.join("logs");
+        let mut said = false;
+        while !has_run(&logs) {
+            if !said {
+                eprintln!(
+                    "monitor: no run under {} yet; waiting for one (Ctrl-C to stop)",
+                    logs.display()
+                );
+                said = true;
+            }
+            if !pause(cli, &stop) {
+                return Ok(130);
+            }
         }
     }
     let run = find_run(
@@ -100,7 +155,7 @@ fn run(cli: &Cli) -> Result<i32> {
     }
     let mut num_shards = shard_count(cli, &run);
     // Following a run that is starting: its plan is known once a launcher or a worker wrote it.
-    while cli.follow && num_shards.is_none() {
+    while (cli.follow || addr.is_some()) && num_shards.is_none() {
         if !pause(cli, &stop) {
             return Ok(130);
         }
@@ -128,6 +183,26 @@ fn run(cli: &Cli) -> Result<i32> {
         Duration::from_secs_f64(cli.stall),
     )
     .with_config(run.config.clone());
+    if let Some(addr) = addr {
+        return serve::serve(
+            monitor,
+            run.paths.clone(),
+            addr,
+            Duration::from_secs_f64(cli.interval),
+            stop,
+        );
+    }
+    if let (Some(argv), Some(code)) = (notify, cli.notify_exit_code) {
+        let snap = monitor.snapshot();
+        notify::notify(
+            "monitor",
+            argv,
+            &snap,
+            code,
+            Duration::from_secs_f64(cli.notify_timeout),
+        );
+        return Ok(0);
+    }
     if !cli.follow {
         let snap = monitor.snapshot();
         if cli.json {
@@ -137,7 +212,19 @@ fn run(cli: &Cli) -> Result<i32> {
         }
         return Ok(0);
     }
-    follow(cli, &mut monitor, &stop)
+    let code = follow(cli, &mut monitor, &stop)?;
+    // Only a run that ended is notified (not a monitor stopped by Ctrl-C).
+    if let (Some(argv), 0 | 1) = (notify, code) {
+        let snap = monitor.snapshot();
+        notify::notify(
+            "monitor",
+            argv,
+            &snap,
+            code,
+            Duration::from_secs_f64(cli.notify_timeout),
+        );
+    }
+    Ok(code)
 }
 
 fn shard_count(cli: &Cli, run: &shardrun::run::runs::RunRef) -> Option<u32> {
@@ -167,6 +254,22 @@ fn wait_for_start(cli: &Cli, stop: &AtomicBool) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// True when `logs` holds a run's directory with a file in it.
+fn has_run(logs: &std::path::Path) -> bool {
+    std::fs::read_dir(logs)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.path().is_dir()
+                && std::fs::read_dir(e.path())
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .is_some()
+        })
 }
 
 /// Sleeps one `--interval` in short steps; false if a stop was requested.

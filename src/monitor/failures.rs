@@ -84,6 +84,22 @@ pub fn failures(run: &str, paths: &RunPaths, num_shards: u32) -> Result<Failures
     Ok(report)
 }
 
+/// The failed items of one shard, located in its log, as [`failures`] lists them; `None` without
+/// a manifest (the dashboard refreshes one shard at a time).
+pub fn shard_failures(
+    paths: &RunPaths,
+    shard: u32,
+    num_shards: u32,
+) -> Result<Option<Vec<FailedItem>>> {
+    let Some(mut items) = failed_in_manifest(paths, shard, num_shards)? else {
+        return Ok(None);
+    };
+    if !items.is_empty() {
+        locate_in_log(&paths.log(shard, num_shards), &mut items)?;
+    }
+    Ok(Some(items))
+}
+
 /// The items of one shard whose latest record is a failure, in item order; `None` without a
 /// manifest.
 fn failed_in_manifest(

@@ -5,7 +5,9 @@
 pub mod display;
 pub mod failures;
 pub mod log_tail;
+pub mod notify;
 pub mod screen;
+pub mod serve;
 pub mod slurm;
 
 use std::path::Path;
