@@ -190,5 +190,9 @@ pub fn table(s: &Snapshot) -> String {
 pub fn plain_line(s: &Snapshot) -> String {
     let slurm = s.slurm.as_ref().and_then(|v| v.line());
     let slurm = slurm.map(|l| format!(" | {l}")).unwrap_or_default();
-    format!("{} {}{slurm}\n", crate::store::log::timestamp(), summary_line(s))
+    format!(
+        "{} {}{slurm}\n",
+        crate::store::log::timestamp(),
+        summary_line(s)
+    )
 }

@@ -138,7 +138,10 @@ impl SlurmRun {
     /// `run_parallel.sh` launch makes it a local run again).
     pub fn load(logs_dir: &Path) -> Option<SlurmRun> {
         let text = std::fs::read_to_string(logs_dir.join("slurm.status")).ok()?;
-        let lines: Vec<_> = text.lines().filter_map(crate::store::log::parse_line).collect();
+        let lines: Vec<_> = text
+            .lines()
+            .filter_map(crate::store::log::parse_line)
+            .collect();
         let at = lines.iter().rposition(|(_, e, _)| *e == "launch")?;
         let (ts, _, fields) = &lines[at];
         let local_later = std::fs::read_to_string(logs_dir.join("launcher.status"))

@@ -417,6 +417,7 @@ fn check_name_conflicts(paths: &RunPaths, header: &Header, force: bool) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::record::tests::rec;
     use crate::store::record::FORMAT;
 
     fn header(dir: &Path) -> (RunPaths, Header) {
@@ -449,23 +450,6 @@ mod tests {
             }
         })?;
         Ok((s, ok))
-    }
-
-    fn rec(index: u64) -> Record {
-        Record {
-            index,
-            key: index.to_string(),
-            status: Status::Ok,
-            offset: 0,
-            bytes: 0,
-            crc: None,
-            rows: 1,
-            ms: 1,
-            cached: false,
-            attempts: 1,
-            rev: "0123456789ab".into(),
-            reason: None,
-        }
     }
 
     #[test]

@@ -436,10 +436,11 @@ pub fn read_header(path: &Path) -> Option<Header> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rec(index: u64) -> Record {
+    /// A committed record of one row (also used by the shard store's tests).
+    pub(crate) fn rec(index: u64) -> Record {
         Record {
             index,
             key: index.to_string(),
