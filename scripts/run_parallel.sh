@@ -250,33 +250,12 @@ on_grace_expired() {
   # until every worker is reaped (run_shards restores it); nothing else is said meanwhile.
   exec {STDERR_SAVED}>&2 2>/dev/null
   # A worker's second signal makes it SIGKILL its generators' process groups and exit; only a
-  # worker that cannot even do that gets SIGKILL itself, half a second later.
+  # worker that cannot even do that gets SIGKILL itself, half a second later. Its generators'
+  # groups are then the guard's job: each worker's guard process (see src/child/guard.rs) kills
+  # the groups still listed when the worker's end closes its pipe, background children included.
   kill -INT "${LIVE[@]}" 2>/dev/null || true
   sleep 0.5
-  # Each generator leads its own process group; its leader dies with the worker (parent-death
-  # signal), but not what the generator started in the background. So the groups of the
-  # worker's children go too. Stopped first, a worker cannot reap its children, so their ids
-  # stay theirs until the groups are killed.
-  kill -STOP "${LIVE[@]}" 2>/dev/null || true
-  local groups=() p
-  for p in "${LIVE[@]}"; do
-    while read -r c; do groups+=("-$c"); done < <(children_of "$p")
-  done
-  ((${#groups[@]} == 0)) || kill -KILL -- "${groups[@]}" 2>/dev/null || true
   kill -KILL "${LIVE[@]}" 2>/dev/null || true
-}
-
-# children_of PID: the pids of the process's children, one per line.
-# shellcheck disable=SC2317  # invoked from the USR1 trap
-children_of() {
-  local t
-  if compgen -G "/proc/$1/task/*/children" >/dev/null; then
-    for t in /proc/"$1"/task/*/children; do
-      tr ' ' '\n' <"$t" 2>/dev/null || true
-    done | grep -E '^[0-9]+$' || true
-  elif have_cmd pgrep; then
-    pgrep -P "$1" || true
-  fi
 }
 
 launch_shard() {
