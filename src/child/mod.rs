@@ -2,10 +2,10 @@
 //! process groups and the guard process that kills them if the worker dies, /proc readings,
 //! signal handling and the bounded capture of stderr.
 
-pub mod groups;
+pub(crate) mod groups;
 pub mod guard;
-pub mod proc_info;
-pub mod signals;
-pub mod spawn;
-pub mod stderr_cap;
-pub mod supervise;
+pub(crate) mod proc_info;
+pub(crate) mod signals;
+pub(crate) mod spawn;
+pub(crate) mod stderr_cap;
+pub(crate) mod supervise;

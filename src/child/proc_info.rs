@@ -71,7 +71,9 @@ fn page_size() -> u64 {
 }
 
 /// Whether a live (non-zombie) process of group `pgid` exists. Killed members may linger as
-/// zombies until their parent (or init) reaps them; they do not count.
+/// zombies until their parent (or init) reaps them; they do not count. (For tests: the worker
+/// itself never needs to ask.)
+#[cfg(test)]
 pub fn group_alive(pgid: libc::pid_t) -> bool {
     // SAFETY: signal 0 only checks existence.
     if unsafe { libc::kill(-pgid, 0) } == -1

@@ -2,6 +2,6 @@
 //! output, numbers for people, and stdout that tolerates a closed pipe.
 
 pub mod csv_out;
-pub mod csv_quotes;
+pub(crate) mod csv_quotes;
 pub mod human;
 pub mod stdout;

@@ -5,7 +5,7 @@ pub mod config;
 pub mod items;
 pub mod paths;
 pub mod plan;
-pub mod rng;
+pub(crate) mod rng;
 pub mod runs;
 pub mod seed;
 pub mod types;

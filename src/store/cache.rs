@@ -72,7 +72,6 @@ impl Loc {
 /// An open cache for one generator identity.
 #[derive(Debug)]
 pub struct Cache {
-    dir: PathBuf,
     packs: Vec<File>,
     /// (short key, location), sorted by key; built once at open.
     index: Vec<(u64, Loc)>,
@@ -124,7 +123,6 @@ impl Cache {
             .seek(SeekFrom::Start(writer_len))
             .ctx("cannot seek in the cache pack", &writer_path)?;
         Ok(Cache {
-            dir,
             packs,
             index,
             writer: BufWriter::with_capacity(1 << 20, writer_file),
@@ -182,11 +180,6 @@ impl Cache {
         self.writer
             .flush()
             .ctx("cannot write to the cache pack", &self.writer_path)
-    }
-
-    /// The generator's cache directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

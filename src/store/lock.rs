@@ -28,7 +28,6 @@ const RETRY_DELAY: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub struct ShardLock {
     _file: File,
-    path: PathBuf,
 }
 
 fn open(path: &Path) -> Result<File> {
@@ -90,10 +89,7 @@ impl ShardLock {
             }
         }
         write_holder(&mut file, path, holder)?;
-        Ok(ShardLock {
-            _file: file,
-            path: path.to_path_buf(),
-        })
+        Ok(ShardLock { _file: file })
     }
 
     /// A worker's share of the run lock in `locks_dir`: refused (exit 3) while a merge holds it.
@@ -102,7 +98,7 @@ impl ShardLock {
         let path = locks_dir.join(RUN_LOCK);
         let mut file = open(&path)?;
         match file.try_lock_shared() {
-            Ok(()) => Ok(ShardLock { _file: file, path }),
+            Ok(()) => Ok(ShardLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked(format!(
                 "run {run:?} is being merged by {} ({}); no worker of the run may write until \
                  the merge has finished: wait for it, then run the shard again",
@@ -126,12 +122,7 @@ impl ShardLock {
             Err(std::fs::TryLockError::Error(e)) => return Err(e).ctx("cannot lock", &path),
         }
         write_holder(&mut file, &path, holder)?;
-        Ok(ShardLock { _file: file, path })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(ShardLock { _file: file })
     }
 }
 
