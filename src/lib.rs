@@ -3,18 +3,18 @@
 //!
 //! The layers, from the bottom up (a module only imports from its own layer or below; see
 //! docs/ARCHITECTURE.md):
-//! - [`error`], [`format`]: the typed error and text formats that know nothing of runs;
+//! - [`error`], [`mod@format`]: the typed error and text formats that know nothing of runs;
 //! - [`run`]: the run description (config, items, plan, seeds, types, paths);
 //! - [`store`]: durable state (files, lock, log, manifest, cache);
 //! - [`child`]: spawning and supervising generator processes;
-//! - [`generator`]: the builtins and the command and persistent generators;
+//! - `generator`: the builtins and the command and persistent generators;
 //! - [`worker`], [`merge`], [`monitor`]: the three programs' engines, with [`hints`] for the
 //!   commands they suggest.
 
 pub mod child;
 pub mod error;
 pub mod format;
-pub mod generator;
+pub(crate) mod generator;
 pub mod hints;
 pub mod merge;
 pub mod monitor;

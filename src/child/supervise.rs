@@ -54,8 +54,6 @@ use std::time::{Duration, Instant};
 pub const READ_CHUNK: usize = 64 * 1024;
 /// Largest piece written to the child's stdin at once.
 const STDIN_CHUNK: usize = 64 * 1024;
-/// Longest stderr line delivered in one piece; longer lines are cut into pieces of this size.
-pub use crate::child::groups::MAX_STDERR_LINE;
 /// Longest single wait, so that `stop` and the deadlines are noticed quickly.
 pub const MAX_POLL_WAIT: Duration = Duration::from_millis(100);
 /// After `SIGTERM` on stop, how long the main process gets before the group is killed.
@@ -522,7 +520,7 @@ pub enum Ended {
 ///
 /// `on_stdout` receives the child's stdout in chunks as they arrive (binary-safe); returning
 /// `false` aborts the attempt. `on_stderr_line` receives stderr line by line without the `\n`
-/// (a final line without newline included); lines longer than [`MAX_STDERR_LINE`] are delivered
+/// (a final line without newline included); lines longer than [`crate::child::groups::MAX_STDERR_LINE`] are delivered
 /// in pieces of that size. `stop` is checked at least every 100 ms; if it is already set when
 /// this is called, nothing is started and `Ok(Ended::Stopped)` is returned.
 ///
@@ -862,6 +860,7 @@ enum Delivered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::child::groups::MAX_STDERR_LINE;
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     use std::sync::atomic::AtomicUsize;

@@ -1,10 +1,10 @@
 //! Generators: turn one item into CSV rows. Embedded ones (`vitals`, `echo`) run in-process; a
 //! `command` generator runs the user's program per item.
 
-pub mod command;
-pub mod echo;
-pub mod persistent;
-pub mod vitals;
+pub(crate) mod command;
+pub(crate) mod echo;
+pub(crate) mod persistent;
+pub(crate) mod vitals;
 
 use std::sync::atomic::AtomicBool;
 

@@ -58,11 +58,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// The default end-of-item marker: the ASCII record separator.
-pub const DEFAULT_MARKER: &[u8] = b"\x1e";
-/// Longest stderr line delivered in one piece; longer lines are cut into pieces of this size.
-pub const MAX_STDERR_LINE: usize = crate::child::supervise::MAX_STDERR_LINE;
-
 /// After the process closed its stdout in the middle of an item, how long to wait for it to
 /// exit (so its exit status can be reported) before calling it a protocol error.
 const EOF_GRACE: Duration = Duration::from_millis(500);
@@ -88,7 +83,7 @@ pub struct ServerSpec {
     pub environ: Environ,
     /// Working directory of the process.
     pub cwd: PathBuf,
-    /// The end-of-item marker (see [`check_marker`]), e.g. [`DEFAULT_MARKER`].
+    /// The end-of-item marker (see [`check_marker`]), e.g. [`crate::run::config::DEFAULT_MARKER`].
     pub marker: Vec<u8>,
 }
 
@@ -257,6 +252,7 @@ impl Server {
     }
 
     /// How many processes were started so far (successfully spawned ones).
+    #[cfg(test)]
     pub fn starts(&self) -> u64 {
         self.starts
     }
@@ -265,7 +261,7 @@ impl Server {
     /// with `\n`, supplied by the caller) to its stdin and streams the item's output to
     /// `on_stdout` until the marker line. Returning `false` from `on_stdout` aborts the item.
     /// `on_stderr_line` gets stderr lines without their `\n` (lines longer than
-    /// [`MAX_STDERR_LINE`] in pieces), including those written since the previous item.
+    /// [`crate::child::groups::MAX_STDERR_LINE`] in pieces), including those written since the previous item.
     ///
     /// `timeout` counts from the moment the request is written, so for the first item after a
     /// (re)start it includes the process's start-up. `stop` is checked at least every 100 ms;
@@ -780,6 +776,7 @@ fn start(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::config::DEFAULT_MARKER;
     use std::io::{self, Write};
     use std::path::Path;
     use std::process::{Command, Stdio};
@@ -823,7 +820,7 @@ mod tests {
             argv,
             Vec::new(),
             PathBuf::from("/"),
-            DEFAULT_MARKER.to_vec(),
+            DEFAULT_MARKER.as_bytes().to_vec(),
         ));
         s.use_pidfd = use_pidfd;
         s
@@ -1655,7 +1652,7 @@ printf 'no newline' >&2"#;
             vec!["./my-gen".into()],
             vec![("SHARDRUN_TEST_VAR".into(), "hello world".into())],
             dir.clone(),
-            DEFAULT_MARKER.to_vec(),
+            DEFAULT_MARKER.as_bytes().to_vec(),
         ));
         let out = serve(&mut s, 0);
         assert_eq!(out.result, Ok(()));
@@ -1741,6 +1738,6 @@ shardrun_gen.serve(rows)
         assert_eq!(Exit::Code(2).to_string(), "exit code 2");
         assert!(check_marker(b"").is_err());
         assert!(check_marker(b"a\rb").is_err());
-        assert!(check_marker(DEFAULT_MARKER).is_ok());
+        assert!(check_marker(DEFAULT_MARKER.as_bytes()).is_ok());
     }
 }

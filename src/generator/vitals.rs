@@ -196,6 +196,7 @@ impl Vitals {
     }
 
     /// Number of rows each item produces.
+    #[cfg(test)]
     pub fn rows_per_item(&self) -> u64 {
         (self.hours * 60 - self.window) / self.step + 1
     }

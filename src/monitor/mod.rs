@@ -4,7 +4,7 @@
 
 pub mod display;
 pub mod failures;
-pub mod log_tail;
+pub(crate) mod log_tail;
 pub mod notify;
 pub mod screen;
 pub mod serve;

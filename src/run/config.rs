@@ -94,6 +94,10 @@ struct RawCache {
 // ---------------------------------------------------------------------------------------------
 // Resolved.
 
+/// The end-of-item marker line of persistent generators when `generator.marker` is not set: the
+/// ASCII record separator.
+pub const DEFAULT_MARKER: &str = "\u{1e}";
+
 /// How items are assigned to shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -638,7 +642,7 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
     if raw.marker.is_some() && mode != Mode::Persistent {
         return Err("generator.marker: only for mode: persistent".into());
     }
-    let marker = raw.marker.unwrap_or_else(|| "\u{1e}".to_string());
+    let marker = raw.marker.unwrap_or_else(|| DEFAULT_MARKER.to_string());
     if marker.is_empty() || marker.contains(['\n', '\r']) {
         return Err("generator.marker: must be a non-empty string without line breaks".into());
     }

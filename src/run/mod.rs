@@ -2,10 +2,10 @@
 //! (the plan), the per-item seeds, column types, and where a run's files live.
 
 pub mod config;
-pub mod items;
+pub(crate) mod items;
 pub mod paths;
-pub mod plan;
+pub(crate) mod plan;
 pub(crate) mod rng;
 pub mod runs;
 pub mod seed;
-pub mod types;
+pub(crate) mod types;

@@ -6,4 +6,4 @@ pub(crate) mod files;
 pub(crate) mod lock;
 pub mod log;
 pub(crate) mod manifest;
-pub mod record;
+pub(crate) mod record;

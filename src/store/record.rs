@@ -122,7 +122,7 @@ impl Record {
 
 impl RecordRef<'_> {
     /// An owned copy.
-    pub fn to_record(&self) -> Record {
+    pub fn to_record(self) -> Record {
         Record {
             index: self.index,
             key: self.key.to_string(),
