@@ -109,7 +109,7 @@ fn python_venv() -> Option<std::path::PathBuf> {
         .then(|| venv.join("bin/python"))
 }
 
-fn run_all_shards(p: &Project, n: u32) {
+pub fn run_all_shards(p: &Project, n: u32) {
     for i in 0..n {
         p.run_shard("conf.yaml", i, n, &[], 0);
     }
@@ -154,6 +154,42 @@ fn check_with_readers(p: &Project, parquet: &Path, csv: &Path, spec: &str, rows:
     let said = String::from_utf8_lossy(&out.stdout);
     for reader in ["pyarrow", "pandas", "polars", "duckdb"] {
         assert!(said.contains(&format!("{reader}: {rows} rows")), "{said}");
+    }
+    eprintln!("{said}");
+}
+
+/// Runs tests/parquet_interop.py --partitioned on the tree of `merge --partition-by column`
+/// against the unpartitioned `csv`, when the Python environment is there.
+pub fn check_partitions_with_readers(
+    p: &Project,
+    tree: &Path,
+    csv: &Path,
+    column: &str,
+    spec: &str,
+) {
+    let Some(python) = python_venv() else {
+        eprintln!("\n*** SKIPPED: partitioned parquet interop: no Python environment at target/py-venv ***\n");
+        return;
+    };
+    let out = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/parquet_interop.py"
+        ))
+        .arg("--partitioned")
+        .args([tree, csv])
+        .args([column, spec])
+        .output()
+        .expect("run python");
+    assert_exit(&out, 0, "parquet_interop.py --partitioned", p.root());
+    let said = String::from_utf8_lossy(&out.stdout);
+    for reader in [
+        "pyarrow files",
+        "pyarrow hive",
+        "duckdb files",
+        "duckdb hive",
+    ] {
+        assert!(said.contains(&format!("{reader}: ")), "{said}");
     }
     eprintln!("{said}");
 }

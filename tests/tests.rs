@@ -10,6 +10,7 @@ mod limits;
 mod log_full;
 mod merge;
 mod monitor;
+mod partition;
 mod persistent;
 mod revisions;
 mod run_lock;

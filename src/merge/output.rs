@@ -50,6 +50,10 @@ pub struct Stats {
     /// The Parquet file too, with the format `both`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parquet: Option<PathBuf>,
+    /// With `--partition-by`: the column and each partition's directory, value and rows
+    /// (`output` is then the directory of the partitions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitioned: Option<super::Partitioned>,
     pub shards: u32,
     pub shards_missing: Vec<u32>,
     pub items: u64,
@@ -162,7 +166,7 @@ pub fn write(
     args: &MergeArgs,
     output: &Path,
     check: impl Fn(&[ShardScan]) -> Result<()> + Sync,
-    also: impl FnOnce(&Path) -> Result<()>,
+    also: impl FnOnce(&Path) -> Result<Option<super::Partitioned>>,
 ) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
     // Missing shards refuse the merge before any shard is read (no shard scan needed).
     check(&[])?;
@@ -219,8 +223,9 @@ pub fn write(
     } else {
         None
     };
-    // Other files made from the finished dataset (the Parquet file), before anything is renamed.
-    also(&temps.out)?;
+    // Other files made from the finished dataset (the Parquet file or the partitions), before
+    // anything is renamed.
+    let partitioned = also(&temps.out)?;
 
     let items_ok: u64 = scans.iter().map(|s| s.ok).sum();
     let rows: u64 = scans.iter().map(|s| s.rows).sum();
@@ -230,10 +235,11 @@ pub fn write(
     let stats = Stats {
         run: run.name.clone(),
         output: match args.format {
+            _ if partitioned.is_some() => output.with_extension(""),
             Some(OutputFormat::Parquet) => output.with_extension("parquet"),
             _ => output.to_path_buf(),
         },
-        parquet: (args.format == Some(OutputFormat::Both))
+        parquet: (args.format == Some(OutputFormat::Both) && partitioned.is_none())
             .then(|| output.with_extension("parquet")),
         shards: plan.num_shards,
         shards_missing: plan.missing.clone(),
@@ -259,6 +265,7 @@ pub fn write(
         rows_per_shard: spread(scans.iter().map(|s| s.rows)),
         bytes,
         wall_time_s: wall_time(run, plan),
+        partitioned,
         rows_deduplicated: deduped,
         rows_appended_to: appended,
         incomplete_items: incomplete,
