@@ -275,10 +275,71 @@ fn merge_format_overrides_the_configuration() {
         "{}",
         p.listing()
     );
-    // --append reads the existing CSV: with parquet alone there is none, and it says what to do.
-    let out = crate::merge::merge(&p, &["--run", "tricky", "--append", "--format", "parquet"]);
-    assert_exit(&out, 2, "merge --append --format parquet", p.root());
-    assert!(stderr(&out).contains("--format both"), "{}", stderr(&out));
+}
+
+/// `--append` (and `--dedupe-key` with it) under the format parquet alone grows
+/// combined.parquet: the result is the very file that the same merges give under the format
+/// both, where the rows come from combined.csv. (Before, parquet alone refused --append.)
+#[test]
+fn append_and_dedupe_grow_combined_parquet_as_they_grow_combined_csv() {
+    let mut files = Vec::new();
+    for format in ["both", "parquet"] {
+        let p = tricky_project(format, "contiguous");
+        run_all_shards(&p, 2);
+        merge_ok(&p, &["--run", "tricky", "--keep-shards"]);
+        let out = merge_ok(&p, &["--run", "tricky", "--keep-shards", "--append"]);
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains(", 80 rows,"), "{format}: {summary}");
+        let doubled = std::fs::read(p.path("data/tricky/combined.parquet")).unwrap();
+        merge_ok(&p, &["--run", "tricky", "--append", "--dedupe-key", "key"]);
+        let stats = p.read("data/tricky/stats.json");
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert_eq!(stats["rows_appended_to"], 80, "{format}: {stats}");
+        assert_eq!(stats["rows"], 35, "{format}: {stats}");
+        let deduped = std::fs::read(p.path("data/tricky/combined.parquet")).unwrap();
+        // No temporary file stays behind.
+        let hidden: Vec<String> = std::fs::read_dir(p.path("data/tricky"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(hidden.is_empty(), "{hidden:?}");
+        files.push((doubled, deduped));
+    }
+    assert!(
+        files[0].0 == files[1].0,
+        "appended combined.parquet differs"
+    );
+    assert!(
+        files[0].1 == files[1].1,
+        "deduplicated combined.parquet differs"
+    );
+}
+
+#[test]
+fn append_refuses_a_combined_parquet_of_other_columns_and_changes_nothing() {
+    let p = tricky_project("parquet", "contiguous");
+    run_all_shards(&p, 1);
+    merge_ok(&p, &["--run", "tricky", "--keep-shards"]);
+    // The same run under a configuration whose `n` is a string column.
+    let conf = p.read("conf.yaml").replace("{name: n, type: int64}", "n");
+    p.write("conf.yaml", &conf);
+    p.run_shard("conf.yaml", 0, 1, &["--force"], 0);
+    let before = crate::merge::snapshot(&p, "tricky");
+    let out = crate::merge::merge(&p, &["--run", "tricky", "--append"]);
+    assert_exit(&out, 1, "merge --append", p.root());
+    let e = stderr(&out);
+    assert!(
+        e.contains("column 3 is \"n\" (int64), the shards' is \"n\" (string)"),
+        "{e}"
+    );
+    assert_eq!(
+        crate::merge::snapshot(&p, "tricky"),
+        before,
+        "{}",
+        p.listing()
+    );
 }
 
 #[test]

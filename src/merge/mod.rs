@@ -15,6 +15,7 @@ mod blocks;
 mod final_rows;
 mod output;
 mod parquet;
+mod parquet_read;
 mod partition;
 mod scan;
 mod threads;
@@ -115,13 +116,6 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     if let Some(col) = &args.partition_by {
         check_partitioning(col, args, last)?;
     }
-    if args.append && format == OutputFormat::Parquet {
-        return Err(Error::usage(format!(
-            "--append adds to the existing {} and writes the Parquet file from it; with the \
-             format parquet there is none: merge with --format both",
-            output.display()
-        )));
-    }
     std::fs::create_dir_all(paths.locks_dir()).ctx("cannot create", &paths.locks_dir())?;
     let _merge_lock = ShardLock::acquire(
         &paths.locks_dir().join("merge.lock"),
@@ -188,6 +182,20 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         paths.data_dir.join(format!(".{name}{suffix}"))
     };
     let (tree_tmp, tree_old) = (hidden(TREE_TMP), hidden(TREE_OLD));
+    // --append with the format parquet alone appends to combined.parquet, read back as CSV rows
+    // into a temporary file (removed at the end, whatever happens).
+    let mut append_tmp = output::TempFiles(Vec::new());
+    let append_to = match (args.append, format) {
+        (false, _) => None,
+        (true, OutputFormat::Parquet) if parquet_out.is_file() => {
+            let tmp = hidden(".append.tmp");
+            append_tmp.0.push(tmp.clone());
+            parquet_read::to_csv(&parquet_out, &tmp, &shards[0].header.columns, &types)?;
+            Some(tmp)
+        }
+        (true, OutputFormat::Parquet) => None,
+        (true, _) => Some(output.clone()),
+    };
     let pq_tmp = (format != OutputFormat::Csv && tree.is_none()).then(|| {
         let name = parquet_out
             .file_name()
@@ -223,7 +231,10 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         &plan,
         &shards,
         args,
-        &output,
+        output::Target {
+            output: &output,
+            append_to: append_to.as_deref(),
+        },
         |scans| {
             check_complete(&run, &plan, scans, args)?;
             check_revisions(&run, scans, args)
@@ -674,7 +685,8 @@ fn remove_stale_temps(dir: &Path) {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        let parquet_tmp = name.starts_with('.') && name.ends_with(".parquet.tmp");
+        let parquet_tmp = name.starts_with('.')
+            && (name.ends_with(".parquet.tmp") || name.ends_with(".append.tmp"));
         if name.starts_with('.') && (name.ends_with(TREE_TMP) || name.ends_with(TREE_OLD)) {
             let _ = std::fs::remove_dir_all(e.path());
             continue;

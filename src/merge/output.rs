@@ -155,6 +155,13 @@ pub(super) struct Temps {
     pub(super) stats: PathBuf,
 }
 
+/// The dataset file, and the dataset `--append` keeps (`output` itself, or the rows of
+/// `combined.parquet` as CSV).
+pub struct Target<'a> {
+    pub output: &'a Path,
+    pub append_to: Option<&'a Path>,
+}
+
 /// Scans the shards, writes the outputs, renames `manifest_final.csv` and `stats.json` into
 /// place, and returns the stats, the scans and the synced temporary dataset, which the caller
 /// renames into place last. `check` refuses incomplete runs after the scan; until then nothing
@@ -164,12 +171,13 @@ pub fn write(
     plan: &PlanOnDisk,
     shards: &[ShardFiles],
     args: &MergeArgs,
-    output: &Path,
+    target: Target<'_>,
     check: impl Fn(&[ShardScan]) -> Result<()> + Sync,
     also: impl FnOnce(&Path) -> Result<Option<super::Partitioned>>,
 ) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
     // Missing shards refuse the merge before any shard is read (no shard scan needed).
     check(&[])?;
+    let Target { output, append_to } = target;
     let dir = &run.paths.data_dir;
     let columns = &shards[0].header.columns;
     let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
@@ -187,10 +195,10 @@ pub fn write(
             ))
         })?),
     };
-    let old = if args.append {
-        open_old(output, columns)?
-    } else {
-        None
+    // The dataset `--append` keeps: `output`, or the rows of combined.parquet as CSV.
+    let old = match append_to {
+        Some(p) => open_old(p, columns)?,
+        None => None,
     };
     let mut guard = TempFiles(vec![
         temps.out.clone(),
