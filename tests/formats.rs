@@ -419,3 +419,49 @@ fn strings_pass_through_as_bytes_for_csv_and_must_be_utf8_for_parquet() {
         }
     }
 }
+
+/// A shard that committed its items out of order (`jobs: 3`, a slow first item) makes merge
+/// discard its background copy of the data, and so the Parquet file and the partitions made from
+/// that copy while the manifests were read: they are made again from the dataset in item order.
+#[test]
+fn files_made_from_a_discarded_copy_are_made_again_in_item_order() {
+    let mut outputs = Vec::new();
+    for jobs in [1, 3] {
+        let p = Project::new();
+        p.script(
+            "gen.sh",
+            "#!/bin/sh\n[ $(( $1 % 6 )) = 0 ] && sleep 0.3\nprintf '%s,t%s,%s\\n' \"$1\" $(( $1 % 4 )) \"$1\"\n",
+        );
+        p.write(
+            "conf.yaml",
+            &format!(
+                "run: o\nitems: {{range: {{start: 0, end: 12}}}}\n\
+                 generator: {{command: [./gen.sh, \"{{key}}\"], jobs: {jobs}}}\n\
+                 output: {{format: both, columns: [key, tag, {{name: n, type: int64}}]}}\n"
+            ),
+        );
+        run_all_shards(&p, 1);
+        let records = manifest_records(&p.path("data/o/manifest_shard0_of_1.jsonl"));
+        let order: Vec<&str> = records[1..]
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        if jobs == 3 {
+            assert_ne!(order[0], "0", "items were committed in order: {order:?}");
+        }
+        merge_ok(&p, &["--run", "o", "--keep-shards"]);
+        let parquet = std::fs::read(p.path("data/o/combined.parquet")).unwrap();
+        merge_ok(&p, &["--run", "o", "--partition-by", "tag"]);
+        let tree: Vec<Vec<u8>> = (0..4)
+            .map(|t| {
+                std::fs::read(p.path(&format!("data/o/combined/tag=t{t}/part-00000.parquet")))
+                    .unwrap()
+            })
+            .collect();
+        outputs.push((parquet, tree));
+    }
+    assert!(
+        outputs[0] == outputs[1],
+        "the Parquet outputs differ with jobs: 3"
+    );
+}

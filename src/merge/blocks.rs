@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::final_rows::{self, FinalRows};
 use super::output::{scan_all, OldOutput, TempFiles, Temps, Written};
@@ -76,7 +76,7 @@ pub(super) fn write_blocks(
     let start_copy = || -> Result<BackgroundCopy> {
         let mut out = crate::files::create(&temps.out)?;
         out.write_all(&header).ctx("cannot write", &temps.out)?;
-        BackgroundCopy::start(out, &temps.out, segments.clone())
+        BackgroundCopy::start(out, &temps.out, segments.clone(), Arc::clone(&temps.copied))
     };
     let mut copy = if early { Some(start_copy()?) } else { None };
     // A shard that refuses the merge stops the copy at once: a refused merge should not write
@@ -104,6 +104,7 @@ pub(super) fn write_blocks(
         None => None,
     };
     let incomplete = assemble_manifest_final(plan, &scans, &temps.manifest_final)?;
+    let background = guessed && copy.is_some();
     let bytes = match copy {
         Some(c) if guessed => c.finish()?,
         other => {
@@ -115,6 +116,7 @@ pub(super) fn write_blocks(
         deduped: 0,
         bytes,
         incomplete,
+        background_copy_kept: background,
     };
     Ok((scans, written))
 }
@@ -194,6 +196,33 @@ fn copy_in_order(
     Ok(bytes)
 }
 
+/// Tells whoever waits that the background copy of the dataset is complete and synced (`true`),
+/// or will not be (`false`): the Parquet file or the partitions are then made from it while the
+/// manifests are still being read. Only the first `set` counts.
+#[derive(Default)]
+pub(super) struct CopyDone {
+    state: Mutex<Option<bool>>,
+    changed: Condvar,
+}
+
+impl CopyDone {
+    pub(super) fn set(&self, complete: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_none() {
+            *s = Some(complete);
+            self.changed.notify_all();
+        }
+    }
+
+    pub(super) fn wait(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.is_none() {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        *s == Some(true)
+    }
+}
+
 /// Byte ranges copied to the dataset by a thread of its own, in chunks whose write-back starts
 /// right away, then synced. Dropping it unfinished stops the copy at the next chunk.
 struct BackgroundCopy {
@@ -208,14 +237,18 @@ type Segments = Vec<(PathBuf, u64, u64)>;
 impl BackgroundCopy {
     const CHUNK: u64 = 32 << 20;
 
-    fn start(out: File, out_path: &Path, segments: Segments) -> Result<Self> {
+    fn start(out: File, out_path: &Path, segments: Segments, done: Arc<CopyDone>) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let out_path = out_path.to_path_buf();
         let thread_path = out_path.clone();
         let handle = std::thread::Builder::new()
             .name("merge-copy".into())
-            .spawn(move || Self::run(out, &thread_path, &segments, &flag))
+            .spawn(move || {
+                let result = Self::run(out, &thread_path, &segments, &flag);
+                done.set(result.is_ok() && !flag.load(Ordering::Relaxed));
+                result
+            })
             .ctx("cannot start a thread to copy into", &out_path)?;
         Ok(BackgroundCopy {
             stop,

@@ -226,7 +226,7 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
                 .map(|()| None)
         }
     };
-    let (mut stats, scans, out_tmp) = output::write(
+    let written = output::write(
         &run,
         &plan,
         &shards,
@@ -240,7 +240,15 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
             check_revisions(&run, scans, args)
         },
         write_parquet,
-    )?;
+    );
+    // Files made from the dataset while the manifests were read are removed on a refusal.
+    if written.is_err() {
+        if let Some(tmp) = &pq_tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+        let _ = std::fs::remove_dir_all(&tree_tmp);
+    }
+    let (mut stats, scans, out_tmp) = written?;
     stats.redo_stale_hint = crate::hints::redo_stale(&run, args.config.as_deref());
     // A dataset of mixed revisions keeps its shards, so that --redo-stale can make it uniform.
     stats.shards_kept = args.keep_shards || args.allow_partial || stats.revisions.len() > 1;

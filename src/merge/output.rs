@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::blocks::{logs_say_complete, part_spec, write_blocks};
+use super::blocks::{logs_say_complete, part_spec, write_blocks, CopyDone};
 use super::final_rows::FinalRows;
 use super::scan::{self, ScanSpec, ShardScan};
 use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
@@ -153,6 +153,8 @@ pub(super) struct Temps {
     pub(super) out: PathBuf,
     pub(super) manifest_final: PathBuf,
     pub(super) stats: PathBuf,
+    /// Told when the dataset's background copy is complete (see [`CopyDone`]).
+    pub(super) copied: std::sync::Arc<CopyDone>,
 }
 
 /// The dataset file, and the dataset `--append` keeps (`output` itself, or the rows of
@@ -173,7 +175,7 @@ pub fn write(
     args: &MergeArgs,
     target: Target<'_>,
     check: impl Fn(&[ShardScan]) -> Result<()> + Sync,
-    also: impl FnOnce(&Path) -> Result<Option<super::Partitioned>>,
+    also: impl Fn(&Path) -> Result<Option<super::Partitioned>> + Sync,
 ) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
     // Missing shards refuse the merge before any shard is read (no shard scan needed).
     check(&[])?;
@@ -185,6 +187,7 @@ pub fn write(
         out: tmp(&output.file_name().unwrap_or_default().to_string_lossy()),
         manifest_final: tmp("manifest_final.csv"),
         stats: tmp("stats.json"),
+        copied: Default::default(),
     };
     let dedupe_col = match &args.dedupe_key {
         None => None,
@@ -210,30 +213,48 @@ pub fn write(
     // one after the other: each shard's rows of manifest_final.csv are written while its
     // manifest is read, and the data is copied meanwhile.
     let blocks = (h.sharding == Sharding::Contiguous || h.num_shards == 1) && dedupe_col.is_none();
-    let (scans, written) = if blocks {
-        // The data is copied before the manifests are validated only when no refusal is
-        // expected, so that merging an unfinished run does not first write a copy of it.
-        let early = args.allow_partial || logs_say_complete(run, plan);
-        write_blocks(dir, plan, shards, &old, &temps, &check, early)?
-    } else {
-        let scans = scan_all(dir, shards, None, &|_| {})?;
-        check(&scans)?;
-        let written = write_interleaved(&scans, &old, dedupe_col, &temps)?;
-        (scans, written)
-    };
+    // Other files made from the finished dataset (the Parquet file or the partitions), before
+    // anything is renamed. When the dataset is copied in the background (contiguous blocks),
+    // they are made as soon as the copy is done, while the manifests are still read; if the
+    // copy is then not kept (a shard out of item order), they are made again from the final
+    // dataset.
+    let copied = &temps.copied;
+    let (scans, written, early_extra) = std::thread::scope(|scope| -> Result<_> {
+        let early_extra = scope.spawn(|| copied.wait().then(|| also(&temps.out)));
+        // Whatever happens below (a panic included), the thread above is let go.
+        let _let_go = LetGo(copied);
+        let result = if blocks {
+            // The data is copied before the manifests are validated only when no refusal is
+            // expected, so that merging an unfinished run does not first write a copy of it.
+            let early = args.allow_partial || logs_say_complete(run, plan);
+            write_blocks(dir, plan, shards, &old, &temps, &check, early)
+        } else {
+            scan_all(dir, shards, None, &|_| {}).and_then(|scans| {
+                check(&scans)?;
+                let written = write_interleaved(&scans, &old, dedupe_col, &temps)?;
+                Ok((scans, written))
+            })
+        };
+        copied.set(false);
+        let early_extra = early_extra.join().ok().flatten();
+        let (scans, written) = result?;
+        Ok((scans, written, early_extra))
+    })?;
     let Written {
         deduped,
         bytes,
         incomplete,
+        background_copy_kept,
     } = written;
     let verified = if args.verify {
         Some(super::verify::verify_all(&scans)?)
     } else {
         None
     };
-    // Other files made from the finished dataset (the Parquet file or the partitions), before
-    // anything is renamed.
-    let partitioned = also(&temps.out)?;
+    let partitioned = match early_extra {
+        Some(made) if background_copy_kept => made?,
+        _ => also(&temps.out)?,
+    };
 
     let items_ok: u64 = scans.iter().map(|s| s.ok).sum();
     let rows: u64 = scans.iter().map(|s| s.rows).sum();
@@ -308,6 +329,15 @@ pub fn write(
     Ok((stats, scans, temps.out))
 }
 
+/// Tells the waiters of a background copy that it will not complete, when dropped.
+struct LetGo<'a>(&'a CopyDone);
+
+impl Drop for LetGo<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// What writing the dataset and `manifest_final.csv` gave.
 pub(super) struct Written {
     /// Rows dropped by `--dedupe-key`.
@@ -316,6 +346,8 @@ pub(super) struct Written {
     pub(super) bytes: u64,
     /// The first incomplete items, in item order.
     pub(super) incomplete: Vec<String>,
+    /// The dataset is the background copy (the files made from it early are good).
+    pub(super) background_copy_kept: bool,
 }
 
 /// Scans every shard, on up to one thread per core; with `parts`, each writes its rows of
@@ -417,6 +449,7 @@ fn write_interleaved(
         deduped: dedupe.as_ref().map_or(0, |d| d.dropped),
         bytes,
         incomplete: std::mem::take(&mut rows.incomplete),
+        background_copy_kept: false,
     })
 }
 

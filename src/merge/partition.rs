@@ -182,6 +182,13 @@ pub(super) fn write(
     types: &[ColumnType],
 ) -> Result<Partitioned> {
     let prefix = column_prefix(&columns[column])?;
+    // A tree made before from a copy that was then not kept.
+    match std::fs::remove_dir_all(tree) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).ctx("cannot remove", tree);
+        }
+        _ => {}
+    }
     crate::files::create_dir_all(tree).ctx("cannot create", tree)?;
     let header = header_line(columns);
     let input = File::open(csv).ctx("cannot open", csv)?;
