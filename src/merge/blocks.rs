@@ -76,7 +76,14 @@ pub(super) fn write_blocks(
     let start_copy = || -> Result<BackgroundCopy> {
         let mut out = crate::files::create(&temps.out)?;
         out.write_all(&header).ctx("cannot write", &temps.out)?;
-        BackgroundCopy::start(out, &temps.out, segments.clone(), Arc::clone(&temps.copied))
+        let durable = !temps.transient;
+        BackgroundCopy::start(
+            out,
+            &temps.out,
+            segments.clone(),
+            Arc::clone(&temps.copied),
+            durable,
+        )
     };
     let mut copy = if early { Some(start_copy()?) } else { None };
     // A shard that refuses the merge stops the copy at once: a refused merge should not write
@@ -109,7 +116,7 @@ pub(super) fn write_blocks(
         Some(c) if guessed => c.finish()?,
         other => {
             drop(other);
-            copy_in_order(&temps.out, &header, old, &scans)?
+            copy_in_order(&temps.out, &header, old, &scans, !temps.transient)?
         }
     };
     let written = Written {
@@ -176,6 +183,7 @@ fn copy_in_order(
     header: &[u8],
     old: &Option<OldOutput>,
     scans: &[ShardScan],
+    durable: bool,
 ) -> Result<u64> {
     let out = crate::files::create(path)?;
     let mut copier = RangeCopier::new(out, path)?;
@@ -192,7 +200,9 @@ fn copy_in_order(
         }
     }
     let (file, bytes) = copier.finish()?;
-    file.sync_all().ctx("cannot sync", path)?;
+    if durable {
+        file.sync_all().ctx("cannot sync", path)?;
+    }
     Ok(bytes)
 }
 
@@ -237,7 +247,13 @@ type Segments = Vec<(PathBuf, u64, u64)>;
 impl BackgroundCopy {
     const CHUNK: u64 = 32 << 20;
 
-    fn start(out: File, out_path: &Path, segments: Segments, done: Arc<CopyDone>) -> Result<Self> {
+    fn start(
+        out: File,
+        out_path: &Path,
+        segments: Segments,
+        done: Arc<CopyDone>,
+        durable: bool,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let out_path = out_path.to_path_buf();
@@ -245,7 +261,7 @@ impl BackgroundCopy {
         let handle = std::thread::Builder::new()
             .name("merge-copy".into())
             .spawn(move || {
-                let result = Self::run(out, &thread_path, &segments, &flag);
+                let result = Self::run(out, &thread_path, &segments, &flag, durable);
                 done.set(result.is_ok() && !flag.load(Ordering::Relaxed));
                 result
             })
@@ -257,7 +273,13 @@ impl BackgroundCopy {
         })
     }
 
-    fn run(out: File, out_path: &Path, segments: &Segments, stop: &AtomicBool) -> Result<u64> {
+    fn run(
+        out: File,
+        out_path: &Path,
+        segments: &Segments,
+        stop: &AtomicBool,
+        durable: bool,
+    ) -> Result<u64> {
         let mut copier = RangeCopier::new(out, out_path)?;
         for (path, from, to) in segments {
             let slot = copier.add_source(path)?;
@@ -270,12 +292,16 @@ impl BackgroundCopy {
                 let start = copier.position();
                 copier.push(slot, at, len)?;
                 copier.flush()?;
-                copier.start_writeback(start, len);
+                if durable {
+                    copier.start_writeback(start, len);
+                }
                 at += len;
             }
         }
         let (file, bytes) = copier.finish()?;
-        file.sync_all().ctx("cannot sync", out_path)?;
+        if durable {
+            file.sync_all().ctx("cannot sync", out_path)?;
+        }
         Ok(bytes)
     }
 

@@ -155,6 +155,9 @@ pub(super) struct Temps {
     pub(super) stats: PathBuf,
     /// Told when the dataset's background copy is complete (see [`CopyDone`]).
     pub(super) copied: std::sync::Arc<CopyDone>,
+    /// `out` is only read back, never put in place (the format parquet alone, or partitions):
+    /// it is not synced nor written back early, which would only cost disk bandwidth.
+    pub(super) transient: bool,
 }
 
 /// The dataset file, and the dataset `--append` keeps (`output` itself, or the rows of
@@ -188,6 +191,7 @@ pub fn write(
         manifest_final: tmp("manifest_final.csv"),
         stats: tmp("stats.json"),
         copied: Default::default(),
+        transient: args.format == Some(OutputFormat::Parquet) || args.partition_by.is_some(),
     };
     let dedupe_col = match &args.dedupe_key {
         None => None,
@@ -442,7 +446,9 @@ fn write_interleaved(
         Ok(())
     })?;
     let (out_file, bytes) = copier.finish()?;
-    out_file.sync_all().ctx("cannot sync", &temps.out)?;
+    if !temps.transient {
+        out_file.sync_all().ctx("cannot sync", &temps.out)?;
+    }
     rows.flush_to(&mut mf, mf_path, true)?;
     mf.sync_all().ctx("cannot sync", mf_path)?;
     Ok(Written {
