@@ -2,42 +2,48 @@
 # Merge benchmark: `merge --keep-shards` against a durable copy of the same shard files (`cat` of
 # the shard files into one file, then `sync` of that file), on shards made once by the echo
 # generator: (a) 8 shards of ~256 MiB with wide rows, (b) 2 shards of 2,000,000 one-row items,
-# (c) the shards of (b) under a stride plan (items interleaved one by one; no target).
+# (c) the shards of (b) under a stride plan (items interleaved one by one; no target),
+# (p) 4,000,000 one-row items of typed columns merged to Parquet (`--format parquet`) against
+# DuckDB turning the same rows, read from the merged CSV, into Parquet (`COPY (SELECT ...) TO`).
 #
-#   ./scripts/bench_merge.sh [--scale S] [--reps N] [--case a|b|c|all] [--workdir DIR] [--no-hyperfine]
+#   ./scripts/bench_merge.sh [--scale S] [--reps N] [--case a|b|c|p|all] [--workdir DIR] [--no-hyperfine]
 #
 #   --scale S       multiply the item counts by S (default 1; e.g. 0.02 for a quick run)
 #   --reps N        timed repetitions of each command, alternating the two (default 5)
-#   --case C        a, b, c or all (default all)
+#   --case C        a, b, c, p or all (default all)
 #   --workdir DIR   where the shards and outputs go (created if missing, kept at exit);
 #                   default: a fresh directory under ${TMPDIR:-/tmp}, removed at exit
 #   --no-hyperfine  time with the built-in bash loop even when hyperfine is installed
 #
 # Reports the median wall time of each command, their ratio against the target, and merge's peak
-# RSS (/usr/bin/time -v). Results: docs/BENCHMARKS.md.
+# RSS (/usr/bin/time -v). Case p needs DuckDB's Python package: the test environment
+# (target/py-venv, made by scripts/test.sh), a python3 that imports duckdb, or `pip install duckdb`.
+# Results: docs/BENCHMARKS.md.
 set -Eeuo pipefail
 shopt -s inherit_errexit
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
 # spec_of a|b|c: sets SPEC to the case's run name, shards, items at scale 1, rows per item, pad,
-# target ratio (- for none), description and sharding.
+# target ratio (- for none), description, sharding and peak RSS limit (MiB).
 # (a): 64 rows of ~4 KiB per item, 1,042 items per shard: ~256 MiB per shard.
 # (b): one row of ~130 bytes per item, 2,000,000 items per shard.
 spec_of() {
   case "$1" in
-    a) SPEC=(wide 8 8336 64 4000 1.15 "8 shards x ~256 MiB, wide rows (64 rows x pad 4000 per item)" contiguous) ;;
-    b) SPEC=(narrow 2 4000000 1 100 2 "2 shards x 2,000,000 one-row items, pad 100" contiguous) ;;
-    c) SPEC=(strided 2 4000000 1 100 - "as b, stride plan (no target)" stride) ;;
+    a) SPEC=(wide 8 8336 64 4000 1.15 "8 shards x ~256 MiB, wide rows (64 rows x pad 4000 per item)" contiguous 64) ;;
+    b) SPEC=(narrow 2 4000000 1 100 2 "2 shards x 2,000,000 one-row items, pad 100" contiguous 64) ;;
+    c) SPEC=(strided 2 4000000 1 100 - "as b, stride plan (no target)" stride 64) ;;
+    p) SPEC=(typed 2 4000000 1 16 1 "2 shards x 2,000,000 one-row echo items (key string, index/seed/row int64, pad string of 16) to Parquet; baseline: DuckDB COPY from the merged CSV" contiguous 256) ;;
   esac
 }
 SPEC=()
-RSS_LIMIT_MIB=64
+DUCK_PY=
+PARQUET_NOTE=
 
 SCALE=1
 REPS=5
@@ -101,8 +107,8 @@ parse_args() {
   fi
   [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer, not '$REPS'"
   case "$CASES" in
-    a | b | c | all) ;;
-    *) die "--case must be a, b, c or all, not '$CASES'" ;;
+    a | b | c | p | all) ;;
+    *) die "--case must be a, b, c, p or all, not '$CASES'" ;;
   esac
   DIE_CODE=1
 }
@@ -127,6 +133,17 @@ ensure_tools() {
   if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
     say "hyperfine is not available; timing with a bash loop"
     USE_HYPERFINE=0
+  fi
+  if [[ " $(selected_cases) " == *" p "* ]]; then
+    local py
+    for py in "$SHARDRUN_ROOT/target/py-venv/bin/python" python3; do
+      if "$py" -c 'import duckdb' 2>/dev/null; then
+        DUCK_PY=$py
+        break
+      fi
+    done
+    [ -n "$DUCK_PY" ] ||
+      die "case p needs DuckDB's Python package: run ./scripts/test.sh once (it makes target/py-venv) or 'pip install duckdb'"
   fi
   if [ ! -x /usr/bin/time ]; then
     say "installing time (for /usr/bin/time -v)"
@@ -166,7 +183,7 @@ check_space() {
 
 selected_cases() {
   case "$CASES" in
-    all) echo a b c ;;
+    all) echo a b c p ;;
     *) echo "$CASES" ;;
   esac
 }
@@ -237,7 +254,7 @@ time_pair() {
 bench_case() {
   spec_of "$1"
   local run=${SPEC[0]} shards=${SPEC[1]} rows=${SPEC[3]} pad=${SPEC[4]} target=${SPEC[5]}
-  local desc=${SPEC[6]} sharding=${SPEC[7]} items dir="$WORKDIR/$1"
+  local desc=${SPEC[6]} sharding=${SPEC[7]} rss_limit=${SPEC[8]} items dir="$WORKDIR/$1"
   items=$(items_of "${SPEC[2]}" "$shards")
   generate "$dir" "$run" "$shards" "$items" "$rows" "$pad" "$sharding"
 
@@ -293,13 +310,96 @@ bench_case() {
   met=-
   [ "$target" = - ] || met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r <= t ? "yes" : "NO") }')
   rss_ok=n/a
-  [ "$rss" = n/a ] || rss_ok=$(awk -v r="$rss" -v l="$RSS_LIMIT_MIB" 'BEGIN { print (r < l ? "yes" : "NO") }')
-  t=$(printf '%-4s %6s %8s %9.3f %10.3f %6s %6s %4s %9s %6s' "$1" "$shards" "$(mib "$merged")" \
-    "$mm" "$mc" "${ratio}x" "$target_col" "$met" "$rss" "$rss_ok")
+  [ "$rss" = n/a ] || rss_ok=$(awk -v r="$rss" -v l="$rss_limit" 'BEGIN { print (r < l ? "yes" : "NO") }')
+  t=$(printf '%-4s %6s %8s %9.3f %10s %10.3f %6s %6s %4s %9s %9s' "$1" "$shards" "$(mib "$merged")" \
+    "$mm" cat+sync "$mc" "${ratio}x" "$target_col" "$met" "$rss" "$rss_ok (<$rss_limit)")
   RESULTS+=("$t")
   LEGEND+=("$1: $desc; $items items")
   say "case $1: merge $(printf '%.3f ' "${tm[@]}")s; cat+sync $(printf '%.3f ' "${tc[@]}")s"
   # Free the disk before the next case when the directory is ours.
+  if [ "$OWN_WORKDIR" -eq 1 ]; then rm -rf -- "$dir"; fi
+}
+
+# bench_parquet: case p. The merged CSV that DuckDB reads is made once (merge --format csv) and
+# kept aside; then `merge --keep-shards --format parquet` (the whole merge: manifests,
+# manifest_final.csv, the CSV it writes the Parquet file from, all synced) alternates with a
+# DuckDB process running COPY (SELECT ...) TO '...parquet' (zstd) on that CSV, its Python start
+# and import included.
+bench_parquet() {
+  spec_of p
+  local run=${SPEC[0]} shards=${SPEC[1]} rows=${SPEC[3]} pad=${SPEC[4]} target=${SPEC[5]}
+  local desc=${SPEC[6]} sharding=${SPEC[7]} rss_limit=${SPEC[8]} items dir="$WORKDIR/p"
+  items=$(items_of "${SPEC[2]}" "$shards")
+  generate "$dir" "$run" "$shards" "$items" "$rows" "$pad" "$sharding"
+  local data="$dir/data/$run" csv="$dir/merged.csv" duck_out="$dir/duckdb.parquet"
+  "$MERGE" --root "$dir" --run "$run" --keep-shards --format csv >/dev/null
+  mv -- "$data/combined.csv" "$csv"
+  cat >"$dir/duck.py" <<'PY'
+import sys
+import time
+
+import duckdb
+
+src, dst = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+duckdb.sql(
+    f"COPY (SELECT * FROM read_csv('{src}', header = true, auto_detect = false, columns = "
+    "{'key': 'VARCHAR', 'index': 'BIGINT', 'seed': 'BIGINT', 'row': 'BIGINT', 'pad': 'VARCHAR'})) "
+    f"TO '{dst}' (FORMAT parquet, COMPRESSION zstd)"
+)
+# The COPY alone, without the interpreter's start and the import, for the report.
+with open(dst + ".copy-times", "a") as f:
+    print(f"{time.perf_counter() - start:.3f}", file=f)
+PY
+  local prep merge_cmd duck_cmd
+  prep="rm -f $(printf '%q ' "$data/combined.parquet" "$data/manifest_final.csv" "$data/stats.json" "$duck_out")&& sync -f $(printf '%q' "$dir")"
+  merge_cmd="$(printf '%q ' "$MERGE" --root "$dir" --run "$run" --keep-shards --format parquet)>/dev/null"
+  duck_cmd="$(printf '%q ' "$DUCK_PY" "$dir/duck.py" "$csv" "$duck_out")"
+  say "warm-up run of each command"
+  bash -c "$prep"
+  bash -c "$merge_cmd"
+  bash -c "$duck_cmd"
+  local tm=() td=() r t a b
+  rm -f -- "$duck_out.copy-times"
+  for ((r = 1; r <= REPS; r++)); do
+    if ((r % 2)); then
+      t=$(time_pair "$prep" merge "$merge_cmd" duckdb "$duck_cmd")
+      read -r a b <<<"$t"
+      tm+=("$a") td+=("$b")
+    else
+      t=$(time_pair "$prep" duckdb "$duck_cmd" merge "$merge_cmd")
+      read -r a b <<<"$t"
+      td+=("$a") tm+=("$b")
+    fi
+    say "case p rep $r/$REPS: merge $(printf '%.3f' "${tm[-1]}") s, duckdb $(printf '%.3f' "${td[-1]}") s"
+  done
+  local rss=n/a duck_rss=n/a
+  if [ -x /usr/bin/time ]; then
+    bash -c "$prep"
+    /usr/bin/time -v -o "$dir/time-v.txt" "$MERGE" --root "$dir" --run "$run" --keep-shards --format parquet >/dev/null
+    rss=$(awk -F: '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$dir/time-v.txt")
+    /usr/bin/time -v -o "$dir/time-d.txt" "$DUCK_PY" "$dir/duck.py" "$csv" "$duck_out"
+    duck_rss=$(awk -F: '/Maximum resident set size/ { printf "%.1f", $2 / 1024 }' "$dir/time-d.txt")
+  fi
+  local t0 import_s sizes copy_s copies=()
+  mapfile -t copies <"$duck_out.copy-times"
+  copy_s=$(median "${copies[@]:0:REPS}")
+  t0=$EPOCHREALTIME
+  "$DUCK_PY" -c 'import duckdb'
+  import_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
+  sizes="combined.parquet $(mib "$(stat -c %s "$data/combined.parquet")") MiB, DuckDB's $(mib "$(stat -c %s "$duck_out")") MiB"
+  local mm md ratio met rss_ok=n/a
+  mm=$(median "${tm[@]}")
+  md=$(median "${td[@]}")
+  ratio=$(awk -v a="$mm" -v b="$md" 'BEGIN { printf "%.2f", a / b }')
+  met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r <= t ? "yes" : "NO") }')
+  [ "$rss" = n/a ] || rss_ok=$(awk -v r="$rss" -v l="$rss_limit" 'BEGIN { print (r < l ? "yes" : "NO") }')
+  RESULTS+=("$(printf '%-4s %6s %8s %9.3f %10s %10.3f %6s %6s %4s %9s %9s' p "$shards" \
+    "$(mib "$(stat -c %s "$csv")")" "$mm" duckdb "$md" "${ratio}x" "${target}x" "$met" "$rss" "$rss_ok (<$rss_limit)")")
+  LEGEND+=("p: $desc; $items items")
+  PARQUET_NOTE="p: $sizes; DuckDB peak RSS $duck_rss MiB; the COPY alone (timed in its process) median ${copy_s} s; its Python start and import take ${import_s} s; MiB = the merged CSV"
+  say "case p: merge $(printf '%.3f ' "${tm[@]}")s; duckdb $(printf '%.3f ' "${td[@]}")s"
+  bash -c "$prep"
   if [ "$OWN_WORKDIR" -eq 1 ]; then rm -rf -- "$dir"; fi
 }
 
@@ -310,12 +410,13 @@ report() {
   printf 'machine: %s CPUs, %s MiB RAM, kernel %s, %s filesystem; scale %s, %s reps (%s), warm page cache\n\n' \
     "$(nproc)" "$(awk '/MemTotal/ { printf "%.0f", $2 / 1024 }' /proc/meminfo)" "$(uname -r)" "$fs" \
     "$SCALE" "$REPS" "$([ "$USE_HYPERFINE" -eq 1 ] && echo hyperfine || echo bash loop)"
-  printf '%-4s %6s %8s %9s %10s %6s %6s %4s %9s %6s\n' case shards MiB "merge s" "cat+sync s" \
-    ratio target met "RSS MiB" "< $RSS_LIMIT_MIB"
+  printf '%-4s %6s %8s %9s %10s %10s %6s %6s %4s %9s %9s\n' case shards MiB "merge s" baseline \
+    "baseline s" ratio target met "RSS MiB" "RSS ok"
   printf '%s\n' "${RESULTS[@]}"
   printf '\n'
   printf '%s\n' "${LEGEND[@]}"
-  printf 'times are medians of %s runs; ratio = merge / cat+sync; RSS = merge peak resident set\n' "$REPS"
+  printf 'times are medians of %s runs; ratio = merge / baseline; RSS = merge peak resident set\n' "$REPS"
+  [ -z "$PARQUET_NOTE" ] || printf '%s\n' "$PARQUET_NOTE"
 }
 
 main() {
@@ -326,7 +427,7 @@ main() {
   check_space
   local c
   for c in $(selected_cases); do
-    bench_case "$c"
+    if [ "$c" = p ]; then bench_parquet; else bench_case "$c"; fi
   done
   report
 }

@@ -109,7 +109,7 @@ fn python_venv() -> Option<std::path::PathBuf> {
         .then(|| venv.join("bin/python"))
 }
 
-fn run_all_shards(p: &Project, n: u32) {
+pub fn run_all_shards(p: &Project, n: u32) {
     for i in 0..n {
         p.run_shard("conf.yaml", i, n, &[], 0);
     }
@@ -154,6 +154,42 @@ fn check_with_readers(p: &Project, parquet: &Path, csv: &Path, spec: &str, rows:
     let said = String::from_utf8_lossy(&out.stdout);
     for reader in ["pyarrow", "pandas", "polars", "duckdb"] {
         assert!(said.contains(&format!("{reader}: {rows} rows")), "{said}");
+    }
+    eprintln!("{said}");
+}
+
+/// Runs tests/parquet_interop.py --partitioned on the tree of `merge --partition-by column`
+/// against the unpartitioned `csv`, when the Python environment is there.
+pub fn check_partitions_with_readers(
+    p: &Project,
+    tree: &Path,
+    csv: &Path,
+    column: &str,
+    spec: &str,
+) {
+    let Some(python) = python_venv() else {
+        eprintln!("\n*** SKIPPED: partitioned parquet interop: no Python environment at target/py-venv ***\n");
+        return;
+    };
+    let out = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/parquet_interop.py"
+        ))
+        .arg("--partitioned")
+        .args([tree, csv])
+        .args([column, spec])
+        .output()
+        .expect("run python");
+    assert_exit(&out, 0, "parquet_interop.py --partitioned", p.root());
+    let said = String::from_utf8_lossy(&out.stdout);
+    for reader in [
+        "pyarrow files",
+        "pyarrow hive",
+        "duckdb files",
+        "duckdb hive",
+    ] {
+        assert!(said.contains(&format!("{reader}: ")), "{said}");
     }
     eprintln!("{said}");
 }
@@ -239,10 +275,71 @@ fn merge_format_overrides_the_configuration() {
         "{}",
         p.listing()
     );
-    // --append reads the existing CSV: with parquet alone there is none, and it says what to do.
-    let out = crate::merge::merge(&p, &["--run", "tricky", "--append", "--format", "parquet"]);
-    assert_exit(&out, 2, "merge --append --format parquet", p.root());
-    assert!(stderr(&out).contains("--format both"), "{}", stderr(&out));
+}
+
+/// `--append` (and `--dedupe-key` with it) under the format parquet alone grows
+/// combined.parquet: the result is the very file that the same merges give under the format
+/// both, where the rows come from combined.csv. (Before, parquet alone refused --append.)
+#[test]
+fn append_and_dedupe_grow_combined_parquet_as_they_grow_combined_csv() {
+    let mut files = Vec::new();
+    for format in ["both", "parquet"] {
+        let p = tricky_project(format, "contiguous");
+        run_all_shards(&p, 2);
+        merge_ok(&p, &["--run", "tricky", "--keep-shards"]);
+        let out = merge_ok(&p, &["--run", "tricky", "--keep-shards", "--append"]);
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains(", 80 rows,"), "{format}: {summary}");
+        let doubled = std::fs::read(p.path("data/tricky/combined.parquet")).unwrap();
+        merge_ok(&p, &["--run", "tricky", "--append", "--dedupe-key", "key"]);
+        let stats = p.read("data/tricky/stats.json");
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert_eq!(stats["rows_appended_to"], 80, "{format}: {stats}");
+        assert_eq!(stats["rows"], 35, "{format}: {stats}");
+        let deduped = std::fs::read(p.path("data/tricky/combined.parquet")).unwrap();
+        // No temporary file stays behind.
+        let hidden: Vec<String> = std::fs::read_dir(p.path("data/tricky"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(hidden.is_empty(), "{hidden:?}");
+        files.push((doubled, deduped));
+    }
+    assert!(
+        files[0].0 == files[1].0,
+        "appended combined.parquet differs"
+    );
+    assert!(
+        files[0].1 == files[1].1,
+        "deduplicated combined.parquet differs"
+    );
+}
+
+#[test]
+fn append_refuses_a_combined_parquet_of_other_columns_and_changes_nothing() {
+    let p = tricky_project("parquet", "contiguous");
+    run_all_shards(&p, 1);
+    merge_ok(&p, &["--run", "tricky", "--keep-shards"]);
+    // The same run under a configuration whose `n` is a string column.
+    let conf = p.read("conf.yaml").replace("{name: n, type: int64}", "n");
+    p.write("conf.yaml", &conf);
+    p.run_shard("conf.yaml", 0, 1, &["--force"], 0);
+    let before = crate::merge::snapshot(&p, "tricky");
+    let out = crate::merge::merge(&p, &["--run", "tricky", "--append"]);
+    assert_exit(&out, 1, "merge --append", p.root());
+    let e = stderr(&out);
+    assert!(
+        e.contains("column 3 is \"n\" (int64), the shards' is \"n\" (string)"),
+        "{e}"
+    );
+    assert_eq!(
+        crate::merge::snapshot(&p, "tricky"),
+        before,
+        "{}",
+        p.listing()
+    );
 }
 
 #[test]
@@ -321,4 +418,50 @@ fn strings_pass_through_as_bytes_for_csv_and_must_be_utf8_for_parquet() {
             );
         }
     }
+}
+
+/// A shard that committed its items out of order (`jobs: 3`, a slow first item) makes merge
+/// discard its background copy of the data, and so the Parquet file and the partitions made from
+/// that copy while the manifests were read: they are made again from the dataset in item order.
+#[test]
+fn files_made_from_a_discarded_copy_are_made_again_in_item_order() {
+    let mut outputs = Vec::new();
+    for jobs in [1, 3] {
+        let p = Project::new();
+        p.script(
+            "gen.sh",
+            "#!/bin/sh\n[ $(( $1 % 6 )) = 0 ] && sleep 0.3\nprintf '%s,t%s,%s\\n' \"$1\" $(( $1 % 4 )) \"$1\"\n",
+        );
+        p.write(
+            "conf.yaml",
+            &format!(
+                "run: o\nitems: {{range: {{start: 0, end: 12}}}}\n\
+                 generator: {{command: [./gen.sh, \"{{key}}\"], jobs: {jobs}}}\n\
+                 output: {{format: both, columns: [key, tag, {{name: n, type: int64}}]}}\n"
+            ),
+        );
+        run_all_shards(&p, 1);
+        let records = manifest_records(&p.path("data/o/manifest_shard0_of_1.jsonl"));
+        let order: Vec<&str> = records[1..]
+            .iter()
+            .map(|r| r["key"].as_str().unwrap())
+            .collect();
+        if jobs == 3 {
+            assert_ne!(order[0], "0", "items were committed in order: {order:?}");
+        }
+        merge_ok(&p, &["--run", "o", "--keep-shards"]);
+        let parquet = std::fs::read(p.path("data/o/combined.parquet")).unwrap();
+        merge_ok(&p, &["--run", "o", "--partition-by", "tag"]);
+        let tree: Vec<Vec<u8>> = (0..4)
+            .map(|t| {
+                std::fs::read(p.path(&format!("data/o/combined/tag=t{t}/part-00000.parquet")))
+                    .unwrap()
+            })
+            .collect();
+        outputs.push((parquet, tree));
+    }
+    assert!(
+        outputs[0] == outputs[1],
+        "the Parquet outputs differ with jobs: 3"
+    );
 }

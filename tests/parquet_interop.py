@@ -3,6 +3,13 @@
 the declared column types, and the expected type of every column.
 
     python parquet_interop.py combined.parquet combined.csv '{"col": "int64", ...}'
+    python parquet_interop.py --partitioned TREE combined.csv COLUMN '{"col": "int64", ...}'
+
+The second form checks a `merge --partition-by COLUMN` tree (TREE/COLUMN=value/part-00000.parquet)
+against the unpartitioned CSV: PyArrow (`pyarrow.dataset`) and DuckDB read it with and without
+Hive partitioning. Without, the files give every row of the CSV once, with its exact values; with
+it, the value read from each directory name is the row's value, except where the README says the
+name cannot carry it (the empty value is null; a long value is cut and ends with `~` and a hash).
 
 Prints one line per reader checked; exits non-zero with the first difference.
 """
@@ -159,6 +166,76 @@ def main():
         compare("datasets", got, want, columns)
 
 
+def path_value_fits(path_value, file_value):
+    """Whether the value a Hive reader takes from the directory name is the one the README
+    promises for a row whose file holds `file_value`."""
+    if file_value in ("", None, "__HIVE_DEFAULT_PARTITION__"):
+        # Hive's null placeholder; PyArrow also reads a literal value spelling it as null.
+        return path_value is None or path_value == file_value
+    if isinstance(path_value, str) and "~" in path_value and path_value != file_value:
+        head, digest = path_value.rsplit("~", 1)
+        return len(digest) == 32 and str(file_value).startswith(head)
+    return path_value == file_value
+
+
+def main_partitioned():
+    tree, csv_path, column, spec = sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    columns = rows[0]
+    types = [spec.get(c, "string") for c in columns]
+    want = sorted(
+        ([from_csv(v, t) for v, t in zip(row, types)] for row in rows[1:]), key=repr
+    )
+    at = columns.index(column)
+
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    # Only the Parquet files (the format both puts the CSV files beside them).
+    plain = ds.dataset(tree, format="parquet", exclude_invalid_files=True).to_table()
+    got = [list(r.values()) for r in plain.to_pylist()]
+    compare("pyarrow files", sorted(got, key=repr), want, columns)
+    arrow = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64()}
+    part_type = arrow.get(types[at], pa.string())
+    hive = ds.dataset(
+        tree,
+        format="parquet",
+        exclude_invalid_files=True,
+        partitioning=ds.partitioning(pa.schema([(column, part_type)]), flavor="hive"),
+    ).to_table()
+    # Fragments come in the same (path) order with and without partitioning.
+    for r, (a, b) in enumerate(zip(plain.column(column).to_pylist(), hive.column(column).to_pylist())):
+        if not path_value_fits(b, a):
+            sys.exit(f"pyarrow hive: row {r + 1}: directory gives {b!r}, file holds {a!r}")
+    print(f"pyarrow hive: {hive.num_rows} rows, directory values match the files")
+
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    glob = os.path.join(tree, "*", "*.parquet")
+    got = con.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning=false)").fetchall()
+    compare("duckdb files", sorted((list(r) for r in got), key=repr), want, columns)
+    pairs = con.sql(
+        f"SELECT f.{column}, h.{column} FROM "
+        f"(SELECT {column}, filename, file_row_number FROM read_parquet('{glob}', "
+        f"hive_partitioning=false, filename=true, file_row_number=true)) f JOIN "
+        f"(SELECT {column}, filename, file_row_number FROM read_parquet('{glob}', "
+        f"hive_partitioning=true, filename=true, file_row_number=true)) h "
+        f"USING (filename, file_row_number)"
+    ).fetchall()
+    if len(pairs) != len(want):
+        sys.exit(f"duckdb hive: {len(pairs)} rows, expected {len(want)}")
+    for a, b in pairs:
+        if not path_value_fits(b, a):
+            sys.exit(f"duckdb hive: directory gives {b!r}, file holds {a!r}")
+    print(f"duckdb hive: {len(pairs)} rows, directory values match the files")
+
+
 if __name__ == "__main__":
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    main()
+    if sys.argv[1] == "--partitioned":
+        main_partitioned()
+    else:
+        main()

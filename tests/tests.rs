@@ -11,6 +11,7 @@ mod log_full;
 mod merge;
 mod monitor;
 mod notify;
+mod partition;
 mod persistent;
 mod revisions;
 mod run_lock;

@@ -47,6 +47,10 @@ struct Cli {
     /// configuration's `output.format`, else csv.
     #[arg(long, value_parser = ["csv", "parquet", "both"])]
     format: Option<String>,
+    /// Write one Hive-style directory per value of this column (`COLUMN=value/part-00000.csv`
+    /// and/or `.parquet`) under `data/<run>/combined/` instead of one file.
+    #[arg(long, value_name = "COLUMN")]
+    partition_by: Option<String>,
 }
 
 fn main() {
@@ -63,6 +67,7 @@ fn main() {
         single_revision: cli.single_revision,
         verify: cli.verify,
         format: cli.format.as_deref().and_then(OutputFormat::from_name),
+        partition_by: cli.partition_by,
     };
     let code = match shardrun::merge::run(&args) {
         Ok(Outcome::Merged(stats)) => {
@@ -107,9 +112,15 @@ fn summary(s: &Stats) -> String {
         thousands(s.items_missing),
         thousands(s.rows),
         s.bytes as f64 / (1024.0 * 1024.0),
-        match &s.parquet {
-            Some(p) => format!("{} and {}", s.output.display(), p.display()),
-            None => s.output.display().to_string(),
+        match (&s.parquet, &s.partitioned) {
+            (_, Some(t)) => format!(
+                "{} ({} partitions by {})",
+                s.output.display(),
+                thousands(t.partitions.len() as u64),
+                t.column
+            ),
+            (Some(p), None) => format!("{} and {}", s.output.display(), p.display()),
+            (None, None) => s.output.display().to_string(),
         }
     );
     out.push_str("  shard      items       rows  cached  failed\n");

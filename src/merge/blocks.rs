@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::final_rows::{self, FinalRows};
 use super::scan::ShardScan;
-use super::staging::{part_spec, scan_all, OldOutput, TempFiles, Temps, Written};
+use super::staging::{part_spec, scan_all, CopyDone, OldOutput, TempFiles, Temps, Written};
 use super::{PlanOnDisk, ShardFiles};
 use crate::error::{IoContext, Result};
 use crate::format::csv_out::header_line;
@@ -56,7 +56,14 @@ pub(super) fn write_blocks(
     let start_copy = || -> Result<BackgroundCopy> {
         let mut out = crate::store::files::create(&temps.out)?;
         out.write_all(&header).ctx("cannot write", &temps.out)?;
-        BackgroundCopy::start(out, &temps.out, segments.clone())
+        let durable = !temps.transient;
+        BackgroundCopy::start(
+            out,
+            &temps.out,
+            segments.clone(),
+            Arc::clone(&temps.copied),
+            durable,
+        )
     };
     let mut copy = if early { Some(start_copy()?) } else { None };
     // A shard that refuses the merge stops the copy at once: a refused merge should not write
@@ -84,17 +91,19 @@ pub(super) fn write_blocks(
         None => None,
     };
     let incomplete = assemble_manifest_final(plan, &scans, &temps.manifest_final)?;
+    let background = guessed && copy.is_some();
     let bytes = match copy {
         Some(c) if guessed => c.finish()?,
         other => {
             drop(other);
-            copy_in_order(&temps.out, &header, old, &scans)?
+            copy_in_order(&temps.out, &header, old, &scans, !temps.transient)?
         }
     };
     let written = Written {
         deduped: 0,
         bytes,
         incomplete,
+        background_copy_kept: background,
     };
     Ok((scans, written))
 }
@@ -158,6 +167,7 @@ fn copy_in_order(
     header: &[u8],
     old: &Option<OldOutput>,
     scans: &[ShardScan],
+    durable: bool,
 ) -> Result<u64> {
     let out = crate::store::files::create(path)?;
     let mut copier = RangeCopier::new(out, path)?;
@@ -174,7 +184,9 @@ fn copy_in_order(
         }
     }
     let (file, bytes) = copier.finish()?;
-    file.sync_all().ctx("cannot sync", path)?;
+    if durable {
+        file.sync_all().ctx("cannot sync", path)?;
+    }
     Ok(bytes)
 }
 
@@ -192,14 +204,24 @@ type Segments = Vec<(PathBuf, u64, u64)>;
 impl BackgroundCopy {
     const CHUNK: u64 = 32 << 20;
 
-    fn start(out: File, out_path: &Path, segments: Segments) -> Result<Self> {
+    fn start(
+        out: File,
+        out_path: &Path,
+        segments: Segments,
+        done: Arc<CopyDone>,
+        durable: bool,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let out_path = out_path.to_path_buf();
         let thread_path = out_path.clone();
         let handle = std::thread::Builder::new()
             .name("merge-copy".into())
-            .spawn(move || Self::run(out, &thread_path, &segments, &flag))
+            .spawn(move || {
+                let result = Self::run(out, &thread_path, &segments, &flag, durable);
+                done.set(result.is_ok() && !flag.load(Ordering::Relaxed));
+                result
+            })
             .ctx("cannot start a thread to copy into", &out_path)?;
         Ok(BackgroundCopy {
             stop,
@@ -208,7 +230,13 @@ impl BackgroundCopy {
         })
     }
 
-    fn run(out: File, out_path: &Path, segments: &Segments, stop: &AtomicBool) -> Result<u64> {
+    fn run(
+        out: File,
+        out_path: &Path,
+        segments: &Segments,
+        stop: &AtomicBool,
+        durable: bool,
+    ) -> Result<u64> {
         let mut copier = RangeCopier::new(out, out_path)?;
         for (path, from, to) in segments {
             let slot = copier.add_source(path)?;
@@ -221,12 +249,16 @@ impl BackgroundCopy {
                 let start = copier.position();
                 copier.push(slot, at, len)?;
                 copier.flush()?;
-                copier.start_writeback(start, len);
+                if durable {
+                    copier.start_writeback(start, len);
+                }
                 at += len;
             }
         }
         let (file, bytes) = copier.finish()?;
-        file.sync_all().ctx("cannot sync", out_path)?;
+        if durable {
+            file.sync_all().ctx("cannot sync", out_path)?;
+        }
         Ok(bytes)
     }
 

@@ -7,8 +7,9 @@
 //! in parallel, while the data is copied in the background; stride plans and `--dedupe-key`
 //! interleave the shards' items by index ([`Interleave`]). Outputs are written to temporary
 //! files, synced, and renamed into place: `manifest_final.csv`, `stats.json`, then
-//! `combined.parquet` when asked for (made from the finished CSV temporary file, `parquet.rs`),
-//! then `combined.csv` last. Shard outputs are deleted only after that, with a marker file so
+//! `combined.parquet` when asked for (made from the finished CSV temporary file, `parquet.rs`;
+//! with contiguous blocks, as soon as its background copy is synced, while the manifests are
+//! still read), or the `--partition-by` tree (`partition.rs`), then `combined.csv` last. Shard outputs are deleted only after that, with a marker file so
 //! that a crash during the clean-up is finished by the next merge.
 
 mod blocks;
@@ -16,6 +17,8 @@ mod copy;
 mod final_rows;
 mod output;
 mod parquet;
+mod parquet_read;
+mod partition;
 mod scan;
 mod staging;
 mod threads;
@@ -36,6 +39,7 @@ use crate::run::runs::{find_run, RunRef};
 use crate::store::lock::ShardLock;
 use crate::store::record::Header;
 pub use output::{describe_revisions, RevisionCount, Stats};
+pub use partition::{PartitionCount, Partitioned};
 use scan::ShardScan;
 
 /// What the command line asked for.
@@ -55,6 +59,8 @@ pub struct MergeArgs {
     pub verify: bool,
     /// `--format`: overrides the configuration's `output.format`.
     pub format: Option<OutputFormat>,
+    /// `--partition-by`: one directory per value of this column instead of one file.
+    pub partition_by: Option<String>,
 }
 
 /// How a merge ended.
@@ -67,6 +73,9 @@ pub enum Outcome {
 }
 
 const MARKER: &str = ".merge-cleanup";
+/// Suffixes of the hidden names of a partitioned tree being built, and of the tree it replaces.
+const TREE_TMP: &str = ".partitions.tmp";
+const TREE_OLD: &str = ".partitions.old";
 
 /// Runs a merge.
 pub fn run(args: &MergeArgs) -> Result<Outcome> {
@@ -94,18 +103,21 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         ..args.clone()
     };
     let parquet_out = output.with_extension("parquet");
-    // The file renamed last: once it is in place, the whole dataset is.
-    let last = if format == OutputFormat::Parquet {
+    // With --partition-by, the directory named like the output without `.csv`.
+    let tree = args
+        .partition_by
+        .as_ref()
+        .map(|_| output.with_extension(""));
+    // The file (or tree) renamed last: once it is in place, the whole dataset is.
+    let last = if let Some(t) = &tree {
+        t
+    } else if format == OutputFormat::Parquet {
         &parquet_out
     } else {
         &output
     };
-    if args.append && format == OutputFormat::Parquet {
-        return Err(Error::usage(format!(
-            "--append adds to the existing {} and writes the Parquet file from it; with the \
-             format parquet there is none: merge with --format both",
-            output.display()
-        )));
+    if let Some(col) = &args.partition_by {
+        check_partitioning(col, args, last)?;
     }
     std::fs::create_dir_all(paths.locks_dir()).ctx("cannot create", &paths.locks_dir())?;
     let _merge_lock = ShardLock::acquire(
@@ -125,7 +137,7 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     }
     let manifests = paths.manifests().ctx("cannot list", &paths.data_dir)?;
     if manifests.is_empty() {
-        if last.is_file() {
+        if last.exists() {
             return Ok(Outcome::AlreadyMerged(format!(
                 "run {:?} is already merged into {} and its shards were cleaned up; nothing to do",
                 run.name,
@@ -152,7 +164,42 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
             args.output_name, s.header.shard
         )));
     }
-    let pq_tmp = (format != OutputFormat::Csv).then(|| {
+    let partition_col = match &args.partition_by {
+        None => None,
+        Some(col) => Some(
+            shards[0]
+                .header
+                .columns
+                .iter()
+                .position(|c| c == col)
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "--partition-by {col:?}: no such column (columns: {})",
+                        shards[0].header.columns.join(", ")
+                    ))
+                })?,
+        ),
+    };
+    let hidden = |suffix: &str| {
+        let name = last.file_name().unwrap_or_default().to_string_lossy();
+        paths.data_dir.join(format!(".{name}{suffix}"))
+    };
+    let (tree_tmp, tree_old) = (hidden(TREE_TMP), hidden(TREE_OLD));
+    // --append with the format parquet alone appends to combined.parquet, read back as CSV rows
+    // into a temporary file (removed at the end, whatever happens).
+    let mut append_tmp = staging::TempFiles(Vec::new());
+    let append_to = match (args.append, format) {
+        (false, _) => None,
+        (true, OutputFormat::Parquet) if parquet_out.is_file() => {
+            let tmp = hidden(".append.tmp");
+            append_tmp.0.push(tmp.clone());
+            parquet_read::to_csv(&parquet_out, &tmp, &shards[0].header.columns, &types)?;
+            Some(tmp)
+        }
+        (true, OutputFormat::Parquet) => None,
+        (true, _) => Some(output.clone()),
+    };
+    let pq_tmp = (format != OutputFormat::Csv && tree.is_none()).then(|| {
         let name = parquet_out
             .file_name()
             .unwrap_or_default()
@@ -160,25 +207,51 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         paths.data_dir.join(format!(".{name}.tmp"))
     });
     // The Parquet file is made from the finished CSV temporary file, before anything is renamed.
-    let write_parquet = |csv_tmp: &Path| match &pq_tmp {
-        None => Ok(()),
-        Some(tmp) => parquet::write_from_csv(csv_tmp, tmp, &shards[0].header.columns, &types)
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(tmp);
-            }),
+    let write_parquet = |csv_tmp: &Path| match (&pq_tmp, partition_col) {
+        (_, Some(col)) => partition::write(
+            csv_tmp,
+            &tree_tmp,
+            col,
+            format,
+            &shards[0].header.columns,
+            &types,
+        )
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&tree_tmp);
+        })
+        .map(Some),
+        (None, None) => Ok(None),
+        (Some(tmp), None) => {
+            parquet::write_from_csv(csv_tmp, tmp, &shards[0].header.columns, &types)
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(tmp);
+                })
+                .map(|()| None)
+        }
     };
-    let (mut stats, scans, out_tmp) = output::write(
+    let written = output::write(
         &run,
         &plan,
         &shards,
         args,
-        &output,
+        output::Target {
+            output: &output,
+            append_to: append_to.as_deref(),
+        },
         |scans| {
             check_complete(&run, &plan, scans, args)?;
             check_revisions(&run, scans, args)
         },
         write_parquet,
-    )?;
+    );
+    // Files made from the dataset while the manifests were read are removed on a refusal.
+    if written.is_err() {
+        if let Some(tmp) = &pq_tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+        let _ = std::fs::remove_dir_all(&tree_tmp);
+    }
+    let (mut stats, scans, out_tmp) = written?;
     stats.redo_stale_hint = crate::hints::redo_stale(&run, args.config.as_deref());
     // A dataset of mixed revisions keeps its shards, so that --redo-stale can make it uniform.
     stats.shards_kept = args.keep_shards || args.allow_partial || stats.revisions.len() > 1;
@@ -187,6 +260,7 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         // The marker names the new dataset (by inode) before it is renamed into place: a re-run
         // after a crash then knows whether these shards are already in the output.
         let last_tmp = match (&pq_tmp, format) {
+            _ if tree.is_some() => &tree_tmp,
             (Some(tmp), OutputFormat::Parquet) => tmp,
             _ => &out_tmp,
         };
@@ -195,7 +269,10 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     if let Some(tmp) = &pq_tmp {
         std::fs::rename(tmp, &parquet_out).ctx("cannot rename", tmp)?;
     }
-    if format == OutputFormat::Parquet {
+    if let Some(t) = &tree {
+        std::fs::remove_file(&out_tmp).ctx("cannot remove", &out_tmp)?;
+        partition::install(&tree_tmp, t, &tree_old, &paths.data_dir)?;
+    } else if format == OutputFormat::Parquet {
         std::fs::remove_file(&out_tmp).ctx("cannot remove", &out_tmp)?;
     } else {
         std::fs::rename(&out_tmp, &output).ctx("cannot rename", &out_tmp)?;
@@ -205,6 +282,26 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         cleanup(paths, &scans, plan.num_shards)?;
     }
     Ok(Outcome::Merged(Box::new(stats)))
+}
+
+/// Refuses what `--partition-by` cannot do before anything is read.
+fn check_partitioning(column: &str, args: &MergeArgs, tree: &Path) -> Result<()> {
+    if args.append {
+        return Err(Error::usage(
+            "--append grows one file, and --partition-by writes the dataset as a tree of \
+             partitions, which is rewritten whole; merge without --append (or append without \
+             --partition-by, then partition a later merge)",
+        ));
+    }
+    partition::column_prefix(column)?;
+    if std::fs::symlink_metadata(tree).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::usage(format!(
+            "--partition-by writes the directory {}, and a file of that name exists; move it \
+             away or choose another --output-name",
+            tree.display()
+        )));
+    }
+    Ok(())
 }
 
 fn check_output_name(name: &str) -> Result<&str> {
@@ -604,7 +701,12 @@ fn remove_stale_temps(dir: &Path) {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        let parquet_tmp = name.starts_with('.') && name.ends_with(".parquet.tmp");
+        let parquet_tmp = name.starts_with('.')
+            && (name.ends_with(".parquet.tmp") || name.ends_with(".append.tmp"));
+        if name.starts_with('.') && (name.ends_with(TREE_TMP) || name.ends_with(TREE_OLD)) {
+            let _ = std::fs::remove_dir_all(e.path());
+            continue;
+        }
         if parquet_tmp || (name.starts_with(".manifest_final.part") && name.ends_with(".tmp")) {
             let _ = std::fs::remove_file(e.path());
         }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::blocks::{logs_say_complete, write_blocks};
 use super::final_rows::FinalRows;
 use super::scan::ShardScan;
+use super::staging::CopyDone;
 use super::staging::{open_old, scan_all, OldOutput, TempFiles, Temps, Written};
 use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
 use crate::error::{Error, IoContext, Result};
@@ -51,6 +52,10 @@ pub struct Stats {
     /// The Parquet file too, with the format `both`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parquet: Option<PathBuf>,
+    /// With `--partition-by`: the column and each partition's directory, value and rows
+    /// (`output` is then the directory of the partitions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitioned: Option<super::Partitioned>,
     pub shards: u32,
     pub shards_missing: Vec<u32>,
     pub items: u64,
@@ -145,6 +150,13 @@ enum Step<'r> {
     Gap { index: u64 },
 }
 
+/// The dataset file, and the dataset `--append` keeps (`output` itself, or the rows of
+/// `combined.parquet` as CSV).
+pub struct Target<'a> {
+    pub output: &'a Path,
+    pub append_to: Option<&'a Path>,
+}
+
 /// Scans the shards, writes the outputs, renames `manifest_final.csv` and `stats.json` into
 /// place, and returns the stats, the scans and the synced temporary dataset, which the caller
 /// renames into place last. `check` refuses incomplete runs after the scan; until then nothing
@@ -154,12 +166,13 @@ pub fn write(
     plan: &PlanOnDisk,
     shards: &[ShardFiles],
     args: &MergeArgs,
-    output: &Path,
+    target: Target<'_>,
     check: impl Fn(&[ShardScan]) -> Result<()> + Sync,
-    also: impl FnOnce(&Path) -> Result<()>,
+    also: impl Fn(&Path) -> Result<Option<super::Partitioned>> + Sync,
 ) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
     // Missing shards refuse the merge before any shard is read (no shard scan needed).
     check(&[])?;
+    let Target { output, append_to } = target;
     let dir = &run.paths.data_dir;
     let columns = &shards[0].header.columns;
     let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
@@ -167,6 +180,8 @@ pub fn write(
         out: tmp(&output.file_name().unwrap_or_default().to_string_lossy()),
         manifest_final: tmp("manifest_final.csv"),
         stats: tmp("stats.json"),
+        copied: Default::default(),
+        transient: args.format == Some(OutputFormat::Parquet) || args.partition_by.is_some(),
     };
     let dedupe_col = match &args.dedupe_key {
         None => None,
@@ -177,10 +192,10 @@ pub fn write(
             ))
         })?),
     };
-    let old = if args.append {
-        open_old(output, columns)?
-    } else {
-        None
+    // The dataset `--append` keeps: `output`, or the rows of combined.parquet as CSV.
+    let old = match append_to {
+        Some(p) => open_old(p, columns)?,
+        None => None,
     };
     let mut guard = TempFiles(vec![
         temps.out.clone(),
@@ -192,29 +207,48 @@ pub fn write(
     // one after the other: each shard's rows of manifest_final.csv are written while its
     // manifest is read, and the data is copied meanwhile.
     let blocks = (h.sharding == Sharding::Contiguous || h.num_shards == 1) && dedupe_col.is_none();
-    let (scans, written) = if blocks {
-        // The data is copied before the manifests are validated only when no refusal is
-        // expected, so that merging an unfinished run does not first write a copy of it.
-        let early = args.allow_partial || logs_say_complete(run, plan);
-        write_blocks(dir, plan, shards, &old, &temps, &check, early)?
-    } else {
-        let scans = scan_all(dir, shards, None, &|_| {})?;
-        check(&scans)?;
-        let written = write_interleaved(&scans, &old, dedupe_col, &temps)?;
-        (scans, written)
-    };
+    // Other files made from the finished dataset (the Parquet file or the partitions), before
+    // anything is renamed. When the dataset is copied in the background (contiguous blocks),
+    // they are made as soon as the copy is done, while the manifests are still read; if the
+    // copy is then not kept (a shard out of item order), they are made again from the final
+    // dataset.
+    let copied = &temps.copied;
+    let (scans, written, early_extra) = std::thread::scope(|scope| -> Result<_> {
+        let early_extra = scope.spawn(|| copied.wait().then(|| also(&temps.out)));
+        // Whatever happens below (a panic included), the thread above is let go.
+        let _let_go = LetGo(copied);
+        let result = if blocks {
+            // The data is copied before the manifests are validated only when no refusal is
+            // expected, so that merging an unfinished run does not first write a copy of it.
+            let early = args.allow_partial || logs_say_complete(run, plan);
+            write_blocks(dir, plan, shards, &old, &temps, &check, early)
+        } else {
+            scan_all(dir, shards, None, &|_| {}).and_then(|scans| {
+                check(&scans)?;
+                let written = write_interleaved(&scans, &old, dedupe_col, &temps)?;
+                Ok((scans, written))
+            })
+        };
+        copied.set(false);
+        let early_extra = early_extra.join().ok().flatten();
+        let (scans, written) = result?;
+        Ok((scans, written, early_extra))
+    })?;
     let Written {
         deduped,
         bytes,
         incomplete,
+        background_copy_kept,
     } = written;
     let verified = if args.verify {
         Some(super::verify::verify_all(&scans)?)
     } else {
         None
     };
-    // Other files made from the finished dataset (the Parquet file), before anything is renamed.
-    also(&temps.out)?;
+    let partitioned = match early_extra {
+        Some(made) if background_copy_kept => made?,
+        _ => also(&temps.out)?,
+    };
 
     let items_ok: u64 = scans.iter().map(|s| s.ok).sum();
     let rows: u64 = scans.iter().map(|s| s.rows).sum();
@@ -224,10 +258,11 @@ pub fn write(
     let stats = Stats {
         run: run.name.clone(),
         output: match args.format {
+            _ if partitioned.is_some() => output.with_extension(""),
             Some(OutputFormat::Parquet) => output.with_extension("parquet"),
             _ => output.to_path_buf(),
         },
-        parquet: (args.format == Some(OutputFormat::Both))
+        parquet: (args.format == Some(OutputFormat::Both) && partitioned.is_none())
             .then(|| output.with_extension("parquet")),
         shards: plan.num_shards,
         shards_missing: plan.missing.clone(),
@@ -253,6 +288,7 @@ pub fn write(
         rows_per_shard: spread(scans.iter().map(|s| s.rows)),
         bytes,
         wall_time_s: wall_time(run, plan),
+        partitioned,
         rows_deduplicated: deduped,
         rows_appended_to: appended,
         incomplete_items: incomplete,
@@ -285,6 +321,15 @@ pub fn write(
     sync_dir(dir)?;
     guard.keep();
     Ok((stats, scans, temps.out))
+}
+
+/// Tells the waiters of a background copy that it will not complete, when dropped.
+struct LetGo<'a>(&'a CopyDone);
+
+impl Drop for LetGo<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
 }
 
 /// The general merge: items of all shards interleaved by index (stride plans, `--dedupe-key`).
@@ -359,13 +404,16 @@ fn write_interleaved(
         Ok(())
     })?;
     let (out_file, bytes) = copier.finish()?;
-    out_file.sync_all().ctx("cannot sync", &temps.out)?;
+    if !temps.transient {
+        out_file.sync_all().ctx("cannot sync", &temps.out)?;
+    }
     rows.flush_to(&mut mf, mf_path, true)?;
     mf.sync_all().ctx("cannot sync", mf_path)?;
     Ok(Written {
         deduped: dedupe.as_ref().map_or(0, |d| d.dropped),
         bytes,
         incomplete: std::mem::take(&mut rows.incomplete),
+        background_copy_kept: false,
     })
 }
 

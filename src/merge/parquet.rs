@@ -6,6 +6,11 @@
 //! so memory is bounded by the row group, not the dataset; row groups are cut by row count and
 //! buffered bytes, which depend on the data only. Writer settings are fixed (no timestamp, a
 //! fixed `created_by`), so the same rows give the same bytes.
+//!
+//! Two threads share the work: this one parses the CSV and the typed values into a row group
+//! while a writer thread encodes and compresses the previous one (at most two row groups are
+//! held, one on each side). A row group's strings live in one buffer, each value a slice of it,
+//! not an allocation of its own.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
@@ -17,6 +22,7 @@ use parquet::basic::{
 };
 use parquet::column::writer::ColumnWriter;
 use parquet::data_type::ByteArray;
+use parquet::file::properties::EnabledStatistics;
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
@@ -28,10 +34,13 @@ use crate::run::types::{ColumnType, Value};
 /// per-value overhead): large enough for readers to scan fast, small enough to bound the merge's
 /// memory.
 const GROUP_ROWS: usize = 128 * 1024;
-const GROUP_BYTES: usize = 64 << 20;
+const GROUP_BYTES: usize = 48 << 20;
 
 /// The zstd level: zstd's default, a good ratio at a speed close to the copy's.
 const ZSTD_LEVEL: i32 = 3;
+
+/// The most dictionary bytes a column chunk holds before its pages are written plain.
+const DICTIONARY_BYTES: usize = 64 << 10;
 
 /// Writes `out` (then syncs it) from the CSV file `csv` whose header is `columns`.
 pub(super) fn write_from_csv(
@@ -48,30 +57,57 @@ pub(super) fn write_from_csv(
         .has_headers(true)
         .from_reader(BufReader::with_capacity(1 << 20, input));
     let file = crate::store::files::create(out)?;
-    let mut writer = SerializedFileWriter::new(
+    let writer = SerializedFileWriter::new(
         BufWriter::with_capacity(1 << 20, file),
         schema(columns, types).map_err(fail)?,
         properties().map_err(fail)?,
     )
     .map_err(fail)?;
-    let mut group = Group::new(types);
-    let mut record = csv::ByteRecord::new();
-    let mut row = 0u64;
-    loop {
-        let more = reader
-            .read_byte_record(&mut record)
-            .map_err(|e| Error::Refused(format!("cannot read {} back: {e}", csv.display())))?;
-        if more {
-            row += 1;
-            group.push(&record, columns, row)?;
-        }
-        if group.rows >= GROUP_ROWS || group.bytes >= GROUP_BYTES || (!more && group.rows > 0) {
-            group.write(&mut writer).map_err(fail)?;
-        }
-        if !more {
-            break;
-        }
-    }
+    // Full row groups go to the writer thread; empty ones come back to be filled again.
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<Group>(0);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Group>(2);
+    let writer = std::thread::scope(|scope| -> Result<_> {
+        let encoder = scope.spawn(move || -> parquet::errors::Result<_> {
+            let mut writer = writer;
+            for mut group in full_rx {
+                group.write(&mut writer)?;
+                let _ = empty_tx.send(group);
+            }
+            Ok(writer)
+        });
+        let parsed = (|| -> Result<()> {
+            let mut group = Group::new(types);
+            let mut record = csv::ByteRecord::new();
+            let mut row = 0u64;
+            loop {
+                let more = reader.read_byte_record(&mut record).map_err(|e| {
+                    Error::Refused(format!("cannot read {} back: {e}", csv.display()))
+                })?;
+                if more {
+                    row += 1;
+                    group.push(&record, columns, row)?;
+                }
+                let full = group.rows >= GROUP_ROWS || group.bytes >= GROUP_BYTES;
+                if full || (!more && group.rows > 0) {
+                    let next = empty_rx.try_recv().unwrap_or_else(|_| Group::new(types));
+                    // A closed channel means the writer stopped on an error, reported below.
+                    if full_tx.send(std::mem::replace(&mut group, next)).is_err() {
+                        break;
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let encoded = encoder
+            .join()
+            .unwrap_or_else(|_| Err(parquet::errors::ParquetError::General("panic".into())));
+        parsed?;
+        encoded.map_err(fail)
+    })?;
     let buf = writer.into_inner().map_err(fail)?;
     let file = buf
         .into_inner()
@@ -89,6 +125,14 @@ fn properties() -> parquet::errors::Result<Arc<WriterProperties>> {
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
             // Row groups are cut here, by the data; the writer's own limit must not cut them.
             .set_max_row_group_row_count(None)
+            // Min/max per column chunk (what readers prune row groups with), not per page too:
+            // page statistics cost a comparison of every value for little use.
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            // A column whose dictionary outgrows this in a row group (keys, ids, free text) falls
+            // back to plain pages early instead of hashing every value for nothing; columns of
+            // a few thousand short values keep theirs. (The default, 1 MiB, made 4,000,000 echo
+            // rows 40 % slower and the file 55 % larger.)
+            .set_dictionary_page_size_limit(DICTIONARY_BYTES)
             .build(),
     ))
 }
@@ -133,7 +177,8 @@ fn schema(columns: &[String], types: &[ColumnType]) -> parquet::errors::Result<A
 /// One column's values of the row group being built; `defs` holds the definition levels of an
 /// optional column (1 value, 0 null).
 enum Values {
-    Str(Vec<ByteArray>),
+    /// The row group's strings one after the other, and where each ends.
+    Str(Vec<u8>, Vec<usize>),
     Int(Vec<i64>, Vec<i16>),
     Float(Vec<f64>, Vec<i16>),
     Bool(Vec<bool>, Vec<i16>),
@@ -155,7 +200,7 @@ impl Group {
         let columns = types
             .iter()
             .map(|t| match t {
-                ColumnType::String => Values::Str(Vec::new()),
+                ColumnType::String => Values::Str(Vec::new(), Vec::new()),
                 ColumnType::Int64 | ColumnType::Timestamp => Values::Int(Vec::new(), Vec::new()),
                 ColumnType::Float64 => Values::Float(Vec::new(), Vec::new()),
                 ColumnType::Bool => Values::Bool(Vec::new(), Vec::new()),
@@ -165,7 +210,7 @@ impl Group {
         let slot_bytes = types
             .iter()
             .map(|t| match t {
-                ColumnType::String => std::mem::size_of::<ByteArray>() + 16,
+                ColumnType::String => std::mem::size_of::<ByteArray>() + 8,
                 _ => 10,
             })
             .sum();
@@ -217,9 +262,19 @@ impl Group {
                 break;
             };
             match (col.untyped(), values) {
-                (ColumnWriter::ByteArrayColumnWriter(w), Values::Str(v)) => {
-                    w.write_batch(v, None, None)?;
-                    v.clear();
+                (ColumnWriter::ByteArrayColumnWriter(w), Values::Str(buf, ends)) => {
+                    let all = bytes::Bytes::from(std::mem::take(buf));
+                    let mut start = 0;
+                    let values: Vec<ByteArray> = ends
+                        .iter()
+                        .map(|&end| {
+                            let v = ByteArray::from(all.slice(start..end));
+                            start = end;
+                            v
+                        })
+                        .collect();
+                    w.write_batch(&values, None, None)?;
+                    ends.clear();
                 }
                 (ColumnWriter::Int64ColumnWriter(w), Values::Int(v, d)) => {
                     w.write_batch(v, Some(d), None)?;
@@ -279,8 +334,12 @@ fn refusal(name: &str, ty: ColumnType, row: u64, field: &[u8]) -> Error {
 fn push_value(values: &mut Values, value: Option<Value<'_>>) {
     let def = i16::from(value.is_some());
     match (values, value) {
-        (Values::Str(v), Some(Value::Str(s))) => v.push(ByteArray::from(s.as_bytes().to_vec())),
-        (Values::Str(v), _) => v.push(ByteArray::from(Vec::new())),
+        (Values::Str(buf, ends), x) => {
+            if let Some(Value::Str(s)) = x {
+                buf.extend_from_slice(s.as_bytes());
+            }
+            ends.push(buf.len());
+        }
         (Values::Int(v, d), x) => {
             d.push(def);
             if let Some(Value::Int(n) | Value::Micros(n)) = x {

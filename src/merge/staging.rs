@@ -6,6 +6,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 
 use super::final_rows::FinalRows;
 use super::scan::{self, PartSpec, ScanSpec, ShardScan};
@@ -17,6 +18,11 @@ pub(super) struct Temps {
     pub(super) out: PathBuf,
     pub(super) manifest_final: PathBuf,
     pub(super) stats: PathBuf,
+    /// Told when the dataset's background copy is complete (see [`CopyDone`]).
+    pub(super) copied: std::sync::Arc<CopyDone>,
+    /// `out` is only read back, never put in place (the format parquet alone, or partitions):
+    /// it is not synced nor written back early, which would only cost disk bandwidth.
+    pub(super) transient: bool,
 }
 
 /// What writing the dataset and `manifest_final.csv` gave.
@@ -27,6 +33,8 @@ pub(super) struct Written {
     pub(super) bytes: u64,
     /// The first incomplete items, in item order.
     pub(super) incomplete: Vec<String>,
+    /// The dataset is the background copy (the files made from it early are good).
+    pub(super) background_copy_kept: bool,
 }
 
 /// Scans every shard, on up to one thread per core; with `parts`, each writes its rows of
@@ -139,5 +147,32 @@ pub(super) fn part_spec(dir: &Path, shard: u32, final_path: &Path) -> PartSpec {
             prefix: Vec::new(),
             is_final: false,
         }
+    }
+}
+
+/// Tells whoever waits that the background copy of the dataset is complete and synced (`true`),
+/// or will not be (`false`): the Parquet file or the partitions are then made from it while the
+/// manifests are still being read. Only the first `set` counts.
+#[derive(Default)]
+pub(super) struct CopyDone {
+    state: Mutex<Option<bool>>,
+    changed: Condvar,
+}
+
+impl CopyDone {
+    pub(super) fn set(&self, complete: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.is_none() {
+            *s = Some(complete);
+            self.changed.notify_all();
+        }
+    }
+
+    pub(super) fn wait(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.is_none() {
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        *s == Some(true)
     }
 }
