@@ -1,74 +1,19 @@
 //! `merge`: one dataset out of a run's shards (see the README).
 
-use std::path::PathBuf;
-
 use clap::Parser;
 use shardrun::format::human::thousands;
 use shardrun::merge::{describe_revisions, MergeArgs, Outcome, Stats};
-use shardrun::run::config::OutputFormat;
 
 /// Merges a run's shard outputs into one CSV in global item order, atomically.
 #[derive(Debug, Parser)]
 #[command(name = "merge", version)]
 struct Cli {
-    /// Run configuration (YAML); its `run` names the run.
-    #[arg(long, conflicts_with = "run")]
-    config: Option<PathBuf>,
-    /// Run name (`data/<run>/`). Default: the most recently active run under logs/.
-    #[arg(long)]
-    run: Option<String>,
-    /// Root directory holding data/ and logs/ (default: .).
-    #[arg(long)]
-    root: Option<PathBuf>,
-    /// Name of the merged file in `data/<run>/`.
-    #[arg(long, default_value = "combined.csv")]
-    output_name: String,
-    /// Keep the shard outputs after a successful merge (default: delete them; never the cache).
-    #[arg(long)]
-    keep_shards: bool,
-    /// Keep only the last row (in merged order) of each value of this column.
-    #[arg(long)]
-    dedupe_key: Option<String>,
-    /// Add this run's rows after the existing output's rows instead of replacing it.
-    #[arg(long)]
-    append: bool,
-    /// Merge what is committed even if shards or items are missing or failed (implies --keep-shards).
-    #[arg(long)]
-    allow_partial: bool,
-    /// Refuse (exit 1, nothing changed) when the committed items were made by more than one
-    /// revision of the generator.
-    #[arg(long)]
-    single_revision: bool,
-    /// Check every committed item's rows against the checksum in its manifest record before
-    /// anything is renamed into place (reads the shard data once more).
-    #[arg(long)]
-    verify: bool,
-    /// What to write: csv (combined.csv), parquet (combined.parquet) or both. Default: the
-    /// configuration's `output.format`, else csv.
-    #[arg(long, value_parser = ["csv", "parquet", "both"])]
-    format: Option<String>,
-    /// Write one Hive-style directory per value of this column (`COLUMN=value/part-00000.csv`
-    /// and/or `.parquet`) under `data/<run>/combined/` instead of one file.
-    #[arg(long, value_name = "COLUMN")]
-    partition_by: Option<String>,
+    #[command(flatten)]
+    args: MergeArgs,
 }
 
 fn main() {
-    let cli = Cli::parse();
-    let args = MergeArgs {
-        config: cli.config,
-        run: cli.run,
-        root: cli.root,
-        output_name: cli.output_name,
-        keep_shards: cli.keep_shards,
-        dedupe_key: cli.dedupe_key,
-        append: cli.append,
-        allow_partial: cli.allow_partial,
-        single_revision: cli.single_revision,
-        verify: cli.verify,
-        format: cli.format.as_deref().and_then(OutputFormat::from_name),
-        partition_by: cli.partition_by,
-    };
+    let args = Cli::parse().args;
     let code = match shardrun::merge::run(&args) {
         Ok(Outcome::Merged(stats)) => {
             if stats.revisions.len() > 1 {

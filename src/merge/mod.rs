@@ -42,24 +42,48 @@ pub use output::{describe_revisions, RevisionCount, Stats};
 pub use partition::{PartitionCount, Partitioned};
 use scan::ShardScan;
 
-/// What the command line asked for.
-#[derive(Debug, Clone, Default)]
+/// What the `merge` command line asks for, parsed by clap straight into this struct.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct MergeArgs {
+    /// Run configuration (YAML); its `run` names the run.
+    #[arg(long, conflicts_with = "run")]
     pub config: Option<PathBuf>,
+    /// Run name (`data/<run>/`). Default: the most recently active run under logs/.
+    #[arg(long)]
     pub run: Option<String>,
+    /// Root directory holding data/ and logs/ (default: .).
+    #[arg(long)]
     pub root: Option<PathBuf>,
+    /// Name of the merged file in `data/<run>/`.
+    #[arg(long, default_value = "combined.csv")]
     pub output_name: String,
+    /// Keep the shard outputs after a successful merge (default: delete them; never the cache).
+    #[arg(long)]
     pub keep_shards: bool,
+    /// Keep only the last row (in merged order) of each value of this column.
+    #[arg(long)]
     pub dedupe_key: Option<String>,
+    /// Add this run's rows after the existing output's rows instead of replacing it.
+    #[arg(long)]
     pub append: bool,
+    /// Merge what is committed even if shards or items are missing or failed (implies --keep-shards).
+    #[arg(long)]
     pub allow_partial: bool,
-    /// Refuse a dataset whose items were made by more than one generator revision.
+    /// Refuse (exit 1, nothing changed) when the committed items were made by more than one
+    /// revision of the generator.
+    #[arg(long)]
     pub single_revision: bool,
-    /// Check every committed item's rows against its checksum before anything is renamed.
+    /// Check every committed item's rows against the checksum in its manifest record before
+    /// anything is renamed into place (reads the shard data once more).
+    #[arg(long)]
     pub verify: bool,
-    /// `--format`: overrides the configuration's `output.format`.
+    /// What to write: csv (combined.csv), parquet (combined.parquet) or both. Default: the
+    /// configuration's `output.format`, else csv.
+    #[arg(long, value_enum)]
     pub format: Option<OutputFormat>,
-    /// `--partition-by`: one directory per value of this column instead of one file.
+    /// Write one Hive-style directory per value of this column (`COLUMN=value/part-00000.csv`
+    /// and/or `.parquet`) under `data/<run>/combined/` instead of one file.
+    #[arg(long, value_name = "COLUMN")]
     pub partition_by: Option<String>,
 }
 
