@@ -8,6 +8,7 @@ mod launcher;
 mod launcher_report;
 mod limits;
 mod log_full;
+mod max_running;
 mod merge;
 mod monitor;
 mod persistent;
