@@ -280,36 +280,42 @@ launch_shard() {
   # 9>&-: the launcher's lock must not be inherited by workers and whatever their generators
   # leave behind, or it would outlive the launcher.
   # What this run adds to the .stderr file is what its report quotes.
-  ERR_FROM[$i]=$(file_size "$(shard_stderr "$i")")
-  "$WORKER" "${args[@]}" >/dev/null 2>>"$(shard_stderr "$i")" 9>&- &
+  # (No process is started for it when the file is empty, the common case: with many short
+  # shards, the launcher's own processes would cost more than the workers.)
+  local err=$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr
+  ERR_FROM[$i]=0
+  [ ! -s "$err" ] || ERR_FROM[$i]=$(file_size "$err")
+  "$WORKER" "${args[@]}" >/dev/null 2>>"$err" 9>&- &
   local pid=$!
   PID_OF[$i]=$pid
   SHARD_OF[$pid]=$i
-  START_OF[$i]=$(date +%s)
+  START_OF[$i]=$EPOCHSECONDS
   LIVE+=("$pid")
   status "start shard=$i num_shards=$NUM_SHARDS pid=$pid"
 }
 
+# state_for CODE: sets STATE to the state a worker's exit code means.
 state_for() {
   case "$1" in
-    0) echo ok ;;
-    1) echo failed ;;
-    2) echo error ;;
-    3) echo locked ;;
-    130 | 143) echo interrupted ;;
-    *) if [ -n "$INTERRUPTED" ]; then echo interrupted; else echo died; fi ;;
+    0) STATE=ok ;;
+    1) STATE=failed ;;
+    2) STATE=error ;;
+    3) STATE=locked ;;
+    130 | 143) STATE=interrupted ;;
+    *) if [ -n "$INTERRUPTED" ]; then STATE=interrupted; else STATE=died; fi ;;
   esac
 }
 
 finish_shard() {
-  local pid=$1 code=$2 i state p rest=()
+  local pid=$1 code=$2 i state p rest=() STATE
   i=${SHARD_OF[$pid]}
-  state=$(state_for "$code")
+  state_for "$code"
+  state=$STATE
   EXIT_OF[$i]=$code
   STATE_OF[$i]=$state
   for p in "${LIVE[@]}"; do [ "$p" = "$pid" ] || rest+=("$p"); done
   LIVE=("${rest[@]+"${rest[@]}"}")
-  status "end shard=$i num_shards=$NUM_SHARDS pid=$pid exit=$code state=$state elapsed_s=$(($(date +%s) - START_OF[$i]))"
+  status "end shard=$i num_shards=$NUM_SHARDS pid=$pid exit=$code state=$state elapsed_s=$((EPOCHSECONDS - START_OF[$i]))"
   [ -n "$DISPLAY_PID" ] || summary_line "$i"
 }
 
@@ -383,22 +389,42 @@ run_shards() {
 }
 
 
-shard_stderr() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.stderr"; }
+
+# last_finish LOG: the log's last `finish` line. A worker writes it last, so it is looked for in
+# the log's end first (one process, whatever the log's length), then in the whole log.
+last_finish() {
+  local tail_ line found=''
+  # Only a regular file: a log replaced by a device (/dev/full in a test) reads forever.
+  [ -f "$1" ] || return 0
+  tail_=$(tail -c 4096 "$1" 2>/dev/null) || return 0
+  while IFS= read -r line; do
+    [[ "$line" =~ ^[^\ ]+\ finish( |$) ]] && found=$line
+  done <<<"$tail_"
+  [ -n "$found" ] || found=$(last_line "$1" finish)
+  printf '%s' "$found"
+}
+
+# line_field LINE KEY: the value of KEY on a log line (field, without a process).
+line_field() {
+  [[ " $1 " =~ \ $2=([^\ ]*)\  ]] && printf '%s' "${BASH_REMATCH[1]}"
+  return 0
+}
 
 # One line per ended shard. A shard that did not succeed says why in full (the worker's last
 # stderr line) and names the file with the rest: the log for failed items (their reasons and
 # their generators' stderr), the .stderr file for errors (often the only file, e.g. for a
 # configuration error).
 summary_line() {
-  local i=$1 log err state code pid done_ rows elapsed why file
-  log=$(shard_log "$i")
-  err=$(shard_stderr "$i")
+  local i=$1 log err state code pid done_ rows elapsed why file finish
+  log=$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.log
+  err=$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr
   state=${STATE_OF[$i]}
   code=${EXIT_OF[$i]}
   pid=${PID_OF[$i]}
-  done_=$(last_field "$log" finish "done")
-  rows=$(last_field "$log" finish rows)
-  elapsed=$(last_field "$log" finish elapsed_s)
+  finish=$(last_finish "$log")
+  done_=$(line_field "$finish" "done")
+  rows=$(line_field "$finish" rows)
+  elapsed=$(line_field "$finish" elapsed_s)
   case "$state" in
     ok)
       printf '✓ shard %s/%s (pid %s) ok: %s items, %s rows, %.0f s\n' "$i" "$NUM_SHARDS" "$pid" \
