@@ -14,6 +14,7 @@ mod monitor;
 mod persistent;
 mod revisions;
 mod run_lock;
+mod scale;
 mod slurm;
 mod worker_bad_input;
 mod worker_crash;
