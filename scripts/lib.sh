@@ -96,11 +96,27 @@ ensure_binaries() {
   fi
 }
 
-now() { date -u +%Y-%m-%dT%H:%M:%S.%3NZ; }
+# now_into VAR: the UTC time as the log grammar writes it (2026-11-24T06:16:34.734Z), without
+# starting a process (a launcher writes a few per shard, and a run may have 100,000 shards).
+now_into() {
+  # Names of its own: printf -v sets the caller's variable, which a local of the same name hides.
+  local _now_t=$EPOCHREALTIME _now_s
+  # EPOCHREALTIME's separator is the locale's decimal point.
+  TZ=UTC0 printf -v _now_s '%(%Y-%m-%dT%H:%M:%S)T.%s' "${_now_t%[.,]*}" "${_now_t#*[.,]}"
+  printf -v "$1" '%sZ' "${_now_s:0:23}"
+}
+
+now() {
+  local t
+  now_into t
+  printf '%s\n' "$t"
+}
 
 # status EVENT KEY=VALUE...: appends one line to $STATUS (one write, so lines stay whole).
 status() {
-  printf '%s %s\n' "$(now)" "$*" >>"$STATUS"
+  local t
+  now_into t
+  printf '%s %s\n' "$t" "$*" >>"$STATUS"
 }
 
 # describe_run STATUS_FILE_NAME: reads the run's name and directories from the worker; sets RUN,
@@ -224,7 +240,17 @@ rel() { echo "${1#"$PWD"/}"; }
 # plural N WORD: "1 item", "2 items", "1,000 items".
 plural() { if [ "$1" = 1 ]; then echo "1 $2"; else echo "$(thousands "$1") $2s"; fi; }
 
-thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+
+# thousands NUMBER: 1234567 as 1,234,567 (in bash: called a few times per shard).
+thousands() {
+  local n=$1 out=''
+  [[ "$n" =~ ^[0-9]+$ ]] || { printf '%s\n' "$n"; return; }
+  while ((${#n} > 3)); do
+    out=,${n: -3}$out
+    n=${n:0:${#n}-3}
+  done
+  printf '%s\n' "$n$out"
+}
 
 # Shard counts of the outputs already in the run directory.
 existing_plans() {

@@ -3,7 +3,7 @@
 #
 # Usage: ./scripts/run_parallel.sh [--config FILE] [--num-shards N] [--only-failed] [--force]
 #                                  [--redo-stale] [--dry-run] [--stagger SECONDS] [--jobs J] [--merge]
-#                                  [--grace SECONDS] [--notify CMD [ARG...] ';']
+#                                  [--grace SECONDS] [--max-running P] [--notify CMD [ARG...] ';']
 #
 #   --version          print the version and exit
 #   --config FILE      run configuration (default: conf/default.yaml)
@@ -18,6 +18,9 @@
 #   --jobs J           items in flight per shard (overrides generator.jobs)
 #   --merge            run `merge` after a fully successful run
 #   --grace SECONDS    on SIGINT/SIGTERM, how long workers get to drain before SIGKILL (default: 4)
+#   --max-running P    at most P workers at once; the next queued shard starts as soon as one
+#                      ends (default: every shard at once when there are no more shards than
+#                      CPUs, else the number of CPUs)
 #   --notify CMD [ARG...] ';'
 #                      when the run ends, run CMD (no shell) with the run's summary as JSON on
 #                      stdin and SHARDRUN_* variables; the ';' word ends its words. Killed after
@@ -56,6 +59,7 @@ STAGGER=0
 JOBS=''
 MERGE=0
 GRACE=4
+MAX_RUNNING=''
 
 usage() {
   sed -n '2,/^set -Eeuo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -81,12 +85,14 @@ parse_args() {
       --jobs) [ $# -ge 2 ] || usage_error "--jobs needs a number"; JOBS=$2; shift ;;
       --merge) MERGE=1 ;;
       --grace) [ $# -ge 2 ] || usage_error "--grace needs seconds"; GRACE=$2; shift ;;
+      --max-running) [ $# -ge 2 ] || usage_error "--max-running needs a number"; MAX_RUNNING=$2; shift ;;
       --notify) shift; take_notify "$@"; shift $((NOTIFY_WORDS - 1)) ;;
       *) usage_error "unknown option: $1" ;;
     esac
     shift
   done
   [ -z "$NUM_SHARDS" ] || is_count "$NUM_SHARDS" "$MAX_SHARDS" || usage_error "--num-shards must be a whole number from 1 to $MAX_SHARDS, not '$NUM_SHARDS'"
+  [ -z "$MAX_RUNNING" ] || is_count "$MAX_RUNNING" "$MAX_SHARDS" || usage_error "--max-running must be a whole number from 1 to $MAX_SHARDS, not '$MAX_RUNNING'"
   [ -z "$JOBS" ] || is_count "$JOBS" "$MAX_JOBS" || usage_error "--jobs must be a whole number from 1 to $MAX_JOBS, not '$JOBS'"
   is_seconds "$STAGGER" "$MAX_SECONDS" || usage_error "--stagger must be a number of seconds from 0 to $MAX_SECONDS, not '$STAGGER'"
   is_seconds "$GRACE" "$MAX_SECONDS" || usage_error "--grace must be a number of seconds from 0 to $MAX_SECONDS, not '$GRACE'"
@@ -96,14 +102,6 @@ parse_args() {
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
   if ((REDO_STALE && ONLY_FAILED)); then usage_error "--redo-stale runs every shard (stale items can be in any); drop --only-failed"; fi
 }
-
-
-
-
-
-
-
-
 
 choose_shards() {
   local plans recorded_n i
@@ -267,36 +265,42 @@ launch_shard() {
   # 9>&-: the launcher's lock must not be inherited by workers and whatever their generators
   # leave behind, or it would outlive the launcher.
   # What this run adds to the .stderr file is what its report quotes.
-  ERR_FROM[$i]=$(file_size "$(shard_stderr "$i")")
-  "$WORKER" "${args[@]}" >/dev/null 2>>"$(shard_stderr "$i")" 9>&- &
+  # (No process is started for it when the file is empty, the common case: with many short
+  # shards, the launcher's own processes would cost more than the workers.)
+  local err=$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr
+  ERR_FROM[$i]=0
+  [ ! -s "$err" ] || ERR_FROM[$i]=$(file_size "$err")
+  "$WORKER" "${args[@]}" >/dev/null 2>>"$err" 9>&- &
   local pid=$!
   PID_OF[$i]=$pid
   SHARD_OF[$pid]=$i
-  START_OF[$i]=$(date +%s)
+  START_OF[$i]=$EPOCHSECONDS
   LIVE+=("$pid")
   status "start shard=$i num_shards=$NUM_SHARDS pid=$pid"
 }
 
+# state_for CODE: sets STATE to the state a worker's exit code means.
 state_for() {
   case "$1" in
-    0) echo ok ;;
-    1) echo failed ;;
-    2) echo error ;;
-    3) echo locked ;;
-    130 | 143) echo interrupted ;;
-    *) if [ -n "$INTERRUPTED" ]; then echo interrupted; else echo died; fi ;;
+    0) STATE=ok ;;
+    1) STATE=failed ;;
+    2) STATE=error ;;
+    3) STATE=locked ;;
+    130 | 143) STATE=interrupted ;;
+    *) if [ -n "$INTERRUPTED" ]; then STATE=interrupted; else STATE=died; fi ;;
   esac
 }
 
 finish_shard() {
-  local pid=$1 code=$2 i state p rest=()
+  local pid=$1 code=$2 i state p rest=() STATE
   i=${SHARD_OF[$pid]}
-  state=$(state_for "$code")
+  state_for "$code"
+  state=$STATE
   EXIT_OF[$i]=$code
   STATE_OF[$i]=$state
   for p in "${LIVE[@]}"; do [ "$p" = "$pid" ] || rest+=("$p"); done
   LIVE=("${rest[@]+"${rest[@]}"}")
-  status "end shard=$i num_shards=$NUM_SHARDS pid=$pid exit=$code state=$state elapsed_s=$(($(date +%s) - START_OF[$i]))"
+  status "end shard=$i num_shards=$NUM_SHARDS pid=$pid exit=$code state=$state elapsed_s=$((EPOCHSECONDS - START_OF[$i]))"
   [ -n "$DISPLAY_PID" ] || summary_line "$i"
 }
 
@@ -322,11 +326,33 @@ install_traps() {
   trap on_grace_expired USR1
 }
 
+# wait_one: waits for one worker to end (blocking in `wait -n`, no polling) and records it.
+wait_one() {
+  local pid='' code=0
+  wait -n -p pid "${LIVE[@]}" || code=$?
+  if [ -z "${pid:-}" ]; then
+    # Either a trap interrupted `wait` (wait again), or bash already reaped workers that died
+    # together and no longer reports them: find those and finish them.
+    reap_gone
+    return
+  fi
+  finish_shard "$pid" "$code"
+}
+
 run_shards() {
-  local i n=0 pid code
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") launcher_pid=$$ config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)")"
-  say "run '$RUN': starting ${#SHARDS[@]} of $NUM_SHARDS shard(s); logs in $(rel "$LOGS_DIR")/"
+  local i n=0 queued=''
+  ((${#SHARDS[@]} > MAX_RUNNING)) && queued=", at most $MAX_RUNNING at once"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") max_running=$MAX_RUNNING launcher_pid=$$ config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)")"
+  say "run '$RUN': starting ${#SHARDS[@]} of $NUM_SHARDS shard(s)$queued; logs in $(rel "$LOGS_DIR")/"
+  # Before the first launch, so that queued shards are on screen (pending) from the start.
+  start_display
   for i in "${SHARDS[@]}"; do
+    [ -n "$INTERRUPTED" ] && break
+    # A shard waits for a free slot; an interruption leaves it (and those after it) unstarted,
+    # which --only-failed then runs.
+    while ((${#LIVE[@]} >= MAX_RUNNING)) && [ -z "$INTERRUPTED" ]; do
+      wait_one
+    done
     [ -n "$INTERRUPTED" ] && break
     if ((n > 0)) && [ "$STAGGER" != 0 ]; then
       sleep "$STAGGER" &
@@ -338,18 +364,8 @@ run_shards() {
   done
   # A signal that arrived while a worker was being started may have missed it.
   [ -z "$INTERRUPTED" ] || stop_workers
-  start_display
   while ((${#LIVE[@]} > 0)); do
-    pid=''
-    code=0
-    wait -n -p pid "${LIVE[@]}" || code=$?
-    if [ -z "${pid:-}" ]; then
-      # Either a trap interrupted `wait` (wait again), or bash already reaped workers that died
-      # together and no longer reports them: find those and finish them.
-      reap_gone
-      continue
-    fi
-    finish_shard "$pid" "$code"
+    wait_one
   done
   if [ -n "$STDERR_SAVED" ]; then exec 2>&"$STDERR_SAVED" {STDERR_SAVED}>&-; fi
   if [ -n "$KILLER" ]; then kill "$KILLER" 2>/dev/null || true; wait "$KILLER" 2>/dev/null || true; fi
@@ -358,22 +374,42 @@ run_shards() {
 }
 
 
-shard_stderr() { echo "$LOGS_DIR/shard_${1}_of_${NUM_SHARDS}.stderr"; }
+
+# last_finish LOG: the log's last `finish` line. A worker writes it last, so it is looked for in
+# the log's end first (one process, whatever the log's length), then in the whole log.
+last_finish() {
+  local tail_ line found=''
+  # Only a regular file: a log replaced by a device (/dev/full in a test) reads forever.
+  [ -f "$1" ] || return 0
+  tail_=$(tail -c 4096 "$1" 2>/dev/null) || return 0
+  while IFS= read -r line; do
+    [[ "$line" =~ ^[^\ ]+\ finish( |$) ]] && found=$line
+  done <<<"$tail_"
+  [ -n "$found" ] || found=$(last_line "$1" finish)
+  printf '%s' "$found"
+}
+
+# line_field LINE KEY: the value of KEY on a log line (field, without a process).
+line_field() {
+  [[ " $1 " =~ \ $2=([^\ ]*)\  ]] && printf '%s' "${BASH_REMATCH[1]}"
+  return 0
+}
 
 # One line per ended shard. A shard that did not succeed says why in full (the worker's last
 # stderr line) and names the file with the rest: the log for failed items (their reasons and
 # their generators' stderr), the .stderr file for errors (often the only file, e.g. for a
 # configuration error).
 summary_line() {
-  local i=$1 log err state code pid done_ rows elapsed why file
-  log=$(shard_log "$i")
-  err=$(shard_stderr "$i")
+  local i=$1 log err state code pid done_ rows elapsed why file finish
+  log=$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.log
+  err=$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.stderr
   state=${STATE_OF[$i]}
   code=${EXIT_OF[$i]}
   pid=${PID_OF[$i]}
-  done_=$(last_field "$log" finish "done")
-  rows=$(last_field "$log" finish rows)
-  elapsed=$(last_field "$log" finish elapsed_s)
+  finish=$(last_finish "$log")
+  done_=$(line_field "$finish" "done")
+  rows=$(line_field "$finish" rows)
+  elapsed=$(line_field "$finish" elapsed_s)
   case "$state" in
     ok)
       printf '✓ shard %s/%s (pid %s) ok: %s items, %s rows, %.0f s\n' "$i" "$NUM_SHARDS" "$pid" \
@@ -406,20 +442,47 @@ again() {
   printf '%s %s%s %s' "$(me)" "$(quoted --config "$CONFIG")" "${JOBS:+ --jobs $JOBS}" "$action"
 }
 
+# shard_totals SHARD...: "items rows" summed over the shards' last finish lines (one awk per
+# few thousand logs, not a few processes per shard: a run may have 100,000 shards).
+# shellcheck disable=SC2016  # the $ are awk's fields, not the shell's
+shard_totals() {
+  local i log
+  for i in "$@"; do
+    log=$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.log # shard_log, without a subshell per shard
+    [ -f "$log" ] && echo "$log"
+  done | xargs -r -d '\n' awk '
+    function flush() { d += done_; r += rows_; done_ = 0; rows_ = 0 }
+    FNR == 1 { flush() }
+    $2 == "finish" {
+      done_ = 0; rows_ = 0
+      for (k = 3; k <= NF; k++) {
+        if ($k ~ /^done=[0-9]+$/) done_ = substr($k, 6) + 0
+        if ($k ~ /^rows=[0-9]+$/) rows_ = substr($k, 6) + 0
+      }
+    }
+    END { flush(); printf "%d %d\n", d, r }' 2>/dev/null |
+    awk '{ d += $1; r += $2 } END { printf "%d %d\n", d, r }'
+}
+
 report() {
-  local i ok=0 bad=0 items=0 rows=0 log
+  local i ok=0 bad=0 pending=() started=() totals
   for i in "${SHARDS[@]}"; do
     [ -n "${STATE_OF[$i]:-}" ] || continue
     [ -z "$DISPLAY_PID" ] || summary_line "$i"
   done
   for i in "${SHARDS[@]}"; do
-    [ -n "${STATE_OF[$i]:-}" ] || STATE_OF[$i]=interrupted
+    # A shard still queued when the run was interrupted never started: it is pending, and
+    # --only-failed runs it.
+    if [ -z "${STATE_OF[$i]:-}" ]; then pending+=("$i"); continue; fi
+    started+=("$i")
     if [ "${STATE_OF[$i]}" = ok ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
-    log=$(shard_log "$i")
-    items=$((items + $(last_field "$log" finish "done" | grep -E '^[0-9]+$' || echo 0)))
-    rows=$((rows + $(last_field "$log" finish rows | grep -E '^[0-9]+$' || echo 0)))
   done
-  printf '%s shard(s): %s ok, %s not ok; %s items, %s rows\n' "${#SHARDS[@]}" "$ok" "$bad" "$(thousands "$items")" "$(thousands "$rows")"
+  if ((${#pending[@]} > 0)); then
+    status "pending shards=$(IFS=,; echo "${pending[*]}") num_shards=$NUM_SHARDS"
+  fi
+  totals=$(shard_totals "${started[@]+"${started[@]}"}")
+  printf '%s shard(s): %s ok, %s not ok%s; %s items, %s rows\n' "${#SHARDS[@]}" "$ok" "$((bad + ${#pending[@]}))" \
+    "${pending[*]:+ (${#pending[@]} never started)}" "$(thousands "${totals% *}")" "$(thousands "${totals#* }")"
   local again
   again=$(again)
   if [ -n "$INTERRUPTED" ]; then
@@ -463,6 +526,7 @@ main() {
   fi
   take_launcher_lock
   choose_shards
+  MAX_RUNNING=${MAX_RUNNING:-$(nproc)}
   if [ -n "$INTERRUPTED" ]; then
     echo "interrupted before any worker started"
     [ "$INTERRUPTED" = SIGTERM ] && exit 143

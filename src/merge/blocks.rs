@@ -140,6 +140,8 @@ fn assemble_manifest_final(
                 if !(starts && shard == 0) {
                     let slot = copier.add_source(&p.path)?;
                     copier.push(slot, 0, p.len)?;
+                    // A part is used once: its window and file go before the next one's.
+                    copier.release(slot)?;
                 }
             }
             continue;
@@ -182,6 +184,7 @@ fn copy_in_order(
         while let Some(rec) = items.next_record()? {
             copier.push(slot, rec.offset, rec.bytes)?;
         }
+        copier.release(slot)?;
     }
     let (file, bytes) = copier.finish()?;
     if durable {
@@ -254,6 +257,8 @@ impl BackgroundCopy {
                 }
                 at += len;
             }
+            // Each shard's data is read once: memory stays one window whatever the shard count.
+            copier.release(slot)?;
         }
         let (file, bytes) = copier.finish()?;
         if durable {
