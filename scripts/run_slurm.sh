@@ -73,6 +73,7 @@ WAIT=0
 STATUS_ONLY=0
 CANCEL=0
 MERGE=0
+MERGE_NOTIFIES=0
 FORCE=0
 REDO_STALE=0
 DRY_RUN=0
@@ -641,7 +642,9 @@ submit_merge() {
   fi
   MERGE_JOB=$(grep -E '^[0-9]+(;|$)' <<<"$out" | tail -n 1 | cut -d';' -f1)
   [ -n "$MERGE_JOB" ] || die "unexpected sbatch output: $out"
-  status "submit job=$MERGE_JOB merge=1 after=$deps"
+  MERGE_NOTIFIES=0
+  job_notifies && MERGE_NOTIFIES=1
+  status "submit job=$MERGE_JOB merge=1 after=$deps notify=$MERGE_NOTIFIES"
 }
 
 # Drops --output/-o (and --array) from SBATCH_ARGS, except the first --output (ours).
@@ -763,7 +766,11 @@ report() {
   done
   printf '%s: %s ok, %s not ok; %s, %s\n' "$(plural "${#SHARDS[@]}" shard)" "$ok" "$bad" "$(plural "$items" item)" "$(plural "$rows" row)"
   if ((bad > 0)); then
-    [ -z "$MERGE_JOB" ] || echo "merge job $MERGE_JOB did not run (it waits for every shard to succeed; Slurm ends it when one did not)"
+    if [ -n "$MERGE_JOB" ] && ((MERGE_NOTIFIES)); then
+      echo "merge job $MERGE_JOB ran after every task ended: merge refuses an incomplete run, and the job sent the --notify notice"
+    elif [ -n "$MERGE_JOB" ]; then
+      echo "merge job $MERGE_JOB did not run (it waits for every shard to succeed; Slurm ends it when one did not)"
+    fi
     echo "next: fix the cause (see the files named above), then re-submit only those shards: $(again)"
     end_run 1
   fi
@@ -932,6 +939,8 @@ load_last_submission() {
     [[ "$job" =~ ^[0-9]+$ ]] || continue
     if [ "$(field "$l" merge)" = 1 ]; then
       MERGE_JOB=$job
+      MERGE_NOTIFIES=0
+      [ "$(field "$l" notify)" = 1 ] && MERGE_NOTIFIES=1
       continue
     fi
     offset=$(field "$l" offset)

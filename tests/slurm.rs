@@ -1151,6 +1151,12 @@ fn a_merge_job_sends_one_notice_for_the_run_without_wait() {
         "{}",
         text(&out)
     );
+    let status = p.read("logs/mn/slurm.status");
+    let line = last_line_with(&status, "submit");
+    assert!(
+        line.contains(" merge=1 ") && line.ends_with(" notify=1"),
+        "{line}"
+    );
     let t = notices(1);
     assert_eq!(t.matches("\n----\n").count(), 1, "one notice: {t}");
     assert!(
