@@ -18,7 +18,8 @@
 #                      submission instead of submitting (after a Ctrl-C of an earlier --wait)
 #   --merge            also submit a merge job (name shardrun-<run>-merge) that starts once every
 #                      task succeeded (--dependency=afterok) and writes the dataset; Slurm ends it
-#                      when a task fails. Its output: logs/<run>/slurm-merge-<job>.out
+#                      when a task fails (with --notify and no --wait: afterany, see --notify).
+#                      Its output: logs/<run>/slurm-merge-<job>.out
 #   --status           the run's shards by state (ok, running, queued, requeued, failed,
 #                      interrupted, cancelled, gone, never started) from its recorded jobs: one
 #                      sacct call (scontrol when accounting is off) and one read of the logs
@@ -40,7 +41,10 @@
 #                      with --wait, when the array ends, run CMD (no shell) with the run's summary
 #                      as JSON on stdin and SHARDRUN_* variables; the ';' word ends its words.
 #                      Killed after SHARDRUN_NOTIFY_TIMEOUT seconds (default 60); never changes
-#                      the exit code
+#                      the exit code. With --merge and no --wait, the merge job sends the run's
+#                      one notice: it then waits for the arrays with afterany, merges when every
+#                      item is committed (else merge refuses, and the notice says failed), and
+#                      runs CMD the same way (its script: logs/<run>/slurm_merge.sh)
 #   -- OPTIONS         passed to sbatch as they are (--time, --partition, --mem, --account, ...);
 #                      remembered with the run: later submissions without -- reuse them, a new
 #                      -- replaces them
@@ -69,6 +73,7 @@ WAIT=0
 STATUS_ONLY=0
 CANCEL=0
 MERGE=0
+MERGE_NOTIFIES=0
 FORCE=0
 REDO_STALE=0
 DRY_RUN=0
@@ -144,7 +149,7 @@ parse_args() {
   is_seconds "$POLL" "$MAX_SECONDS" || usage_error "SHARDRUN_SLURM_POLL must be a number of seconds from 0 to $MAX_SECONDS, not '$POLL'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   check_notify_timeout
-  if ((${#NOTIFY[@]} > 0 && !WAIT)); then usage_error "--notify runs when the array ends, which only --wait sees: add --wait (or watch with: monitor --follow --notify CMD ... ';')"; fi
+  if ((${#NOTIFY[@]} > 0 && !WAIT && !MERGE)); then usage_error "--notify runs when the run ends, which only --wait or the merge job sees: add --wait or --merge (or watch with: monitor --follow --notify CMD ... ';')"; fi
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
   if ((STATUS_ONLY + CANCEL > 1)); then usage_error "--status and --cancel are two commands: give one"; fi
@@ -563,22 +568,72 @@ submit() {
 # afterok: it starts only once every task of every array succeeded; a task that fails makes the
 # dependency impossible, and --kill-on-invalid-dep ends the merge job then instead of leaving it
 # pending forever. The user's options (partition, account, time, memory) apply to it too.
+# With --notify and no --wait, the merge job also sends the run's one notice (job_notifies): it
+# then depends on the arrays with afterany, so that it runs whatever they did (with afterok, a
+# failed task would get it cancelled, and no notice sent), and runs the batch script
+# MERGE_SCRIPT; merge itself refuses a run with uncommitted items (a failed shard), and the
+# notice tells that end.
 merge_sbatch_args() {
-  local q_merge q_config q_root
+  local q_merge q_config q_root dep=afterok body
   q_merge=$(printf '%q' "$MERGE_BIN")
   q_config=$(printf '%q' "$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")")
   q_root=$(printf '%q' "$PWD")
-  SBATCH_ARGS=(sbatch --parsable --job-name="shardrun-$RUN-merge" --dependency="afterok:$1"
+  body=(--wrap="exec $q_merge --config $q_config --root $q_root")
+  if job_notifies; then
+    dep=afterany
+    body=("$MERGE_SCRIPT")
+  fi
+  SBATCH_ARGS=(sbatch --parsable --job-name="shardrun-$RUN-merge" --dependency="$dep:$1"
     --kill-on-invalid-dep=yes --output="$(rel "$LOGS_DIR")/slurm-merge-%j.out" --open-mode=append
-    --chdir="$PWD" "${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}"
-    --wrap="exec $q_merge --config $q_config --root $q_root")
+    --chdir="$PWD" "${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}" "${body[@]}")
   # The user's --output names the tasks' files; the merge job keeps its own.
   strip_output_opts
+}
+
+# True when the merge job sends the --notify notice: nobody waits here to send it.
+job_notifies() {
+  ((MERGE && !WAIT && ${#NOTIFY[@]} > 0))
+}
+
+# The merge job's batch script when it notifies: merge, then the --notify command through monitor
+# as the launchers run it (the summary on stdin, SHARDRUN_* variables, killed after the timeout),
+# with merge's exit code, which stays the job's. Every word is quoted with printf %q: the
+# command's words reach it as given, never evaluated by a shell.
+write_merge_script() {
+  local q_merge q_monitor q_config q_root q_run
+  q_merge=$(printf '%q' "$MERGE_BIN")
+  q_monitor=$(printf '%q' "$BIN/monitor")
+  q_config=$(printf '%q' "$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")")
+  q_root=$(printf '%q' "$PWD")
+  q_run=$(printf '%q' "$RUN")
+  cat <<EOF
+#!/bin/bash
+# Slurm merge job of shardrun run $q_run, written by scripts/run_slurm.sh: merges the run (merge
+# refuses it when a shard did not commit every item), then sends the --notify notice.
+code=0
+$q_merge --config $q_config --root $q_root || code=\$?
+$q_monitor --root $q_root --run $q_run --num-shards $NUM_SHARDS --notify-exit-code "\$code" \\
+  --notify-timeout $(printf '%q' "$NOTIFY_TIMEOUT") --notify $(quoted_words "${NOTIFY[@]}") ';' </dev/null ||
+  echo "merge job: warning: the --notify command could not be run (monitor exited \$?); the job's exit code is merge's" >&2
+exit "\$code"
+EOF
+}
+
+# quoted_words WORD...: each word quoted with printf %q, separated by spaces.
+quoted_words() {
+  local w out=()
+  for w in "$@"; do out+=("$(printf '%q' "$w")"); done
+  echo "${out[*]}"
 }
 
 submit_merge() {
   local out deps
   deps=$(IFS=:; echo "${JOB_IDS[*]}")
+  if job_notifies; then
+    write_merge_script >"$MERGE_SCRIPT.tmp"
+    mv -f "$MERGE_SCRIPT.tmp" "$MERGE_SCRIPT"
+    chmod +x "$MERGE_SCRIPT"
+  fi
   merge_sbatch_args "$deps"
   if ! out=$("${SBATCH_ARGS[@]}" 2>&1); then
     printf '%s\n' "$out" >&2
@@ -587,7 +642,9 @@ submit_merge() {
   fi
   MERGE_JOB=$(grep -E '^[0-9]+(;|$)' <<<"$out" | tail -n 1 | cut -d';' -f1)
   [ -n "$MERGE_JOB" ] || die "unexpected sbatch output: $out"
-  status "submit job=$MERGE_JOB merge=1 after=$deps"
+  MERGE_NOTIFIES=0
+  job_notifies && MERGE_NOTIFIES=1
+  status "submit job=$MERGE_JOB merge=1 after=$deps notify=$MERGE_NOTIFIES"
 }
 
 # Drops --output/-o (and --array) from SBATCH_ARGS, except the first --output (ours).
@@ -709,7 +766,11 @@ report() {
   done
   printf '%s: %s ok, %s not ok; %s, %s\n' "$(plural "${#SHARDS[@]}" shard)" "$ok" "$bad" "$(plural "$items" item)" "$(plural "$rows" row)"
   if ((bad > 0)); then
-    [ -z "$MERGE_JOB" ] || echo "merge job $MERGE_JOB did not run (it waits for every shard to succeed; Slurm ends it when one did not)"
+    if [ -n "$MERGE_JOB" ] && ((MERGE_NOTIFIES)); then
+      echo "merge job $MERGE_JOB ran after every task ended: merge refuses an incomplete run, and the job sent the --notify notice"
+    elif [ -n "$MERGE_JOB" ]; then
+      echo "merge job $MERGE_JOB did not run (it waits for every shard to succeed; Slurm ends it when one did not)"
+    fi
     echo "next: fix the cause (see the files named above), then re-submit only those shards: $(again)"
     end_run 1
   fi
@@ -878,6 +939,8 @@ load_last_submission() {
     [[ "$job" =~ ^[0-9]+$ ]] || continue
     if [ "$(field "$l" merge)" = 1 ]; then
       MERGE_JOB=$job
+      MERGE_NOTIFIES=0
+      [ "$(field "$l" notify)" = 1 ] && MERGE_NOTIFIES=1
       continue
     fi
     offset=$(field "$l" offset)
@@ -993,12 +1056,15 @@ read_earlier_finishes() {
 
 
 print_next_steps() {
-  local cmd
+  local cmd when='every shard succeeded'
   cmd="$(me) $(quoted --config "$CONFIG")"
-  echo "submitted run '$RUN': job(s) ${JOB_IDS[*]} (name shardrun-$RUN), shard(s) $(ranges "${SHARDS[@]}") of $NUM_SHARDS${MERGE_JOB:+; merge job $MERGE_JOB (shardrun-$RUN-merge) once every shard succeeded}; logs in $(rel "$LOGS_DIR")/"
+  job_notifies && when='every task ended'
+  echo "submitted run '$RUN': job(s) ${JOB_IDS[*]} (name shardrun-$RUN), shard(s) $(ranges "${SHARDS[@]}") of $NUM_SHARDS${MERGE_JOB:+; merge job $MERGE_JOB (shardrun-$RUN-merge) once $when}; logs in $(rel "$LOGS_DIR")/"
   echo "watch:  $(rel "$BIN")/monitor $(quoted --config "$CONFIG") --follow"
   echo "        $cmd --status   (--wait waits for it, --cancel cancels it)"
-  if [ -n "$MERGE_JOB" ]; then
+  if [ -n "$MERGE_JOB" ] && job_notifies; then
+    echo "then:   the merge job writes $(rel "$DATA_DIR")/ and sends the --notify notice, also when a shard fails (then: $(again))"
+  elif [ -n "$MERGE_JOB" ]; then
     echo "then:   the merge job writes $(rel "$DATA_DIR")/ (if a shard fails: $(again))"
   else
     echo "then:   $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")   (when every shard is done; else: $(again))"
@@ -1018,6 +1084,7 @@ main() {
   ensure_binaries
   describe_run slurm.status
   BATCH=$LOGS_DIR/slurm_task.sh
+  MERGE_SCRIPT=$LOGS_DIR/slurm_merge.sh
   use_remembered_sbatch_opts
   choose_per_task
   if ((STATUS_ONLY)); then

@@ -575,6 +575,16 @@ fn bad_run_slurm_arguments_exit_2() {
         ],
         // --status of a run never submitted to Slurm.
         &["--config", "conf/d.yaml", "--status"],
+        // --notify with neither --wait nor --merge: nothing would see the run end.
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--notify",
+            "true",
+            ";",
+        ],
     ] {
         let out = slurm(&p, args);
         assert_exit(&out, 2, &format!("{args:?}"), p.root());
@@ -1105,6 +1115,76 @@ fn a_merge_job_writes_the_dataset_once_every_shard_succeeded() {
             "merge job {merge_job}: COMPLETED, exit 0:0 (output logs/mj/slurm-merge-{merge_job}.out)"
         )),
         "{t}"
+    );
+}
+
+/// The notices the recorder `note.sh` got: each is its stdin, its SHARDRUN_STATE and its
+/// arguments, then a `----` line.
+const NOTE: &str = "#!/bin/sh\n{ cat; echo; echo \"state=$SHARDRUN_STATE\"; \
+                    for a in \"$@\"; do echo \"arg=$a\"; done; echo ----; } >> notices.txt\n";
+
+/// Submitted with --merge --notify and no --wait: the merge job sends one notice for the whole
+/// run, also when a shard failed (then Slurm would cancel an afterok merge job, and nobody would
+/// hear of the run), and the command's words reach it as typed, never evaluated by a shell.
+#[test]
+fn a_merge_job_sends_one_notice_for_the_run_without_wait() {
+    let Some(_turn) = cluster("a_merge_job_sends_one_notice_for_the_run_without_wait") else {
+        return;
+    };
+    let p = flaky_project("mn");
+    p.script("note.sh", NOTE);
+    let notify = ["--notify", "./note.sh", "a b", "$HOME", "it's;", ";"];
+    let notices = |n: usize| {
+        wait_for("the notice", Duration::from_secs(60), || {
+            p.path("notices.txt").exists()
+                && p.read("notices.txt").matches("\n----\n").count() >= n
+                && queued(&submitted_jobs(&p, "mn")).is_empty()
+        });
+        p.read("notices.txt")
+    };
+    let mut args = vec!["--config", "conf/f.yaml", "--num-shards", "2", "--merge"];
+    args.extend(notify);
+    let out = slurm(&p, &args);
+    assert_exit(&out, 0, "--merge --notify", p.root());
+    assert!(
+        text(&out).contains("sends the --notify notice"),
+        "{}",
+        text(&out)
+    );
+    let status = p.read("logs/mn/slurm.status");
+    let line = last_line_with(&status, "submit");
+    assert!(
+        line.contains(" merge=1 ") && line.ends_with(" notify=1"),
+        "{line}"
+    );
+    let t = notices(1);
+    assert_eq!(t.matches("\n----\n").count(), 1, "one notice: {t}");
+    assert!(
+        t.contains("state=failed\n") && t.contains("\"state\": \"failed\""),
+        "{t}"
+    );
+    assert!(t.contains("arg=a b\narg=$HOME\narg=it's;\n----"), "{t}");
+    assert!(!p.path("data/mn/combined.csv").exists());
+
+    std::fs::remove_file(p.path("fail")).unwrap();
+    std::fs::remove_file(p.path("notices.txt")).unwrap();
+    let mut args = vec!["--config", "conf/f.yaml", "--only-failed", "--merge"];
+    args.extend(notify);
+    let out = slurm(&p, &args);
+    assert_exit(&out, 0, "--only-failed --merge --notify", p.root());
+    let t = notices(1);
+    assert_eq!(t.matches("\n----\n").count(), 1, "one notice: {t}");
+    assert!(
+        t.contains("state=done\n") && t.contains("\"run\": \"mn\""),
+        "{t}"
+    );
+    assert_eq!(p.read("data/mn/combined.csv"), "k\n0\n1\n2\n3\n");
+    let merge_job = submitted_jobs(&p, "mn").pop().unwrap();
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--status"]);
+    assert!(
+        text(&out).contains(&format!("merge job {merge_job}: COMPLETED, exit 0:0")),
+        "{}",
+        text(&out)
     );
 }
 
