@@ -77,6 +77,44 @@ impl Error {
     }
 }
 
+/// A value that is not acceptable where it was given (a name, a configuration key, a generator
+/// parameter, a program): the message says what is wrong and what to write instead, but not
+/// where the value came from. The caller knows that (a flag, a key, a file) and adds it with
+/// [`Invalid::within`] or [`Invalid::at`]; it ends the run as a usage error (exit 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    /// Names the enclosing place: `"{place}: {message}"`, still an [`Invalid`].
+    pub fn within(self, place: impl std::fmt::Display) -> Invalid {
+        Invalid(format!("{place}: {}", self.0))
+    }
+
+    /// Names the place and makes it the usage error (exit 2) that ends the run.
+    pub fn at(self, place: impl std::fmt::Display) -> Error {
+        Error::Usage(format!("{place}: {}", self.0))
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(msg: String) -> Self {
+        Invalid(msg)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(msg: &str) -> Self {
+        Invalid(msg.to_string())
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::Usage(e.0)
+    }
+}
+
 /// Attaches "what was being done, on which path" to an I/O result.
 pub trait IoContext<T> {
     /// Maps an `io::Error` to [`Error::Io`].

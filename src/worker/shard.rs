@@ -102,7 +102,7 @@ impl Shard {
             .name
             .clone()
             .unwrap_or_else(|| format!("process-{index}"));
-        validate_name(&name).map_err(|e| Error::usage(format!("--name: {e}")))?;
+        validate_name(&name).map_err(|e| e.at("--name"))?;
         if crate::run::paths::RESERVED_NAMES.contains(&name.as_str())
             || name.starts_with("manifest_")
         {
