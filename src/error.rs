@@ -77,6 +77,10 @@ impl Error {
     }
 }
 
+/// Why one item failed, written to its manifest record (and its log line); not an error of the
+/// run: the worker retries the item, then records it as failed and goes on with the others.
+pub type Reason = String;
+
 /// A value that is not acceptable where it was given (a name, a configuration key, a generator
 /// parameter, a program): the message says what is wrong and what to write instead, but not
 /// where the value came from. The caller knows that (a flag, a key, a file) and adds it with
