@@ -82,9 +82,10 @@ impl Error {
 pub type Reason = String;
 
 /// A value that is not acceptable where it was given (a name, a configuration key, a generator
-/// parameter, a program): the message says what is wrong and what to write instead, but not
-/// where the value came from. The caller knows that (a flag, a key, a file) and adds it with
-/// [`Invalid::within`] or [`Invalid::at`]; it ends the run as a usage error (exit 2).
+/// parameter, a program): the message says what is wrong and what to write instead, and names
+/// no more of the value's place than the function that checked it knows. The caller adds the
+/// rest (a flag, an enclosing key, the configuration file) with [`Invalid::within`], and makes it
+/// the usage error (exit 2) that ends the run with [`Invalid::at`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Invalid(pub String);
@@ -110,12 +111,6 @@ impl From<String> for Invalid {
 impl From<&str> for Invalid {
     fn from(msg: &str) -> Self {
         Invalid(msg.to_string())
-    }
-}
-
-impl From<Invalid> for Error {
-    fn from(e: Invalid) -> Self {
-        Error::Usage(e.0)
     }
 }
 
