@@ -77,6 +77,43 @@ impl Error {
     }
 }
 
+/// Why one item failed, written to its manifest record (and its log line); not an error of the
+/// run: the worker retries the item, then records it as failed and goes on with the others.
+pub type Reason = String;
+
+/// A value that is not acceptable where it was given (a name, a configuration key, a generator
+/// parameter, a program): the message says what is wrong and what to write instead, and names
+/// no more of the value's place than the function that checked it knows. The caller adds the
+/// rest (a flag, an enclosing key, the configuration file) with [`Invalid::within`], and makes it
+/// the usage error (exit 2) that ends the run with [`Invalid::at`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    /// Names the enclosing place: `"{place}: {message}"`, still an [`Invalid`].
+    pub fn within(self, place: impl std::fmt::Display) -> Invalid {
+        Invalid(format!("{place}: {}", self.0))
+    }
+
+    /// Names the place and makes it the usage error (exit 2) that ends the run.
+    pub fn at(self, place: impl std::fmt::Display) -> Error {
+        Error::Usage(format!("{place}: {}", self.0))
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(msg: String) -> Self {
+        Invalid(msg)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(msg: &str) -> Self {
+        Invalid(msg.to_string())
+    }
+}
+
 /// Attaches "what was being done, on which path" to an I/O result.
 pub trait IoContext<T> {
     /// Maps an `io::Error` to [`Error::Io`].

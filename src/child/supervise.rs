@@ -40,6 +40,7 @@
 
 use crate::child::groups::{is_transient, pidfd_open, poll_millis, Group, LineSplitter};
 use crate::child::spawn::Environ;
+use crate::error::Invalid;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -555,7 +556,7 @@ pub fn run_attempt(
 ///
 /// A message naming the program and saying whether it was not found, is not executable, or is a
 /// directory.
-pub fn resolve_program(program: &str, cwd: &Path) -> Result<PathBuf, String> {
+pub fn resolve_program(program: &str, cwd: &Path) -> Result<PathBuf, Invalid> {
     let path = std::env::var_os("PATH");
     resolve_with_path(program, cwd, path.as_deref())
 }
@@ -613,22 +614,22 @@ fn resolve_with_path(
     program: &str,
     cwd: &Path,
     path_var: Option<&OsStr>,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, Invalid> {
     if program.is_empty() {
-        return Err("the program name is empty".to_string());
+        return Err("the program name is empty".into());
     }
     if program.contains('/') {
         let candidate = join_clean(cwd, Path::new(program));
         return match check_executable(&candidate) {
             Ok(()) => Ok(candidate),
-            Err(Unusable::Missing) => Err(format!(
+            Err(Unusable::Missing) => Err(Invalid(format!(
                 "program `{program}` not found (no file {})",
                 candidate.display()
-            )),
-            Err(Unusable::Other(why)) => Err(format!(
+            ))),
+            Err(Unusable::Other(why)) => Err(Invalid(format!(
                 "program `{program}` ({}) {why}",
                 candidate.display()
-            )),
+            ))),
         };
     }
     let path_var = path_var.unwrap_or(OsStr::new(DEFAULT_PATH));
@@ -655,12 +656,12 @@ fn resolve_with_path(
             }
         }
     }
-    Err(unusable.unwrap_or_else(|| {
+    Err(Invalid(unusable.unwrap_or_else(|| {
         format!(
             "program `{program}` not found in PATH ({})",
             path_var.to_string_lossy()
         )
-    }))
+    })))
 }
 
 fn run(
@@ -1397,7 +1398,9 @@ mod tests {
         assert!(found.ends_with("sh"), "{}", found.display());
         assert!(found.is_absolute(), "{}", found.display());
 
-        let e = resolve_program("shardrun-no-such-program-xyz", cwd).unwrap_err();
+        let e = resolve_program("shardrun-no-such-program-xyz", cwd)
+            .unwrap_err()
+            .0;
         assert!(
             e.contains("`shardrun-no-such-program-xyz` not found"),
             "{e}"
@@ -1413,24 +1416,26 @@ mod tests {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
 
         // As root, X_OK still needs some execute bit, so this holds for every user.
-        let e = resolve_program("./data.txt", &dir).unwrap_err();
+        let e = resolve_program("./data.txt", &dir).unwrap_err().0;
         assert!(e.contains("not executable"), "{e}");
-        let e = resolve_program(plain.to_str().unwrap(), cwd).unwrap_err();
+        let e = resolve_program(plain.to_str().unwrap(), cwd).unwrap_err().0;
         assert!(e.contains("not executable"), "{e}");
-        let e = resolve_program("./sub", &dir).unwrap_err();
+        let e = resolve_program("./sub", &dir).unwrap_err().0;
         assert!(e.contains("is a directory"), "{e}");
-        let e = resolve_program("./missing", &dir).unwrap_err();
+        let e = resolve_program("./missing", &dir).unwrap_err().0;
         assert!(e.contains("not found"), "{e}");
         assert_eq!(resolve_program("./run-me", &dir).unwrap(), exe);
         assert_eq!(
-            resolve_program("", &dir).unwrap_err(),
+            resolve_program("", &dir).unwrap_err().0,
             "the program name is empty"
         );
 
         // PATH search: a non-executable match is reported when nothing better is found, and
         // skipped when a later directory has a runnable one.
         let path = format!("{}:/nonexistent", dir.display());
-        let e = resolve_with_path("data.txt", cwd, Some(OsStr::new(&path))).unwrap_err();
+        let e = resolve_with_path("data.txt", cwd, Some(OsStr::new(&path)))
+            .unwrap_err()
+            .0;
         assert!(e.contains("not executable"), "{e}");
         let other = temp_dir("resolve2");
         let runnable = other.join("data.txt");

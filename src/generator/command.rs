@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::child::signals::signal_name;
 use crate::child::spawn::Environ;
 use crate::child::supervise::{run_attempt, AttemptSpec, Ended, Launch};
+use crate::error::Invalid;
 use crate::format::csv_out::RowWriter;
 use crate::run::items::Item;
 
@@ -32,7 +33,7 @@ enum Piece {
 struct Template(Vec<Piece>);
 
 impl Template {
-    fn parse(s: &str, fields: &[String], at: usize) -> Result<Template, String> {
+    fn parse(s: &str, fields: &[String], at: usize) -> Result<Template, Invalid> {
         let mut pieces = Vec::new();
         let mut lit = String::new();
         let mut chars = s.chars().peekable();
@@ -60,7 +61,8 @@ impl Template {
                         return Err(format!(
                             "generator.command[{at}]: {s:?} opens a placeholder with {{ that is \
                              never closed (write {{{{ for a literal brace)"
-                        ));
+                        )
+                        .into());
                     }
                     // `{key}` is always the item's key: a csv source's key column may well be
                     // named `key` (and then holds the same value).
@@ -71,7 +73,8 @@ impl Template {
                              have a field named {name:?}, and {{{name}}} is also the item's own \
                              {name}. Rename the field (its value is also in the JSON on stdin, \
                              under \"fields\")"
-                        ));
+                        )
+                        .into());
                     }
                     if !lit.is_empty() {
                         pieces.push(Piece::Lit(std::mem::take(&mut lit)));
@@ -90,7 +93,8 @@ impl Template {
                                 "generator.command[{at}]: unknown placeholder {{{other}}} in {s:?} \
                                  (known: {}; write {{{{ and }}}} for literal braces)",
                                 known.join(", ")
-                            ));
+                            )
+                            .into());
                         }
                     });
                 }
@@ -225,7 +229,7 @@ pub enum AttemptError {
 impl CommandGen {
     /// Parses the argv template (placeholders checked against `fields`) and checks that the
     /// program can be found, before any item runs.
-    pub fn new(spec: CommandSpec<'_>) -> Result<Self, String> {
+    pub fn new(spec: CommandSpec<'_>) -> Result<Self, Invalid> {
         let CommandSpec {
             argv,
             columns,
@@ -257,7 +261,7 @@ impl CommandGen {
         // `resolve_program` searches, is the one they would search too.
         let program = match argv.first().and_then(Template::is_literal) {
             Some(program) => crate::child::supervise::resolve_program(program, root)
-                .map_err(|e| format!("generator.command[0]: {e}"))?,
+                .map_err(|e| e.within("generator.command[0]"))?,
             None => {
                 return Err(
                     "generator.command[0]: the program must not contain placeholders".into(),
@@ -266,10 +270,10 @@ impl CommandGen {
         };
         // Absolute, so the child's chdir to the root cannot change which file is executed.
         let program = std::path::absolute(&program).map_err(|e| {
-            format!(
+            Invalid(format!(
                 "generator.command[0]: cannot make {} absolute: {e}",
                 program.display()
-            )
+            ))
         })?;
         Ok(CommandGen {
             program,
@@ -764,9 +768,9 @@ mod tests {
     #[test]
     fn an_unclosed_or_ambiguous_placeholder_is_refused() {
         let fields = cols(&["date", "index"]);
-        let e = Template::parse("x{date", &fields, 1).err().unwrap();
+        let e = Template::parse("x{date", &fields, 1).err().unwrap().0;
         assert!(e.contains("never closed"), "{e}");
-        let e = Template::parse("{index}", &fields, 1).err().unwrap();
+        let e = Template::parse("{index}", &fields, 1).err().unwrap().0;
         assert!(e.contains("ambiguous"), "{e}");
         assert!(Template::parse("{{date}} {date}", &fields, 1).is_ok());
         assert!(Template::parse("{index}", &cols(&["date"]), 1).is_ok());
@@ -864,7 +868,7 @@ mod tests {
             fields: vec![("ticker".into(), "A".into())],
         };
         assert_eq!(t.render(&item, 0, 0), "--x=A|1/A/{lit}-9");
-        let e = Template::parse("{bogus}", &f, 2).unwrap_err();
+        let e = Template::parse("{bogus}", &f, 2).unwrap_err().0;
         assert!(
             e.contains("command[2]") && e.contains("{bogus}") && e.contains("ticker"),
             "{e}"

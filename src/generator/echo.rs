@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use serde_json::{Map, Value};
 
 use super::{positive_int_param, Builtin};
+use crate::error::{Invalid, Reason};
 use crate::format::csv_out::RowWriter;
 use crate::run::items::Item;
 use crate::run::types::ColumnType;
@@ -19,12 +20,13 @@ pub struct Echo {
 
 impl Echo {
     /// Builds it from its params.
-    pub fn new(params: &Map<String, Value>) -> Result<Self, String> {
+    pub fn new(params: &Map<String, Value>) -> Result<Self, Invalid> {
         for k in params.keys() {
             if k != "rows" && k != "pad" {
                 return Err(format!(
                     "generator.params.{k}: unknown parameter of echo (known: rows, pad)"
-                ));
+                )
+                .into());
             }
         }
         let rows = positive_int_param(params, "rows", 1, true)?;
@@ -54,7 +56,7 @@ impl Builtin for Echo {
         vec![String, Int64, Int64, Int64, String]
     }
 
-    fn generate(&self, item: &Item, out: &mut RowWriter, _stop: &AtomicBool) -> Result<(), String> {
+    fn generate(&self, item: &Item, out: &mut RowWriter, _stop: &AtomicBool) -> Result<(), Reason> {
         for row in 0..self.rows {
             out.field(item.key.as_bytes());
             out.field_u64(item.index);

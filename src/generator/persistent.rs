@@ -52,8 +52,10 @@
 use crate::child::signals::signal_name;
 use crate::child::spawn::Environ;
 use crate::child::supervise::{Got, Launch, Process, MAX_POLL_WAIT, READ_CHUNK, TERM_GRACE};
+use crate::error::Invalid;
 use crate::format::csv_quotes::Quotes;
 use std::fmt;
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -171,7 +173,7 @@ impl fmt::Display for Exit {
 /// # Errors
 ///
 /// A message saying what is wrong.
-pub fn check_marker(marker: &[u8]) -> Result<(), String> {
+pub fn check_marker(marker: &[u8]) -> Result<(), Invalid> {
     if marker.is_empty() {
         return Err("the end-of-item marker is empty".into());
     }
@@ -285,7 +287,7 @@ impl Server {
             self.terminate(on_stderr_line);
             return Err(ServeError::Stopped);
         }
-        check_marker(&self.spec.marker).map_err(ServeError::StartFailed)?;
+        check_marker(&self.spec.marker).map_err(|e| ServeError::StartFailed(e.to_string()))?;
         self.between_items(on_stderr_line)?;
         let mut resent = false;
         // After a process that exited with a non-zero code without answering: the failure to
@@ -334,7 +336,8 @@ impl Server {
     }
 
     fn start(&mut self) -> Result<(), ServeError> {
-        let live = start(&self.spec, self.use_pidfd).map_err(ServeError::StartFailed)?;
+        let live = start(&self.spec, self.use_pidfd)
+            .map_err(|e| ServeError::StartFailed(e.to_string()))?;
         self.starts += 1;
         self.live = Some(live);
         Ok(())
@@ -756,7 +759,7 @@ impl Framer {
     }
 }
 
-fn start(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
+fn start(spec: &ServerSpec, use_pidfd: bool) -> io::Result<Live> {
     let launch = Launch {
         program: &spec.program,
         argv: &spec.argv,
@@ -764,7 +767,7 @@ fn start(spec: &ServerSpec, use_pidfd: bool) -> Result<Live, String> {
         environ: &spec.environ,
         cwd: &spec.cwd,
     };
-    let process = Process::start(&launch, use_pidfd).map_err(|e| e.to_string())?;
+    let process = Process::start(&launch, use_pidfd)?;
     Ok(Live {
         process,
         leftover: Vec::new(),

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Builtin;
+use crate::error::{Invalid, Reason};
 use crate::format::csv_out::RowWriter;
 use crate::run::items::Item;
 use crate::run::rng::Rng;
@@ -151,12 +152,13 @@ impl Vitals {
     /// Validates `params` (all optional: `hours`, `window`, `step`, `horizon`, `episode_rate`).
     /// Errors name the offending parameter, e.g.
     /// `generator.params.window: must be a positive integer (got -3)`.
-    pub fn new(params: &Map<String, Value>) -> Result<Vitals, String> {
+    pub fn new(params: &Map<String, Value>) -> Result<Vitals, Invalid> {
         if let Some(unknown) = params.keys().find(|k| !KNOWN_PARAMS.contains(&k.as_str())) {
             return Err(format!(
                 "generator.params.{unknown}: unknown parameter (known: {})",
                 KNOWN_PARAMS.join(", ")
-            ));
+            )
+            .into());
         }
         let hours = positive_int(params, "hours", DEFAULT_HOURS, MAX_HOURS)?;
         let window = positive_int(params, "window", DEFAULT_WINDOW, MAX_MINUTES)?;
@@ -167,7 +169,8 @@ impl Vitals {
             return Err(format!(
                 "generator.params.window: must be at most hours*60 = {minutes} minutes \
                  (got {window})"
-            ));
+            )
+            .into());
         }
         let episode_rate = match params.get("episode_rate") {
             None => DEFAULT_EPISODE_RATE,
@@ -177,12 +180,14 @@ impl Vitals {
                     return Err(format!(
                         "generator.params.episode_rate: must be at most {MAX_EPISODE_RATE} \
                          episodes per 24 h (got {v})"
-                    ))
+                    )
+                    .into())
                 }
                 _ => {
                     return Err(format!(
                         "generator.params.episode_rate: must be a non-negative number (got {v})"
-                    ))
+                    )
+                    .into())
                 }
             },
         };
@@ -207,18 +212,16 @@ fn positive_int(
     name: &str,
     default: u64,
     max: u64,
-) -> Result<u64, String> {
+) -> Result<u64, Invalid> {
     let Some(v) = params.get(name) else {
         return Ok(default);
     };
     match v.as_u64() {
         Some(n) if n > 0 && n <= max => Ok(n),
-        Some(n) if n > max => Err(format!(
-            "generator.params.{name}: must be at most {max} (got {n})"
-        )),
-        _ => Err(format!(
-            "generator.params.{name}: must be a positive integer (got {v})"
-        )),
+        Some(n) if n > max => {
+            Err(format!("generator.params.{name}: must be at most {max} (got {n})").into())
+        }
+        _ => Err(format!("generator.params.{name}: must be a positive integer (got {v})").into()),
     }
 }
 
@@ -243,7 +246,7 @@ impl Builtin for Vitals {
         types
     }
 
-    fn generate(&self, item: &Item, out: &mut RowWriter, stop: &AtomicBool) -> Result<(), String> {
+    fn generate(&self, item: &Item, out: &mut RowWriter, stop: &AtomicBool) -> Result<(), Reason> {
         let minutes = (self.hours * 60) as usize;
         let mut master = Rng::new(item.seed);
         // Independent streams, so that e.g. a longer simulation (or another horizon) leaves the
@@ -503,7 +506,7 @@ mod tests {
     }
 
     fn err(json: &str) -> String {
-        Vitals::new(&params(json)).unwrap_err()
+        Vitals::new(&params(json)).unwrap_err().0
     }
 
     /// FNV-1a, 64 bits: a dependency-free fingerprint for pinning output.

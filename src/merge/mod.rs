@@ -329,7 +329,7 @@ fn check_partitioning(column: &str, args: &MergeArgs, tree: &Path) -> Result<()>
 }
 
 fn check_output_name(name: &str) -> Result<&str> {
-    validate_name(name).map_err(|e| Error::usage(format!("--output-name: {e}")))?;
+    validate_name(name).map_err(|e| e.at("--output-name"))?;
     if !name.ends_with(".csv") || name.starts_with("manifest_") || name == "manifest_final.csv" {
         return Err(Error::usage(format!(
             "--output-name {name:?}: give a .csv file name other than the manifests'"

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value as Yaml;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result};
 use crate::run::paths::validate_name;
 use crate::run::types::ColumnType;
 
@@ -279,10 +279,10 @@ impl Config {
     /// Parses and validates YAML text (`path` names it in messages and gives the default run name).
     pub fn parse(text: &str, path: &Path, root: &Path) -> Result<Config> {
         let where_ = path.display();
-        check_shape(text).map_err(|msg| Error::usage(format!("{where_}: {msg}")))?;
+        check_shape(text).map_err(|e| e.at(&where_))?;
         let raw: RawConfig =
             serde_yaml_ng::from_str(text).map_err(|e| Error::usage(format!("{where_}: {e}")))?;
-        resolve(raw, path, root).map_err(|msg| Error::usage(format!("{where_}: {msg}")))
+        resolve(raw, path, root).map_err(|e| e.at(&where_))
     }
 }
 
@@ -295,13 +295,14 @@ pub const MAX_NESTING: usize = 64;
 /// parser's time grows with the square of the nesting depth (160 KB of nested `[` took 96 s
 /// before it gave up). A light scan: quoted scalars and comments are skipped, and a bracket
 /// counts only where a value starts, so `a[b` in a plain scalar is not nesting.
-fn check_shape(text: &str) -> Result<(), String> {
+fn check_shape(text: &str) -> Result<(), Invalid> {
     if text.len() > MAX_CONFIG_BYTES {
         return Err(format!(
             "the configuration is {} bytes; at most {MAX_CONFIG_BYTES} are read (put long item \
              lists in items.file)",
             text.len()
-        ));
+        )
+        .into());
     }
     let (mut depth, mut line) = (0usize, 1usize);
     // The last byte that is not a blank (a new line counts), and whether a blank came since. In
@@ -360,7 +361,8 @@ fn check_shape(text: &str) -> Result<(), String> {
                 if depth > MAX_NESTING {
                     return Err(format!(
                         "line {line}: lists and mappings nested deeper than {MAX_NESTING} levels"
-                    ));
+                    )
+                    .into());
                 }
             }
             b']' | b'}' if depth > 0 => depth -= 1,
@@ -372,7 +374,7 @@ fn check_shape(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn resolve(raw: RawConfig, path: &Path, root: &Path) -> Result<Config, String> {
+fn resolve(raw: RawConfig, path: &Path, root: &Path) -> Result<Config, Invalid> {
     let run = match raw.run {
         Some(r) => r,
         None => path
@@ -380,12 +382,12 @@ fn resolve(raw: RawConfig, path: &Path, root: &Path) -> Result<Config, String> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
     };
-    validate_name(&run).map_err(|e| format!("run: {e}"))?;
+    validate_name(&run).map_err(|e| e.within("run"))?;
     if raw.shards == Some(0) {
         return Err("shards: must be at least 1".into());
     }
     if raw.shards.is_some_and(|n| n > MAX_SHARDS) {
-        return Err(format!("shards: must be 1 to {MAX_SHARDS}"));
+        return Err(format!("shards: must be 1 to {MAX_SHARDS}").into());
     }
     let items = resolve_items(raw.items, root)?;
     let generator = resolve_generator(raw.generator)?;
@@ -433,7 +435,7 @@ fn resolve(raw: RawConfig, path: &Path, root: &Path) -> Result<Config, String> {
 }
 
 /// `output.columns` entries: a name, or a mapping `{name: x, type: t}`.
-fn resolve_columns(entries: &[Yaml]) -> Result<(Vec<String>, Vec<ColumnType>), String> {
+fn resolve_columns(entries: &[Yaml]) -> Result<(Vec<String>, Vec<ColumnType>), Invalid> {
     let mut cols = Vec::with_capacity(entries.len());
     let mut types = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
@@ -447,7 +449,8 @@ fn resolve_columns(entries: &[Yaml]) -> Result<(Vec<String>, Vec<ColumnType>), S
                 {
                     return Err(format!(
                         "{at}: unknown key {k:?} (a column is a name or {{name: x, type: t}})"
-                    ));
+                    )
+                    .into());
                 }
                 let name = m
                     .get("name")
@@ -470,7 +473,8 @@ fn resolve_columns(entries: &[Yaml]) -> Result<(Vec<String>, Vec<ColumnType>), S
             other => {
                 return Err(format!(
                     "{at}: {other:?} is not a column (a name or {{name: x, type: t}})"
-                ))
+                )
+                .into())
             }
         };
         cols.push(name);
@@ -479,7 +483,7 @@ fn resolve_columns(entries: &[Yaml]) -> Result<(Vec<String>, Vec<ColumnType>), S
     Ok((cols, types))
 }
 
-fn validate_columns(cols: &[String]) -> Result<(), String> {
+fn validate_columns(cols: &[String]) -> Result<(), Invalid> {
     if cols.is_empty() {
         return Err("output.columns: must name at least one column".into());
     }
@@ -489,24 +493,26 @@ fn validate_columns(cols: &[String]) -> Result<(), String> {
                 "output.columns: column {c:?} appears twice (positions {} and {})",
                 j + 1,
                 i + 1
-            ));
+            )
+            .into());
         }
     }
     Ok(())
 }
 
-fn resolve_items(raw: RawItems, root: &Path) -> Result<ItemSpec, String> {
+fn resolve_items(raw: RawItems, root: &Path) -> Result<ItemSpec, Invalid> {
     let mut found = Vec::new();
     if let Some(r) = raw.range {
         found.push(("range", {
             if r.end.abs_diff(r.start) > MAX_ITEMS {
-                return Err(format!("items.range: more than {MAX_ITEMS} items"));
+                return Err(format!("items.range: more than {MAX_ITEMS} items").into());
             }
             if r.start > r.end {
                 return Err(format!(
                     "items.range: start ({}) is greater than end ({}); end is exclusive",
                     r.start, r.end
-                ));
+                )
+                .into());
             }
             ItemSpec::Range {
                 start: r.start,
@@ -549,11 +555,12 @@ fn resolve_items(raw: RawItems, root: &Path) -> Result<ItemSpec, String> {
                 .map(|(n, _)| *n)
                 .collect::<Vec<_>>()
                 .join(" and ")
-        )),
+        )
+        .into()),
     }
 }
 
-fn resolve_product(map: serde_yaml_ng::Mapping) -> Result<ItemSpec, String> {
+fn resolve_product(map: serde_yaml_ng::Mapping) -> Result<ItemSpec, Invalid> {
     if map.is_empty() {
         return Err("items.product: needs at least one field".into());
     }
@@ -572,7 +579,7 @@ fn resolve_product(map: serde_yaml_ng::Mapping) -> Result<ItemSpec, String> {
             if let Some(j) = seen.insert(s.clone(), i) {
                 return Err(format!(
                     "items.product.{name}: duplicate value {s:?} at positions {j} and {i} (keys would repeat)"
-                ));
+                ).into());
             }
             values.push(s);
         }
@@ -591,7 +598,7 @@ fn scalar(v: &Yaml) -> Option<String> {
     }
 }
 
-fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
+fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, Invalid> {
     let kind = match (raw.builtin, raw.command) {
         (Some(_), Some(_)) => {
             return Err("generator: give either builtin or command, not both".into())
@@ -631,9 +638,9 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
         None | Some("per-item") => Mode::PerItem,
         Some("persistent") => Mode::Persistent,
         Some(m) => {
-            return Err(format!(
-                "generator.mode: unknown mode {m:?} (per-item or persistent)"
-            ))
+            return Err(
+                format!("generator.mode: unknown mode {m:?} (per-item or persistent)").into(),
+            )
         }
     };
     if mode == Mode::Persistent && !matches!(kind, GeneratorKind::Command { .. }) {
@@ -648,25 +655,23 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
     }
     let jobs = raw.jobs.unwrap_or(1);
     if !(1..=MAX_JOBS).contains(&jobs) {
-        return Err(format!("generator.jobs: must be 1 to {MAX_JOBS}"));
+        return Err(format!("generator.jobs: must be 1 to {MAX_JOBS}").into());
     }
     let retries = raw.retries.unwrap_or(2);
     if retries > MAX_RETRIES {
-        return Err(format!("generator.retries: at most {MAX_RETRIES}"));
+        return Err(format!("generator.retries: at most {MAX_RETRIES}").into());
     }
     let timeout = match &raw.timeout {
         None => None,
-        Some(v) => parse_duration(v).map_err(|e| format!("generator.timeout: {e}"))?,
+        Some(v) => parse_duration(v).map_err(|e| e.within("generator.timeout"))?,
     };
     let min_start_interval = match &raw.rate {
         None => None,
-        Some(v) => Some(parse_rate(v).map_err(|e| format!("generator.rate: {e}"))?),
+        Some(v) => Some(parse_rate(v).map_err(|e| e.within("generator.rate"))?),
     };
     let halt = match raw.halt {
         None => None,
-        Some(h) => {
-            Some(parse_halt(&h.failures).map_err(|e| format!("generator.halt.failures: {e}"))?)
-        }
+        Some(h) => Some(parse_halt(&h.failures).map_err(|e| e.within("generator.halt.failures"))?),
     };
     let version = match raw.version {
         None => String::new(),
@@ -674,7 +679,7 @@ fn resolve_generator(raw: RawGenerator) -> Result<GeneratorSpec, String> {
     };
     let max_item_bytes = match &raw.max_item_bytes {
         None => DEFAULT_MAX_ITEM_BYTES,
-        Some(v) => parse_size(v).map_err(|e| format!("generator.max_item_bytes: {e}"))?,
+        Some(v) => parse_size(v).map_err(|e| e.within("generator.max_item_bytes"))?,
     };
     Ok(GeneratorSpec {
         kind,
@@ -697,9 +702,11 @@ pub const DEFAULT_MAX_ITEM_BYTES: u64 = 1 << 30;
 pub const MAX_ITEM_BYTES: u64 = 16 << 30;
 
 /// A size: a whole number of bytes, or one with a `KiB`, `MiB` or `GiB` suffix.
-pub fn parse_size(v: &Yaml) -> Result<u64, String> {
+pub fn parse_size(v: &Yaml) -> Result<u64, Invalid> {
     let bad = || {
-        "must be a size such as 1048576, 64MiB or 1GiB (at least 1 byte, at most 16GiB)".to_string()
+        Invalid::from(
+            "must be a size such as 1048576, 64MiB or 1GiB (at least 1 byte, at most 16GiB)",
+        )
     };
     let text = match v {
         Yaml::Number(n) => n.to_string(),
@@ -725,7 +732,7 @@ pub fn parse_size(v: &Yaml) -> Result<u64, String> {
 }
 
 /// `300s`, `5m`, `1h`, `250ms`, or a bare number of seconds; `0` or `none` means no limit.
-pub fn parse_duration(v: &Yaml) -> Result<Option<Duration>, String> {
+pub fn parse_duration(v: &Yaml) -> Result<Option<Duration>, Invalid> {
     let text = match v {
         Yaml::Number(n) => n.to_string(),
         Yaml::String(s) => s.trim().to_string(),
@@ -747,21 +754,21 @@ pub fn parse_duration(v: &Yaml) -> Result<Option<Duration>, String> {
         "ms" => n / 1000.0,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        u => return Err(format!("{text:?}: unknown unit {u:?} (ms, s, m or h)")),
+        u => return Err(format!("{text:?}: unknown unit {u:?} (ms, s, m or h)").into()),
     };
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{text:?} is not a valid duration"));
+        return Err(format!("{text:?} is not a valid duration").into());
     }
     if secs == 0.0 {
         return Ok(None);
     }
     Duration::try_from_secs_f64(secs)
         .map(Some)
-        .map_err(|_| format!("{text:?} is out of range"))
+        .map_err(|_| Invalid(format!("{text:?} is out of range")))
 }
 
 /// `10/s`, `600/m`, `1000/h` (or a bare number per second) as the minimum interval between starts.
-pub fn parse_rate(v: &Yaml) -> Result<Duration, String> {
+pub fn parse_rate(v: &Yaml) -> Result<Duration, Invalid> {
     let text = match v {
         Yaml::Number(n) => n.to_string(),
         Yaml::String(s) => s.trim().to_string(),
@@ -776,10 +783,10 @@ pub fn parse_rate(v: &Yaml) -> Result<Duration, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        u => return Err(format!("{text:?}: unknown unit {u:?} (s, m or h)")),
+        u => return Err(format!("{text:?}: unknown unit {u:?} (s, m or h)").into()),
     };
     if !(n.is_finite() && n > 0.0) {
-        return Err(format!("{text:?}: the rate must be positive"));
+        return Err(format!("{text:?}: the rate must be positive").into());
     }
     // Slower than one item a day is no rate limit anyone means; it also keeps the spacing of
     // item starts far from the clock's range.
@@ -787,20 +794,21 @@ pub fn parse_rate(v: &Yaml) -> Result<Duration, String> {
         Ok(d) if d <= MAX_RATE_INTERVAL => Ok(d),
         _ => Err(format!(
             "{text:?} is too slow: the slowest rate is one item a day (1/h is 24 times that)"
-        )),
+        )
+        .into()),
     }
 }
 
 /// The longest spacing of item starts `generator.rate` may ask for.
 pub const MAX_RATE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
-fn parse_halt(v: &Yaml) -> Result<Halt, String> {
+fn parse_halt(v: &Yaml) -> Result<Halt, Invalid> {
     match v {
         Yaml::Number(n) => n
             .as_u64()
             .filter(|&n| n > 0)
             .map(Halt::Count)
-            .ok_or_else(|| format!("{n} is not a positive whole number")),
+            .ok_or_else(|| Invalid(format!("{n} is not a positive whole number"))),
         Yaml::String(s) => {
             let pct = s
                 .trim()

@@ -11,23 +11,26 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::error::Invalid;
+
 /// Checks a run or shard name: 1-100 characters of `[A-Za-z0-9._-]`, not starting with `.`.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), Invalid> {
     if name.is_empty() || name.len() > 100 {
         return Err(format!(
             "{name:?} must be 1 to 100 characters long (it names files and directories)"
-        ));
+        )
+        .into());
     }
     if name.starts_with('.') {
-        return Err(format!("{name:?} must not start with '.'"));
+        return Err(format!("{name:?} must not start with '.'").into());
     }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "{name:?} contains {c:?}; use only letters, digits, '.', '_' and '-'"
-        ));
+        return Err(
+            format!("{name:?} contains {c:?}; use only letters, digits, '.', '_' and '-'").into(),
+        );
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ pub fn find_run(config: Option<&Path>, run: Option<&str>, root: Option<&Path>) -
             (cfg.run.clone(), Some(cfg), false)
         }
         (None, Some(r)) => {
-            validate_name(r).map_err(|e| Error::usage(format!("--run: {e}")))?;
+            validate_name(r).map_err(|e| e.at("--run"))?;
             (r.to_string(), None, false)
         }
         (None, None) => (latest_run(&root)?, None, true),

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Reason;
+
 /// The type of a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -209,7 +211,7 @@ pub fn check_rows(
     types: &[ColumnType],
     rows: &[u8],
     utf8_strings: bool,
-) -> Result<(), String> {
+) -> Result<(), Reason> {
     // Every column a string (the default): nothing to check for a CSV output, and for Parquet,
     // valid UTF-8 as a whole means every field is (the CSV syntax is ASCII). Only a failure
     // needs the per-field parse, for its message.
@@ -240,7 +242,7 @@ fn parse_rows(
     reader: &mut csv_core::Reader,
     field_buf: &mut Vec<u8>,
     ends: &mut Vec<usize>,
-) -> Result<(), String> {
+) -> Result<(), Reason> {
     let (mut input, mut out_len, mut ends_len, mut row) = (rows, 0usize, 0usize, 0u64);
     loop {
         let (res, nin, nout, nend) =
@@ -284,7 +286,7 @@ fn check_record(
     ends: &[usize],
     row: u64,
     utf8_strings: bool,
-) -> Result<(), String> {
+) -> Result<(), Reason> {
     if ends.len() != types.len() {
         return Err(format!(
             "row {row} has {} fields, expected {}",

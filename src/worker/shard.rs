@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result};
 use crate::generator::command::{CommandGen, CommandSpec};
 use crate::generator::{builtin, Builtin};
 use crate::run::config::{Config, GeneratorKind};
@@ -102,7 +102,7 @@ impl Shard {
             .name
             .clone()
             .unwrap_or_else(|| format!("process-{index}"));
-        validate_name(&name).map_err(|e| Error::usage(format!("--name: {e}")))?;
+        validate_name(&name).map_err(|e| e.at("--name"))?;
         if crate::run::paths::RESERVED_NAMES.contains(&name.as_str())
             || name.starts_with("manifest_")
         {
@@ -332,7 +332,7 @@ fn build_generator(
     num_shards: u32,
 ) -> Result<GeneratorIds> {
     let spec = &config.generator;
-    let bad = |m: String| Error::usage(format!("{}: {m}", config.path.display()));
+    let bad = |e: Invalid| e.at(config.path.display());
     let mut cache_id = blake3::Hasher::new();
     let mut identity = blake3::Hasher::new();
     let mut revision = blake3::Hasher::new();
@@ -407,10 +407,10 @@ fn build_generator(
             }
             for (arg, path) in cmd.named_files() {
                 let contents = std::fs::read(&path).map_err(|e| {
-                    bad(format!(
+                    bad(Invalid(format!(
                         "cannot read {} named by the command: {e}",
                         path.display()
-                    ))
+                    )))
                 })?;
                 let digest = blake3::hash(&contents);
                 for h in [&mut cache_id, &mut revision] {
