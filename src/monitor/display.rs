@@ -82,7 +82,18 @@ fn shard_line(v: &ShardView, n: u32) -> String {
     if let Some(cur) = v.current.as_deref().filter(|_| v.state == State::Running) {
         let _ = write!(line, "  current {}", shorten(cur, 24));
     }
+    if let Some(host) = elsewhere(v) {
+        let _ = write!(line, "  on {host}");
+    }
     line
+}
+
+/// The host a shard runs (or ran) on, when it is not this one: on a cluster the shards of one
+/// run are spread over nodes, and a died or stalled shard is looked at on its node.
+pub(crate) fn elsewhere(v: &ShardView) -> Option<&str> {
+    static LOCAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let local = LOCAL.get_or_init(crate::child::proc_info::hostname);
+    v.host.as_deref().filter(|h| !h.is_empty() && h != local)
 }
 
 pub(crate) fn shorten(s: &str, max: usize) -> String {

@@ -60,6 +60,9 @@ fn shard_bar(v: &ShardView, num_shards: u32) -> String {
             let _ = write!(line, "  current {}", shorten(cur, 24));
         }
     }
+    if let Some(host) = super::display::elsewhere(v) {
+        let _ = write!(line, "  on {host}");
+    }
     line
 }
 
@@ -170,7 +173,11 @@ fn slowest_first(a: &ShardView, b: &ShardView) -> Ordering {
 /// The frame for a terminal of `width` columns and `height` lines (one line is left free so the
 /// frame never scrolls the screen).
 pub fn frame(s: &Snapshot, width: usize, height: usize) -> Vec<String> {
-    let avail = height.saturating_sub(1).max(2);
+    // The queue's line of a Slurm run is pinned under the total, like it.
+    let slurm = s.slurm.as_ref().and_then(|v| v.line());
+    let avail = height
+        .saturating_sub(1 + usize::from(slurm.is_some()))
+        .max(2);
     let n = s.shards.len();
     let mut lines: Vec<String> = Vec::new();
     if n + 2 <= avail {
@@ -181,6 +188,7 @@ pub fn frame(s: &Snapshot, width: usize, height: usize) -> Vec<String> {
     }
     lines.push(states_line(s));
     lines.push(total_bar(s));
+    lines.extend(slurm);
     let width = width.max(20) - 1;
     lines.into_iter().map(|l| shorten(&l, width)).collect()
 }
@@ -398,6 +406,36 @@ mod tests {
         );
         assert!(f[f.len() - 1].starts_with("total"), "{f:#?}");
         assert!(f.iter().all(|l| l.chars().count() < 120));
+    }
+
+    #[test]
+    fn a_slurm_runs_queue_line_stays_pinned_under_the_total_and_other_hosts_are_named() {
+        let mut shards: Vec<ShardView> = (0..120).map(|i| view(i, State::Pending, 0, 3)).collect();
+        shards[75] = view(75, State::Failed, 1, 3);
+        shards[75].host = Some("node-7".into());
+        let mut s = snapshot(shards);
+        s.slurm = Some(crate::monitor::slurm::SlurmView {
+            jobs: vec![42],
+            known: true,
+            in_queue: true,
+            queued: "0-74,76-119".into(),
+            requeued: String::new(),
+            cancelled: String::new(),
+        });
+        for height in [6, 20, 50] {
+            let lines = frame(&s, 200, height);
+            assert!(lines.len() < height, "{height}: {lines:?}");
+            let last = lines.last().unwrap();
+            assert!(last.starts_with("slurm: job(s) 42 in the queue"), "{last}");
+            assert!(lines[lines.len() - 2].contains("items"), "{lines:?}");
+        }
+        let lines = frame(&s, 200, 50);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(" 75 [") && l.ends_with("on node-7")),
+            "{lines:?}"
+        );
     }
 
     #[test]
