@@ -147,12 +147,7 @@ ensure_tools() {
     (cd "$SHARDRUN_ROOT" && cargo build --release --quiet --bin shard-worker --bin merge)
   fi
   [ -x "$WORKER" ] || die "no $WORKER (and no cargo to build it)"
-  if ! have_cmd hyperfine; then
-    say "installing hyperfine"
-    apt_install hyperfine || true
-  fi
-  have_cmd hyperfine || DIE_CODE=2 die "hyperfine is required: apt-get install hyperfine"
-  have_cmd jq || DIE_CODE=2 die "jq is required: apt-get install jq"
+  need_hyperfine
   if selected dispatch; then
     is_gnu_parallel || { say "installing GNU parallel" && apt_install parallel; } || true
     if is_gnu_parallel; then

@@ -121,12 +121,7 @@ ensure_tools() {
   if [ ! -x "$WORKER" ] || [ ! -x "$MERGE" ]; then
     die "no binaries in $BIN_DIR after the build"
   fi
-  if ! have_cmd hyperfine; then
-    say "installing hyperfine"
-    apt_install hyperfine || true
-  fi
-  have_cmd hyperfine || DIE_CODE=2 die "hyperfine is required: apt-get install hyperfine"
-  have_cmd jq || DIE_CODE=2 die "jq is required: apt-get install jq"
+  need_hyperfine
   if [[ " $(selected_cases) " == *" p "* ]]; then
     local py
     for py in "$SHARDRUN_ROOT/target/py-venv/bin/python" python3; do

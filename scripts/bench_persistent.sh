@@ -125,12 +125,7 @@ ensure_tools() {
   if [ ! -x "$WORKER" ] || [ ! -x "$MERGE" ]; then
     die "no binaries in $BIN_DIR after the build"
   fi
-  if ! have_cmd hyperfine; then
-    say "installing hyperfine"
-    apt_install hyperfine || true
-  fi
-  have_cmd hyperfine || DIE_CODE=2 die "hyperfine is required: apt-get install hyperfine"
-  have_cmd jq || DIE_CODE=2 die "jq is required: apt-get install jq"
+  need_hyperfine
   # mawk waits for a full input buffer unless told it is interactive (line-buffered stdin).
   AWK=$(command -v mawk || command -v gawk || command -v awk)
   AWK_FLAGS=

@@ -113,8 +113,7 @@ output: {columns: [k]}'
 
 main() {
   parse_args "$@"
-  have_cmd hyperfine || DIE_CODE=2 die "hyperfine is required: apt-get install hyperfine"
-  have_cmd jq || DIE_CODE=2 die "jq is required: apt-get install jq"
+  need_hyperfine
   need_cmd bc
   ensure_binaries
   export SHARDRUN_BIN=$BIN SHARDRUN_NO_DISPLAY=1
