@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks of the shard worker against standard tools, each measured in one run that alternates
-# the compared commands and reports medians, ratios and whether the target is met:
+# Benchmarks of the shard worker against standard tools, each measured with one hyperfine call
+# over the compared commands that reports medians, ratios and whether the target is met:
 #
 #   dispatch   2,000 items of a `command` generator running `true`, 2 shards (two shard-worker
 #              processes at once) vs `seq 2000 | xargs -P2 -n1 true` and `seq 2000 | parallel -j2
@@ -15,24 +15,24 @@
 #              passing them the arguments after `--`.
 #
 #   ./scripts/bench.sh [--only NAME]... [--reps N] [--scaling-items N] [--wait-idle SECONDS]
-#                      [--quick] [--workdir DIR] [--no-hyperfine] [-- ARGS for bench_merge.sh /
+#                      [--quick] [--workdir DIR] [-- ARGS for bench_merge.sh /
 #                      bench_monitor.sh]
 #
 #   --only NAME          run only this benchmark (repeatable); default: dispatch, embedded,
 #                        scaling, memory
 #   --reps N             timed repetitions of each command (default 5)
 #   --scaling-items N    vitals items for scaling (default: calibrated to ~10 s for one shard)
-#   --wait-idle SECONDS  before each repetition, wait until other processes use under 10 % of
+#   --wait-idle SECONDS  before each benchmark's timed runs, wait until other processes use under 10 % of
 #                        the CPUs (for at most SECONDS, then go on regardless)
 #   --quick              small sizes, a smoke test of the script (targets do not apply)
 #   --workdir DIR        where runs and outputs go (created, kept at exit); default: a fresh
 #                        directory under ${TMPDIR:-/tmp}, removed at exit
-#   --no-hyperfine       time with a bash loop even when hyperfine is installed
 #
-# Installs hyperfine, GNU parallel and GNU time with apt-get when run as root and they are
+# Times with hyperfine (and reads its JSON with jq); installs hyperfine, GNU parallel and GNU time
+# with apt-get when run as root and they are missing, and exits 2 when hyperfine or jq is
 # missing. Exits 1 when a command fails or a correctness check fails; a missed target is
 # reported, not fatal. Each benchmark reports the share of all CPUs that other processes used
-# during each repetition: timings on a busy machine are not comparable with those on an idle one.
+# during its timed runs: timings on a busy machine are not comparable with those on an idle one.
 # Results and how to read them: docs/BENCHMARKS.md.
 set -Eeuo pipefail
 shopt -s inherit_errexit
@@ -54,7 +54,6 @@ IDLE_MAX_PCT=10
 QUICK=0
 WORKDIR=
 OWN_WORKDIR=0
-USE_HYPERFINE=1
 HAVE_PARALLEL=0
 BIN_DIR="${CARGO_TARGET_DIR:-$SHARDRUN_ROOT/target}/release"
 WORKER="$BIN_DIR/shard-worker"
@@ -102,10 +101,6 @@ parse_args() {
         WORKDIR=$2
         shift 2
         ;;
-      --no-hyperfine)
-        USE_HYPERFINE=0
-        shift
-        ;;
       --)
         shift
         PASS_ARGS=("$@")
@@ -152,14 +147,7 @@ ensure_tools() {
     (cd "$SHARDRUN_ROOT" && cargo build --release --quiet --bin shard-worker --bin merge)
   fi
   [ -x "$WORKER" ] || die "no $WORKER (and no cargo to build it)"
-  if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
-    say "installing hyperfine"
-    apt_install hyperfine || true
-  fi
-  if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
-    say "hyperfine is not available; timing with a bash loop"
-    USE_HYPERFINE=0
-  fi
+  need_hyperfine
   if selected dispatch; then
     is_gnu_parallel || { say "installing GNU parallel" && apt_install parallel; } || true
     if is_gnu_parallel; then
@@ -177,12 +165,6 @@ ensure_tools() {
 is_gnu_parallel() { have_cmd parallel && parallel --version 2>/dev/null | grep -q 'GNU parallel'; }
 
 # ---- measuring ---------------------------------------------------------------------------------
-
-# median of the numbers given as arguments.
-median() {
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-    END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 
 # CPU_MARK: "busy total ours" in clock ticks: all CPUs' busy and total time (/proc/stat), and
 # this script's own CPU time including every child it (transitively) waited for.
@@ -222,114 +204,45 @@ wait_idle() {
   done
 }
 
-# time_set PREP NAME1 CMD1 [NAME2 CMD2 ...]: one timed run of each command, in this order, each
-# after PREP; prints "WALL CPU" per command, one per line: wall time and user + system time (of
-# the command and its children, from hyperfine; "-" with the bash loop), in seconds.
-time_set() {
+# measure PREP NAME1 CMD1 [NAME2 CMD2 ...]: one hyperfine call that runs each command REPS times,
+# each run after PREP (`--shell bash`, so the shell's start-up is subtracted), and writes its
+# statistics to RESULTS (JSON). LOAD: the share of the CPUs (%) other processes used meanwhile.
+RESULTS=
+LOAD=
+measure() {
   local prep=$1
   shift
-  local names=() cmds=()
+  local args=() m0 m1
   while [ $# -gt 0 ]; do
-    names+=("$1") cmds+=("$2")
+    args+=(-n "$1" "$2")
     shift 2
   done
-  local i
-  if [ "$USE_HYPERFINE" -eq 1 ]; then
-    local csv="$WORKDIR/hyperfine.csv" args=()
-    for i in "${!names[@]}"; do args+=(-n "${names[$i]}" "${cmds[$i]}"); done
-    hyperfine --runs 1 --style none --shell bash --export-csv "$csv" --prepare "$prep" \
-      "${args[@]}" >/dev/null
-    for i in "${!names[@]}"; do
-      awk -F, -v n="${names[$i]}" '$1 == n { print $2, $5 + $6; found = 1 } END { exit !found }' "$csv"
-    done
-  else
-    local t0
-    for i in "${!cmds[@]}"; do
-      bash -c "$prep"
-      t0=$EPOCHREALTIME
-      bash -c "${cmds[$i]}" >/dev/null
-      awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a, "-" }'
-    done
-  fi
+  RESULTS="$WORKDIR/hyperfine.json"
+  [ "$WAIT_IDLE" -eq 0 ] || wait_idle
+  m0=$(cpu_mark)
+  hyperfine --runs "$REPS" --style none --shell bash --prepare "$prep" --export-json "$RESULTS" \
+    "${args[@]}" >/dev/null
+  m1=$(cpu_mark)
+  LOAD=$(others_share "$m0" "$m1")
 }
 
-# alternate PREP NAME1 CMD1 NAME2 CMD2 ...: REPS rounds; round r starts with command r mod k and
-# goes on in order. Fills TIMES[name] with the space-separated wall times of each command,
-# CPUS[name] with its CPU times ("-" when unknown), and
-# REP_LOADS with the share of the CPUs (%) other processes used during each round.
-declare -A TIMES=() CPUS=()
-REP_LOADS=()
-alternate() {
-  local prep=$1
-  shift
-  local names=() cmds=()
-  while [ $# -gt 0 ]; do
-    names+=("$1") cmds+=("$2")
-    shift 2
-  done
-  local k=${#names[@]} r j i c order args t line m0 m1
-  for i in "${!names[@]}"; do
-    TIMES[${names[$i]}]=''
-    CPUS[${names[$i]}]=''
-  done
-  REP_LOADS=()
-  for ((r = 0; r < REPS; r++)); do
-    [ "$WAIT_IDLE" -eq 0 ] || wait_idle
-    order=() args=()
-    for ((j = 0; j < k; j++)); do
-      i=$(((r + j) % k))
-      order+=("$i")
-      args+=("${names[$i]}" "${cmds[$i]}")
-    done
-    m0=$(cpu_mark)
-    t=$(time_set "$prep" "${args[@]}")
-    m1=$(cpu_mark)
-    REP_LOADS+=("$(others_share "$m0" "$m1")")
-    j=0
-    line=''
-    while read -r i c; do
-      TIMES[${names[${order[$j]}]}]+="$i "
-      CPUS[${names[${order[$j]}]}]+="$c "
-      line+="${names[${order[$j]}]} $(printf '%.3f' "$i") s; "
-      j=$((j + 1))
-    done <<<"$t"
-    say "rep $((r + 1))/$REPS: ${line%; } (other processes: ${REP_LOADS[-1]} % of the CPUs)"
-  done
-}
+# result NAME FILTER: jq FILTER applied to NAME's entry in RESULTS.
+result() { jq -r --arg n "$1" ".results[] | select(.command == \$n) | $2" "$RESULTS"; }
 
-# med NAME: median of TIMES[NAME].
-med() {
-  local -a v
-  read -ra v <<<"${TIMES[$1]}"
-  median "${v[@]}"
-}
+# med NAME: the median wall time of NAME.
+med() { result "$1" .median; }
 
-# cpu NAME: median CPU time of NAME (user + system, with children), or n/a.
-cpu() {
-  local -a v
-  read -ra v <<<"${CPUS[$1]}"
-  case " ${v[*]} " in
-    *" - "*) echo n/a ;;
-    *) printf '%.3f' "$(median "${v[@]}")" ;;
-  esac
-}
+# cpu NAME: the mean CPU time of NAME (user + system, with children; hyperfine gives no median).
+cpu() { printf '%.3f' "$(result "$1" '.user + .system')"; }
 
-# runs NAME: the times of NAME, 3 decimals.
-runs() {
-  local -a v
-  read -ra v <<<"${TIMES[$1]}"
-  printf '%.3f ' "${v[@]}" | sed 's/ $//'
-}
+# runs NAME: the wall times of NAME in order, 3 decimals.
+runs() { result "$1" '.times[]' | xargs printf '%.3f ' | sed 's/ $//'; }
 
-# load_line: the report line on other processes' CPU use during the rounds.
-load_line() {
-  printf 'other processes used %s %% of the CPUs (mean %s %%; per rep, in order)' \
-    "$(printf '%s ' "${REP_LOADS[@]}" | sed 's/ $//')" \
-    "$(printf '%s\n' "${REP_LOADS[@]}" | awk '{ s += $1 } END { printf "%.0f", s / NR }')"
-}
+# load_line: the report line on other processes' CPU use during the measurement.
+load_line() { printf 'other processes used %s %% of the CPUs during the runs' "$LOAD"; }
 
 # head_row TITLE: a results table's header; row NAME EXTRA: one command's line (median wall time,
-# median CPU time, a per-benchmark figure, then every wall time in order).
+# mean CPU time, a per-benchmark figure, then every wall time in order).
 head_row() { printf '%-13s %9s %9s %11s   %s' command 'wall s' 'CPU s' "$1" 'wall times (s, in order)'; }
 row() { printf '%-13s %9.3f %9s %11s   %s' "$1" "$(med "$1")" "$(cpu "$1")" "$2" "$(runs "$1")"; }
 
@@ -383,7 +296,7 @@ EOF
     set+=(parallel "$par_cmd")
   fi
 
-  alternate "$prep" "${set[@]}"
+  measure "$prep" "${set[@]}"
   local mw mx mp=n/a rx rp=n/a
   mw=$(med worker)
   mx=$(med xargs)
@@ -452,7 +365,7 @@ bench_embedded() {
   local mf
   mf=$(stat -c %s "$dir/data/embedded/manifest_shard0_of_1.jsonl")
 
-  alternate "$prep" worker "$worker_cmd" awk "$awk_cmd" awk+sync "$sync_cmd" worker+cache "$cached_cmd"
+  measure "$prep" worker "$worker_cmd" awk "$awk_cmd" awk+sync "$sync_cmd" worker+cache "$cached_cmd"
   local mw ma ms mc r rs
   mw=$(med worker)
   ma=$(med awk)
@@ -555,7 +468,7 @@ bench_scaling() {
   loop1=$(cpu_loop "$loops")
   loop2="$(cpu_loop $((loops / 2))) & p=\$!; $(cpu_loop $((loops / 2))); r=\$?; wait \$p && exit \$r"
 
-  alternate "$prep" 1-shard "$one" 2-shards "$two" awk-1 "$loop1" awk-2 "$loop2"
+  measure "$prep" 1-shard "$one" 2-shards "$two" awk-1 "$loop1" awk-2 "$loop2"
   local m1s m2s s sr
   m1s=$(med 1-shard)
   m2s=$(med 2-shards)
@@ -609,8 +522,8 @@ bench_memory() {
 }
 
 machine() {
-  local fs cpu timer='bash timing loop' par=n/a note=''
-  [ "$USE_HYPERFINE" -eq 0 ] || timer=$(hyperfine --version)
+  local fs cpu timer par=n/a note=''
+  timer=$(hyperfine --version)
   [ "$HAVE_PARALLEL" -eq 0 ] || par=$(parallel --version | awk 'NR == 1 { print $3 }')
   [ "$QUICK" -eq 0 ] || note='; --quick: small sizes, targets do not apply'
   fs=$(df -PT -- "$WORKDIR" | awk 'NR == 2 { print $2 " on " $1 }')
@@ -624,7 +537,7 @@ machine() {
     "$("$WORKER" --version)" "$(xargs --version | awk 'NR == 1 { print $NF }')" \
     "$(readlink -f "$(command -v awk)")" \
     "$par"
-  printf '%s reps per command, alternating the commands; times are wall-clock medians%s\n\n' \
+  printf '%s runs per command (one hyperfine call per benchmark); wall times are medians, CPU times means%s\n\n' \
     "$REPS" "$note"
 }
 

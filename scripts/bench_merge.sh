@@ -6,18 +6,18 @@
 # (p) 4,000,000 one-row items of typed columns merged to Parquet (`--format parquet`) against
 # DuckDB turning the same rows, read from the merged CSV, into Parquet (`COPY (SELECT ...) TO`).
 #
-#   ./scripts/bench_merge.sh [--scale S] [--reps N] [--case a|b|c|p|all] [--workdir DIR] [--no-hyperfine]
+#   ./scripts/bench_merge.sh [--scale S] [--reps N] [--case a|b|c|p|all] [--workdir DIR]
 #
 #   --scale S       multiply the item counts by S (default 1; e.g. 0.02 for a quick run)
-#   --reps N        timed repetitions of each command, alternating the two (default 5)
+#   --reps N        timed runs of each command, one hyperfine call for both (default 5)
 #   --case C        a, b, c, p or all (default all)
 #   --workdir DIR   where the shards and outputs go (created if missing, kept at exit);
 #                   default: a fresh directory under ${TMPDIR:-/tmp}, removed at exit
-#   --no-hyperfine  time with the built-in bash loop even when hyperfine is installed
 #
 # Reports the median wall time of each command, their ratio against the target, and merge's peak
-# RSS (/usr/bin/time -v). Case p needs DuckDB's Python package: the test environment
-# (target/py-venv, made by scripts/test.sh), a python3 that imports duckdb, or `pip install duckdb`.
+# RSS (/usr/bin/time -v). Needs hyperfine and jq (exits 2 without them). Case p needs DuckDB's
+# Python package: the test environment (target/py-venv, made by scripts/test.sh), a python3 that
+# imports duckdb, or `pip install duckdb`.
 # Results: docs/BENCHMARKS.md.
 set -Eeuo pipefail
 shopt -s inherit_errexit
@@ -25,7 +25,7 @@ shopt -s inherit_errexit
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -Eeuo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -50,7 +50,6 @@ REPS=5
 CASES=all
 WORKDIR=
 OWN_WORKDIR=0
-USE_HYPERFINE=1
 BIN_DIR="${CARGO_TARGET_DIR:-$SHARDRUN_ROOT/target}/release"
 WORKER="$BIN_DIR/shard-worker"
 MERGE="$BIN_DIR/merge"
@@ -90,10 +89,6 @@ parse_args() {
         WORKDIR=$2
         shift 2
         ;;
-      --no-hyperfine)
-        USE_HYPERFINE=0
-        shift
-        ;;
       *)
         printf 'unknown argument: %s\n\n' "$1" >&2
         usage 2
@@ -126,14 +121,7 @@ ensure_tools() {
   if [ ! -x "$WORKER" ] || [ ! -x "$MERGE" ]; then
     die "no binaries in $BIN_DIR after the build"
   fi
-  if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
-    say "installing hyperfine"
-    apt_install hyperfine || true
-  fi
-  if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
-    say "hyperfine is not available; timing with a bash loop"
-    USE_HYPERFINE=0
-  fi
+  need_hyperfine
   if [[ " $(selected_cases) " == *" p "* ]]; then
     local py
     for py in "$SHARDRUN_ROOT/target/py-venv/bin/python" python3; do
@@ -229,26 +217,19 @@ median() {
     END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# time_pair PREP NAME1 CMD1 NAME2 CMD2: one timed run of each, in this order; prints "t1 t2".
-time_pair() {
-  local prep=$1 n1=$2 c1=$3 n2=$4 c2=$5
-  if [ "$USE_HYPERFINE" -eq 1 ]; then
-    local csv="$WORKDIR/hyperfine.csv"
-    hyperfine --runs 1 --style none --shell bash --export-csv "$csv" --prepare "$prep" \
-      -n "$n1" "$c1" -n "$n2" "$c2" >/dev/null
-    awk -F, -v a="$n1" -v b="$n2" '$1 == a { t1 = $4 } $1 == b { t2 = $4 } END { print t1, t2 }' "$csv"
-  else
-    local t0 t1 t2
-    bash -c "$prep"
-    t0=$EPOCHREALTIME
-    bash -c "$c1"
-    t1=$EPOCHREALTIME
-    bash -c "$prep"
-    t2=$EPOCHREALTIME
-    bash -c "$c2"
-    awk -v a="$t0" -v b="$t1" -v c="$t2" -v d="$EPOCHREALTIME" 'BEGIN { print b - a, d - c }'
-  fi
+# time_both PREP NAME1 CMD1 NAME2 CMD2: one hyperfine call that runs each command REPS times, each
+# run after PREP; its statistics go to HF_JSON.
+HF_JSON=
+time_both() {
+  HF_JSON="$WORKDIR/hyperfine.json"
+  hyperfine --runs "$REPS" --style none --shell bash --prepare "$1" --export-json "$HF_JSON" \
+    -n "$2" "$3" -n "$4" "$5" >/dev/null
 }
+
+# hf NAME FILTER: jq FILTER applied to NAME's entry in HF_JSON (.median: the median wall time,
+# .times[]: every wall time in order).
+hf() { jq -r --arg n "$1" ".results[] | select(.command == \$n) | $2" "$HF_JSON"; }
+hf_times() { hf "$1" '.times[]' | xargs printf '%.3f '; }
 
 # bench_case a|b: generate, check, time, measure peak RSS; appends a line to RESULTS.
 bench_case() {
@@ -279,19 +260,8 @@ bench_case() {
   [ "$merged" -eq $((catted - (shards - 1) * header)) ] ||
     die "merge wrote $merged bytes, cat $catted with $shards headers of $header bytes: they differ"
 
-  local tm=() tc=() r t a b
-  for ((r = 1; r <= REPS; r++)); do
-    if ((r % 2)); then
-      t=$(time_pair "$prep" merge "$merge_cmd" cat+sync "$cat_cmd")
-      read -r a b <<<"$t"
-      tm+=("$a") tc+=("$b")
-    else
-      t=$(time_pair "$prep" cat+sync "$cat_cmd" merge "$merge_cmd")
-      read -r a b <<<"$t"
-      tc+=("$a") tm+=("$b")
-    fi
-    say "case $1 rep $r/$REPS: merge $(printf '%.3f' "${tm[-1]}") s, cat+sync $(printf '%.3f' "${tc[-1]}") s"
-  done
+  local t
+  time_both "$prep" merge "$merge_cmd" cat+sync "$cat_cmd"
 
   local rss=n/a
   if [ -x /usr/bin/time ]; then
@@ -302,8 +272,8 @@ bench_case() {
   bash -c "$prep"
 
   local mm mc ratio met rss_ok
-  mm=$(median "${tm[@]}")
-  mc=$(median "${tc[@]}")
+  mm=$(hf merge .median)
+  mc=$(hf cat+sync .median)
   ratio=$(awk -v a="$mm" -v b="$mc" 'BEGIN { printf "%.2f", a / b }')
   local target_col=-
   [ "$target" = - ] || target_col="${target}x"
@@ -315,7 +285,7 @@ bench_case() {
     "$mm" cat+sync "$mc" "${ratio}x" "$target_col" "$met" "$rss" "$rss_ok (<$rss_limit)")
   RESULTS+=("$t")
   LEGEND+=("$1: $desc; $items items")
-  say "case $1: merge $(printf '%.3f ' "${tm[@]}")s; cat+sync $(printf '%.3f ' "${tc[@]}")s"
+  say "case $1: merge $(hf_times merge)s; cat+sync $(hf_times cat+sync)s"
   # Free the disk before the next case when the directory is ours.
   if [ "$OWN_WORKDIR" -eq 1 ]; then rm -rf -- "$dir"; fi
 }
@@ -359,20 +329,8 @@ PY
   bash -c "$prep"
   bash -c "$merge_cmd"
   bash -c "$duck_cmd"
-  local tm=() td=() r t a b
   rm -f -- "$duck_out.copy-times"
-  for ((r = 1; r <= REPS; r++)); do
-    if ((r % 2)); then
-      t=$(time_pair "$prep" merge "$merge_cmd" duckdb "$duck_cmd")
-      read -r a b <<<"$t"
-      tm+=("$a") td+=("$b")
-    else
-      t=$(time_pair "$prep" duckdb "$duck_cmd" merge "$merge_cmd")
-      read -r a b <<<"$t"
-      td+=("$a") tm+=("$b")
-    fi
-    say "case p rep $r/$REPS: merge $(printf '%.3f' "${tm[-1]}") s, duckdb $(printf '%.3f' "${td[-1]}") s"
-  done
+  time_both "$prep" merge "$merge_cmd" duckdb "$duck_cmd"
   local rss=n/a duck_rss=n/a
   if [ -x /usr/bin/time ]; then
     bash -c "$prep"
@@ -389,8 +347,8 @@ PY
   import_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
   sizes="combined.parquet $(mib "$(stat -c %s "$data/combined.parquet")") MiB, DuckDB's $(mib "$(stat -c %s "$duck_out")") MiB"
   local mm md ratio met rss_ok=n/a
-  mm=$(median "${tm[@]}")
-  md=$(median "${td[@]}")
+  mm=$(hf merge .median)
+  md=$(hf duckdb .median)
   ratio=$(awk -v a="$mm" -v b="$md" 'BEGIN { printf "%.2f", a / b }')
   met=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print (r <= t ? "yes" : "NO") }')
   [ "$rss" = n/a ] || rss_ok=$(awk -v r="$rss" -v l="$rss_limit" 'BEGIN { print (r < l ? "yes" : "NO") }')
@@ -398,7 +356,7 @@ PY
     "$(mib "$(stat -c %s "$csv")")" "$mm" duckdb "$md" "${ratio}x" "${target}x" "$met" "$rss" "$rss_ok (<$rss_limit)")")
   LEGEND+=("p: $desc; $items items")
   PARQUET_NOTE="p: $sizes; DuckDB peak RSS $duck_rss MiB; the COPY alone (timed in its process) median ${copy_s} s; its Python start and import take ${import_s} s; MiB = the merged CSV"
-  say "case p: merge $(printf '%.3f ' "${tm[@]}")s; duckdb $(printf '%.3f ' "${td[@]}")s"
+  say "case p: merge $(hf_times merge)s; duckdb $(hf_times duckdb)s"
   bash -c "$prep"
   if [ "$OWN_WORKDIR" -eq 1 ]; then rm -rf -- "$dir"; fi
 }
@@ -409,7 +367,7 @@ report() {
   printf '\nmerge benchmark, %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   printf 'machine: %s CPUs, %s MiB RAM, kernel %s, %s filesystem; scale %s, %s reps (%s), warm page cache\n\n' \
     "$(nproc)" "$(awk '/MemTotal/ { printf "%.0f", $2 / 1024 }' /proc/meminfo)" "$(uname -r)" "$fs" \
-    "$SCALE" "$REPS" "$([ "$USE_HYPERFINE" -eq 1 ] && echo hyperfine || echo bash loop)"
+    "$SCALE" "$REPS" "$(hyperfine --version)"
   printf '%-4s %6s %8s %9s %10s %10s %6s %6s %4s %9s %9s\n' case shards MiB "merge s" baseline \
     "baseline s" ratio target met "RSS MiB" "RSS ok"
   printf '%s\n' "${RESULTS[@]}"

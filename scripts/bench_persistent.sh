@@ -7,9 +7,9 @@
 #
 #   ./scripts/bench_persistent.sh [--reps N] [--items N] [--per-item-items N] [--per-item-reps N]
 #                                 [--protocol-items N] [--case C] [--python PATH]
-#                                 [--workdir DIR] [--no-hyperfine] [--no-pin]
+#                                 [--workdir DIR] [--no-pin]
 #
-#   --reps N              timed runs of each fast command, in rotating order (default 5)
+#   --reps N              timed runs of each fast command, one hyperfine call per case (default 5)
 #   --items N             items of (1) and (2) (default 2000)
 #   --per-item-items N    items of (3) (default 100)
 #   --per-item-reps N     timed runs of (3), ~30 s each at the default size (default 3)
@@ -19,12 +19,12 @@
 #                         executable, so a pyenv shim's start-up is not timed)
 #   --workdir DIR         work directory (created if missing, kept at exit); default: a fresh
 #                         directory under ${TMPDIR:-/tmp}, removed at exit
-#   --no-hyperfine        time with the built-in bash loop even when hyperfine is installed
 #   --no-pin              in (4), skip the runs with worker and generator pinned to one CPU
 #
 # Reports medians, persistent/plain against the 1.3x target and the protocol overhead per item
 # ((worker wall - the generator's own wall, fed the same request lines from a file) / items)
-# against the 50 us target. Exits 1 when a dataset differs from the plain loop's rows.
+# against the 50 us target. Exits 1 when a dataset differs from the plain loop's rows, 2 when
+# hyperfine or jq is missing.
 # Results: docs/BENCHMARKS.md.
 set -Eeuo pipefail
 shopt -s inherit_errexit
@@ -50,7 +50,6 @@ CASES=all
 PY=
 WORKDIR=
 OWN_WORKDIR=0
-USE_HYPERFINE=1
 PIN=1
 BIN_DIR="${CARGO_TARGET_DIR:-$SHARDRUN_ROOT/target}/release"
 WORKER="$BIN_DIR/shard-worker"
@@ -86,10 +85,6 @@ parse_args() {
           --workdir) WORKDIR=$2 ;;
         esac
         shift 2
-        ;;
-      --no-hyperfine)
-        USE_HYPERFINE=0
-        shift
         ;;
       --no-pin)
         PIN=0
@@ -130,14 +125,7 @@ ensure_tools() {
   if [ ! -x "$WORKER" ] || [ ! -x "$MERGE" ]; then
     die "no binaries in $BIN_DIR after the build"
   fi
-  if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
-    say "installing hyperfine"
-    apt_install hyperfine || true
-  fi
-  if [ "$USE_HYPERFINE" -eq 1 ] && ! have_cmd hyperfine; then
-    say "hyperfine is not available; timing with a bash loop"
-    USE_HYPERFINE=0
-  fi
+  need_hyperfine
   # mawk waits for a full input buffer unless told it is interactive (line-buffered stdin).
   AWK=$(command -v mawk || command -v gawk || command -v awk)
   AWK_FLAGS=
@@ -301,29 +289,6 @@ clean_cmd() { printf 'rm -rf %s %s' "$(q "$WORKDIR/data/$1")" "$(q "$WORKDIR/log
 # shards_cmd RUN SHARDS: the shell command running a run's shards in parallel.
 shards_cmd() { printf '%s %s %s' "$(q "$WORKDIR/run_shards.sh")" "$(q "$WORKDIR/conf/$1.yaml")" "$2"; }
 
-# time_one PREP CMD: runs PREP untimed, then CMD once, timed; prints "wall user system" (seconds;
-# user and system "nan" without hyperfine).
-time_one() {
-  local prep=$1 cmd=$2
-  if [ "$USE_HYPERFINE" -eq 1 ]; then
-    local json="$WORKDIR/hyperfine.json"
-    hyperfine --runs 1 --style none --shell bash --export-json "$json" --prepare "$prep" \
-      "$cmd" >/dev/null 2>"$WORKDIR/hyperfine.err" || {
-      cat "$WORKDIR/hyperfine.err" >&2
-      die "failed: $cmd"
-    }
-    "$PY" -c 'import json, sys
-r = json.load(open(sys.argv[1]))["results"][0]
-print(r["times"][0], r["user"], r["system"])' "$json"
-  else
-    local t0
-    bash -c "$prep"
-    t0=$EPOCHREALTIME
-    bash -c "$cmd" || die "failed: $cmd"
-    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a, "nan", "nan" }'
-  fi
-}
-
 # The machine may be shared: other_start / other_end measure the share of all CPUs that other
 # processes used during a series: busy time in /proc/stat minus this script's own CPU time (its
 # shell and every reaped descendant, /proc/$$/stat fields 14-17).
@@ -338,47 +303,29 @@ other_end() {
     'BEGIN { x = ((b1 - b0) - (o1 - o0)) / hz / ((t1 - t0) * n) * 100; printf "%.0f", (x < 0 ? 0 : x) }')
 }
 
-# median of the numbers given as arguments.
-median() {
-  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-    END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
+# Timing results, by case name: WALL[name] (every wall time, space-separated), MED[name] (their
+# median) and CPU[name] (mean user + system; hyperfine's JSON has no median for it).
+declare -A WALL=() MED=() CPU=() PREP=() CMD=()
 
-# Timing series, by case name: WALL[name], CPU[name] (user + system) as space-separated lists.
-declare -A WALL=() CPU=() PREP=() CMD=()
-
-# bench NAME...: REPS rounds; in round r the names are timed in an order rotated by r.
+# bench NAME...: one hyperfine call that runs each named command REPS times, each run after its
+# PREP, one command's runs after the other's; reads the results from its JSON export.
 bench() {
-  local names=("$@") n=$# r k name t wall user sys
-  for ((r = 0; r < REPS; r++)); do
-    for ((k = 0; k < n; k++)); do
-      name=${names[$(((k + r) % n))]}
-      t=$(time_one "${PREP[$name]}" "${CMD[$name]}")
-      read -r wall user sys <<<"$t"
-      WALL[$name]+="$wall "
-      CPU[$name]+="$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }') "
-    done
-    say "round $((r + 1))/$REPS: $(for name in "${names[@]}"; do
-      printf '%s %.3f s  ' "$name" "$(last "${WALL[$name]}")"
-    done)"
+  local json="$WORKDIR/hyperfine.json" args=() name
+  for name in "$@"; do args+=(--prepare "${PREP[$name]}" -n "$name" "${CMD[$name]}"); done
+  hyperfine --runs "$REPS" --style none --shell bash --export-json "$json" "${args[@]}" \
+    >/dev/null || die "a timed command failed (hyperfine's message above)"
+  for name in "$@"; do
+    WALL[$name]=$(jq -r --arg n "$name" '.results[] | select(.command == $n) | .times | map(tostring) | join(" ")' "$json")
+    MED[$name]=$(jq -r --arg n "$name" '.results[] | select(.command == $n) | .median' "$json")
+    CPU[$name]=$(jq -r --arg n "$name" '.results[] | select(.command == $n) | .user + .system' "$json")
+    say "$name: $(list "${WALL[$name]}") s"
   done
 }
 
-last() { awk '{ print $NF }' <<<"$1"; }
-med() {
-  local v
-  read -ra v <<<"${WALL[$1]}"
-  median "${v[@]}"
-}
-# cpu_col NAME: the median CPU time with 3 decimals, or n/a without hyperfine.
-cpu_col() {
-  if [ "$USE_HYPERFINE" -eq 1 ]; then fmt3 "$(med_cpu "$1")"; else echo n/a; fi
-}
-med_cpu() {
-  local v
-  read -ra v <<<"${CPU[$1]}"
-  median "${v[@]}"
-}
+med() { echo "${MED[$1]}"; }
+med_cpu() { echo "${CPU[$1]}"; }
+# cpu_col NAME: the mean CPU time with 3 decimals.
+cpu_col() { fmt3 "$(med_cpu "$1")"; }
 fmt3() { awk -v v="$1" 'BEGIN { printf "%.3f", v }'; }
 list() { awk '{ for (i = 1; i <= NF; i++) printf "%s%.3f", (i > 1 ? ", " : ""), $i }' <<<"$1"; }
 
@@ -412,20 +359,9 @@ bench_main() {
   same_rows persistent "$ITEMS"
   bash -c "${PREP[plain]}; ${CMD[plain]}"
   cmp -s "$WORKDIR/plain.csv" "$WORKDIR/plain-$ITEMS.csv" || die "the plain loop is not deterministic"
-  # merge always right after persistent (it merges that run's shards).
-  local r wall user sys t name
+  # merge after persistent: it merges the last persistent run's shards.
   other_start
-  for ((r = 0; r < REPS; r++)); do
-    local order=(persistent merge plain)
-    ((r % 2)) && order=(plain persistent merge)
-    for name in "${order[@]}"; do
-      t=$(time_one "${PREP[$name]}" "${CMD[$name]}")
-      read -r wall user sys <<<"$t"
-      WALL[$name]+="$wall "
-      CPU[$name]+="$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }') "
-    done
-    say "round $((r + 1))/$REPS: persistent $(fmt3 "$(last "${WALL[persistent]}")") s, merge $(fmt3 "$(last "${WALL[merge]}")") s, plain $(fmt3 "$(last "${WALL[plain]}")") s"
-  done
+  bench persistent merge plain
   other_end
   same_rows persistent "$ITEMS"
   cmp -s "$WORKDIR/plain.csv" "$WORKDIR/plain-$ITEMS.csv" || die "the plain loop's last output differs"
@@ -435,7 +371,7 @@ bench_main() {
   ratio=$(awk -v a="$mp" -v b="$mq" 'BEGIN { printf "%.2f", a / b }')
   ratio2=$(awk -v a="$mp" -v m="$mm" -v b="$mq" 'BEGIN { printf "%.2f", (a + m) / b }')
   met=$(awk -v r="$ratio" -v t="$RATIO_TARGET" 'BEGIN { print (r <= t ? "yes" : "NO") }')
-  REPORT+=("" "(1) vs (2): $ITEMS items, $SHARDS shards, jobs 1, no cache (wall s, median of $REPS; CPU = user + system)")
+  REPORT+=("" "(1) vs (2): $ITEMS items, $SHARDS shards, jobs 1, no cache (wall s, median of $REPS; CPU = mean user + system)")
   REPORT+=("$(printf '  %-34s %8s %8s   %s' case wall CPU runs)")
   REPORT+=("$(printf '  %-34s %8.3f %8s   %s' "(1) persistent, 2 shards" "$mp" "$(cpu_col persistent)" "$(list "${WALL[persistent]}")")")
   REPORT+=("$(printf '  %-34s %8.3f %8s   %s' "    merge of its 2 shards" "$mm" "$(cpu_col merge)" "$(list "${WALL[merge]}")")")
@@ -534,12 +470,9 @@ bench_protocol() {
       op=$(per_item "$p" "$g")
     fi
     # CPU per item beyond the generator's own (user + system of both processes).
-    c=n/a
-    if [ "$USE_HYPERFINE" -eq 1 ]; then
-      local gc=0
-      [ "$name" = echo ] || gc=$(med_cpu "g-$name")
-      c=$(per_item "$(med_cpu "w-$name")" "$gc")
-    fi
+    local gc=0
+    [ "$name" = echo ] || gc=$(med_cpu "g-$name")
+    c=$(per_item "$(med_cpu "w-$name")" "$gc")
     met=$(awk -v o="$o" -v t="$OVERHEAD_TARGET_US" 'BEGIN { print (o < t ? "yes" : "NO") }')
     [ "$name" = echo ] && met="(floor)"
     REPORT+=("$(printf '  %-40s %7s | %7.3f %8s | %7s %8s | %8s | %s' "$label" "$alone" "$w" "$o" "$p" "$op" "$c" "$met")")
@@ -566,7 +499,7 @@ report() {
     "$(nproc)" "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)" \
     "$(awk '/MemTotal/ { printf "%.0f", $2 / 1024 }' /proc/meminfo)" "$(uname -r)" \
     "$("$PY" -V 2>&1) ($PY)" "$("$WORKER" --version 2>/dev/null || echo shardrun)" \
-    "$([ "$USE_HYPERFINE" -eq 1 ] && hyperfine --version || echo bash loop)"
+    "$(hyperfine --version)"
   printf 'load average at start: %s; at end: %s\n' "$LOAD_START" "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf '%s\n' "${REPORT[@]}"
 }

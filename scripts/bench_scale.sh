@@ -20,7 +20,8 @@
 #   --workdir DIR     where the runs go (default: a temporary directory, removed at exit)
 #   --stragglers      run the straggler comparison instead
 #
-# Needs hyperfine and jq (and GNU parallel for --stragglers). Figures: docs/BENCHMARKS.md.
+# Needs hyperfine and jq (exits 2 without them; GNU parallel for --stragglers).
+# Figures: docs/BENCHMARKS.md.
 set -Eeuo pipefail
 shopt -s inherit_errexit
 # shellcheck source=scripts/lib.sh
@@ -53,8 +54,8 @@ parse_args() {
   done
 }
 
-# seconds_of JSON: the mean time of hyperfine's first command, in seconds.
-seconds_of() { jq -r '.results[0].mean | . * 1000 | round / 1000' "$1"; }
+# seconds_of JSON [I]: the median time of hyperfine's command I (default 0), in seconds.
+seconds_of() { jq -r ".results[${2:-0}].median | . * 1000 | round / 1000" "$1"; }
 
 # project DIR RUN ITEMS [GENERATOR]: a project directory with conf/RUN.yaml.
 project() {
@@ -64,22 +65,19 @@ project() {
 }
 
 scale() {
-  local n=$1 dir=$WORKDIR/n$1 t0 t1 base launch
+  local n=$1 dir=$WORKDIR/n$1 base launch
   project "$dir" "s$n" "$((n * 10))"
   project "$dir" "x$n" "$((n * 10))"
   cd "$dir"
-  say "$n shards: the workers alone (xargs -P $SLOTS)"
-  t0=$EPOCHREALTIME
-  seq 0 $((n - 1)) | xargs -P "$SLOTS" -I{} "$WORKER" --config "conf/x$n.yaml" --shard-index {} \
-    --num-shards "$n" --quiet
-  t1=$EPOCHREALTIME
-  base=$(echo "$t1 - $t0" | bc)
-  say "$n shards: run_parallel.sh --max-running $SLOTS"
-  t0=$EPOCHREALTIME
-  "$SHARDRUN_ROOT/scripts/run_parallel.sh" --config "conf/s$n.yaml" --num-shards "$n" \
-    --max-running "$SLOTS" >/dev/null
-  t1=$EPOCHREALTIME
-  launch=$(echo "$t1 - $t0" | bc)
+  # One run each (the runs of s$n stay for monitor and merge below): the workers alone started by
+  # xargs, then the same shards through the launcher.
+  say "$n shards: the workers alone (xargs -P $SLOTS), then run_parallel.sh --max-running $SLOTS"
+  hyperfine -r 1 --style none --export-json launch.json \
+    -n workers "seq 0 $((n - 1)) | xargs -P $SLOTS -I{} $(printf '%q' "$WORKER") --config conf/x$n.yaml --shard-index {} --num-shards $n --quiet" \
+    -n launcher "$(printf '%q' "$SHARDRUN_ROOT/scripts/run_parallel.sh") --config conf/s$n.yaml --num-shards $n --max-running $SLOTS" \
+    >/dev/null
+  base=$(seconds_of launch.json 0)
+  launch=$(seconds_of launch.json 1)
   say "$n shards: monitor --json"
   hyperfine -N -w 1 -r 5 --export-json monitor.json "$BIN/monitor --run s$n --json" >/dev/null
   say "$n shards: merge --keep-shards, and cat + sync of the same files"
@@ -109,14 +107,13 @@ output: {columns: [k]}'
     -n '2 shards, 2 slots' "$SHARDRUN_ROOT/scripts/run_parallel.sh --config conf/two.yaml --num-shards 2 --max-running 2" \
     -n '32 shards, --max-running 2' "$SHARDRUN_ROOT/scripts/run_parallel.sh --config conf/many.yaml --num-shards 32 --max-running 2" \
     -n 'GNU parallel -j2, one item each' "seq 0 159 | parallel -j2 ./g.sh {} >/dev/null"
-  jq -r '.results[] | "\(.command) | \(.mean * 10 | round / 10) s"' stragglers.json
+  jq -r '.results[] | "\(.command) | \(.median * 10 | round / 10) s"' stragglers.json
   cd - >/dev/null
 }
 
 main() {
   parse_args "$@"
-  need_cmd hyperfine
-  need_cmd jq
+  need_hyperfine
   need_cmd bc
   ensure_binaries
   export SHARDRUN_BIN=$BIN SHARDRUN_NO_DISPLAY=1

@@ -40,6 +40,17 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# need_hyperfine: the benchmarks time with hyperfine and read its JSON export with jq; installs
+# hyperfine when root and exits 2 when either is still missing.
+need_hyperfine() {
+  if ! have_cmd hyperfine; then
+    say "installing hyperfine"
+    apt_install hyperfine || true
+  fi
+  have_cmd hyperfine || DIE_CODE=2 die "hyperfine is required: apt-get install hyperfine"
+  have_cmd jq || DIE_CODE=2 die "jq is required: apt-get install jq"
+}
+
 # ---- numbers from the command line -------------------------------------------------------------
 # Documented maxima (README): bash arithmetic wraps at 2^63 and loops over a shard count, so every
 # number is checked by its digits before any arithmetic sees it.
