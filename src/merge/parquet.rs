@@ -236,6 +236,12 @@ impl Group {
             let ty = self.types[i];
             let value = if field.is_empty() && ty != ColumnType::String {
                 None
+            } else if ty == ColumnType::Int64 {
+                // Most typed columns are integers: read them from the bytes directly, without the
+                // UTF-8 check and `str::parse` (a tenth of the conversion's CPU).
+                Some(Value::Int(
+                    parse_i64(field).ok_or_else(|| refusal(&names[i], ty, row, field))?,
+                ))
             } else {
                 // The worker checked every value before committing it; a value that still does
                 // not read (a shard written before types were declared) stops the merge.
@@ -331,6 +337,34 @@ fn refusal(name: &str, ty: ColumnType, row: u64, field: &[u8]) -> Error {
     ))
 }
 
+/// What `i64::from_str` reads, from bytes: an optional sign, then one digit or more; overflow is
+/// refused.
+fn parse_i64(field: &[u8]) -> Option<i64> {
+    let (negative, digits) = match field.split_first()? {
+        (b'-', rest) => (true, rest),
+        (b'+', rest) => (false, rest),
+        _ => (false, field),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &b in digits {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        // Built on the sign's side so that i64::MIN, whose magnitude is not an i64, reads too.
+        n = n.checked_mul(10)?;
+        n = if negative {
+            n.checked_sub(i64::from(d))?
+        } else {
+            n.checked_add(i64::from(d))?
+        };
+    }
+    Some(n)
+}
+
 fn push_value(values: &mut Values, value: Option<Value<'_>>) {
     let def = i16::from(value.is_some());
     match (values, value) {
@@ -364,5 +398,52 @@ fn push_value(values: &mut Values, value: Option<Value<'_>>) {
                 v.push(n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_i64;
+
+    /// The byte reader takes exactly what the worker's check (`str::parse::<i64>`) takes.
+    #[test]
+    fn parse_i64_matches_str_parse() {
+        let cases = [
+            "0",
+            "-0",
+            "+0",
+            "7",
+            "-7",
+            "+7",
+            "",
+            "-",
+            "+",
+            "--1",
+            "+-1",
+            "1-",
+            " 1",
+            "1 ",
+            "1_0",
+            "12a",
+            "0x10",
+            "007",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "+9223372036854775807",
+            "99999999999999999999",
+            "١",
+            "1.0",
+            "1e3",
+        ];
+        for case in cases {
+            assert_eq!(
+                parse_i64(case.as_bytes()),
+                case.parse::<i64>().ok(),
+                "{case:?}"
+            );
+        }
+        assert_eq!(parse_i64(b"\xff1"), None);
     }
 }
