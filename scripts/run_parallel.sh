@@ -328,11 +328,16 @@ install_traps() {
 
 # wait_one: waits for one worker to end (blocking in `wait -n`, no polling) and records it.
 wait_one() {
-  local pid='' code=0
+  local pid='' code=0 p
+  # Workers that bash has already reaped are no longer its jobs, and `wait -n` given only such
+  # ids waits for any child instead (the grace timer, the display): finish those first.
+  for p in "${LIVE[@]}"; do
+    kill -0 "$p" 2>/dev/null || { reap_gone; return; }
+  done
   wait -n -p pid "${LIVE[@]}" || code=$?
-  if [ -z "${pid:-}" ]; then
-    # Either a trap interrupted `wait` (wait again), or bash already reaped workers that died
-    # together and no longer reports them: find those and finish them.
+  if [ -z "${pid:-}" ] || [ -z "${SHARD_OF[$pid]+set}" ]; then
+    # A trap interrupted `wait` (wait again), bash already reaped workers that died together
+    # and no longer reports them, or another child ended: find the gone workers and finish them.
     reap_gone
     return
   fi
