@@ -454,7 +454,9 @@ shard_totals() {
   local i log
   for i in "$@"; do
     log=$LOGS_DIR/shard_${i}_of_${NUM_SHARDS}.log # shard_log, without a subshell per shard
-    [ -f "$log" ] && echo "$log"
+    # Not `[ -f ] && echo`: a last shard without a log (interrupted before it wrote one) would
+    # make the loop, and with pipefail the whole summary, fail (set -e: exit 1, no report).
+    if [ -f "$log" ]; then echo "$log"; fi
   done | xargs -r -d '\n' awk '
     function flush() { d += done_; r += rows_; done_ = 0; rows_ = 0 }
     FNR == 1 { flush() }
