@@ -192,7 +192,8 @@ fn run(cli: &Cli, notify: Option<&[OsString]>) -> Result<i32> {
             stop,
         );
     }
-    if let (Some(argv), Some(code)) = (notify, cli.notify_exit_code) {
+    // Runs the --notify command with the run as it is now and the run's exit code.
+    let send_notice = |monitor: &mut Monitor, argv: &[OsString], code: i32| {
         let snap = monitor.snapshot();
         notify::notify(
             "monitor",
@@ -201,6 +202,9 @@ fn run(cli: &Cli, notify: Option<&[OsString]>) -> Result<i32> {
             code,
             Duration::from_secs_f64(cli.notify_timeout),
         );
+    };
+    if let (Some(argv), Some(code)) = (notify, cli.notify_exit_code) {
+        send_notice(&mut monitor, argv, code);
         return Ok(0);
     }
     if !cli.follow {
@@ -215,14 +219,7 @@ fn run(cli: &Cli, notify: Option<&[OsString]>) -> Result<i32> {
     let code = follow(cli, &mut monitor, &stop)?;
     // Only a run that ended is notified (not a monitor stopped by Ctrl-C).
     if let (Some(argv), 0 | 1) = (notify, code) {
-        let snap = monitor.snapshot();
-        notify::notify(
-            "monitor",
-            argv,
-            &snap,
-            code,
-            Duration::from_secs_f64(cli.notify_timeout),
-        );
+        send_notice(&mut monitor, argv, code);
     }
     Ok(code)
 }

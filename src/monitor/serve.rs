@@ -219,13 +219,8 @@ impl Feeder {
             status: &snap,
             failures: FailuresView {
                 failed_items: self.failed.iter().flatten().map(|v| v.len() as u64).sum(),
-                shards_with_failures: self
-                    .failed
-                    .iter()
-                    .flatten()
-                    .filter(|v| !v.is_empty())
-                    .count() as u32,
-                shards_without_manifest: self.failed.iter().filter(|v| v.is_none()).count() as u32,
+                shards_with_failures: self.shards_with_failures(),
+                shards_without_manifest: self.shards_without_manifest(),
                 items,
                 errors: self
                     .errors
@@ -260,15 +255,24 @@ impl Feeder {
             run: snap.run.clone(),
             num_shards: snap.num_shards,
             failed_items: items.len() as u64,
-            shards_with_failures: self
-                .failed
-                .iter()
-                .flatten()
-                .filter(|v| !v.is_empty())
-                .count() as u32,
-            shards_without_manifest: self.failed.iter().filter(|v| v.is_none()).count() as u32,
+            shards_with_failures: self.shards_with_failures(),
+            shards_without_manifest: self.shards_without_manifest(),
             items,
         }
+    }
+
+    /// Shards with at least one failed item (the event and the failures report both say it).
+    fn shards_with_failures(&self) -> u32 {
+        self.failed
+            .iter()
+            .flatten()
+            .filter(|v| !v.is_empty())
+            .count() as u32
+    }
+
+    /// Shards whose manifest could not be read yet.
+    fn shards_without_manifest(&self) -> u32 {
+        self.failed.iter().filter(|v| v.is_none()).count() as u32
     }
 }
 
