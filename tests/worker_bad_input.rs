@@ -232,6 +232,66 @@ fn two_shards_cannot_share_a_name() {
 }
 
 #[test]
+fn a_name_claimed_by_an_older_run_layout_is_found_and_a_stale_claim_is_not_a_conflict() {
+    let p = Project::new();
+    p.write(
+        "x.yaml",
+        &format!("run: n\n{OK_ITEMS}generator: {{builtin: echo}}\n"),
+    );
+    p.run_shard("x.yaml", 0, 3, &["--name", "same"], 0);
+    // A run made before name claims: only the manifests say who uses a name.
+    std::fs::remove_file(p.path("data/n/.locks/claims")).unwrap();
+    std::fs::remove_file(p.path("data/n/.locks/same.csv.claim")).unwrap();
+    let out = p.run_shard("x.yaml", 1, 3, &["--name", "same"], 2);
+    assert!(
+        stderr(&out).contains("already belongs to shard 0 of 3"),
+        "{}",
+        stderr(&out)
+    );
+    // The full read wrote the claims it found: the next refusal reads the claim alone.
+    p.run_shard("x.yaml", 1, 3, &["--name", "other"], 0);
+    assert!(p.path("data/n/.locks/claims").exists());
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/n/.locks/same.csv.claim")).unwrap(),
+        "0 3\n"
+    );
+    let out = p.run_shard("x.yaml", 2, 3, &["--name", "same"], 2);
+    assert!(
+        stderr(&out).contains("already belongs to shard 0 of 3"),
+        "{}",
+        stderr(&out)
+    );
+    // A claim whose manifest is gone (removed by hand) does not block the name.
+    std::fs::remove_file(p.path("data/n/manifest_shard0_of_3.jsonl")).unwrap();
+    p.run_shard("x.yaml", 2, 3, &["--name", "same"], 0);
+    assert_eq!(
+        std::fs::read_to_string(p.path("data/n/.locks/same.csv.claim")).unwrap(),
+        "2 3\n"
+    );
+}
+
+#[test]
+fn a_worker_of_another_shard_plan_is_refused_the_name_unless_forced() {
+    let p = Project::new();
+    p.write(
+        "x.yaml",
+        &format!("run: n\n{OK_ITEMS}generator: {{builtin: echo}}\n"),
+    );
+    p.run_shard("x.yaml", 0, 2, &[], 0);
+    p.run_shard("x.yaml", 1, 2, &[], 0);
+    let out = p.run_shard("x.yaml", 1, 3, &[], 2);
+    assert!(
+        stderr(&out).contains("already belongs to shard 1 of 2")
+            && stderr(&out).contains("made with 2 shards"),
+        "{}",
+        stderr(&out)
+    );
+    p.run_shard("x.yaml", 1, 3, &["--force"], 0);
+    assert!(!p.path("data/n/manifest_shard1_of_2.jsonl").exists());
+    assert!(p.path("data/n/manifest_shard0_of_2.jsonl").exists());
+}
+
+#[test]
 fn an_item_past_max_item_bytes_fails_and_a_stderr_flood_is_capped_in_the_log() {
     let p = Project::new();
     // Item 1 writes 5,000 bytes of one field; item 2 writes 20 MiB to stderr and succeeds.
