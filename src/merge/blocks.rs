@@ -5,20 +5,23 @@
 //! background.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::final_rows::{self, FinalRows};
-use super::scan::ShardScan;
-use super::staging::{part_spec, scan_all, CopyDone, OldOutput, TempFiles, Temps, Written};
+use super::scan::{PartBudget, PartRows, ShardScan};
+use super::staging::{scan_all, CopyDone, OldOutput, Temps, Written};
 use super::{PlanOnDisk, ShardFiles};
 use crate::error::{IoContext, Result};
 use crate::format::csv_out::header_line;
 use crate::merge::copy::RangeCopier;
 use crate::run::plan::ShardPlan;
-use crate::run::runs::RunRef;
+
+/// Bytes of `manifest_final.csv` parts kept in memory for all shards together (a row is about
+/// 100 bytes: 10,000 shards of 16 items fit); the rest go through temporary files.
+const PART_BUDGET: u64 = 16 << 20;
 
 /// The merge of contiguous blocks. The data is copied in a background thread, guessing that
 /// each shard's rows are its data file after the header, in item order, which they are unless
@@ -37,14 +40,8 @@ pub(super) fn write_blocks(
     early: bool,
 ) -> Result<(Vec<ShardScan>, Written)> {
     let header = header_line(&shards[0].header.columns);
-    let _parts = TempFiles(
-        shards
-            .iter()
-            .map(|s| part_spec(dir, s.header.shard, &temps.manifest_final))
-            .filter(|p| !p.is_final)
-            .map(|p| p.path)
-            .collect(),
-    );
+    // Removes the parts that went to temporary files when the merge ends, however it ends.
+    let budget = PartBudget::new(PART_BUDGET);
     let mut segments = Vec::new();
     if let Some(o) = old {
         segments.push((o.path.clone(), o.body_start, o.len));
@@ -77,7 +74,12 @@ pub(super) fn write_blocks(
             }
         }
     };
-    let scans = scan_all(dir, shards, Some(&temps.manifest_final), &refused)?;
+    let scans = scan_all(
+        dir,
+        shards,
+        Some((&temps.manifest_final, &budget)),
+        &refused,
+    )?;
     check(&scans)?;
     let guessed = scans
         .iter()
@@ -137,11 +139,15 @@ fn assemble_manifest_final(
                 copier.write_bytes(rows.as_bytes())?;
                 rows.clear();
                 incomplete.extend(p.incomplete.iter().cloned());
-                if !(starts && shard == 0) {
-                    let slot = copier.add_source(&p.path)?;
-                    copier.push(slot, 0, p.len)?;
-                    // A part is used once: its window and file go before the next one's.
-                    copier.release(slot)?;
+                match &p.rows {
+                    _ if starts && shard == 0 => {}
+                    PartRows::Memory(bytes) => copier.write_bytes(bytes)?,
+                    PartRows::File { path, len } => {
+                        let slot = copier.add_source(path)?;
+                        copier.push(slot, 0, *len)?;
+                        // A part is used once: its window and file go before the next one's.
+                        copier.release(slot)?;
+                    }
                 }
             }
             continue;
@@ -241,6 +247,9 @@ impl BackgroundCopy {
         durable: bool,
     ) -> Result<u64> {
         let mut copier = RangeCopier::new(out, out_path)?;
+        // Write-back is started every CHUNK bytes of output, not per segment: ten thousand
+        // small shards are a few writes, not ten thousand.
+        let mut written_back = copier.position();
         for (path, from, to) in segments {
             let slot = copier.add_source(path)?;
             let mut at = *from;
@@ -249,13 +258,16 @@ impl BackgroundCopy {
                     return Ok(0);
                 }
                 let len = (*to - at).min(Self::CHUNK);
-                let start = copier.position();
                 copier.push(slot, at, len)?;
-                copier.flush()?;
-                if durable {
-                    copier.start_writeback(start, len);
-                }
                 at += len;
+                let end = copier.position();
+                if end - written_back >= Self::CHUNK {
+                    copier.flush()?;
+                    if durable {
+                        copier.start_writeback(written_back, end - written_back);
+                    }
+                    written_back = end;
+                }
             }
             // Each shard's data is read once: memory stays one window whatever the shard count.
             copier.release(slot)?;
@@ -288,72 +300,5 @@ impl Drop for BackgroundCopy {
             self.stop.store(true, Ordering::Relaxed);
             let _ = h.join();
         }
-    }
-}
-
-/// Whether every shard's log ends with a `finish` line of a shard that completed (`status=ok`,
-/// `failed=0`, `done` = `total`). Only the last few KiB of each log are read. A hint, never
-/// trusted for the result: the manifests decide.
-pub(super) fn logs_say_complete(run: &RunRef, plan: &PlanOnDisk) -> bool {
-    plan.missing.is_empty()
-        && (0..plan.num_shards).all(|i| {
-            last_line(&run.paths.log(i, plan.num_shards)).is_some_and(|l| finished_complete(&l))
-        })
-}
-
-/// Whether a log line is the `finish` line of a shard that completed.
-fn finished_complete(line: &str) -> bool {
-    crate::store::log::parse_line(line).is_some_and(|(_, event, fields)| {
-        let get = |k: &str| {
-            fields
-                .iter()
-                .find(|(key, _)| *key == k)
-                .map(|(_, v)| v.as_str())
-        };
-        event == "finish"
-            && get("status") == Some("ok")
-            && get("failed") == Some("0")
-            && get("done").is_some()
-            && get("done") == get("total")
-    })
-}
-
-/// The last line of a file (read from its last 4 KiB).
-fn last_line(path: &Path) -> Option<String> {
-    let mut f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail).ok()?;
-    let text = String::from_utf8_lossy(&tail);
-    text.trim_end_matches('\n')
-        .rsplit('\n')
-        .next()
-        .map(str::to_string)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_finish_line_of_a_complete_shard_promises_a_complete_run() {
-        let t = "2026-11-24T08:38:36.075Z";
-        let ok = format!("{t} finish status=ok done=5 total=5 failed=0 rows=9 exit=0");
-        assert!(finished_complete(&ok));
-        for line in [
-            format!("{t} finish status=failed done=4 total=5 failed=1 rows=9 exit=1"),
-            format!("{t} finish status=interrupted done=3 total=5 failed=0 rows=9 exit=130"),
-            format!("{t} finish status=ok done=4 total=5 failed=0 rows=9 exit=0"),
-            format!("{t} start run=r shard=0 num_shards=1 items=5 committed=5"),
-            "not a log line".to_string(),
-        ] {
-            assert!(!finished_complete(&line), "{line}");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("shard_0_of_1.log");
-        std::fs::write(&log, format!("{}\n{ok}\n", "x".repeat(10_000))).unwrap();
-        assert_eq!(last_line(&log).as_deref(), Some(ok.as_str()));
-        assert_eq!(last_line(&dir.path().join("none")), None);
     }
 }

@@ -40,6 +40,10 @@ pub struct RangeCopier {
     /// Slots whose file is open, oldest first.
     open: std::collections::VecDeque<usize>,
     kernel_copy: bool,
+    /// A released source's window, handed to the next source that needs one: copying ten
+    /// thousand small sources one after the other allocates (and zeroes) one window, not ten
+    /// thousand.
+    spare_window: Vec<u8>,
 }
 
 struct Source {
@@ -66,6 +70,7 @@ impl RangeCopier {
             sources: Vec::new(),
             open: std::collections::VecDeque::new(),
             kernel_copy: true,
+            spare_window: Vec::new(),
         })
     }
 
@@ -93,7 +98,10 @@ impl RangeCopier {
             self.flush_pending()?;
         }
         let src = &mut self.sources[slot];
-        src.window = Vec::new();
+        let window = std::mem::take(&mut src.window);
+        if window.len() > self.spare_window.len() {
+            self.spare_window = window;
+        }
         src.window_len = 0;
         if src.file.take().is_some() {
             self.open.retain(|&s| s != slot);
@@ -231,12 +239,24 @@ impl RangeCopier {
                 return Err(ended_early()).ctx("cannot read", &src.path);
             };
             if src.window.len() != window_size {
-                src.window = vec![0; window_size];
+                src.window = if self.spare_window.len() == window_size {
+                    std::mem::take(&mut self.spare_window)
+                } else {
+                    vec![0; window_size]
+                };
             }
+            // Read ahead as far as the window goes, but stop once the range is in: a short read
+            // is the end of the file, and asking again only to hear so would double the reads of
+            // a merge of many small shards.
+            let needed = (end - start) as usize;
             let mut filled = 0;
             while filled < window_size {
                 match file.read_at(&mut src.window[filled..], start + filled as u64) {
                     Ok(0) => break,
+                    Ok(n) if filled + n >= needed => {
+                        filled += n;
+                        break;
+                    }
                     Ok(n) => filled += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e).ctx("cannot read", &src.path),

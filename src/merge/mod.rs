@@ -20,6 +20,7 @@ mod parquet;
 mod parquet_read;
 mod partition;
 mod scan;
+mod shard_logs;
 mod staging;
 mod threads;
 mod verify;

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::blocks::{logs_say_complete, write_blocks};
+use super::blocks::write_blocks;
 use super::final_rows::FinalRows;
 use super::scan::ShardScan;
+use super::shard_logs::ShardLogs;
 use super::staging::CopyDone;
 use super::staging::{open_old, scan_all, OldOutput, TempFiles, Temps, Written};
 use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
@@ -213,6 +214,7 @@ pub fn write(
     // copy is then not kept (a shard out of item order), they are made again from the final
     // dataset.
     let copied = &temps.copied;
+    let logs = ShardLogs::read(run, plan);
     let (scans, written, early_extra) = std::thread::scope(|scope| -> Result<_> {
         let early_extra = scope.spawn(|| copied.wait().then(|| also(&temps.out)));
         // Whatever happens below (a panic included), the thread above is let go.
@@ -220,7 +222,7 @@ pub fn write(
         let result = if blocks {
             // The data is copied before the manifests are validated only when no refusal is
             // expected, so that merging an unfinished run does not first write a copy of it.
-            let early = args.allow_partial || logs_say_complete(run, plan);
+            let early = args.allow_partial || logs.say_complete;
             write_blocks(dir, plan, shards, &old, &temps, &check, early)
         } else {
             scan_all(dir, shards, None, &|_| {}).and_then(|scans| {
@@ -287,7 +289,7 @@ pub fn write(
         },
         rows_per_shard: spread(scans.iter().map(|s| s.rows)),
         bytes,
-        wall_time_s: wall_time(run, plan),
+        wall_time_s: logs.wall_time_s,
         partitioned,
         rows_deduplicated: deduped,
         rows_appended_to: appended,
@@ -543,32 +545,4 @@ fn for_each_row(
         f(raw.as_bytes(), rec.iter().collect());
     }
     Ok(())
-}
-
-/// Wall time of the run from its shard logs: first start to last finish.
-fn wall_time(run: &RunRef, plan: &PlanOnDisk) -> Option<f64> {
-    let mut first: Option<chrono::DateTime<chrono::FixedOffset>> = None;
-    let mut last: Option<chrono::DateTime<chrono::FixedOffset>> = None;
-    for i in 0..plan.num_shards {
-        let mut text = String::new();
-        File::open(run.paths.log(i, plan.num_shards))
-            .ok()?
-            .read_to_string(&mut text)
-            .ok()?;
-        for line in text.lines() {
-            let Some((ts, event, _)) = crate::store::log::parse_line(line) else {
-                continue;
-            };
-            let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) else {
-                continue;
-            };
-            match event {
-                "start" => first = Some(first.map_or(t, |f| f.min(t))),
-                "finish" => last = Some(last.map_or(t, |l| l.max(t))),
-                _ => {}
-            }
-        }
-    }
-    let (a, b) = (first?, last?);
-    Some(((b - a).num_milliseconds() as f64 / 1000.0).max(0.0))
 }

@@ -41,13 +41,70 @@ pub struct ShardScan {
     pub part: Option<Part>,
 }
 
-/// A shard's rows of `manifest_final.csv`, in item order, in a temporary file.
+/// A shard's rows of `manifest_final.csv`, in item order.
 #[derive(Debug)]
 pub struct Part {
-    pub path: PathBuf,
-    pub len: u64,
+    pub rows: PartRows,
     /// The shard's first incomplete items (see [`FinalRows::incomplete`]).
     pub incomplete: Vec<String>,
+}
+
+/// Where a part's rows are: in memory while the merge's budget for parts lasts (the common
+/// case: small shards, where a temporary file per shard cost more than the rest of the merge),
+/// otherwise in a temporary file of `len` bytes (or the final file itself, for shard 0).
+#[derive(Debug)]
+pub enum PartRows {
+    Memory(Vec<u8>),
+    File { path: PathBuf, len: u64 },
+}
+
+/// Bytes of parts that all shards together may keep in memory; a part that would go past it is
+/// written to its temporary file instead. Bounds merge's memory whatever the shard count.
+/// Dropping it removes the temporary files of the parts that went to one.
+#[derive(Debug)]
+pub struct PartBudget {
+    left: std::sync::atomic::AtomicU64,
+    spilled: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl PartBudget {
+    pub fn new(bytes: u64) -> Self {
+        PartBudget {
+            left: std::sync::atomic::AtomicU64::new(bytes),
+            spilled: Default::default(),
+        }
+    }
+
+    /// Takes `n` bytes from the budget; false (and nothing taken) when fewer are left.
+    fn take(&self, n: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.left
+            .fetch_update(Relaxed, Relaxed, |left| left.checked_sub(n))
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.left.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Creates a part's temporary file, to be removed when the budget is dropped.
+    fn spill(&self, path: &Path) -> Result<File> {
+        let file = crate::store::files::create(path)?;
+        self.spilled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.to_path_buf());
+        Ok(file)
+    }
+}
+
+impl Drop for PartBudget {
+    fn drop(&mut self) {
+        let spilled = self.spilled.get_mut().unwrap_or_else(|e| e.into_inner());
+        for p in spilled.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl ShardScan {
@@ -64,13 +121,16 @@ pub struct ScanSpec<'a> {
     pub files: &'a ShardFiles,
     /// Write the shard's rows of `manifest_final.csv` (contiguous plans only: the rows of all
     /// shards are then concatenated in shard order).
-    pub part: Option<PartSpec>,
+    pub part: Option<PartSpec<'a>>,
 }
 
 /// Where a shard's rows of `manifest_final.csv` go.
 #[derive(Clone)]
-pub struct PartSpec {
+pub struct PartSpec<'a> {
+    /// The temporary file, used only when the part does not fit in `budget` (always, for the
+    /// final file).
     pub path: PathBuf,
+    pub budget: &'a PartBudget,
     /// Bytes that go before the rows (the header row, when the part starts the final file).
     pub prefix: Vec<u8>,
     /// The part is the final file itself: its write-back starts as it is written.
@@ -227,14 +287,14 @@ pub fn scan(spec: ScanSpec<'_>) -> Result<ShardScan> {
     };
     if let (Some(mut w), Some(spec)) = (writer, part) {
         if !(sorted && w.clean) {
-            w = PartWriter::create(&spec, plan.global(0))?;
+            w.restart(&spec, plan.global(0))?;
             let mut items = scan.stream()?;
             while let Some(rec) = items.next_record()? {
                 w.ok(&rec.as_ref(), shard, &scan.failed)?;
             }
         }
         let end = plan.global(0) + plan.len();
-        scan.part = Some(w.finish(spec.path, end, shard, &scan.failed)?);
+        scan.part = Some(w.finish(end, shard, &scan.failed)?);
     }
     Ok(scan)
 }
@@ -364,9 +424,8 @@ pub fn no_header(manifest: &Path) -> Error {
 
 /// Writes a shard's part of `manifest_final.csv`: every index of its block in order, committed
 /// items and gaps.
-struct PartWriter {
-    file: File,
-    path: PathBuf,
+struct PartWriter<'a> {
+    sink: PartSink<'a>,
     rows: FinalRows,
     /// The next index a row is due for.
     next: u64,
@@ -378,17 +437,82 @@ struct PartWriter {
     written_back: u64,
 }
 
+/// Where a part's rows are being written.
+enum PartSink<'a> {
+    /// In memory, `buf.len()` bytes of `budget` taken.
+    Memory {
+        buf: Vec<u8>,
+        budget: &'a PartBudget,
+        path: PathBuf,
+    },
+    File {
+        file: File,
+        path: PathBuf,
+    },
+}
+
+impl PartSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if let PartSink::Memory { buf, budget, path } = self {
+            if budget.take(bytes.len() as u64) {
+                buf.extend_from_slice(bytes);
+                return Ok(());
+            }
+            // Past the budget: this part goes to its file, and gives its memory back.
+            let mut file = budget.spill(path)?;
+            file.write_all(buf).ctx("cannot write", path)?;
+            budget.give_back(buf.len() as u64);
+            *buf = Vec::new();
+            *self = PartSink::File {
+                file,
+                path: std::mem::take(path),
+            };
+        }
+        match self {
+            PartSink::File { file, path } => file.write_all(bytes).ctx("cannot write", path),
+            PartSink::Memory { .. } => unreachable!("a memory sink was turned into a file above"),
+        }
+    }
+
+    /// Empties the sink for a new pass (the budget taken is given back).
+    fn restart(&mut self, prefix: &[u8]) -> Result<()> {
+        match self {
+            PartSink::Memory { buf, budget, .. } => {
+                budget.give_back(buf.len() as u64);
+                buf.clear();
+            }
+            PartSink::File { file, path } => {
+                use std::io::Seek;
+                file.set_len(0)
+                    .and_then(|()| file.rewind())
+                    .ctx("cannot write", path)?;
+            }
+        }
+        self.write(prefix)
+    }
+}
+
 /// How much of the final file is written before its write-back is started.
 const WRITEBACK: u64 = 16 << 20;
 
-impl PartWriter {
-    fn create(spec: &PartSpec, first: u64) -> Result<Self> {
-        let path = &spec.path;
-        let mut file = crate::store::files::create(path)?;
-        file.write_all(&spec.prefix).ctx("cannot write", path)?;
+impl<'a> PartWriter<'a> {
+    fn create(spec: &PartSpec<'a>, first: u64) -> Result<Self> {
+        let path = spec.path.clone();
+        let mut sink = if spec.is_final {
+            PartSink::File {
+                file: crate::store::files::create(&path)?,
+                path,
+            }
+        } else {
+            PartSink::Memory {
+                buf: Vec::new(),
+                budget: spec.budget,
+                path,
+            }
+        };
+        sink.write(&spec.prefix)?;
         Ok(PartWriter {
-            file,
-            path: path.to_path_buf(),
+            sink,
             rows: FinalRows::new(),
             next: first,
             len: spec.prefix.len() as u64,
@@ -396,6 +520,16 @@ impl PartWriter {
             writeback: spec.is_final,
             written_back: 0,
         })
+    }
+
+    /// Starts the part again (a second pass), keeping its file or memory.
+    fn restart(&mut self, spec: &PartSpec<'a>, first: u64) -> Result<()> {
+        self.sink.restart(&spec.prefix)?;
+        self.rows = FinalRows::new();
+        self.next = first;
+        self.len = spec.prefix.len() as u64;
+        self.written_back = 0;
+        Ok(())
     }
 
     /// The row of a committed item, after those of the gaps before it.
@@ -424,28 +558,37 @@ impl PartWriter {
 
     /// Writes the buffered rows once they fill a block (always with `force`).
     fn write(&mut self, force: bool) -> Result<()> {
-        self.len += self.rows.flush_to(&mut self.file, &self.path, force)?;
-        if self.writeback && self.len - self.written_back >= WRITEBACK {
-            crate::merge::copy::start_writeback(&self.file, self.written_back, self.len);
-            self.written_back = self.len;
+        if !force && !self.rows.is_full() {
+            return Ok(());
+        }
+        let bytes = self.rows.as_bytes();
+        self.sink.write(bytes)?;
+        self.len += bytes.len() as u64;
+        self.rows.clear();
+        if let PartSink::File { file, .. } = &self.sink {
+            if self.writeback && self.len - self.written_back >= WRITEBACK {
+                crate::merge::copy::start_writeback(file, self.written_back, self.len);
+                self.written_back = self.len;
+            }
         }
         Ok(())
     }
 
-    fn finish(
-        mut self,
-        path: PathBuf,
-        end: u64,
-        shard: u32,
-        failed: &BTreeMap<u64, Record>,
-    ) -> Result<Part> {
+    fn finish(mut self, end: u64, shard: u32, failed: &BTreeMap<u64, Record>) -> Result<Part> {
         self.gaps_until(end, shard, failed)?;
         self.write(true)?;
-        Ok(Part {
-            path,
-            len: self.len,
-            incomplete: std::mem::take(&mut self.rows.incomplete),
-        })
+        let incomplete = std::mem::take(&mut self.rows.incomplete);
+        let rows = match self.sink {
+            PartSink::Memory { mut buf, .. } => {
+                buf.shrink_to_fit();
+                PartRows::Memory(buf)
+            }
+            PartSink::File { path, .. } => PartRows::File {
+                path,
+                len: self.len,
+            },
+        };
+        Ok(Part { rows, incomplete })
     }
 }
 

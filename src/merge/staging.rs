@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
 use super::final_rows::FinalRows;
-use super::scan::{self, PartSpec, ScanSpec, ShardScan};
+use super::scan::{self, PartBudget, PartSpec, ScanSpec, ShardScan};
 use super::ShardFiles;
 use crate::error::{Error, IoContext, Result};
 
@@ -38,17 +38,19 @@ pub(super) struct Written {
 }
 
 /// Scans every shard, on up to one thread per core; with `parts`, each writes its rows of
-/// `manifest_final.csv` (see [`part_spec`]). `scanned` sees each result as soon as it is known.
+/// `manifest_final.csv` (see [`part_spec`]) within the budget. `scanned` sees each result as
+/// soon as it is known.
 pub(super) fn scan_all(
     dir: &Path,
     shards: &[ShardFiles],
-    parts: Option<&Path>,
+    parts: Option<(&Path, &PartBudget)>,
     scanned: &(dyn Fn(&Result<ShardScan>) + Sync),
 ) -> Result<Vec<ShardScan>> {
     super::threads::each_on_threads("merge-scan", shards, |s| {
         let result = scan::scan(ScanSpec {
             files: s,
-            part: parts.map(|final_path| part_spec(dir, s.header.shard, final_path)),
+            part: parts
+                .map(|(final_path, budget)| part_spec(dir, s.header.shard, final_path, budget)),
         });
         scanned(&result);
         result
@@ -131,19 +133,27 @@ pub(super) fn open_old(output: &Path, columns: &[String]) -> Result<Option<OldOu
 }
 
 /// Where shard `shard`'s rows of `manifest_final.csv` go: shard 0's rows start the final file
-/// itself (after the header row), so only the other shards' rows are copied into it.
-pub(super) fn part_spec(dir: &Path, shard: u32, final_path: &Path) -> PartSpec {
+/// itself (after the header row), so only the other shards' rows are copied into it, from
+/// memory or (past the budget) from a temporary file.
+pub(super) fn part_spec<'a>(
+    dir: &Path,
+    shard: u32,
+    final_path: &Path,
+    budget: &'a PartBudget,
+) -> PartSpec<'a> {
     if shard == 0 {
         let mut header = FinalRows::new();
         header.header();
         PartSpec {
             path: final_path.to_path_buf(),
+            budget,
             prefix: header.as_bytes().to_vec(),
             is_final: true,
         }
     } else {
         PartSpec {
             path: dir.join(format!(".manifest_final.part{shard}.tmp")),
+            budget,
             prefix: Vec::new(),
             is_final: false,
         }

@@ -188,6 +188,11 @@ pub fn scan(
 pub struct Lines {
     file: File,
     buf: Vec<u8>,
+    /// What `buf` grows to while reads fill it (it starts small: most manifests of a run of
+    /// many shards are a few KiB, and zeroing a large buffer per file cost more than reading).
+    block: usize,
+    /// The last read filled the buffer: the file is larger than it.
+    filled: bool,
     /// The unread part of `buf`.
     start: usize,
     end: usize,
@@ -205,11 +210,14 @@ impl Lines {
         Self::with_capacity(file, Self::BLOCK)
     }
 
-    /// Like [`Lines::new`], reading `capacity` bytes at a time (more for a longer line).
+    /// Like [`Lines::new`], reading up to `capacity` bytes at a time (more for a longer line).
     pub fn with_capacity(file: File, capacity: usize) -> Self {
+        const FIRST: usize = 16 << 10;
         Lines {
             file,
-            buf: vec![0; capacity.max(1)],
+            buf: vec![0; capacity.clamp(1, FIRST)],
+            block: capacity.max(1),
+            filled: false,
             start: 0,
             end: 0,
             base: 0,
@@ -246,7 +254,10 @@ impl Lines {
             self.start = 0;
             if self.end == self.buf.len() {
                 self.buf.resize(self.buf.len() * 2, 0);
+            } else if self.filled && self.buf.len() < self.block {
+                self.buf.resize((self.buf.len() * 2).min(self.block), 0);
             }
+            let free = self.buf.len() - self.end;
             let n = match self.file.read(&mut self.buf[self.end..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -255,6 +266,7 @@ impl Lines {
             if n == 0 {
                 self.eof = true;
             }
+            self.filled = n == free;
             self.end += n;
         }
     }
