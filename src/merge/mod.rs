@@ -19,6 +19,7 @@ mod output;
 mod parquet;
 mod parquet_read;
 mod partition;
+mod range_rows;
 mod scan;
 mod shard_logs;
 mod staging;

@@ -6,20 +6,21 @@
 use crate::run::config::OutputFormat;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::blocks::write_blocks;
 use super::final_rows::FinalRows;
+use super::range_rows::{FileCache, RangeRows};
 use super::scan::ShardScan;
 use super::shard_logs::ShardLogs;
 use super::staging::CopyDone;
 use super::staging::{open_old, scan_all, OldOutput, TempFiles, Temps, Written};
 use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
 use crate::error::{Error, IoContext, Result};
-use crate::format::csv_out::{header_line, RowWriter};
+use crate::format::csv_out::header_line;
 use crate::merge::copy::RangeCopier;
 use crate::run::config::Sharding;
 use crate::run::runs::RunRef;
@@ -353,14 +354,9 @@ fn write_interleaved(
         .iter()
         .map(|s| copier.add_source(&s.data))
         .collect::<Result<_>>()?;
-    // Only --dedupe-key parses rows (through these); the copy opens the data files on demand.
-    let files: Vec<File> = match dedupe_col {
-        Some(_) => scans
-            .iter()
-            .map(|s| File::open(&s.data).ctx("cannot open", &s.data))
-            .collect::<Result<_>>()?,
-        None => Vec::new(),
-    };
+    // Only --dedupe-key parses rows (through these); like the copy, it opens data files on
+    // demand, a few at a time.
+    let mut files = FileCache::new(scans.iter().map(|s| s.data.clone()).collect());
     let mf_path = &temps.manifest_final;
     let mut mf = crate::store::files::create(mf_path)?;
     let mut rows = FinalRows::new();
@@ -369,9 +365,11 @@ fn write_interleaved(
         None => None,
         Some(col) => Some(Dedupe {
             col,
-            keep: last_rows_by_key(scans, old, &files, col)?,
+            keep: last_rows_by_key(scans, old, &mut files, col)?,
             row_no: 0,
             dropped: 0,
+            rows: RangeRows::new(),
+            out: Vec::new(),
         }),
     };
     let h = &scans[0].header;
@@ -379,13 +377,13 @@ fn write_interleaved(
         match step {
             Step::Old { file, from, to } => match &mut dedupe {
                 None => copier.push(old_slot.unwrap_or(0), from, to - from)?,
-                Some(d) => d.emit(file, from, to, &mut copier)?,
+                Some(d) => d.emit(Rows::File(file), from, to, &mut copier)?,
             },
             Step::Item { slot, rec } => {
                 match &mut dedupe {
                     None => copier.push(slots[slot], rec.offset, rec.bytes)?,
                     Some(d) => d.emit(
-                        &files[slot],
+                        Rows::Slot(&mut files, slot),
                         rec.offset,
                         rec.offset + rec.bytes,
                         &mut copier,
@@ -395,10 +393,11 @@ fn write_interleaved(
             }
             Step::Gap { index } => {
                 let shard = shard_of(h.sharding, h.source_items, h.num_shards, index);
+                // Scans are in shard order.
                 let failed = scans
-                    .iter()
-                    .find(|s| s.header.shard == shard)
-                    .and_then(|s| s.failed.get(&index));
+                    .binary_search_by_key(&shard, |s| s.header.shard)
+                    .ok()
+                    .and_then(|at| scans[at].failed.get(&index));
                 rows.gap(index, shard, failed);
             }
         }
@@ -467,23 +466,31 @@ fn walk(
 fn last_rows_by_key(
     scans: &[ShardScan],
     old: &Option<OldOutput>,
-    files: &[File],
+    files: &mut FileCache,
     col: usize,
 ) -> Result<HashMap<Vec<u8>, u64>> {
-    let mut last = HashMap::new();
+    let mut last: HashMap<Vec<u8>, u64> = HashMap::new();
     let mut row = 0u64;
+    let mut rows = RangeRows::new();
     walk(scans, old, |step| {
-        let (file, from, to) = match step {
-            Step::Old { file, from, to, .. } => (file, from, to),
-            Step::Item { slot, rec } => (&files[slot], rec.offset, rec.offset + rec.bytes),
-            Step::Gap { .. } => return Ok(()),
-        };
-        for_each_row(file, from, to, |_, fields| {
+        let see = |_: &[u8], fields: &[&[u8]]| {
             if let Some(k) = fields.get(col) {
-                last.insert(k.to_vec(), row);
+                match last.get_mut(*k) {
+                    Some(r) => *r = row,
+                    None => {
+                        last.insert(k.to_vec(), row);
+                    }
+                }
             }
             row += 1;
-        })
+        };
+        match step {
+            Step::Old { file, from, to, .. } => rows.for_each(file, from, to, see),
+            Step::Item { slot, rec } => {
+                files.rows(&mut rows, slot, rec.offset, rec.offset + rec.bytes, see)
+            }
+            Step::Gap { .. } => Ok(()),
+        }
     })?;
     Ok(last)
 }
@@ -495,14 +502,23 @@ struct Dedupe {
     keep: HashMap<Vec<u8>, u64>,
     row_no: u64,
     dropped: u64,
+    rows: RangeRows,
+    out: Vec<u8>,
+}
+
+/// Where the rows `Dedupe::emit` filters are.
+enum Rows<'f> {
+    File(&'f File),
+    Slot(&'f mut FileCache, usize),
 }
 
 impl Dedupe {
-    fn emit(&mut self, file: &File, from: u64, to: u64, copier: &mut RangeCopier) -> Result<()> {
-        let mut out = Vec::new();
+    fn emit(&mut self, src: Rows<'_>, from: u64, to: u64, copier: &mut RangeCopier) -> Result<()> {
+        let out = &mut self.out;
+        out.clear();
         let (col, keep) = (self.col, &self.keep);
         let (row_no, dropped) = (&mut self.row_no, &mut self.dropped);
-        for_each_row(file, from, to, |raw, fields| {
+        let filter = |raw: &[u8], fields: &[&[u8]]| {
             let last = fields.get(col).and_then(|k| keep.get(*k)).copied();
             if last == Some(*row_no) {
                 out.extend_from_slice(raw);
@@ -510,39 +526,11 @@ impl Dedupe {
                 *dropped += 1;
             }
             *row_no += 1;
-        })?;
-        copier.write_bytes(&out)
+        };
+        match src {
+            Rows::File(file) => self.rows.for_each(file, from, to, filter)?,
+            Rows::Slot(files, slot) => files.rows(&mut self.rows, slot, from, to, filter)?,
+        }
+        copier.write_bytes(out)
     }
-}
-
-/// Parses the rows in `from..to` of `file`, giving each row's raw bytes and fields.
-fn for_each_row(
-    file: &File,
-    from: u64,
-    to: u64,
-    mut f: impl FnMut(&[u8], Vec<&[u8]>),
-) -> Result<()> {
-    // Streamed through a small buffer: the old output of `--append` may be large. Rows were
-    // written by our own writer, so re-encoding a parsed row gives back its exact bytes.
-    let bad = |e: std::io::Error| Error::Refused(format!("cannot read shard data: {e}"));
-    let mut src = file.try_clone().map_err(bad)?;
-    src.seek(SeekFrom::Start(from)).map_err(bad)?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(std::io::BufReader::with_capacity(
-            1 << 16,
-            src.take(to - from),
-        ));
-    let mut rec = csv::ByteRecord::new();
-    let mut raw = RowWriter::new();
-    while reader
-        .read_byte_record(&mut rec)
-        .map_err(|e| Error::Refused(format!("bad row in shard data: {e}")))?
-    {
-        raw.clear();
-        raw.record(rec.iter());
-        f(raw.as_bytes(), rec.iter().collect());
-    }
-    Ok(())
 }
