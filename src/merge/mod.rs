@@ -371,9 +371,10 @@ fn check_plan(run: &RunRef, manifests: &[(u32, u32, PathBuf)]) -> Result<PlanOnD
     })
 }
 
-/// A shard's files, and its manifest's header.
+/// A shard's files, and its manifest's header (shared with the shard's scan: at ten thousand
+/// shards, the headers are most of merge's memory).
 pub struct ShardFiles {
-    pub header: Header,
+    pub header: std::sync::Arc<Header>,
     pub manifest: PathBuf,
     pub data: PathBuf,
 }
@@ -385,7 +386,7 @@ impl ShardFiles {
         Ok(ShardFiles {
             data: data_dir.join(format!("{}.csv", header.name)),
             manifest: manifest.to_path_buf(),
-            header,
+            header: std::sync::Arc::new(header),
         })
     }
 }

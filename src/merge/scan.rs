@@ -17,7 +17,7 @@ use crate::store::record::{Header, Lines, Record, Status};
 /// One shard as merge sees it.
 #[derive(Debug)]
 pub struct ShardScan {
-    pub header: Header,
+    pub header: std::sync::Arc<Header>,
     pub manifest: PathBuf,
     pub data: PathBuf,
     /// Committed items and their rows.
