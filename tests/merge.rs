@@ -133,6 +133,41 @@ fn combined_is_byte_identical_across_plans_and_in_item_order() {
     );
 }
 
+/// Regression (scale): the refusal of an incomplete run named every shard, one by one (a
+/// message of tens of thousands of characters at 10,000 shards).
+#[test]
+fn the_refusal_of_a_run_with_many_incomplete_shards_stays_short() {
+    let p = Project::new();
+    p.script(
+        "gen/odd.sh",
+        "#!/bin/sh\n[ $(($1 % 2)) = 1 ] && exit 3\necho \"$1,x\"\n",
+    );
+    p.write("o.yaml", "run: o\nitems: {range: {start: 0, end: 40}}\ngenerator: {command: [gen/odd.sh, \"{key}\"], retries: 0}\noutput: {columns: [k, v]}\n");
+    for i in (0..17).chain([19]) {
+        p.run_shard("o.yaml", i, 20, &["--quiet"], 1);
+    }
+    let out = merge(&p, &["--run", "o"]);
+    assert_exit(&out, 1, "incomplete run", p.root());
+    let err = stderr(&out);
+    assert!(err.contains("shards 17-18 of 20 never ran."), "{err}");
+    for i in 17..19 {
+        p.run_shard("o.yaml", i, 20, &["--quiet"], 1);
+    }
+    let out = merge(&p, &["--run", "o"]);
+    assert_exit(&out, 1, "incomplete run", p.root());
+    let err = stderr(&out);
+    assert!(
+        err.contains("shard 4 of 20 has 1 of 2 items committed (1 failed)"),
+        "{err}"
+    );
+    assert!(!err.contains("shard 5 of 20"), "{err}");
+    assert!(
+        err.contains("15 more shards with items not committed (monitor --run o lists them)"),
+        "{err}"
+    );
+    assert!(err.len() < 1000, "{} characters: {err}", err.len());
+}
+
 #[test]
 fn refusals_exit_1_and_change_no_file() {
     let p = Project::new();

@@ -361,9 +361,13 @@ fn check_plan(run: &RunRef, manifests: &[(u32, u32, PathBuf)]) -> Result<PlanOnD
     }
     let num_shards = counts[0];
     let present: Vec<(u32, PathBuf)> = manifests.iter().map(|(i, _, p)| (*i, p.clone())).collect();
-    let missing = (0..num_shards)
-        .filter(|i| !present.iter().any(|(j, _)| j == i))
-        .collect();
+    let mut seen = vec![false; num_shards as usize];
+    for (i, _) in &present {
+        if let Some(s) = seen.get_mut(*i as usize) {
+            *s = true;
+        }
+    }
+    let missing = (0..num_shards).filter(|&i| !seen[i as usize]).collect();
     Ok(PlanOnDisk {
         num_shards,
         present,
@@ -529,10 +533,16 @@ fn check_complete(
             plan.num_shards
         ));
     }
+    // A few incomplete shards are named; the rest counted (a message, not ten thousand lines).
+    const NAMED: usize = 5;
+    let (mut named, mut unnamed) = (0usize, 0u64);
     for s in scans {
         let h = &s.header;
         let failed = s.failed.len() as u64;
-        if s.ok < h.items_total {
+        if s.ok < h.items_total && named == NAMED {
+            unnamed += 1;
+        } else if s.ok < h.items_total {
+            named += 1;
             problems.push(format!(
                 "shard {} of {} has {} of {} items committed{}",
                 h.shard,
@@ -546,6 +556,14 @@ fn check_complete(
                 }
             ));
         }
+    }
+    if unnamed > 0 {
+        problems.push(format!(
+            "{} more shard{} with items not committed (monitor --run {} lists them)",
+            crate::format::human::thousands(unnamed),
+            if unnamed == 1 { "" } else { "s" },
+            run.name
+        ));
     }
     if problems.is_empty() {
         return Ok(());
@@ -602,7 +620,7 @@ fn column_types(shards: &[ShardFiles]) -> Result<Vec<crate::run::types::ColumnTy
 }
 
 fn list(v: &[u32]) -> String {
-    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    crate::format::human::ranges(v, ", ")
 }
 
 /// Global item indices in order, each with the shard that should hold it.

@@ -8,6 +8,7 @@
 //! `scontrol` rather than `sacct`: the monitor asks about the live queue, which the controller
 //! knows whether or not accounting is on. A task it no longer lists has left the queue.
 
+use crate::format::human::ranges;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::Command;
@@ -93,25 +94,6 @@ fn count(set: &str) -> u64 {
             None => r.parse::<u64>().ok().map(|_| 1),
         })
         .sum()
-}
-
-/// "0-2,5" for [0, 1, 2, 5] (sorted input).
-fn ranges(list: &[u32]) -> String {
-    let mut out: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < list.len() {
-        let mut j = i;
-        while j + 1 < list.len() && list[j + 1] == list[j] + 1 {
-            j += 1;
-        }
-        out.push(if i == j {
-            list[i].to_string()
-        } else {
-            format!("{}-{}", list[i], list[j])
-        });
-        i = j + 1;
-    }
-    out.join(",")
 }
 
 /// "0-2,5%3" → [0, 1, 2, 5] (a throttle ignored); `None` when malformed.
@@ -234,9 +216,9 @@ impl SlurmRun {
                 _ => {}
             }
         }
-        v.queued = ranges(&queued);
-        v.requeued = ranges(&requeued);
-        v.cancelled = ranges(&cancelled);
+        v.queued = ranges(&queued, ",");
+        v.requeued = ranges(&requeued, ",");
+        v.cancelled = ranges(&cancelled, ",");
         v
     }
 
@@ -318,7 +300,7 @@ mod tests {
     #[test]
     fn ranges_round_trip() {
         assert_eq!(expand("0-2,5%3"), Some(vec![0, 1, 2, 5]));
-        assert_eq!(ranges(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+        assert_eq!(ranges(&[0, 1, 2, 5, 7, 8], ","), "0-2,5,7-8");
         assert_eq!(count("0-2,5,7-8"), 6);
         assert_eq!(expand("3-x"), None);
     }
