@@ -1669,3 +1669,50 @@ fn a_run_whose_merge_job_never_notifies_still_sends_one_notice() {
     assert_exit(&out, 0, "--cancel of a finished run", p.root());
     assert_eq!(p.read("notices.txt").matches("\n----\n").count(), 1);
 }
+
+/// The dry run shows the --notify command remembered with the run and the merge job that would
+/// send it; --no-notify drops it; --status and --cancel take no notify option.
+#[test]
+fn dry_run_shows_the_remembered_notify_command_and_no_notify_drops_it() {
+    let p = Project::new();
+    p.write("conf/d.yaml", ECHO5);
+    p.write(
+        "logs/d/slurm.status",
+        "2026-01-01T00:00:00.000Z launch run=d num_shards=5 shards=0-4 mode=plain jobs= merge=1 shards_per_task=1 max_array_size=1001 sbatch=\"--time=5\" notify_cmd=\"./n.sh 'a b' 'x'$'\\\\x0a''y'\"\n\
+         2026-01-01T00:00:00.100Z submit job=12 offset=0 array=0-4 shards=0-4\n",
+    );
+    let dry = |extra: &[&str]| {
+        let mut args = vec!["--config", "conf/d.yaml", "--num-shards", "5", "--dry-run"];
+        args.extend_from_slice(extra);
+        let out = slurm(&p, &args);
+        assert_exit(&out, 0, "--dry-run", p.root());
+        text(&out)
+    };
+    let t = dry(&["--merge"]);
+    assert!(
+        t.contains("--notify command (remembered from the launch of 2026-01-01T00:00:00.000Z; a new --notify replaces it, --no-notify drops it): ./n.sh 'a b' 'x'$'\\x0a''y'\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("--dependency=afterany:") && t.contains("logs/d/slurm_merge.sh"),
+        "{t}"
+    );
+    let t = dry(&[]);
+    assert!(t.contains("(no notice for this submission: "), "{t}");
+    let t = dry(&["--merge", "--no-notify"]);
+    assert!(
+        !t.contains("--notify command") && t.contains("--dependency=afterok:"),
+        "{t}"
+    );
+    let t = dry(&["--merge", "--notify", "./other.sh", ";"]);
+    assert!(
+        t.contains(
+            "--notify command (recorded with the run; later launches reuse it): ./other.sh\n"
+        ),
+        "{t}"
+    );
+    for cmd in ["--status", "--cancel"] {
+        let out = slurm(&p, &["--config", "conf/d.yaml", cmd, "--no-notify"]);
+        assert_exit(&out, 2, "a notify option with --status/--cancel", p.root());
+    }
+}
