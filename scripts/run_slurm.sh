@@ -833,46 +833,67 @@ report_merge() {
 # ---- what Slurm says about the run's jobs --------------------------------------------------
 
 # task_states: SSTATE[A_T] (and SSTATE[J] for the merge job) = "STATE EXIT RESTARTS", and
-# SOUT[...] = the output file Slurm names, for the run's recorded jobs still known to Slurm: one
-# `sacct` call where accounting is on (it remembers finished jobs), else one `scontrol` call
-# (which forgets a job MinJobAge seconds after it ended). GONE says what a missing task means.
+# SOUT[...] = the output file Slurm names, for the run's recorded jobs still known to Slurm.
+# The controller first (`scontrol`, one call per array): its states are current, where
+# accounting lags it by a second or two (a task that just ended still reads RUNNING, a task just
+# started reads nothing), but it forgets a job MinJobAge seconds after its end. Then, where
+# accounting is on, one `sacct` call for the jobs the controller forgot. (sacct's fields are
+# those of every Slurm version in use: 22.05 has no Restarts.) GONE says what a missing task
+# means; STATE_SOURCE names the source(s) used.
 task_states() {
-  local ids out job task st ex rs so
+  local ids out
   declare -gA SSTATE=() SOUT=()
   ids=$(IFS=,; echo "${JOB_IDS[*]}${MERGE_JOB:+,$MERGE_JOB}")
+  STATE_SOURCE=scontrol
+  GONE="gone: Slurm forgets a job $(min_job_age) s after it ends, and this cluster keeps no accounting (sacct)"
   [ -n "$ids" ] || return 0
-  if have_cmd sacct && out=$(sacct -n -P -X -j "$ids" -o JobID,State,ExitCode,Restarts 2>/dev/null); then
-    STATE_SOURCE=sacct
-    GONE="unknown to Slurm's accounting (sacct)"
-    out=$(awk -F'|' '{ id = $1; st = $2; sub(/ .*/, "", st); job = id; task = "-"
-        if (id ~ /_/) { sub(/_.*/, "", job); task = id; sub(/^[^_]*_/, "", task); gsub(/[][]/, "", task) }
-        print job, task, st, $3, ($4 == "" ? 0 : $4), "-" }' <<<"$out")
-  else
-    STATE_SOURCE=scontrol
-    GONE="gone: Slurm forgets a job $(min_job_age) s after it ends, and this cluster keeps no accounting (sacct)"
-    out=$(scontrol_jobs "${JOB_IDS[@]}" "$MERGE_JOB" | awk -v want="$ids" '
-      function val(k,   m) { if (match($0, " " k "=[^ ]*")) return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 2); return "" }
-      BEGIN { n = split(want, w, ","); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
-      { $0 = " " $0; job = val("ArrayJobId"); task = val("ArrayTaskId")
-        if (job == "") { job = val("JobId"); task = "-" }
-        if (!(job in ok)) next
-        print job, task, val("JobState"), val("ExitCode"), val("Restarts"), val("StdOut") }')
+  out=$(scontrol_jobs "${JOB_IDS[@]}" "$MERGE_JOB" | awk -v want="$ids" '
+    function val(k,   m) { if (match($0, " " k "=[^ ]*")) return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 2); return "" }
+    BEGIN { n = split(want, w, ","); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
+    { $0 = " " $0; job = val("ArrayJobId"); task = val("ArrayTaskId")
+      if (job == "") { job = val("JobId"); task = "-" }
+      if (!(job in ok)) next
+      print job, task, val("JobState"), val("ExitCode"), val("Restarts"), val("StdOut") }')
+  local from_ctl
+  add_states "$out"
+  from_ctl=$ADDED
+  have_cmd sacct || return 0
+  out=$(sacct -n -P -X -j "$ids" -o JobID,State,ExitCode 2>/dev/null) || return 0
+  GONE="unknown to Slurm's accounting (sacct)"
+  out=$(awk -F'|' '{ id = $1; st = $2; sub(/ .*/, "", st); job = id; task = "-"
+      if (id ~ /_/) { sub(/_.*/, "", job); task = id; sub(/^[^_]*_/, "", task); gsub(/[][]/, "", task) }
+      print job, task, st, $3, 0, "-" }' <<<"$out")
+  add_states "$out" keep
+  if ((ADDED > 0)); then
+    if ((from_ctl > 0)); then STATE_SOURCE="scontrol and sacct"; else STATE_SOURCE=sacct; fi
   fi
+}
+
+# add_states LINES [keep]: sets SSTATE and SOUT from "JOB TASK STATE EXIT RESTARTS STDOUT" lines
+# (TASK '-' for a job that is no array, or a range of pending tasks); with keep, a task already
+# known keeps its state. ADDED = how many tasks it set.
+add_states() {
+  local job task st ex rs so t n=0
   while read -r job task st ex rs so; do
     [ -n "$job" ] || continue
     if [ "$task" = - ]; then
+      [ -n "${2:-}" ] && [ -n "${SSTATE[$job]:-}" ] && continue
       SSTATE[$job]="$st $ex ${rs:-0}"
       [ "$so" = - ] || SOUT[$job]=$so
+      n=$((n + 1))
       continue
     fi
     # A pending array's tasks come as one record with a range (4-99%2), whose output file name
     # Slurm expands with a placeholder task id: only a single task's is its own.
     [[ "$task" =~ ^[0-9]+$ ]] && [[ "$so" != *4294967294* ]] || so=-
     while read -r t; do
+      [ -n "${2:-}" ] && [ -n "${SSTATE[${job}_$t]:-}" ] && continue
       SSTATE[${job}_$t]="$st $ex ${rs:-0}"
       [ "$so" = - ] || SOUT[${job}_$t]=$so
+      n=$((n + 1))
     done < <(expand_ranges "$task")
-  done <<<"$out"
+  done <<<"$1"
+  ADDED=$n
 }
 
 # scontrol_jobs ID...: `scontrol -o show job` of each job (one call per array, not a listing of
@@ -885,7 +906,8 @@ scontrol_jobs() {
 }
 
 min_job_age() {
-  scontrol show config 2>/dev/null | awk '$1 == "MinJobAge" { print $3; found = 1 } END { if (!found) print 300 }'
+  # Unreachable controller: Slurm's default (and no exit status that would end the script).
+  { scontrol show config 2>/dev/null || true; } | awk '$1 == "MinJobAge" { print $3; found = 1 } END { if (!found) print 300 }'
 }
 
 # output_file ID: the output file of task A_T (or of the merge job J): the one Slurm names, else
