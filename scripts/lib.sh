@@ -245,6 +245,123 @@ quoted() {
   printf '%s' "$out"
 }
 
+# ---- words recorded with a launch (sbatch options, the --notify command) ----------------------
+# A launch line keeps them as a shell would need them typed (readable, and pasteable), in one
+# field written with logval; record_words and parse_words are each other's inverse for any words
+# an argv can hold (spaces, quotes, ';', '$', backslashes, line breaks, UTF-8), without eval.
+
+# record_words WORD...: like `quoted`, but each control character (a line break, a tab) is
+# written $'\xHH', so that the words stay on one line of a status file.
+record_words() {
+  local LC_ALL=C out='' w q="'\\''" i c seg x
+  for w in "$@"; do
+    if [[ "$w" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+      :
+    elif [[ "$w" != *[[:cntrl:]]* ]]; then
+      w="'${w//\'/$q}'"
+    else
+      seg=''
+      x=''
+      for ((i = 0; i < ${#w}; i++)); do
+        c=${w:i:1}
+        if [[ "$c" == [[:cntrl:]] ]]; then
+          [ -z "$seg" ] || x+="'$seg'"
+          seg=''
+          printf -v c "\$'\\\\x%02x'" "'$c"
+          x+=$c
+        elif [ "$c" = "'" ]; then
+          [ -z "$seg" ] || x+="'$seg'"
+          seg=''
+          x+="\\'"
+        else
+          seg+=$c
+        fi
+      done
+      [ -z "$seg" ] || x+="'$seg'"
+      w=$x
+    fi
+    out+="${out:+ }$w"
+  done
+  printf '%s' "$out"
+}
+
+# parse_words TEXT: the words of TEXT, as record_words (or quoted) writes them, into WORDS; false
+# when TEXT is not in that form (a damaged record).
+parse_words() {
+  local LC_ALL=C s=$1 w='' have=0 c
+  WORDS=()
+  while [ -n "$s" ]; do
+    case "$s" in
+      ' '*)
+        ((have)) && WORDS+=("$w")
+        w=''
+        have=0
+        s=${s:1}
+        continue
+        ;;
+      "'"*)
+        s=${s:1}
+        [[ "$s" == *"'"* ]] || return 1
+        w+=${s%%"'"*}
+        s=${s#*"'"}
+        ;;
+      "\\'"*)
+        w+="'"
+        s=${s:2}
+        ;;
+      "\$'\\x"[0-9a-fA-F][0-9a-fA-F]"'"*)
+        printf -v c '%b' "\\x${s:4:2}"
+        w+=$c
+        s=${s:7}
+        ;;
+      [\\\$\"]*) return 1 ;;
+      *)
+        c=${s%%[ \'\\\$\"]*}
+        w+=$c
+        s=${s:${#c}}
+        ;;
+    esac
+    have=1
+  done
+  ((have)) && WORDS+=("$w")
+  return 0
+}
+
+# logval_field LINE KEY: the value of KEY on a status line as logval wrote it (a JSON string
+# decoded); false when the line has no such field. Reads the fields in order, so that a value
+# holding ' KEY=' (a quoted path, a command's words) is never taken for the field.
+logval_field() {
+  local s=${1#* } key v c
+  [[ "$s" == *' '* ]] || return 1
+  s=${s#* }
+  while [ -n "$s" ]; do
+    [[ "$s" == *=* ]] || return 1
+    key=${s%%=*}
+    s=${s#*=}
+    v=''
+    if [[ "$s" == '"'* ]]; then
+      s=${s:1}
+      while [ -n "$s" ]; do
+        case "$s" in
+          '"'*) s=${s:1}; break ;;
+          \\?*) v+=${s:1:1}; s=${s:2} ;;
+          \\) s='' ;;
+          *) c=${s%%[\"\\]*}; v+=$c; s=${s:${#c}} ;;
+        esac
+      done
+    else
+      v=${s%% *}
+      s=${s:${#v}}
+    fi
+    s=${s# }
+    if [ "$key" = "$2" ]; then
+      printf '%s' "$v"
+      return 0
+    fi
+  done
+  return 1
+}
+
 # A path relative to the current directory when it is below it.
 rel() { echo "${1#"$PWD"/}"; }
 
@@ -326,6 +443,10 @@ remove_own_workdir() {
 # (default 60). Its failure is reported and never changes the launcher's exit code.
 NOTIFY=()
 NOTIFY_WORDS=0
+# --no-notify: this launch sends no notice, and forgets the command remembered with the run.
+NO_NOTIFY=0
+# The time of the launch whose --notify command applies again ('' when it was given now, or none).
+NOTIFY_FROM=''
 NOTIFY_TIMEOUT=${SHARDRUN_NOTIFY_TIMEOUT:-60}
 NOTIFY_FORM="write the command's words after --notify and end them with a ';' word, e.g. --notify notify-send 'run ended' ';'"
 
@@ -343,6 +464,50 @@ take_notify() {
   ((n > 0)) || usage_error "--notify: no command before ';'; $NOTIFY_FORM"
   # shellcheck disable=SC2034 # read by the launchers' option parsers
   NOTIFY_WORDS=$((n + 1))
+}
+
+# check_notify_options: --notify and --no-notify are not given together. The caller defines
+# usage_error.
+check_notify_options() {
+  if ((NO_NOTIFY && ${#NOTIFY[@]} > 0)); then
+    usage_error "--notify and --no-notify contradict each other: give a new command with --notify, or drop the remembered one with --no-notify"
+  fi
+}
+
+# use_remembered_notify: without --notify or --no-notify on this command, the --notify command
+# recorded with the run's last launch by this launcher (notify_cmd= on its line in $STATUS)
+# applies again, as the sbatch options do: a pasted --only-failed or --redo-stale hint tells the
+# user of the re-run too. Sets NOTIFY and NOTIFY_FROM (that launch's time).
+use_remembered_notify() {
+  local line v
+  NOTIFY_FROM=''
+  ((${#NOTIFY[@]} == 0 && !NO_NOTIFY)) || return 0
+  line=$(last_line "$STATUS" launch)
+  v=$(logval_field "$line" notify_cmd) || return 0
+  [ -n "$v" ] || return 0
+  if ! parse_words "$v" || ((${#WORDS[@]} == 0)); then
+    DIE_CODE=2 die "the --notify command recorded in $(rel "$STATUS") is damaged ($v); give it again with --notify CMD ... ';', or drop it with --no-notify"
+  fi
+  NOTIFY=("${WORDS[@]}")
+  NOTIFY_FROM=${line%% *}
+}
+
+# notify_field: the launch line's notify_cmd= field (the command in force, "" when none).
+notify_field() {
+  local words=''
+  ((${#NOTIFY[@]} == 0)) || words=$(record_words "${NOTIFY[@]}")
+  printf 'notify_cmd=%s' "$(logval "$words")"
+}
+
+# describe_notify: one line naming the --notify command in force and where it comes from (dry
+# runs, --status); nothing when there is none.
+describe_notify() {
+  ((${#NOTIFY[@]} > 0)) || return 0
+  if [ -n "$NOTIFY_FROM" ]; then
+    echo "--notify command (remembered from the launch of $NOTIFY_FROM; a new --notify replaces it, --no-notify drops it): $(record_words "${NOTIFY[@]}")"
+  else
+    echo "--notify command (recorded with the run; later launches reuse it): $(record_words "${NOTIFY[@]}")"
+  fi
 }
 
 # check_notify_timeout: SHARDRUN_NOTIFY_TIMEOUT is a number of seconds above 0.

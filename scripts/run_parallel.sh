@@ -3,7 +3,8 @@
 #
 # Usage: ./scripts/run_parallel.sh [--config FILE] [--num-shards N] [--only-failed] [--force]
 #                                  [--redo-stale] [--dry-run] [--stagger SECONDS] [--jobs J] [--merge]
-#                                  [--grace SECONDS] [--max-running P] [--notify CMD [ARG...] ';']
+#                                  [--grace SECONDS] [--max-running P]
+#                                  [--notify CMD [ARG...] ';' | --no-notify]
 #
 #   --version          print the version and exit
 #   --config FILE      run configuration (default: conf/default.yaml)
@@ -24,7 +25,11 @@
 #   --notify CMD [ARG...] ';'
 #                      when the run ends, run CMD (no shell) with the run's summary as JSON on
 #                      stdin and SHARDRUN_* variables; the ';' word ends its words. Killed after
-#                      SHARDRUN_NOTIFY_TIMEOUT seconds (default 60); never changes the exit code
+#                      SHARDRUN_NOTIFY_TIMEOUT seconds (default 60); never changes the exit code.
+#                      Remembered with the run: later launches without --notify (--only-failed,
+#                      --redo-stale, the printed hints) send the notice too; a new --notify
+#                      replaces it
+#   --no-notify        send no notice for this launch, and forget the remembered command
 #
 # Workers run in the background, each logging to logs/<run>/shard_<I>_of_<N>.log. Their pid,
 # start and end time and exit code go to logs/<run>/launcher.status. SIGINT and SIGTERM are
@@ -87,6 +92,7 @@ parse_args() {
       --grace) [ $# -ge 2 ] || usage_error "--grace needs seconds"; GRACE=$2; shift ;;
       --max-running) [ $# -ge 2 ] || usage_error "--max-running needs a number"; MAX_RUNNING=$2; shift ;;
       --notify) shift; take_notify "$@"; shift $((NOTIFY_WORDS - 1)) ;;
+      --no-notify) NO_NOTIFY=1 ;;
       *) usage_error "unknown option: $1" ;;
     esac
     shift
@@ -97,6 +103,7 @@ parse_args() {
   is_seconds "$STAGGER" "$MAX_SECONDS" || usage_error "--stagger must be a number of seconds from 0 to $MAX_SECONDS, not '$STAGGER'"
   is_seconds "$GRACE" "$MAX_SECONDS" || usage_error "--grace must be a number of seconds from 0 to $MAX_SECONDS, not '$GRACE'"
   check_notify_timeout
+  check_notify_options
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
@@ -347,7 +354,7 @@ wait_one() {
 run_shards() {
   local i n=0 queued=''
   ((${#SHARDS[@]} > MAX_RUNNING)) && queued=", at most $MAX_RUNNING at once"
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") max_running=$MAX_RUNNING launcher_pid=$$ config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)")"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(IFS=,; echo "${SHARDS[*]}") max_running=$MAX_RUNNING launcher_pid=$$ config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") $(notify_field)"
   say "run '$RUN': starting ${#SHARDS[@]} of $NUM_SHARDS shard(s)$queued; logs in $(rel "$LOGS_DIR")/"
   # Before the first launch, so that queued shards are on screen (pending) from the start.
   start_display
@@ -520,9 +527,11 @@ main() {
   parse_args "$@"
   ensure_binaries
   describe_run launcher.status
+  use_remembered_notify
   if ((DRY_RUN)); then
     NUM_SHARDS=${NUM_SHARDS:-${CONFIG_SHARDS:-$(nproc)}}
     dry_run
+    describe_notify
     exit 0
   fi
   refuse_another_launcher
@@ -547,6 +556,7 @@ main() {
   if ((ONLY_FAILED)); then
     say "re-running shard(s) $(IFS=,; echo "${SHARDS[*]}") of $NUM_SHARDS"
   fi
+  [ -z "$NOTIFY_FROM" ] || say "when it ends: the --notify command remembered from the launch of $NOTIFY_FROM, $(record_words "${NOTIFY[@]}") (--no-notify drops it)"
   run_shards
   report
 }

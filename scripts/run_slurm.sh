@@ -4,7 +4,7 @@
 # Usage: ./scripts/run_slurm.sh [--config FILE] [--num-shards N] [--only-failed] [--wait]
 #                               [--merge] [--force | --redo-stale] [--dry-run] [--jobs J]
 #                               [--shards-per-task K] [--throttle K]
-#                               [--notify CMD [ARG...] ';'] [-- SBATCH_OPTION...]
+#                               [--notify CMD [ARG...] ';' | --no-notify] [-- SBATCH_OPTION...]
 #        ./scripts/run_slurm.sh [--config FILE] --status | --cancel | --wait
 #
 #   --version          print the version and exit
@@ -44,7 +44,13 @@
 #                      the exit code. With --merge and no --wait, the merge job sends the run's
 #                      one notice: it then waits for the arrays with afterany, merges when every
 #                      item is committed (else merge refuses, and the notice says failed), and
-#                      runs CMD the same way (its script: logs/<run>/slurm_merge.sh)
+#                      runs CMD the same way (its script: logs/<run>/slurm_merge.sh).
+#                      Remembered with the run, like the sbatch options: later submissions
+#                      without --notify (--only-failed, --redo-stale, the printed hints) send the
+#                      notice too when they --wait or --merge; a new --notify replaces it.
+#                      --cancel of a run whose merge job was to send it, before that job started,
+#                      sends it (exit code 143, state interrupted)
+#   --no-notify        send no notice for this submission, and forget the remembered command
 #   -- OPTIONS         passed to sbatch as they are (--time, --partition, --mem, --account, ...);
 #                      remembered with the run: later submissions without -- reuse them, a new
 #                      -- replaces them
@@ -136,6 +142,7 @@ parse_args() {
       --shards-per-task) [ $# -ge 2 ] || usage_error "--shards-per-task needs a number"; PER_TASK_ARG=$2; shift ;;
       --throttle) [ $# -ge 2 ] || usage_error "--throttle needs a number"; THROTTLE_ARG=$2; shift ;;
       --notify) shift; take_notify "$@"; shift $((NOTIFY_WORDS - 1)) ;;
+      --no-notify) NO_NOTIFY=1 ;;
       --) shift; SBATCH_GIVEN=1; take_sbatch_opts "$@"; break ;;
       *) usage_error "unknown option: $1 (sbatch options go after --)" ;;
     esac
@@ -149,6 +156,10 @@ parse_args() {
   is_seconds "$POLL" "$MAX_SECONDS" || usage_error "SHARDRUN_SLURM_POLL must be a number of seconds from 0 to $MAX_SECONDS, not '$POLL'"
   [ -f "$CONFIG" ] || usage_error "no configuration file at $CONFIG"
   check_notify_timeout
+  check_notify_options
+  if ((STATUS_ONLY || CANCEL)) && ((${#NOTIFY[@]} > 0 || NO_NOTIFY)); then
+    usage_error "--status and --cancel act on the run's recorded jobs and take only --config"
+  fi
   if ((${#NOTIFY[@]} > 0 && !WAIT && !MERGE)); then usage_error "--notify runs when the run ends, which only --wait or the merge job sees: add --wait or --merge (or watch with: monitor --follow --notify CMD ... ';')"; fi
   if ((ONLY_FAILED && FORCE)); then usage_error "--only-failed and --force contradict each other"; fi
   if ((REDO_STALE && FORCE)); then usage_error "--redo-stale and --force contradict each other (--force regenerates everything)"; fi
@@ -177,7 +188,7 @@ sbatch_record() {
   local words=("${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}")
   [ -n "$THROTTLE" ] && words+=("--array=%$THROTTLE")
   ((${#words[@]} > 0)) || return 0
-  quoted "${words[@]}"
+  record_words "${words[@]}"
 }
 
 # The shards per task: the command line's, else the run's last Slurm launch's, else 1.
@@ -192,22 +203,16 @@ choose_per_task() {
 # (a pasted --only-failed lands in the same partition, with the same limits); a `--throttle`
 # given now still wins. REMEMBERED_FROM is the time of that launch ('' when none applies).
 use_remembered_sbatch_opts() {
-  local line v opts=() throttle=$THROTTLE_ARG
+  local line v throttle=$THROTTLE_ARG
   REMEMBERED_FROM=''
   ((SBATCH_GIVEN)) && return 0
   line=$(last_line "$STATUS" launch)
-  [[ "$line" == *" sbatch="* ]] || return 0
-  v=${line##* sbatch=}
-  if [[ "$v" == \"* ]]; then
-    # A JSON string (logval): \" and \\ are its only escapes.
-    v=$(sed -e 's/^"//' -e 's/"$//' -e 's/\\\(.\)/\1/g' <<<"$v")
-  fi
+  v=$(logval_field "$line" sbatch) || return 0
   [ -n "$v" ] || return 0
-  printf '%s' "$v" | xargs -r printf '%s\0' >/dev/null 2>&1 ||
+  parse_words "$v" ||
     DIE_CODE=2 die "the sbatch options recorded in $(rel "$STATUS") are damaged ($v); give them again after --"
-  mapfile -d '' -t opts < <(printf '%s' "$v" | xargs -r printf '%s\0')
-  ((${#opts[@]} > 0)) || return 0
-  take_sbatch_opts "${opts[@]}"
+  ((${#WORDS[@]} > 0)) || return 0
+  take_sbatch_opts "${WORDS[@]}"
   THROTTLE=${throttle:-$THROTTLE}
   REMEMBERED_FROM=${line%% *}
 }
@@ -291,6 +296,9 @@ again() {
   local action=--only-failed
   ((REDO_STALE)) && action=--redo-stale
   ((MERGE)) && action+=' --merge'
+  # The notice of a run that was waited for is sent by the waiter: the re-submission waits too
+  # (with --merge, the merge job sends it).
+  ((WAIT && !MERGE && ${#NOTIFY[@]} > 0)) && action+=' --wait'
   printf '%s %s%s %s' "$(me)" "$(quoted --config "$CONFIG")" "${JOBS:+ --jobs $JOBS}" "$action"
 }
 
@@ -520,6 +528,8 @@ dry_run() {
     echo "$out"
   done
   describe_sbatch_opts
+  describe_notify
+  ((${#NOTIFY[@]} == 0 || WAIT || MERGE)) || echo "(no notice for this submission: the --notify command runs when the run's end is seen, with --wait or --merge)"
   echo "would submit (MaxArraySize $MAX_ARRAY; batch script $(rel "$BATCH")):"
   for offset in "${OFFSETS[@]}"; do
     sbatch_args "$offset"
@@ -541,7 +551,7 @@ submit() {
   ((ONLY_FAILED)) && mode=only-failed
   ((FORCE)) && mode=force
   ((REDO_STALE)) && mode=redo-stale
-  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(ranges "${SHARDS[@]}") mode=$mode jobs=$JOBS merge=$MERGE shards_per_task=$PER_TASK submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY sbatch=$(logval "$(sbatch_record)")"
+  status "launch run=$RUN num_shards=$NUM_SHARDS shards=$(ranges "${SHARDS[@]}") mode=$mode jobs=$JOBS merge=$MERGE shards_per_task=$PER_TASK submitter_pid=$$ host=$(hostname -s) config=$(logval "$CONFIG") config_sum=$(config_sum) script=$(logval "$(script_path)") max_array_size=$MAX_ARRAY sbatch=$(logval "$(sbatch_record)") $(notify_field)"
   JOB_IDS=()
   MERGE_JOB=''
   declare -gA JOB_OF=()
@@ -590,6 +600,15 @@ merge_sbatch_args() {
   strip_output_opts
 }
 
+# notice_sender: who sends the --notify notice of the last submission (for --status).
+notice_sender() {
+  if ((MERGE_NOTIFIES)) && [ -n "$MERGE_JOB" ]; then
+    echo " (merge job $MERGE_JOB sends it when the run ends)"
+  else
+    echo " (sent when the run ends by a --wait on it)"
+  fi
+}
+
 # True when the merge job sends the --notify notice: nobody waits here to send it.
 job_notifies() {
   ((MERGE && !WAIT && ${#NOTIFY[@]} > 0))
@@ -606,14 +625,23 @@ write_merge_script() {
   q_config=$(printf '%q' "$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")")
   q_root=$(printf '%q' "$PWD")
   q_run=$(printf '%q' "$RUN")
+  # Stopped by Slurm (scancel, its time limit), the job has KillWait seconds (30 by default)
+  # before SIGKILL: the notice then gets at most 20 of them.
+  local stop_timeout=20
+  is_seconds "$NOTIFY_TIMEOUT" 20 && stop_timeout=$NOTIFY_TIMEOUT
   cat <<EOF
 #!/bin/bash
 # Slurm merge job of shardrun run $q_run, written by scripts/run_slurm.sh: merges the run (merge
-# refuses it when a shard did not commit every item), then sends the --notify notice.
+# refuses it when a shard did not commit every item), then sends the --notify notice, also when
+# Slurm stops the job (scancel, time limit: SIGTERM, exit code 143).
 code=0
-$q_merge --config $q_config --root $q_root || code=\$?
+timeout=$(printf '%q' "$NOTIFY_TIMEOUT")
+trap 'code=143; timeout=$(printf '%q' "$stop_timeout")' TERM
+rc=0
+$q_merge --config $q_config --root $q_root || rc=\$?
+[ "\$code" = 143 ] || code=\$rc
 $q_monitor --root $q_root --run $q_run --num-shards $NUM_SHARDS --notify-exit-code "\$code" \\
-  --notify-timeout $(printf '%q' "$NOTIFY_TIMEOUT") --notify $(quoted_words "${NOTIFY[@]}") ';' </dev/null ||
+  --notify-timeout "\$timeout" --notify $(quoted_words "${NOTIFY[@]}") ';' </dev/null ||
   echo "merge job: warning: the --notify command could not be run (monitor exited \$?); the job's exit code is merge's" >&2
 exit "\$code"
 EOF
@@ -805,46 +833,67 @@ report_merge() {
 # ---- what Slurm says about the run's jobs --------------------------------------------------
 
 # task_states: SSTATE[A_T] (and SSTATE[J] for the merge job) = "STATE EXIT RESTARTS", and
-# SOUT[...] = the output file Slurm names, for the run's recorded jobs still known to Slurm: one
-# `sacct` call where accounting is on (it remembers finished jobs), else one `scontrol` call
-# (which forgets a job MinJobAge seconds after it ended). GONE says what a missing task means.
+# SOUT[...] = the output file Slurm names, for the run's recorded jobs still known to Slurm.
+# The controller first (`scontrol`, one call per array): its states are current, where
+# accounting lags it by a second or two (a task that just ended still reads RUNNING, a task just
+# started reads nothing), but it forgets a job MinJobAge seconds after its end. Then, where
+# accounting is on, one `sacct` call for the jobs the controller forgot. (sacct's fields are
+# those of every Slurm version in use: 22.05 has no Restarts.) GONE says what a missing task
+# means; STATE_SOURCE names the source(s) used.
 task_states() {
-  local ids out job task st ex rs so
+  local ids out
   declare -gA SSTATE=() SOUT=()
   ids=$(IFS=,; echo "${JOB_IDS[*]}${MERGE_JOB:+,$MERGE_JOB}")
+  STATE_SOURCE=scontrol
+  GONE="gone: Slurm forgets a job $(min_job_age) s after it ends, and this cluster keeps no accounting (sacct)"
   [ -n "$ids" ] || return 0
-  if have_cmd sacct && out=$(sacct -n -P -X -j "$ids" -o JobID,State,ExitCode,Restarts 2>/dev/null); then
-    STATE_SOURCE=sacct
-    GONE="unknown to Slurm's accounting (sacct)"
-    out=$(awk -F'|' '{ id = $1; st = $2; sub(/ .*/, "", st); job = id; task = "-"
-        if (id ~ /_/) { sub(/_.*/, "", job); task = id; sub(/^[^_]*_/, "", task); gsub(/[][]/, "", task) }
-        print job, task, st, $3, ($4 == "" ? 0 : $4), "-" }' <<<"$out")
-  else
-    STATE_SOURCE=scontrol
-    GONE="gone: Slurm forgets a job $(min_job_age) s after it ends, and this cluster keeps no accounting (sacct)"
-    out=$(scontrol_jobs "${JOB_IDS[@]}" "$MERGE_JOB" | awk -v want="$ids" '
-      function val(k,   m) { if (match($0, " " k "=[^ ]*")) return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 2); return "" }
-      BEGIN { n = split(want, w, ","); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
-      { $0 = " " $0; job = val("ArrayJobId"); task = val("ArrayTaskId")
-        if (job == "") { job = val("JobId"); task = "-" }
-        if (!(job in ok)) next
-        print job, task, val("JobState"), val("ExitCode"), val("Restarts"), val("StdOut") }')
+  out=$(scontrol_jobs "${JOB_IDS[@]}" "$MERGE_JOB" | awk -v want="$ids" '
+    function val(k,   m) { if (match($0, " " k "=[^ ]*")) return substr($0, RSTART + length(k) + 2, RLENGTH - length(k) - 2); return "" }
+    BEGIN { n = split(want, w, ","); for (i = 1; i <= n; i++) ok[w[i]] = 1 }
+    { $0 = " " $0; job = val("ArrayJobId"); task = val("ArrayTaskId")
+      if (job == "") { job = val("JobId"); task = "-" }
+      if (!(job in ok)) next
+      print job, task, val("JobState"), val("ExitCode"), val("Restarts"), val("StdOut") }')
+  local from_ctl
+  add_states "$out"
+  from_ctl=$ADDED
+  have_cmd sacct || return 0
+  out=$(sacct -n -P -X -j "$ids" -o JobID,State,ExitCode 2>/dev/null) || return 0
+  GONE="unknown to Slurm's accounting (sacct)"
+  out=$(awk -F'|' '{ id = $1; st = $2; sub(/ .*/, "", st); job = id; task = "-"
+      if (id ~ /_/) { sub(/_.*/, "", job); task = id; sub(/^[^_]*_/, "", task); gsub(/[][]/, "", task) }
+      print job, task, st, $3, 0, "-" }' <<<"$out")
+  add_states "$out" keep
+  if ((ADDED > 0)); then
+    if ((from_ctl > 0)); then STATE_SOURCE="scontrol and sacct"; else STATE_SOURCE=sacct; fi
   fi
+}
+
+# add_states LINES [keep]: sets SSTATE and SOUT from "JOB TASK STATE EXIT RESTARTS STDOUT" lines
+# (TASK '-' for a job that is no array, or a range of pending tasks); with keep, a task already
+# known keeps its state. ADDED = how many tasks it set.
+add_states() {
+  local job task st ex rs so t n=0
   while read -r job task st ex rs so; do
     [ -n "$job" ] || continue
     if [ "$task" = - ]; then
+      [ -n "${2:-}" ] && [ -n "${SSTATE[$job]:-}" ] && continue
       SSTATE[$job]="$st $ex ${rs:-0}"
       [ "$so" = - ] || SOUT[$job]=$so
+      n=$((n + 1))
       continue
     fi
     # A pending array's tasks come as one record with a range (4-99%2), whose output file name
     # Slurm expands with a placeholder task id: only a single task's is its own.
     [[ "$task" =~ ^[0-9]+$ ]] && [[ "$so" != *4294967294* ]] || so=-
     while read -r t; do
+      [ -n "${2:-}" ] && [ -n "${SSTATE[${job}_$t]:-}" ] && continue
       SSTATE[${job}_$t]="$st $ex ${rs:-0}"
       [ "$so" = - ] || SOUT[${job}_$t]=$so
+      n=$((n + 1))
     done < <(expand_ranges "$task")
-  done <<<"$out"
+  done <<<"$1"
+  ADDED=$n
 }
 
 # scontrol_jobs ID...: `scontrol -o show job` of each job (one call per array, not a listing of
@@ -857,7 +906,8 @@ scontrol_jobs() {
 }
 
 min_job_age() {
-  scontrol show config 2>/dev/null | awk '$1 == "MinJobAge" { print $3; found = 1 } END { if (!found) print 300 }'
+  # Unreachable controller: Slurm's default (and no exit status that would end the script).
+  { scontrol show config 2>/dev/null || true; } | awk '$1 == "MinJobAge" { print $3; found = 1 } END { if (!found) print 300 }'
 }
 
 # output_file ID: the output file of task A_T (or of the merge job J): the one Slurm names, else
@@ -965,6 +1015,7 @@ show_status() {
   for i in "${SHARDS[@]}"; do in_sub[$i]=1; done
   echo "run '$RUN': $(plural "$NUM_SHARDS" shard); last submission $SUBMIT_TS: job(s) ${JOB_IDS[*]} (name shardrun-$RUN)${MERGE_JOB:+, merge job $MERGE_JOB (shardrun-$RUN-merge)}"
   [ -n "$(sbatch_record)" ] && echo "sbatch options: $(sbatch_record)"
+  ((${#NOTIFY[@]} == 0)) || echo "--notify command: $(record_words "${NOTIFY[@]}")$(notice_sender)"
   echo "job states from $STATE_SOURCE"
   # Shards outside the last submission keep what their logs last said.
   [ "${#in_sub[@]}" = "$NUM_SHARDS" ] || read_earlier_finishes
@@ -1042,7 +1093,21 @@ cancel_run() {
     sleep 1
   done
   echo "cancelled run '$RUN': job(s) $q; nothing of it is queued. Finish it later with: $(again)"
+  notify_cancelled "$q"
   exit 0
+}
+
+# notify_cancelled JOBS: the merge job was to send the run's --notify notice; cancelled before it
+# started (Slurm creates its output file when it starts), it never will, so the notice goes from
+# here, with the exit code of a run stopped by SIGTERM (143: state interrupted). A merge job
+# stopped while running sends it itself (write_merge_script).
+notify_cancelled() {
+  ((MERGE_NOTIFIES && ${#NOTIFY[@]} > 0)) && [ -n "$MERGE_JOB" ] || return 0
+  [[ " $1 " == *" $MERGE_JOB "* ]] || return 0
+  [ ! -e "$LOGS_DIR/slurm-merge-$MERGE_JOB.out" ] || return 0
+  say "merge job $MERGE_JOB never started: sending the run's --notify notice from here"
+  status "notify merge_job=$MERGE_JOB exit=143 why=cancelled"
+  run_notify 143
 }
 
 # read_earlier_finishes: EARLIER[i] = the status of shard i's last finish line, whenever written.
@@ -1086,6 +1151,7 @@ main() {
   BATCH=$LOGS_DIR/slurm_task.sh
   MERGE_SCRIPT=$LOGS_DIR/slurm_merge.sh
   use_remembered_sbatch_opts
+  use_remembered_notify
   choose_per_task
   if ((STATUS_ONLY)); then
     show_status
@@ -1110,6 +1176,8 @@ main() {
     [ -n "$(queued_jobs)" ]; then
     exec 9>&-
     load_last_submission
+    # Its merge job sends the remembered notice: one notice per run.
+    if ((MERGE_NOTIFIES)) && [ -n "$NOTIFY_FROM" ]; then NOTIFY=(); fi
     say "run '$RUN' has job(s) in the queue: waiting for its submission of $SUBMIT_TS"
     wait_for_jobs
     report
@@ -1126,6 +1194,9 @@ main() {
   fi
   ((ONLY_FAILED)) && say "re-submitting shard(s) $(ranges "${SHARDS[@]}") of $NUM_SHARDS"
   plan_submissions
+  if [ -n "$NOTIFY_FROM" ] && ((!WAIT && !MERGE)); then
+    say "no notice for this submission: the --notify command remembered from the launch of $NOTIFY_FROM runs when the run's end is seen (add --wait or --merge; --no-notify forgets it)"
+  fi
   ((${#OFFSETS[@]} > 1)) && say "$NUM_SHARDS shards exceed MaxArraySize $MAX_ARRAY: ${#OFFSETS[@]} array submissions"
   submit
   exec 9>&-

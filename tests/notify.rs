@@ -283,3 +283,163 @@ fn a_hanging_notify_command_is_killed_with_its_group_at_the_timeout() {
     .unwrap();
     assert_exit(&out, 2, "zero timeout", p.root());
 }
+
+/// Words a --notify command may be given that a record of it could mangle: spaces, quotes of both
+/// kinds, ';' inside a word, shell syntax that must never be evaluated, backslashes, line breaks
+/// and other control characters, UTF-8, empty words, words that look like options or log fields.
+/// (A word that is exactly ';' ends the command, so it cannot be one.)
+pub(crate) const HOSTILE_ARGS: &[&str] = &[
+    "a b",
+    "it's",
+    "\"dq\"",
+    "a;b",
+    "; ",
+    "';'",
+    "$HOME",
+    "`id`",
+    "$(id)",
+    "\\",
+    "\\\\n",
+    "line\nbreak",
+    "tab\there",
+    "cr\rx",
+    "\u{1}\u{7f}",
+    "é 日本 🎉",
+    "",
+    "-x",
+    "--",
+    "--no-notify",
+    "--notify",
+    "=",
+    "$'\\x41'",
+    "'",
+    "''",
+    " lead",
+    "trail ",
+    "*",
+    "!x",
+    "a'b\"c\\d",
+    "notify_cmd=x sbatch=\"y\"",
+];
+
+/// A --notify command that writes its arguments, NUL-separated, to argv.<n>.bin (n: 0 for the first
+/// notice, 1 for the next, ...).
+pub(crate) const ARGV_RECORDER: &str =
+    "#!/bin/sh\ncat >/dev/null\nn=$(ls argv.*.bin 2>/dev/null | wc -l)\n\
+     for a in \"$@\"; do printf '%s\\0' \"$a\"; done > argv.$n.tmp\nmv argv.$n.tmp argv.$n.bin\n";
+
+/// The arguments of each notice ARGV_RECORDER recorded, in order.
+pub(crate) fn recorded_notices(p: &Project) -> Vec<Vec<String>> {
+    (0..)
+        .map_while(|n| std::fs::read(p.path(&format!("argv.{n}.bin"))).ok())
+        .map(|bytes| {
+            let mut words: Vec<String> = bytes
+                .split(|b| *b == 0)
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            words.pop(); // after the last NUL
+            words
+        })
+        .collect()
+}
+
+fn hostile_notify() -> Vec<&'static str> {
+    let mut v = vec!["--notify", "./argv.sh"];
+    v.extend_from_slice(HOSTILE_ARGS);
+    v.push(";");
+    v
+}
+
+fn hostile_argv() -> Vec<String> {
+    HOSTILE_ARGS.iter().map(|s| s.to_string()).collect()
+}
+
+/// Regression: --only-failed (and the printed hint) forgot the --notify command of the run, so
+/// the re-run ended with no notice. It is recorded with the launch, exactly, whatever its words.
+#[test]
+fn run_parallel_remembers_the_notify_command_until_a_new_one_or_no_notify() {
+    let p = Project::new();
+    config(&p, None);
+    p.script("argv.sh", ARGV_RECORDER);
+    p.script(
+        "g.sh",
+        "#!/bin/sh\n[ -e fail ] && [ \"$1\" = 3 ] && exit 9\necho \"$1\"\n",
+    );
+    p.write("fail", "");
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", "n.yaml"];
+        all.extend_from_slice(args);
+        launcher(&p, "run_parallel.sh", &all).output().unwrap()
+    };
+    let mut first = vec!["--num-shards", "2"];
+    first.extend(hostile_notify());
+    let out = run(&first);
+    assert_exit(&out, 1, "a failed shard, with --notify", p.root());
+    assert_eq!(recorded_notices(&p), vec![hostile_argv()]);
+    let hint = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.split("re-run only those shards: ")
+                .nth(1)
+                .map(str::to_string)
+        })
+        .expect("a next: hint");
+    assert!(hint.ends_with("--config n.yaml --only-failed"), "{hint}");
+
+    let out = run(&["--only-failed", "--dry-run"]);
+    assert_exit(&out, 0, "--only-failed --dry-run", p.root());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("--notify command (remembered from the launch of "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The hint, pasted as printed (its words as a shell splits them), sends the same notice.
+    std::fs::remove_file(p.path("fail")).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&hint)
+        .current_dir(p.root())
+        .env("SHARDRUN_BIN", Path::new(WORKER).parent().unwrap())
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "the pasted --only-failed hint", p.root());
+    assert_eq!(recorded_notices(&p), vec![hostile_argv(); 2]);
+
+    // A new --notify replaces it, and is remembered in turn.
+    let out = run(&["--force", "--notify", "./argv.sh", "new one", ";"]);
+    assert_exit(&out, 0, "--force with a new --notify", p.root());
+    let out = run(&["--force"]);
+    assert_exit(&out, 0, "--force with the remembered one", p.root());
+    let n = recorded_notices(&p);
+    assert_eq!(n.len(), 4);
+    assert_eq!(n[2], ["new one"]);
+    assert_eq!(n[3], ["new one"]);
+
+    // --no-notify sends none, and the run forgets it.
+    let out = run(&["--force", "--no-notify"]);
+    assert_exit(&out, 0, "--no-notify", p.root());
+    let out = run(&["--force"]);
+    assert_exit(&out, 0, "after --no-notify", p.root());
+    assert_eq!(recorded_notices(&p).len(), 4);
+    let out = run(&["--no-notify", "--notify", "x", ";"]);
+    assert_exit(&out, 2, "--notify with --no-notify", p.root());
+    assert!(stderr(&out).contains("contradict"), "{}", stderr(&out));
+
+    // A damaged record is refused, with what to do.
+    let status = p.read("logs/n/launcher.status");
+    p.write(
+        "logs/n/launcher.status",
+        &format!(
+            "{status}2099-01-01T00:00:00.000Z launch run=n num_shards=2 shards=0,1 notify_cmd=\"'x\"\n"
+        ),
+    );
+    let out = run(&["--force"]);
+    assert_exit(&out, 2, "a damaged notify record", p.root());
+    assert!(
+        stderr(&out).contains("--notify command recorded in logs/n/launcher.status is damaged"),
+        "{}",
+        stderr(&out)
+    );
+}

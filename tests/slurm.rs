@@ -1403,8 +1403,9 @@ fn the_monitor_shows_queued_shards_and_follow_ends_when_the_jobs_are_cancelled()
     );
 }
 
-/// Where accounting is on, task states come from one `sacct` call (here a stand-in that prints
-/// what sacct prints for an array with a pending range and a cancelled merge job).
+/// Where accounting is on, the states of jobs the controller forgot come from one `sacct` call
+/// (here a stand-in that prints what sacct prints for an array with a pending range and a
+/// cancelled merge job, and a controller that knows none of them).
 #[test]
 fn status_reads_task_states_from_sacct_when_accounting_is_on() {
     let p = Project::new();
@@ -1423,7 +1424,10 @@ fn status_reads_task_states_from_sacct_when_accounting_is_on() {
     p.write("logs/d/shard_4_of_5.log", &finish("ok"));
     p.script(
         "bin/sacct",
-        "#!/bin/sh\nprintf '12_0|COMPLETED|0:0|0\\n12_1|FAILED|1:0|0\\n12_[2-3]|PENDING|0:0|0\\n13|CANCELLED by 0|0:0|0\\n'\n",
+        // Slurm 22.05's sacct refuses a field it does not have (Restarts): regression, the
+        // launcher asked for it and so never used accounting.
+        "#!/bin/sh\ncase \"$*\" in *Restarts*) echo 'sacct: error: Invalid field requested: \"Restarts\"' >&2; exit 1;; esac\n\
+         printf '12_0|COMPLETED|0:0\\n12_1|FAILED|1:0\\n12_[2-3]|PENDING|0:0\\n13|CANCELLED by 0|0:0\\n'\n",
     );
     p.script("bin/scontrol", "#!/bin/sh\nexit 1\n");
     let path = format!(
@@ -1475,4 +1479,244 @@ fn a_generator_killed_by_the_jobs_sigterm_leaves_its_item_pending() {
         "{log}"
     );
     assert!(!log.contains(" item_failed "), "{log}");
+}
+
+// ---- the --notify command, remembered with the run; notices of a run that is cancelled -------
+
+/// The launcher's printed `next:` hint after "re-submit only those shards: ".
+fn resubmit_hint(out: &Output) -> String {
+    text(out)
+        .lines()
+        .find_map(|l| l.split("re-submit only those shards: ").nth(1))
+        .unwrap_or_else(|| panic!("no re-submit hint in:\n{}", text(out)))
+        .to_string()
+}
+
+/// Runs a printed hint as a user pastes it: through a shell, from the project root.
+fn paste(p: &Project, hint: &str) -> Output {
+    // The launcher's settings (binaries, poll), with the hint as the command.
+    let settings = launcher(p, "run_slurm.sh", &[]);
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(hint).current_dir(p.root());
+    for (k, v) in settings.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh.output().expect("run the hint")
+}
+
+/// Regression: --only-failed (and the printed hint) forgot the run's --notify command, so the
+/// re-run sent no notice. On the real cluster: remembered exactly (hostile words) by the pasted
+/// hint of a --wait run and by the merge job of a later --merge, then dropped by --no-notify.
+#[test]
+fn the_notify_command_is_remembered_with_the_run_until_no_notify() {
+    let Some(_turn) = cluster("the_notify_command_is_remembered_with_the_run_until_no_notify")
+    else {
+        return;
+    };
+    use crate::notify::{recorded_notices, ARGV_RECORDER, HOSTILE_ARGS};
+    let hostile: Vec<String> = HOSTILE_ARGS.iter().map(|s| s.to_string()).collect();
+    let p = flaky_project("rn");
+    p.script("argv.sh", ARGV_RECORDER);
+    let mut args = vec!["--config", "conf/f.yaml", "--num-shards", "2", "--wait"];
+    args.push("--notify");
+    args.push("./argv.sh");
+    args.extend_from_slice(HOSTILE_ARGS);
+    args.push(";");
+    let out = slurm(&p, &args);
+    assert_exit(&out, 1, "a failed shard, --wait --notify", p.root());
+    assert_eq!(recorded_notices(&p), vec![hostile.clone()]);
+    let status = p.read("logs/rn/slurm.status");
+    assert!(
+        last_line_with(&status, "launch").contains(" notify_cmd=\"./argv.sh 'a b' 'it'\\\\''s' "),
+        "{status}"
+    );
+    // Waited for, the run's notice came from the waiter: the hint waits too.
+    let hint = resubmit_hint(&out);
+    assert!(
+        hint.ends_with("--config conf/f.yaml --only-failed --wait"),
+        "{hint}"
+    );
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--status"]);
+    assert!(
+        text(&out).contains("--notify command: ./argv.sh 'a b' "),
+        "{}",
+        text(&out)
+    );
+
+    std::fs::remove_file(p.path("fail")).unwrap();
+    let out = paste(&p, &hint);
+    assert_exit(&out, 0, "the pasted hint", p.root());
+    assert_eq!(recorded_notices(&p), vec![hostile.clone(); 2]);
+
+    // A later --merge without --wait: the merge job sends the remembered notice.
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--force",
+            "--merge",
+        ],
+    );
+    assert_exit(&out, 0, "--force --merge", p.root());
+    assert!(
+        text(&out).contains("sends the --notify notice"),
+        "{}",
+        text(&out)
+    );
+    wait_for("the merge job's notice", Duration::from_secs(60), || {
+        recorded_notices(&p).len() == 3 && queued(&submitted_jobs(&p, "rn")).is_empty()
+    });
+    assert_eq!(recorded_notices(&p)[2], hostile);
+    assert_eq!(p.read("data/rn/combined.csv"), "k\n0\n1\n2\n3\n");
+
+    // --no-notify: no notice, and the run forgets the command.
+    for extra in [&["--no-notify"][..], &[][..]] {
+        let mut args = vec![
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--force",
+            "--merge",
+            "--wait",
+        ];
+        args.extend_from_slice(extra);
+        let out = slurm(&p, &args);
+        assert_exit(&out, 0, "--force --merge --wait", p.root());
+    }
+    assert_eq!(recorded_notices(&p).len(), 3);
+    assert!(
+        last_line_with(&p.read("logs/rn/slurm.status"), "launch").ends_with(" notify_cmd=\"\""),
+        "{}",
+        p.read("logs/rn/slurm.status")
+    );
+}
+
+/// With --merge --notify, the merge job sends the run's one notice. Cancelled before it starts
+/// (`--cancel` of the whole run), it never will: --cancel sends it. Stopped while it runs (a
+/// plain scancel, its time limit), its script sends it. Either way exactly one notice, with the
+/// exit code of a SIGTERM (143).
+#[test]
+fn a_run_whose_merge_job_never_notifies_still_sends_one_notice() {
+    let Some(_turn) = cluster("a_run_whose_merge_job_never_notifies_still_sends_one_notice") else {
+        return;
+    };
+    let p = Project::new();
+    p.script("g.sh", SLOW);
+    p.script("note.sh", NOTE);
+    p.write("conf/c.yaml", &slow_config("cn"));
+    let notify = ["--notify", "./note.sh", "a b", ";"];
+    let mut args = vec!["--config", "conf/c.yaml", "--num-shards", "2", "--merge"];
+    args.extend(notify);
+    let out = slurm(&p, &args);
+    assert_exit(&out, 0, "--merge --notify", p.root());
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--cancel"]);
+    assert_exit(&out, 0, "--cancel", p.root());
+    assert!(
+        text(&out).contains("never started: sending the run's --notify notice from here"),
+        "{}",
+        text(&out)
+    );
+    let t = p.read("notices.txt");
+    assert_eq!(t.matches("\n----\n").count(), 1, "{t}");
+    assert!(
+        t.contains("state=interrupted\n")
+            && t.contains("\"exit_code\": 143")
+            && t.contains("arg=a b\n"),
+        "{t}"
+    );
+    let merge_job = submitted_jobs(&p, "cn").pop().unwrap();
+    assert!(!p
+        .path(&format!("logs/cn/slurm-merge-{merge_job}.out"))
+        .exists());
+
+    // A merge job stopped while it runs: a stand-in merge that only sleeps, killed by scancel.
+    std::fs::remove_file(p.path("notices.txt")).unwrap();
+    let bin = p.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for b in ["shard-worker", "monitor"] {
+        std::os::unix::fs::symlink(bin_dir().join(b), bin.join(b)).unwrap();
+    }
+    p.script("bin/merge", "#!/bin/sh\necho merging\nexec sleep 300\n");
+    let mut args = vec!["--config", "conf/c.yaml", "--num-shards", "2", "--merge"];
+    args.extend(notify);
+    let out = launcher(&p, "run_slurm.sh", &args)
+        .env("SHARDRUN_BIN", &bin)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "--merge --notify, a slow merge", p.root());
+    let merge_job = submitted_jobs(&p, "cn").pop().unwrap();
+    let out_file = p.path(&format!("logs/cn/slurm-merge-{merge_job}.out"));
+    wait_for("the merge job to run", Duration::from_secs(90), || {
+        std::fs::read_to_string(&out_file).is_ok_and(|t| t.contains("merging"))
+    });
+    sh(&["scancel", &merge_job]);
+    wait_for(
+        "the stopped merge job's notice",
+        Duration::from_secs(60),
+        || p.path("notices.txt").exists() && queued(std::slice::from_ref(&merge_job)).is_empty(),
+    );
+    let t = p.read("notices.txt");
+    assert_eq!(t.matches("\n----\n").count(), 1, "{t}");
+    assert!(
+        t.contains("\"exit_code\": 143") && t.contains("arg=a b\n"),
+        "{t}"
+    );
+    // Nothing left to cancel: --cancel sends no second notice.
+    let out = slurm(&p, &["--config", "conf/c.yaml", "--cancel"]);
+    assert_exit(&out, 0, "--cancel of a finished run", p.root());
+    assert_eq!(p.read("notices.txt").matches("\n----\n").count(), 1);
+}
+
+/// The dry run shows the --notify command remembered with the run and the merge job that would
+/// send it; --no-notify drops it; --status and --cancel take no notify option.
+#[test]
+fn dry_run_shows_the_remembered_notify_command_and_no_notify_drops_it() {
+    let p = Project::new();
+    p.write("conf/d.yaml", ECHO5);
+    p.write(
+        "logs/d/slurm.status",
+        "2026-01-01T00:00:00.000Z launch run=d num_shards=5 shards=0-4 mode=plain jobs= merge=1 shards_per_task=1 max_array_size=1001 sbatch=\"--time=5\" notify_cmd=\"./n.sh 'a b' 'x'$'\\\\x0a''y'\"\n\
+         2026-01-01T00:00:00.100Z submit job=12 offset=0 array=0-4 shards=0-4\n",
+    );
+    let dry = |extra: &[&str]| {
+        let mut args = vec!["--config", "conf/d.yaml", "--num-shards", "5", "--dry-run"];
+        args.extend_from_slice(extra);
+        let out = slurm(&p, &args);
+        assert_exit(&out, 0, "--dry-run", p.root());
+        text(&out)
+    };
+    let t = dry(&["--merge"]);
+    assert!(
+        t.contains("--notify command (remembered from the launch of 2026-01-01T00:00:00.000Z; a new --notify replaces it, --no-notify drops it): ./n.sh 'a b' 'x'$'\\x0a''y'\n"),
+        "{t}"
+    );
+    assert!(
+        t.contains("--dependency=afterany:") && t.contains("logs/d/slurm_merge.sh"),
+        "{t}"
+    );
+    let t = dry(&[]);
+    assert!(t.contains("(no notice for this submission: "), "{t}");
+    let t = dry(&["--merge", "--no-notify"]);
+    assert!(
+        !t.contains("--notify command") && t.contains("--dependency=afterok:"),
+        "{t}"
+    );
+    let t = dry(&["--merge", "--notify", "./other.sh", ";"]);
+    assert!(
+        t.contains(
+            "--notify command (recorded with the run; later launches reuse it): ./other.sh\n"
+        ),
+        "{t}"
+    );
+    for cmd in ["--status", "--cancel"] {
+        let out = slurm(&p, &["--config", "conf/d.yaml", cmd, "--no-notify"]);
+        assert_exit(&out, 2, "a notify option with --status/--cancel", p.root());
+    }
 }
