@@ -103,11 +103,19 @@ fn ctrl_c_while_shards_are_queued_leaves_them_pending_for_only_failed() {
         &p,
         &["--config", "conf/m.yaml", "--max-running", "2"],
     ));
-    wait_for("2 workers started", Duration::from_secs(20), || {
+    // Started, and working: the launcher has recorded the 2 starts and each worker has begun an
+    // the shard (its start line logged, its signal handling in place). A Ctrl-C before that point
+    // reaches a worker that has nothing to report yet, which the monitor cannot tell from a
+    // queued shard.
+    wait_for("2 workers working", Duration::from_secs(20), || {
         p.read("logs/m/launcher.status")
             .matches(" start shard=")
             .count()
             == 2
+            && (0..2).all(|i| {
+                std::fs::read_to_string(p.path(&format!("logs/m/shard_{i}_of_8.log")))
+                    .is_ok_and(|log| log.contains(" start run=m "))
+            })
     });
     signal(child.id(), libc::SIGINT);
     let status = wait_child(&mut child, Duration::from_secs(15));
