@@ -252,6 +252,18 @@ fn a_launcher_force_does_not_discard_outputs_under_a_merge() {
         },
     );
     let before = std::fs::read(p.path("data/c/process-0.csv")).unwrap();
+    // run_slurm.sh needs Slurm's commands before it looks at the run (CI may run this test
+    // before any Slurm is installed): an empty queue, and an sbatch that must not be reached.
+    p.script("bin/squeue", "#!/bin/sh\nexit 0\n");
+    p.script(
+        "bin/sbatch",
+        "#!/bin/sh\necho 'sbatch called under a merge' >&2\nexit 99\n",
+    );
+    let path = format!(
+        "{}:{}",
+        p.path("bin").display(),
+        std::env::var("PATH").unwrap()
+    );
     for name in ["run_parallel.sh", "run_slurm.sh"] {
         let out = std::process::Command::new(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -266,6 +278,7 @@ fn a_launcher_force_does_not_discard_outputs_under_a_merge() {
         )
         .env("SHARDRUN_NO_DISPLAY", "1")
         .env("SHARDRUN_MAX_ARRAY_SIZE", "1001")
+        .env("PATH", &path)
         .output()
         .unwrap();
         assert_exit(&out, 2, &format!("{name} --force under a merge"), p.root());
