@@ -1432,7 +1432,10 @@ fn the_monitor_shows_queued_shards_and_follow_ends_when_the_jobs_are_cancelled()
 
 /// Where accounting is on, the states of jobs the controller forgot come from one `sacct` call
 /// (here a stand-in that prints what sacct prints for an array with a pending range and a
-/// cancelled merge job, and a controller that knows none of them).
+/// cancelled merge job, and a controller that knows none of them). Regression: job ids come
+/// back (they wrap at MaxJobId; a controller's state can be reset), and `sacct --jobs` then
+/// lists the older jobs of the same id too, first: their states were taken for the run's.
+/// Where sacct fails, the output says so instead of "no accounting".
 #[test]
 fn status_reads_task_states_from_sacct_when_accounting_is_on() {
     let p = Project::new();
@@ -1454,7 +1457,15 @@ fn status_reads_task_states_from_sacct_when_accounting_is_on() {
         // Slurm 22.05's sacct refuses a field it does not have (Restarts): regression, the
         // launcher asked for it and so never used accounting.
         "#!/bin/sh\ncase \"$*\" in *Restarts*) echo 'sacct: error: Invalid field requested: \"Restarts\"' >&2; exit 1;; esac\n\
-         printf '12_0|COMPLETED|0:0\\n12_1|FAILED|1:0\\n12_[2-3]|PENDING|0:0\\n13|CANCELLED by 0|0:0\\n'\n",
+         since=1970-01-01T00:00:00\n\
+         while [ $# -gt 0 ]; do [ \"$1\" = -S ] && since=$2; shift; done\n\
+         # Jobs 12 and 13 of an earlier life of the cluster, which ended in 2025.\n\
+         if awk -v s=\"$since\" 'BEGIN { exit !(s <= \"2025-06-01T00:00:00\") }'; then\n\
+         printf '12_0|FAILED|1:0|2025-06-01T00:00:00\\n12_2|COMPLETED|0:0|2025-06-01T00:00:00\\n13|COMPLETED|0:0|2025-06-01T00:00:00\\n'\n\
+         fi\n\
+         # One that ended within the minute before the submission (reset and reused at once).\n\
+         printf '13|COMPLETED|0:0|2025-12-31T23:59:50\\n'\n\
+         printf '12_0|COMPLETED|0:0|2026-01-01T00:00:00\\n12_1|FAILED|1:0|2026-01-01T00:00:00\\n12_[2-3]|PENDING|0:0|2026-01-01T00:00:00\\n13|CANCELLED by 0|0:0|2026-01-01T00:00:00\\n'\n",
     );
     p.script("bin/scontrol", "#!/bin/sh\nexit 1\n");
     let path = format!(
@@ -1463,7 +1474,7 @@ fn status_reads_task_states_from_sacct_when_accounting_is_on() {
         std::env::var("PATH").unwrap()
     );
     let out = launcher(&p, "run_slurm.sh", &["--config", "conf/d.yaml", "--status"])
-        .env("PATH", path)
+        .env("PATH", &path)
         .output()
         .unwrap();
     assert_exit(&out, 0, "--status with sacct", p.root());
@@ -1481,6 +1492,32 @@ fn status_reads_task_states_from_sacct_when_accounting_is_on() {
         t.contains("merge job 13: CANCELLED, exit 0:0 (no Slurm output file: logs/d/slurm-merge-13.out was never written"),
         "{t}"
     );
+
+    // slurmdbd unreachable: not "this cluster keeps no accounting", but sacct's own words.
+    p.script(
+        "bin/sacct",
+        "#!/bin/sh\necho 'sacct: error: slurm_persist_conn_open_without_init: failed to open persistent connection to host:127.0.0.1:6929: Connection refused' >&2\n\
+         echo 'sacct: error: Problem talking to the database: Connection refused' >&2\nexit 1\n",
+    );
+    let out = launcher(&p, "run_slurm.sh", &["--config", "conf/d.yaml", "--status"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "--status with a failing sacct", p.root());
+    let t = text(&out);
+    let why = "sacct failed: sacct: error: Problem talking to the database: Connection refused";
+    assert!(
+        t.contains(&format!("\njob states from scontrol ({why})\n")),
+        "{t}"
+    );
+    assert!(t.contains("  gone  "), "{t}");
+    assert!(
+        t.contains(&format!(
+            "merge job 13: gone: Slurm forgets a job 300 s after it ends, and {why} ("
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("keeps no accounting"), "{t}");
 }
 
 /// On the accounting cluster (`slurm_local.sh up-accounting`, MinJobAge=2): once the controller
