@@ -225,8 +225,18 @@ pid_of() {
   local pid
   pid=$(cat "$1" 2>/dev/null || true)
   [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] && echo "$pid"
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] && alive "$pid" && echo "$pid"
   return 0
+}
+
+# alive PID: the process exists and has not exited (a daemon that died stays a zombie until
+# init reaps it, which in a container can take a second or more).
+alive() {
+  local st
+  st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null || true)
+  case "${st%% *}" in
+    '' | Z | X | x) return 1 ;;
+  esac
 }
 
 # wait_until SECONDS COMMAND...: polls COMMAND until it succeeds; false when time runs out.
@@ -285,11 +295,11 @@ stop_daemon() {
   [ -n "$pid" ] || return 0
   say "stopping $name (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
-  while [ -e "/proc/$pid" ] && ((t < 100)); do
+  while alive "$pid" && ((t < 100)); do
     sleep 0.1
     t=$((t + 1))
   done
-  if [ -e "/proc/$pid" ]; then
+  if alive "$pid"; then
     kill -KILL "$pid" 2>/dev/null || true
   fi
 }
