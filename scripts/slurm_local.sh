@@ -14,8 +14,8 @@
 #                    Its own configuration, /etc/slurm-accounting/ (use it with
 #                    SLURM_CONF=/etc/slurm-accounting/slurm.conf), its own ports (slurmctld 6927,
 #                    slurmd 6928, slurmdbd 6929), job ids from 1000000, and MinJobAge=2: the
-#                    controller forgets a finished job within about a minute (its purge runs
-#                    every 60 s), and sacct still knows it. munged is shared by both clusters.
+#                    controller forgets a finished job within seconds, and sacct still knows
+#                    it. munged is shared by both clusters.
 #                    Safe to repeat, like up.
 #   down             stop both clusters: cancel their jobs, stop the daemons this script started
 #                    (by their pid files; munged last, and only if this script started it) and
@@ -119,8 +119,8 @@ AccountingStoragePort=$ACCT_DBD_PORT
 SlurmctldPort=$ACCT_CTLD_PORT
 SlurmdPort=$ACCT_SLURMD_PORT
 FirstJobId=1000000
-# The controller forgets a job 2 s after its end (Slurm's smallest safe value; its purge runs
-# every 60 s): then only sacct knows it.
+# The controller forgets a job a few seconds after its end (2 s is Slurm's smallest recommended
+# MinJobAge): then only sacct knows it.
 MinJobAge=2"
   fi
   cat <<EOC

@@ -1592,7 +1592,7 @@ fn status_reads_forgotten_jobs_from_a_real_sacct() {
     let before = status("--status after the run");
     drop(turn);
 
-    // slurmctld forgets a job MinJobAge (2 s) after its end, at its next purge (every 60 s).
+    // slurmctld forgets a job a few seconds after its end (MinJobAge=2), at one of its purges.
     let forgotten = |job: &str| {
         let out = Command::new("scontrol")
             .args(["show", "job", job])
