@@ -21,8 +21,9 @@
 #                      when a task fails (with --notify and no --wait: afterany, see --notify).
 #                      Its output: logs/<run>/slurm-merge-<job>.out
 #   --status           the run's shards by state (ok, running, queued, requeued, failed,
-#                      interrupted, cancelled, gone, never started) from its recorded jobs: one
-#                      sacct call (scontrol when accounting is off) and one read of the logs
+#                      interrupted, cancelled, gone, never started) from its recorded jobs: the
+#                      controller (scontrol), then one sacct call for the jobs it forgot (where
+#                      accounting is on), and one read of the logs
 #   --cancel           scancel every job of the run's submissions (split arrays and merge job)
 #                      still queued, and wait until they have left the queue
 #   --force            start the run over: workers discard their outputs, and outputs of another
@@ -838,10 +839,14 @@ report_merge() {
 # accounting lags it by a second or two (a task that just ended still reads RUNNING, a task just
 # started reads nothing), but it forgets a job MinJobAge seconds after its end. Then, where
 # accounting is on, one `sacct` call for the jobs the controller forgot. (sacct's fields are
-# those of every Slurm version in use: 22.05 has no Restarts.) GONE says what a missing task
-# means; STATE_SOURCE names the source(s) used.
+# those of every Slurm version in use: 22.05 has no Restarts.) Job ids come back (they wrap at
+# MaxJobId, and a controller whose state was reset starts again at FirstJobId), and `sacct
+# --jobs` then also lists the older jobs of that id (an earlier array's tasks, before the run's):
+# so only jobs still active since a minute before the submission (clocks differ a little) are
+# asked for, and of two records of one task the later submitted is kept. GONE says what a
+# missing task means; STATE_SOURCE names the source(s) used, or why sacct could not be.
 task_states() {
-  local ids out
+  local ids out since err
   declare -gA SSTATE=() SOUT=()
   ids=$(IFS=,; echo "${JOB_IDS[*]}${MERGE_JOB:+,$MERGE_JOB}")
   STATE_SOURCE=scontrol
@@ -858,11 +863,25 @@ task_states() {
   add_states "$out"
   from_ctl=$ADDED
   have_cmd sacct || return 0
-  out=$(sacct -n -P -X -j "$ids" -o JobID,State,ExitCode 2>/dev/null) || return 0
+  # sacct's --starttime is in local time.
+  since=$(date -d "$SUBMIT_TS" +%s 2>/dev/null) && since=$(date -d "@$((since - 60))" +%Y-%m-%dT%H:%M:%S) || since=''
+  if ! out=$(sacct -n -P -X -j "$ids" ${since:+-S "$since"} -o JobID,State,ExitCode,Submit 2>/dev/null); then
+    # Once more for its words: accounting off is said above; anything else (slurmdbd down) is
+    # said as sacct says it.
+    err=$(sacct -n -P -X -j "$ids" ${since:+-S "$since"} -o JobID,State,ExitCode,Submit 2>&1 >/dev/null | tail -n 1 || true)
+    if [ -n "$err" ] && [[ "$err" != *"accounting storage is disabled"* ]]; then
+      STATE_SOURCE="scontrol (sacct failed: $err)"
+      GONE="gone: Slurm forgets a job $(min_job_age) s after it ends, and sacct failed: $err"
+    fi
+    return 0
+  fi
   GONE="unknown to Slurm's accounting (sacct)"
   out=$(awk -F'|' '{ id = $1; st = $2; sub(/ .*/, "", st); job = id; task = "-"
       if (id ~ /_/) { sub(/_.*/, "", job); task = id; sub(/^[^_]*_/, "", task); gsub(/[][]/, "", task) }
-      print job, task, st, $3, 0, "-" }' <<<"$out")
+      if (id in submit && submit[id] > $4) next
+      if (!(id in line)) order[++n] = id
+      submit[id] = $4; line[id] = job " " task " " st " " $3 " 0 -" }
+    END { for (i = 1; i <= n; i++) print line[order[i]] }' <<<"$out")
   add_states "$out" keep
   if ((ADDED > 0)); then
     if ((from_ctl > 0)); then STATE_SOURCE="scontrol and sacct"; else STATE_SOURCE=sacct; fi

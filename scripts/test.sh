@@ -110,6 +110,8 @@ main() {
   say "cargo test"
   local log
   log=$(mktemp)
+  # The Slurm tests bring up their clusters themselves, as root (slurm_local.sh up, and
+  # up-accounting for the sacct test: apt-get, then daemons; with CI=true they must come up).
   # Tests that cannot run here (no local Slurm cluster, no root for a small file system) say
   # `*** SKIPPED: <test>: <why>` on stderr and pass; they are counted below, not hidden.
   cargo test --release --quiet 2>&1 | tee "$log"

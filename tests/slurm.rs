@@ -66,29 +66,56 @@ fn sh(args: &[&str]) -> String {
 static TURN: Mutex<()> = Mutex::new(());
 /// `slurm_local.sh up`, once per test process: Ok, or why this machine cannot host a cluster.
 static CLUSTER: OnceLock<Result<(), String>> = OnceLock::new();
+/// `slurm_local.sh up-accounting` (a second cluster, with slurmdbd), the same way.
+static ACCOUNTING: OnceLock<Result<(), String>> = OnceLock::new();
+/// The accounting cluster's configuration: its commands and launchers run with this SLURM_CONF.
+const ACCOUNTING_CONF: &str = "/etc/slurm-accounting/slurm.conf";
 
 /// Brings the local cluster up and returns this test's turn on it; `None` after a loud `SKIPPED`
 /// line where that is impossible here (not root, no packages), except under `CI=true`, which
 /// must run these tests and fails instead.
 fn cluster(test: &str) -> Option<MutexGuard<'static, ()>> {
+    bring_up(test, "up", &CLUSTER, "no local Slurm cluster here")
+}
+
+/// The same for the accounting cluster (`slurm_local.sh up-accounting`); the turn is the same
+/// one: both clusters run on this machine's CPUs.
+fn accounting_cluster(test: &str) -> Option<MutexGuard<'static, ()>> {
+    bring_up(
+        test,
+        "up-accounting",
+        &ACCOUNTING,
+        "no local Slurm cluster with accounting here",
+    )
+}
+
+fn bring_up(
+    test: &str,
+    command: &str,
+    once: &OnceLock<Result<(), String>>,
+    missing: &str,
+) -> Option<MutexGuard<'static, ()>> {
     let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let up = CLUSTER.get_or_init(|| {
+    let up = once.get_or_init(|| {
         // SAFETY: getuid(2) cannot fail.
         if unsafe { libc::getuid() } != 0 {
             return Err("not root (slurm_local.sh installs packages and starts daemons)".into());
         }
         let t = Instant::now();
         let out = Command::new(script("slurm_local.sh"))
-            .arg("up")
+            .arg(command)
             .output()
             .expect("run slurm_local.sh");
         match out.status.code() {
             Some(0) => {
-                eprintln!("slurm_local.sh up: {:.1} s", t.elapsed().as_secs_f64());
+                eprintln!(
+                    "slurm_local.sh {command}: {:.1} s",
+                    t.elapsed().as_secs_f64()
+                );
                 Ok(())
             }
-            Some(2 | 3) => Err(format!("slurm_local.sh up: {}", text(&out).trim())),
-            _ => panic!("slurm_local.sh up failed:\n{}", text(&out)),
+            Some(2 | 3) => Err(format!("slurm_local.sh {command}: {}", text(&out).trim())),
+            _ => panic!("slurm_local.sh {command} failed:\n{}", text(&out)),
         }
     });
     match up {
@@ -100,7 +127,7 @@ fn cluster(test: &str) -> Option<MutexGuard<'static, ()>> {
             // Straight to the file descriptor: the test harness captures eprintln!.
             let _ = writeln!(
                 std::io::stderr(),
-                "\n*** SKIPPED: {test}: no local Slurm cluster here: {why} ***\n"
+                "\n*** SKIPPED: {test}: {missing}: {why} ***\n"
             );
             None
         }
@@ -1405,7 +1432,10 @@ fn the_monitor_shows_queued_shards_and_follow_ends_when_the_jobs_are_cancelled()
 
 /// Where accounting is on, the states of jobs the controller forgot come from one `sacct` call
 /// (here a stand-in that prints what sacct prints for an array with a pending range and a
-/// cancelled merge job, and a controller that knows none of them).
+/// cancelled merge job, and a controller that knows none of them). Regression: job ids come
+/// back (they wrap at MaxJobId; a controller's state can be reset), and `sacct --jobs` then
+/// lists the older jobs of the same id too, first: their states were taken for the run's.
+/// Where sacct fails, the output says so instead of "no accounting".
 #[test]
 fn status_reads_task_states_from_sacct_when_accounting_is_on() {
     let p = Project::new();
@@ -1427,7 +1457,15 @@ fn status_reads_task_states_from_sacct_when_accounting_is_on() {
         // Slurm 22.05's sacct refuses a field it does not have (Restarts): regression, the
         // launcher asked for it and so never used accounting.
         "#!/bin/sh\ncase \"$*\" in *Restarts*) echo 'sacct: error: Invalid field requested: \"Restarts\"' >&2; exit 1;; esac\n\
-         printf '12_0|COMPLETED|0:0\\n12_1|FAILED|1:0\\n12_[2-3]|PENDING|0:0\\n13|CANCELLED by 0|0:0\\n'\n",
+         since=1970-01-01T00:00:00\n\
+         while [ $# -gt 0 ]; do [ \"$1\" = -S ] && since=$2; shift; done\n\
+         # Jobs 12 and 13 of an earlier life of the cluster, which ended in 2025.\n\
+         if awk -v s=\"$since\" 'BEGIN { exit !(s <= \"2025-06-01T00:00:00\") }'; then\n\
+         printf '12_0|FAILED|1:0|2025-06-01T00:00:00\\n12_2|COMPLETED|0:0|2025-06-01T00:00:00\\n13|COMPLETED|0:0|2025-06-01T00:00:00\\n'\n\
+         fi\n\
+         # One that ended within the minute before the submission (reset and reused at once).\n\
+         printf '13|COMPLETED|0:0|2025-12-31T23:59:50\\n'\n\
+         printf '12_0|COMPLETED|0:0|2026-01-01T00:00:00\\n12_1|FAILED|1:0|2026-01-01T00:00:00\\n12_[2-3]|PENDING|0:0|2026-01-01T00:00:00\\n13|CANCELLED by 0|0:0|2026-01-01T00:00:00\\n'\n",
     );
     p.script("bin/scontrol", "#!/bin/sh\nexit 1\n");
     let path = format!(
@@ -1436,7 +1474,7 @@ fn status_reads_task_states_from_sacct_when_accounting_is_on() {
         std::env::var("PATH").unwrap()
     );
     let out = launcher(&p, "run_slurm.sh", &["--config", "conf/d.yaml", "--status"])
-        .env("PATH", path)
+        .env("PATH", &path)
         .output()
         .unwrap();
     assert_exit(&out, 0, "--status with sacct", p.root());
@@ -1454,6 +1492,160 @@ fn status_reads_task_states_from_sacct_when_accounting_is_on() {
         t.contains("merge job 13: CANCELLED, exit 0:0 (no Slurm output file: logs/d/slurm-merge-13.out was never written"),
         "{t}"
     );
+
+    // slurmdbd unreachable: not "this cluster keeps no accounting", but sacct's own words.
+    p.script(
+        "bin/sacct",
+        "#!/bin/sh\necho 'sacct: error: slurm_persist_conn_open_without_init: failed to open persistent connection to host:127.0.0.1:6929: Connection refused' >&2\n\
+         echo 'sacct: error: Problem talking to the database: Connection refused' >&2\nexit 1\n",
+    );
+    let out = launcher(&p, "run_slurm.sh", &["--config", "conf/d.yaml", "--status"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0, "--status with a failing sacct", p.root());
+    let t = text(&out);
+    let why = "sacct failed: sacct: error: Problem talking to the database: Connection refused";
+    assert!(
+        t.contains(&format!("\njob states from scontrol ({why})\n")),
+        "{t}"
+    );
+    assert!(t.contains("  gone  "), "{t}");
+    assert!(
+        t.contains(&format!(
+            "merge job 13: gone: Slurm forgets a job 300 s after it ends, and {why} ("
+        )),
+        "{t}"
+    );
+    assert!(!t.contains("keeps no accounting"), "{t}");
+}
+
+/// On the accounting cluster (`slurm_local.sh up-accounting`, MinJobAge=2): once the controller
+/// has forgotten a run's jobs, `--status` takes their states from the real `sacct` and shows what
+/// it showed while the controller knew them: shard 1 failed (its log says so), shard 2's worker
+/// was killed and wrote no end (only Slurm can say how its task ended: FAILED), the merge job
+/// was ended by Slurm (CANCELLED); the printed `--only-failed` hint re-submits shards 1 and 2.
+#[test]
+fn status_reads_forgotten_jobs_from_a_real_sacct() {
+    let Some(turn) = accounting_cluster("status_reads_forgotten_jobs_from_a_real_sacct") else {
+        return;
+    };
+    let p = Project::new();
+    p.script(
+        "g.sh",
+        "#!/bin/sh\ncase \"$1\" in\n  3) echo 'no such file: input_3.csv' >&2; exit 1 ;;\n  5) kill -KILL $PPID; exit 1 ;;\nesac\necho \"$1\"\n",
+    );
+    p.write(
+        "conf/a.yaml",
+        "run: a\nitems: {range: {start: 0, end: 6}}\ngenerator: {command: [./g.sh, \"{key}\"], retries: 0}\noutput: {columns: [k]}\n",
+    );
+    let run = |args: &[&str]| {
+        launcher(&p, "run_slurm.sh", args)
+            .env("SLURM_CONF", ACCOUNTING_CONF)
+            .output()
+            .expect("run run_slurm.sh")
+    };
+    let out = run(&[
+        "--config",
+        "conf/a.yaml",
+        "--num-shards",
+        "3",
+        "--merge",
+        "--wait",
+    ]);
+    assert_exit(&out, 1, "--wait with a failed and a killed shard", p.root());
+    let report = text(&out);
+    let jobs = submitted_jobs(&p, "a");
+    let [array, merge] = &jobs[..] else {
+        panic!("an array and a merge job: {jobs:?}\n{report}")
+    };
+    assert!(array.parse::<u64>().unwrap() >= 1_000_000, "{report}");
+    assert!(
+        report.contains(&format!("✓ shard 0/3 (job {array}_0) ok")),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "✗ shard 1/3 (job {array}_1) failed: exit 1: 1 of 2 items failed; first: key 3"
+        )) && report.contains("(Slurm: FAILED, exit 1:0; see logs/a/shard_1_of_3.log"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "✗ shard 2/3 (job {array}_2) did not finish (Slurm: FAILED, exit "
+        )),
+        "{report}"
+    );
+    let hint = resubmit_hint(&out);
+    let status = |what: &str| {
+        let out = run(&["--config", "conf/a.yaml", "--status"]);
+        assert_exit(&out, 0, what, p.root());
+        text(&out)
+    };
+    let rows = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("  "))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    // As the controller (and, for what it already forgot, sacct) sees it now.
+    let before = status("--status after the run");
+    drop(turn);
+
+    // slurmctld forgets a job a few seconds after its end (MinJobAge=2), at one of its purges.
+    let forgotten = |job: &str| {
+        let out = Command::new("scontrol")
+            .args(["show", "job", job])
+            .env("SLURM_CONF", ACCOUNTING_CONF)
+            .output()
+            .expect("run scontrol");
+        if out.status.success() {
+            std::thread::sleep(Duration::from_secs(1));
+            return false;
+        }
+        assert!(
+            text(&out).contains("Invalid job id specified"),
+            "{}",
+            text(&out)
+        );
+        true
+    };
+    wait_for(
+        "the controller to forget the run's jobs",
+        Duration::from_secs(240),
+        || forgotten(array) && forgotten(merge),
+    );
+
+    let after = status("--status from sacct");
+    assert!(after.contains("\njob states from sacct\n"), "{after}");
+    assert_eq!(rows(&after), rows(&before), "{before}\n---\n{after}");
+    let rows = rows(&after);
+    for want in ["ok 1 0", "failed 1 1", "did not finish (Slurm: FAILED) 1 2"] {
+        assert!(rows.contains(&want.to_string()), "{want}: {after}");
+    }
+    assert!(
+        rows.contains(&format!(
+            "merge job {merge}: CANCELLED, exit 0:0 (no Slurm output file: \
+             logs/a/slurm-merge-{merge}.out was never written (the task never started))"
+        )),
+        "{after}"
+    );
+    assert!(!after.contains("gone"), "{after}");
+
+    // The printed hint re-submits exactly the shards that did not succeed.
+    assert!(
+        hint.ends_with(" --config conf/a.yaml --only-failed --merge"),
+        "{hint}"
+    );
+    let dry = paste_with(
+        &p,
+        &format!("{hint} --dry-run"),
+        &[("SLURM_CONF", ACCOUNTING_CONF)],
+    );
+    assert_exit(&dry, 0, "the hint with --dry-run", p.root());
+    let plan = text(&dry);
+    assert!(plan.contains("--array=1-2 "), "{plan}");
+    assert!(plan.contains("# shards 1-2\n"), "{plan}");
 }
 
 /// A scheduler stopping a job signals every process of it at once, so a generator may die of the
@@ -1494,6 +1686,11 @@ fn resubmit_hint(out: &Output) -> String {
 
 /// Runs a printed hint as a user pastes it: through a shell, from the project root.
 fn paste(p: &Project, hint: &str) -> Output {
+    paste_with(p, hint, &[])
+}
+
+/// `paste` with more environment variables (SLURM_CONF of the accounting cluster).
+fn paste_with(p: &Project, hint: &str, env: &[(&str, &str)]) -> Output {
     // The launcher's settings (binaries, poll), with the hint as the command.
     let settings = launcher(p, "run_slurm.sh", &[]);
     let mut sh = Command::new("sh");
@@ -1504,6 +1701,7 @@ fn paste(p: &Project, hint: &str) -> Output {
             None => sh.env_remove(k),
         };
     }
+    sh.envs(env.iter().copied());
     sh.output().expect("run the hint")
 }
 
