@@ -26,8 +26,9 @@ need_cmd() { command -v "$1" >/dev/null 2>&1 || die "need '$1' (not found on PAT
 # have_cmd NAME: true when a command exists.
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 
-# apt_install PACKAGE...: install Debian packages when running as root; runs apt-get update once.
-_apt_updated=0
+# apt_install PACKAGE...: install Debian packages when running as root; runs apt-get update once,
+# also across the scripts and tests this one starts (they inherit SHARDRUN_APT_UPDATED).
+_apt_updated=${SHARDRUN_APT_UPDATED:-0}
 apt_install() {
   if [ "$(id -u)" -ne 0 ] || ! have_cmd apt-get; then
     say "cannot install $* (not root or no apt-get); skipping what needs it"
@@ -36,6 +37,7 @@ apt_install() {
   if [ "$_apt_updated" -eq 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || return 1
     _apt_updated=1
+    export SHARDRUN_APT_UPDATED=1
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
