@@ -398,7 +398,8 @@ fn strings_pass_through_as_bytes_for_csv_and_must_be_utf8_for_parquet() {
             assert_exit(&out, 1, "merge --format both", p.root());
             let e = stderr(&out);
             assert!(
-                e.contains("column \"text\" (string)") && e.contains("is not UTF-8"),
+                e.contains("row 2 of the merged dataset, column \"text\" (string)")
+                    && e.contains("is not UTF-8"),
                 "{e}"
             );
             assert!(
