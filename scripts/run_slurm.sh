@@ -80,6 +80,7 @@ WAIT=0
 STATUS_ONLY=0
 CANCEL=0
 MERGE=0
+MERGED=0 # set by run_finished: the finished run was merged and its shard files deleted
 MERGE_NOTIFIES=0
 FORCE=0
 REDO_STALE=0
@@ -283,10 +284,16 @@ read_finishes() {
 
 # True when every shard of the NUM_SHARDS plan last ended ok and its output is still there.
 run_finished() {
-  local i
+  local i stats="$DATA_DIR/stats.json" merged=0
+  MERGED=0
+  # A merge without --keep-shards deletes the shard files: the run is finished when the merge
+  # of this plan came after every shard's last finish.
+  [ -f "$stats" ] && grep -qx "  \"shards\": $NUM_SHARDS," "$stats" && merged=1
   for ((i = 0; i < NUM_SHARDS; i++)); do
     [ "${FSTATUS[$i]:-}" = ok ] || return 1
-    [ -f "$DATA_DIR/manifest_shard${i}_of_${NUM_SHARDS}.jsonl" ] || return 1
+    [ -f "$DATA_DIR/manifest_shard${i}_of_${NUM_SHARDS}.jsonl" ] && continue
+    ((merged)) && [ "$stats" -nt "$(shard_log "$i")" ] || return 1
+    MERGED=1
   done
 }
 
@@ -488,7 +495,7 @@ queued_jobs() {
 refuse_when_queued() {
   local q
   q=$(queued_jobs | tr '\n' ' ' | sed 's/ $//')
-  [ -z "$q" ] || DIE_CODE=2 die "run '$RUN' still has job(s) $q in the Slurm queue; wait for them (squeue -j ${q// /,}) or cancel them (scancel ${q// /}) first"
+  [ -z "$q" ] || DIE_CODE=2 die "run '$RUN' still has job(s) $q in the Slurm queue; wait for them (squeue -j ${q// /,}) or cancel them ($(me) $(quoted --config "$CONFIG") --cancel) first"
 }
 
 take_submit_lock() {
@@ -597,7 +604,8 @@ merge_sbatch_args() {
   SBATCH_ARGS=(sbatch --parsable --job-name="shardrun-$RUN-merge" --dependency="$dep:$1"
     --kill-on-invalid-dep=yes --output="$(rel "$LOGS_DIR")/slurm-merge-%j.out" --open-mode=append
     --chdir="$PWD" "${SBATCH_OPTS[@]+"${SBATCH_OPTS[@]}"}" "${body[@]}")
-  # The user's --output names the tasks' files; the merge job keeps its own.
+  # The user's --output names the tasks' files and their --dependency the arrays': the merge
+  # job keeps its own.
   strip_output_opts
 }
 
@@ -678,13 +686,18 @@ submit_merge() {
 
 # Drops --output/-o (and --array) from SBATCH_ARGS, except the first --output (ours).
 strip_output_opts() {
-  local a kept=() skip=0 seen=0
+  local a kept=() skip=0 seen=0 dep=0
   for a in "${SBATCH_ARGS[@]}"; do
     if ((skip)); then skip=0; continue; fi
     case "$a" in
       --output=*) ((seen++ == 0)) && kept+=("$a") ;;
       -o | --output) skip=1 ;;
       -o*) ;;
+      # The user's --dependency holds the arrays back, and so the merge job after them; on
+      # the merge job it would replace the dependency on the arrays (sbatch keeps the last).
+      --dependency=*) ((dep++ == 0)) && kept+=("$a") ;;
+      -d | --dependency) skip=1 ;;
+      -d*) ;;
       *) kept+=("$a") ;;
     esac
   done
@@ -1158,6 +1171,10 @@ print_next_steps() {
 nothing_to_do() {
   local more=''
   ((ONLY_FAILED)) || more="; --force starts it over"
+  if ((MERGED)); then
+    echo "nothing to do: all $(plural "$NUM_SHARDS" shard) of run '$RUN' succeeded and were merged ($(rel "$DATA_DIR")/stats.json)$more"
+    exit 0
+  fi
   echo "nothing to do: all $(plural "$NUM_SHARDS" shard) of run '$RUN' succeeded$more"
   ((MERGE)) && echo "next: $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")"
   exit 0
@@ -1202,6 +1219,12 @@ main() {
     report
   fi
   refuse_when_queued
+  # Without a shard count (none given, none in the configuration), the run's own plan: the
+  # plain command and a `--wait` re-attach act on the run as it was launched.
+  if [ -z "$NUM_SHARDS$CONFIG_SHARDS" ]; then
+    NUM_SHARDS=$(field "$(last_launch)" num_shards)
+    [[ "$NUM_SHARDS" =~ ^[1-9][0-9]{0,5}$ ]] || NUM_SHARDS=''
+  fi
   if ((ONLY_FAILED)); then
     preflight "$(field "$(last_launch)" num_shards)"
   else

@@ -1918,3 +1918,138 @@ fn dry_run_shows_the_remembered_notify_command_and_no_notify_drops_it() {
         assert_exit(&out, 2, "a notify option with --status/--cancel", p.root());
     }
 }
+
+/// A re-submission of a finished run: its shards' logs tell how they ended before. While its
+/// task waits in the queue (held), the monitor shows the shard as pending and `--follow` goes
+/// on; it ends when the task has run. A refusal while it is queued names `--cancel`. After a
+/// merge that deleted the shard files, the plain command submits nothing.
+#[test]
+fn follow_waits_for_a_resubmission_and_a_merged_run_submits_nothing() {
+    let Some(_turn) = cluster("follow_waits_for_a_resubmission") else {
+        return;
+    };
+    let p = flaky_project("rs");
+    let first = slurm(
+        &p,
+        &["--config", "conf/f.yaml", "--num-shards", "2", "--wait"],
+    );
+    assert_exit(&first, 1, "a failed shard", p.root());
+    std::fs::remove_file(p.path("fail")).unwrap();
+    // Held in the queue until released below.
+    let out = slurm(
+        &p,
+        &["--config", "conf/f.yaml", "--only-failed", "--", "--hold"],
+    );
+    assert_exit(&out, 0, "--only-failed --hold", p.root());
+    let job = submitted_jobs(&p, "rs").pop().unwrap();
+    // A held job outlives a failed test unless cancelled.
+    let _cancel = CancelOnDrop(job.clone());
+    let snap = monitor_json(&p, "conf/f.yaml");
+    assert_eq!(snap["slurm"]["queued"], "1", "{snap}");
+    assert_eq!(snap["shards"][1]["state"], "pending", "{snap}");
+    assert_eq!(snap["summary"]["failed"], 0, "{snap}");
+
+    let out = slurm(&p, &["--config", "conf/f.yaml", "--only-failed"]);
+    assert_exit(&out, 2, "a submission while queued", p.root());
+    assert!(
+        text(&out).contains("or cancel them (")
+            && text(&out).contains("--config conf/f.yaml --cancel) first"),
+        "{}",
+        text(&out)
+    );
+
+    let mut follow = spawn({
+        let mut c = Command::new(bin_dir().join("monitor"));
+        c.current_dir(p.root()).args([
+            "--config",
+            "conf/f.yaml",
+            "--follow",
+            "--json",
+            "--interval",
+            "0.2",
+        ]);
+        c
+    });
+    // Several refreshes while the task is held: each one sees every log ended (the earlier
+    // submission's), and must go on.
+    wait_for("three snapshots", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(700));
+        true
+    });
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "monitor --follow ended while shard 1 was queued"
+    );
+    sh(&["scontrol", "release", &job]);
+    let status = wait_child(&mut follow, Duration::from_secs(60));
+    let out = follow.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", text(&out));
+
+    crate::merge::merge_ok(&p, &["--run", "rs"]);
+    assert!(!p.path("data/rs/manifest_shard0_of_2.jsonl").exists());
+    let before = submitted_jobs(&p, "rs").len();
+    for args in [
+        &["--config", "conf/f.yaml"][..],
+        &["--config", "conf/f.yaml", "--wait"][..],
+    ] {
+        let out = slurm(&p, args);
+        assert_exit(&out, 0, "the plain command after a merged run", p.root());
+        assert!(
+            text(&out).contains("nothing to do: all 2 shards of run 'rs' succeeded and were merged (data/rs/stats.json)"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(submitted_jobs(&p, "rs").len(), before);
+}
+
+/// A user's --dependency holds the arrays; the merge job depends on the arrays only (sbatch
+/// keeps the last --dependency, which replaced the arrays' and let the merge run first).
+#[test]
+fn a_user_dependency_holds_the_arrays_not_the_merge_job() {
+    let p = flaky_project("dp");
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--merge",
+            "--dry-run",
+            "--",
+            "--dependency=afterok:1",
+            "-d",
+            "singleton",
+        ],
+    );
+    assert_exit(&out, 0, "--dry-run", p.root());
+    let t = text(&out);
+    let merge_line = t
+        .lines()
+        .find(|l| l.contains("--job-name=shardrun-dp-merge"))
+        .unwrap_or_else(|| panic!("no merge job line in:\n{t}"));
+    assert_eq!(
+        merge_line.matches("--dependency").count(),
+        1,
+        "{merge_line}"
+    );
+    assert!(!merge_line.contains("singleton"), "{merge_line}");
+    let array_line = t
+        .lines()
+        .find(|l| l.contains("--array="))
+        .unwrap_or_else(|| panic!("no array line in:\n{t}"));
+    assert!(
+        array_line.contains("--dependency=afterok:1 -d singleton"),
+        "{array_line}"
+    );
+}
+
+/// Cancels a Slurm job when dropped, also when the test fails.
+struct CancelOnDrop(String);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("scancel").arg(&self.0).status();
+    }
+}

@@ -293,8 +293,10 @@ fn follow(cli: &Cli, monitor: &mut Monitor, stop: &AtomicBool) -> Result<i32> {
             (Some(sc), false) => sc.draw(&snap),
             (None, false) => stdout::print(&display::plain_line(&snap)),
         }
-        // The last frame stays on screen as the final report.
-        if snap.all_ended() {
+        // The last frame stays on screen as the final report. A Slurm run with jobs in the
+        // queue goes on (a re-submission of shards whose logs say how they ended before).
+        let in_queue = snap.slurm.as_ref().is_some_and(|v| v.known && v.in_queue);
+        if snap.all_ended() && !in_queue {
             return Ok(if snap.all_done() { 0 } else { 1 });
         }
         // A Slurm run whose jobs have all left the queue: what has not started never will.

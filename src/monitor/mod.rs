@@ -162,8 +162,11 @@ pub struct Monitor {
     cpu_prev: Vec<Option<(u32, u64, std::time::Instant)>>,
     /// Each shard's manifest as last counted (for shards whose log ended early).
     manifests: Vec<Option<ManifestCount>>,
-    /// The run's last Slurm submission, when it has one (looked for until found).
+    /// The run's last Slurm submission, when it has one, read again when `slurm.status` changes
+    /// (a re-submission while the monitor runs).
     slurm: Option<slurm::SlurmRun>,
+    /// The length and time of `slurm.status` when it was last read.
+    slurm_stamp: Option<(u64, std::time::SystemTime)>,
 }
 
 /// What a shard's manifest says: committed items, their rows, the shard's item count, and the
@@ -217,6 +220,7 @@ impl Monitor {
             cpu_prev: vec![None; num_shards as usize],
             manifests: (0..num_shards).map(|_| None).collect(),
             slurm: None,
+            slurm_stamp: None,
         }
     }
 
@@ -238,6 +242,17 @@ impl Monitor {
             self.plan = Plan::find(&self.paths, self.num_shards, self.config.as_ref());
         }
         let now = chrono::Utc::now().fixed_offset();
+        let stamp = std::fs::metadata(self.paths.logs_dir.join("slurm.status"))
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        if stamp != self.slurm_stamp {
+            self.slurm = slurm::SlurmRun::load(&self.paths.logs_dir);
+            self.slurm_stamp = stamp;
+        }
+        let queue = self.slurm.as_ref().map(|s| s.view(&self.tails));
+        // Shards whose task waits in Slurm's queue: what their logs say is from an earlier
+        // submission, and they will run again.
+        let waiting = queue.as_ref().map(|q| q.waiting()).unwrap_or_default();
         let mut shards = Vec::with_capacity(self.tails.len());
         let mut summary = Summary {
             items_total_complete: true,
@@ -245,6 +260,10 @@ impl Monitor {
         };
         for (i, tail) in self.tails.iter().enumerate() {
             let mut view = self.view(i as u32, tail, now);
+            if view.state.ended() && waiting.binary_search(&(i as u32)).is_ok() {
+                view.state = State::Pending;
+                view.eta_s = None;
+            }
             // A log that ends early (its file system was full, or the worker died after its last
             // commit) does not say what the shard did; its manifest does. An item is committed
             // at most once, so as many committed items as the shard has means it is done.
@@ -291,15 +310,12 @@ impl Monitor {
             Some(r) if summary.items_total_complete => Some(left as f64 / r),
             _ => None,
         };
-        if self.slurm.is_none() {
-            self.slurm = slurm::SlurmRun::load(&self.paths.logs_dir);
-        }
         Snapshot {
             run: self.run.clone(),
             num_shards: self.num_shards,
             shards,
             summary,
-            slurm: self.slurm.as_ref().map(|s| s.view(&self.tails)),
+            slurm: queue,
         }
     }
 

@@ -57,6 +57,17 @@ impl SlurmView {
         self.known && !self.in_queue
     }
 
+    /// The shards queued or requeued, in order: they will run (again).
+    pub fn waiting(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = [&self.queued, &self.requeued]
+            .iter()
+            .filter_map(|set| expand(set))
+            .flatten()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// One line for the text views; `None` when there is nothing to say.
     pub fn line(&self) -> Option<String> {
         let jobs: Vec<String> = self.jobs.iter().map(u64::to_string).collect();
