@@ -568,6 +568,8 @@ submit() {
     if ! out=$("${SBATCH_ARGS[@]}" 2>&1); then
       printf '%s\n' "$out" >&2
       status "submit_failed offset=$offset array=${ARRAY_OF[$offset]} shards=${SHARDS_OF[$offset]}"
+      # The options are remembered with the run: a hint without a new -- would repeat them.
+      [ -z "$(sbatch_record)" ] || say "$(describe_sbatch_opts); if sbatch refused one of them, submit again with the corrected options after a new --"
       die "sbatch refused shard(s) ${SHARDS_OF[$offset]}${done_shards:+ (submitted before: $done_shards; after they end, --only-failed submits the rest)}"
     fi
     # --parsable prints "<job id>[;<cluster>]"; warnings may come before it.
