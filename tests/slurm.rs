@@ -2053,3 +2053,38 @@ impl Drop for CancelOnDrop {
         let _ = Command::new("scancel").arg(&self.0).status();
     }
 }
+
+/// Every task of a run still queued (held here): no shard has a log yet, and the monitor takes
+/// the shard count from the submission's record (it asked for --num-shards).
+#[test]
+fn the_monitor_of_a_run_with_every_task_queued_needs_no_shard_count() {
+    let Some(_turn) = cluster("the_monitor_of_a_run_with_every_task_queued") else {
+        return;
+    };
+    let p = flaky_project("hq");
+    let out = slurm(
+        &p,
+        &[
+            "--config",
+            "conf/f.yaml",
+            "--num-shards",
+            "2",
+            "--",
+            "--hold",
+        ],
+    );
+    assert_exit(&out, 0, "a held submission", p.root());
+    let _cancel = CancelOnDrop(submitted_jobs(&p, "hq").pop().unwrap());
+    for args in [&["--run", "hq", "--json"][..], &["--json"][..]] {
+        let out = Command::new(bin_dir().join("monitor"))
+            .current_dir(p.root())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_exit(&out, 0, "monitor of a queued run", p.root());
+        let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(snap["num_shards"], 2, "{snap}");
+        assert_eq!(snap["slurm"]["queued"], "0-1", "{snap}");
+        assert_eq!(snap["summary"]["pending"], 2, "{snap}");
+    }
+}

@@ -432,19 +432,30 @@ fn refresh_all(tails: &mut [LogTail]) {
 
 /// The shard count of a run: the launcher's last record, else the newest log's name.
 pub fn plan_shards(paths: &RunPaths) -> Option<u32> {
-    let status =
-        std::fs::read_to_string(paths.logs_dir.join("launcher.status")).unwrap_or_default();
-    let from_launcher = status
-        .lines()
-        .rev()
-        .filter_map(crate::store::log::parse_line)
-        .find(|(_, e, _)| *e == "launch")
-        .and_then(|(_, _, f)| {
-            f.iter()
-                .find(|(k, _)| *k == "num_shards")
-                .and_then(|(_, v)| v.parse().ok())
-        });
-    from_launcher.or_else(|| newest_log_plan(&paths.logs_dir))
+    // The last launch of either launcher: a Slurm run's tasks may all still be queued, with
+    // no shard log yet.
+    let last_launch = |file: &str| {
+        let status = std::fs::read_to_string(paths.logs_dir.join(file)).unwrap_or_default();
+        status
+            .lines()
+            .rev()
+            .filter_map(crate::store::log::parse_line)
+            .find(|(_, e, _)| *e == "launch")
+            .and_then(|(at, _, f)| {
+                let n: u32 = f
+                    .iter()
+                    .find(|(k, _)| *k == "num_shards")
+                    .and_then(|(_, v)| v.parse().ok())?;
+                Some((at.to_string(), n))
+            })
+    };
+    let launched = [last_launch("launcher.status"), last_launch("slurm.status")]
+        .into_iter()
+        .flatten()
+        .max();
+    launched
+        .map(|(_, n)| n)
+        .or_else(|| newest_log_plan(&paths.logs_dir))
 }
 
 fn newest_log_plan(dir: &Path) -> Option<u32> {
