@@ -1040,7 +1040,7 @@ load_last_submission() {
 
 # One line per state: how many shards, and which (compressed ranges).
 show_status() {
-  local i st task key had_gone sst srs mst mex
+  local i st task key had_gone sst srs mst='' mex
   need_cmd scontrol
   load_last_submission
   read_finishes "$SUBMIT_TS"
@@ -1088,6 +1088,8 @@ show_status() {
   done
   had_gone=0
   [ -n "${members[gone]:-}" ] && had_gone=1
+  declare -gA counted=()
+  for key in "${!members[@]}"; do counted[$key]=1; done
   for key in ok running queued requeued failed interrupted halted "cancelled while running" "cancelled, never started" gone "never started"; do
     [ -n "${members[$key]:-}" ] || continue
     # shellcheck disable=SC2086  # one word per shard
@@ -1100,10 +1102,38 @@ show_status() {
   done
   if [ -n "$MERGE_JOB" ]; then
     read -r mst mex _ <<<"${SSTATE[$MERGE_JOB]:-}"
-    echo "  merge job $MERGE_JOB: ${mst:-$GONE}${mex:+, exit $mex} ($(shown_output "$(output_file "$MERGE_JOB")" output))"
+    if [ "$mst" = PENDING ]; then
+      echo "  merge job $MERGE_JOB: PENDING (it starts once every task has succeeded)"
+    else
+      echo "  merge job $MERGE_JOB: ${mst:-$GONE}${mex:+, exit $mex} ($(shown_output "$(output_file "$MERGE_JOB")" output))"
+    fi
   fi
   ((had_gone)) && echo "  gone: Slurm no longer knows the task, and its log has no end since the submission (${GONE#gone: })"
+  status_next "$mst"
   return 0
+}
+
+# status_next MERGE_STATE: what to do next, after --status's table (in `counts`: shards by state).
+status_next() {
+  local live=0 bad=0 key MERGE=$MERGE
+  [ -n "$MERGE_JOB" ] && MERGE=1
+  for key in "${!counted[@]}"; do
+    case "$key" in
+      ok) ;;
+      running | queued | requeued) live=1 ;;
+      *) bad=1 ;;
+    esac
+  done
+  if ((live)); then
+    echo "watch: $(rel "$BIN/monitor") $(quoted --config "$CONFIG") --follow"
+  elif ((bad)); then
+    echo "why:   $(rel "$BIN/monitor") $(quoted --config "$CONFIG") --failures"
+    echo "next:  $(again)"
+  elif read_finishes '' && run_finished && ((MERGED)); then
+    echo "merged: $(rel "$DATA_DIR")/stats.json"
+  elif [ -z "$MERGE_JOB" ] || [ "$1" != COMPLETED ]; then
+    echo "next:  $(rel "$MERGE_BIN") $(quoted --config "$CONFIG")"
+  fi
 }
 
 # Cancels the run's jobs still in the queue (every array of a split run, and its merge job), and

@@ -1934,6 +1934,15 @@ fn follow_waits_for_a_resubmission_and_a_merged_run_submits_nothing() {
         &["--config", "conf/f.yaml", "--num-shards", "2", "--wait"],
     );
     assert_exit(&first, 1, "a failed shard", p.root());
+    let status = slurm(&p, &["--config", "conf/f.yaml", "--status"]);
+    assert_exit(&status, 0, "--status of a failed run", p.root());
+    let t = text(&status);
+    assert!(
+        t.contains("--config conf/f.yaml --failures\n")
+            && t.contains("next:  ")
+            && t.contains("--config conf/f.yaml --only-failed\n"),
+        "{t}"
+    );
     std::fs::remove_file(p.path("fail")).unwrap();
     // Held in the queue until released below.
     let out = slurm(
@@ -2001,6 +2010,12 @@ fn follow_waits_for_a_resubmission_and_a_merged_run_submits_nothing() {
         );
     }
     assert_eq!(submitted_jobs(&p, "rs").len(), before);
+    let status = slurm(&p, &["--config", "conf/f.yaml", "--status"]);
+    assert!(
+        text(&status).contains("merged: data/rs/stats.json"),
+        "{}",
+        text(&status)
+    );
 }
 
 /// A user's --dependency holds the arrays; the merge job depends on the arrays only (sbatch
