@@ -596,7 +596,8 @@ submit() {
 merge_sbatch_args() {
   local q_merge q_config q_root dep=afterok body
   q_merge=$(printf '%q' "$MERGE_BIN")
-  q_config=$(printf '%q' "$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")")
+  # As the user named it: the job runs in this directory (--chdir), and merge's hints repeat it.
+  q_config=$(printf '%q' "$CONFIG")
   q_root=$(printf '%q' "$PWD")
   body=(--wrap="exec $q_merge --config $q_config --root $q_root")
   if job_notifies; then
@@ -633,7 +634,8 @@ write_merge_script() {
   local q_merge q_monitor q_config q_root q_run
   q_merge=$(printf '%q' "$MERGE_BIN")
   q_monitor=$(printf '%q' "$BIN/monitor")
-  q_config=$(printf '%q' "$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")")
+  # As the user named it: the job runs in this directory (--chdir), and merge's hints repeat it.
+  q_config=$(printf '%q' "$CONFIG")
   q_root=$(printf '%q' "$PWD")
   q_run=$(printf '%q' "$RUN")
   # Stopped by Slurm (scancel, its time limit), the job has KillWait seconds (30 by default)
@@ -686,9 +688,10 @@ submit_merge() {
   status "submit job=$MERGE_JOB merge=1 after=$deps notify=$MERGE_NOTIFIES"
 }
 
-# Drops --output/-o (and --array) from SBATCH_ARGS, except the first --output (ours).
+# Drops --output/-o, --dependency/-d and --chdir/-D from SBATCH_ARGS, except the first of each
+# (ours).
 strip_output_opts() {
-  local a kept=() skip=0 seen=0 dep=0
+  local a kept=() skip=0 seen=0 dep=0 cd=0
   for a in "${SBATCH_ARGS[@]}"; do
     if ((skip)); then skip=0; continue; fi
     case "$a" in
@@ -700,6 +703,10 @@ strip_output_opts() {
       --dependency=*) ((dep++ == 0)) && kept+=("$a") ;;
       -d | --dependency) skip=1 ;;
       -d*) ;;
+      # The merge job names the configuration relative to this directory: it runs here.
+      --chdir=*) ((cd++ == 0)) && kept+=("$a") ;;
+      -D | --chdir) skip=1 ;;
+      -D*) ;;
       *) kept+=("$a") ;;
     esac
   done

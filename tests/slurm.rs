@@ -2019,7 +2019,8 @@ fn follow_waits_for_a_resubmission_and_a_merged_run_submits_nothing() {
 }
 
 /// A user's --dependency holds the arrays; the merge job depends on the arrays only (sbatch
-/// keeps the last --dependency, which replaced the arrays' and let the merge run first).
+/// keeps the last --dependency, which replaced the arrays' and let the merge run first), and
+/// runs in the project whatever --chdir the user gave the arrays.
 #[test]
 fn a_user_dependency_holds_the_arrays_not_the_merge_job() {
     let p = flaky_project("dp");
@@ -2036,6 +2037,7 @@ fn a_user_dependency_holds_the_arrays_not_the_merge_job() {
             "--dependency=afterok:1",
             "-d",
             "singleton",
+            "--chdir=/nonexistent",
         ],
     );
     assert_exit(&out, 0, "--dry-run", p.root());
@@ -2050,6 +2052,13 @@ fn a_user_dependency_holds_the_arrays_not_the_merge_job() {
         "{merge_line}"
     );
     assert!(!merge_line.contains("singleton"), "{merge_line}");
+    // The merge job runs in the project (its configuration is named as the user named it).
+    assert_eq!(merge_line.matches("--chdir").count(), 1, "{merge_line}");
+    assert!(!merge_line.contains("/nonexistent"), "{merge_line}");
+    assert!(
+        merge_line.contains("--config conf/f.yaml --root "),
+        "{merge_line}"
+    );
     let array_line = t
         .lines()
         .find(|l| l.contains("--array="))
