@@ -80,6 +80,7 @@ WAIT=0
 STATUS_ONLY=0
 CANCEL=0
 MERGE=0
+LAST_FORCE=0 # set by load_last_submission: the last submission was a --force
 MERGED=0 # set by run_finished: the finished run was merged and its shard files deleted
 MERGE_NOTIFIES=0
 FORCE=0
@@ -1020,6 +1021,7 @@ load_last_submission() {
   PER_TASK=$(field "$line" shards_per_task)
   [[ "$PER_TASK" =~ ^[1-9][0-9]{0,5}$ ]] || PER_TASK=1
   [ "$(field "$line" mode)" = redo-stale ] && REDO_STALE=1
+  [ "$(field "$line" mode)" = force ] && LAST_FORCE=1
   [ "$(field "$line" merge)" = 1 ] && MERGE=1
   JOB_IDS=()
   SHARDS=()
@@ -1163,7 +1165,13 @@ cancel_run() {
     ((t++ < 600)) || die "job(s) $q are still in the queue after 10 minutes (squeue -j ${q// /,})"
     sleep 1
   done
-  echo "cancelled run '$RUN': job(s) $q; nothing of it is queued. Finish it later with: $(again)"
+  if ((LAST_FORCE)); then
+    # Shards that never started still hold their outputs from before --force, which
+    # --only-failed would count as done: only --force starts the run over.
+    echo "cancelled run '$RUN': job(s) $q; nothing of it is queued. Start it over later with: $(me) $(quoted --config "$CONFIG")${JOBS:+ --jobs $JOBS} --force$( ((MERGE)) && echo ' --merge')"
+  else
+    echo "cancelled run '$RUN': job(s) $q; nothing of it is queued. Finish it later with: $(again)"
+  fi
   notify_cancelled "$q"
   exit 0
 }
