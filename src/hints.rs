@@ -47,6 +47,11 @@ fn launcher_command(run: &RunRef, config: Option<&Path>, action: Option<&str>) -
         None => words.push(format!("--config <the configuration of run {}>", run.name)),
     }
     words.extend(action.map(str::to_string));
+    // A Slurm run submitted with its merge job gets one again, so that the dataset still
+    // appears with nothing running on the login node.
+    if action.is_some() && launch.as_ref().is_some_and(|l| l.slurm && l.merge) {
+        words.push("--merge".into());
+    }
     let cmd = words.join(" ");
     if elsewhere {
         format!("cd {} && {cmd}", quote(&run.root.to_string_lossy()))
@@ -60,6 +65,8 @@ struct Launch {
     config: Option<PathBuf>,
     script: Option<PathBuf>,
     slurm: bool,
+    /// Submitted with a merge job (`run_slurm.sh --merge`).
+    merge: bool,
 }
 
 fn last_launch(logs_dir: &Path) -> Option<Launch> {
@@ -88,6 +95,7 @@ fn last_launch(logs_dir: &Path) -> Option<Launch> {
             config: field("config"),
             script: field("script"),
             slurm,
+            merge: slurm && fields.iter().any(|(k, v)| *k == "merge" && v == "1"),
         };
         best = Some((ts.to_string(), launch));
     }

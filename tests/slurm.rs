@@ -1120,6 +1120,14 @@ fn a_merge_job_writes_the_dataset_once_every_shard_succeeded() {
         "the merge job must not stay pending"
     );
     assert!(!p.path("data/mj/combined.csv").exists());
+    // merge's own refusal of the run points at the same re-submission, merge job included.
+    let out = crate::merge::merge(&p, &["--run", "mj"]);
+    assert_exit(&out, 1, "merge of an incomplete run", p.root());
+    assert!(
+        stderr(&out).contains("run_slurm.sh --config conf/f.yaml --only-failed --merge"),
+        "{}",
+        stderr(&out)
+    );
 
     // Submitted without --wait: the dataset appears with nothing running here.
     std::fs::remove_file(p.path("fail")).unwrap();
