@@ -126,6 +126,21 @@ take_sbatch_opts() {
   done
 }
 
+# Refuses the sbatch options run_slurm.sh sets itself: the run's jobs are found by their name
+# and work directory (--status, --cancel, the refusal of a second submission), and the merge job
+# must be ended when a task fails. (Checked on the command line only: a record written before
+# the check keeps working.)
+refuse_own_opts() {
+  local a
+  for a in "$@"; do
+    case "$a" in
+      --job-name* | -J* | --chdir* | -D* | --kill-on-invalid-dep*)
+        usage_error "$a: run_slurm.sh sets this sbatch option itself (the job name shardrun-<run>, this directory as the jobs' work directory, the merge job ended when a task fails)"
+        ;;
+    esac
+  done
+}
+
 parse_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -146,7 +161,7 @@ parse_args() {
       --throttle) [ $# -ge 2 ] || usage_error "--throttle needs a number"; THROTTLE_ARG=$2; shift ;;
       --notify) shift; take_notify "$@"; shift $((NOTIFY_WORDS - 1)) ;;
       --no-notify) NO_NOTIFY=1 ;;
-      --) shift; SBATCH_GIVEN=1; take_sbatch_opts "$@"; break ;;
+      --) shift; SBATCH_GIVEN=1; refuse_own_opts "$@"; take_sbatch_opts "$@"; break ;;
       *) usage_error "unknown option: $1 (sbatch options go after --)" ;;
     esac
     shift
@@ -1042,7 +1057,7 @@ load_last_submission() {
     JOB_OF[$offset]=$job
     mapfile -t -O "${#SHARDS[@]}" SHARDS < <(expand_ranges "$shards")
   done < <(tail -n +"$n" "$STATUS" | grep -E '^[^ ]+ submit ')
-  ((${#JOB_IDS[@]} > 0)) || DIE_CODE=2 die "run '$RUN': sbatch accepted nothing at its last submission ($SUBMIT_TS); submit it again: $(again)"
+  ((${#JOB_IDS[@]} > 0)) || DIE_CODE=2 die "run '$RUN': sbatch accepted nothing at its last submission ($SUBMIT_TS); submit it again: $(again)$( [ -z "$(sbatch_record)" ] || echo " (with corrected options after a new -- if sbatch refused one of the remembered ones: $(sbatch_record))")"
 }
 
 # ---- --status, --cancel ------------------------------------------------------------------
@@ -1243,6 +1258,12 @@ main() {
   if ((CANCEL)); then
     cancel_run
   fi
+  # Without a shard count (none given, none in the configuration), the run's own plan: the
+  # plain command and a `--wait` re-attach act on the run as it was launched.
+  if [ -z "$NUM_SHARDS$CONFIG_SHARDS" ]; then
+    NUM_SHARDS=$(field "$(last_launch)" num_shards)
+    [[ "$NUM_SHARDS" =~ ^[1-9][0-9]{0,5}$ ]] || NUM_SHARDS=''
+  fi
   if ((DRY_RUN)); then
     choose_shards
     ((${#SHARDS[@]} > 0)) || nothing_to_do
@@ -1266,12 +1287,6 @@ main() {
     report
   fi
   refuse_when_queued
-  # Without a shard count (none given, none in the configuration), the run's own plan: the
-  # plain command and a `--wait` re-attach act on the run as it was launched.
-  if [ -z "$NUM_SHARDS$CONFIG_SHARDS" ]; then
-    NUM_SHARDS=$(field "$(last_launch)" num_shards)
-    [[ "$NUM_SHARDS" =~ ^[1-9][0-9]{0,5}$ ]] || NUM_SHARDS=''
-  fi
   if ((ONLY_FAILED)); then
     preflight "$(field "$(last_launch)" num_shards)"
   else

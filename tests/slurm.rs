@@ -602,6 +602,45 @@ fn bad_run_slurm_arguments_exit_2() {
         ],
         // --status of a run never submitted to Slurm.
         &["--config", "conf/d.yaml", "--status"],
+        // Options run_slurm.sh sets itself: the jobs are found by name and work directory.
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--dry-run",
+            "--",
+            "-J",
+            "x",
+        ],
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--dry-run",
+            "--",
+            "--chdir=/tmp",
+        ],
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--dry-run",
+            "--",
+            "-D",
+            "/tmp",
+        ],
+        &[
+            "--config",
+            "conf/d.yaml",
+            "--num-shards",
+            "2",
+            "--dry-run",
+            "--",
+            "--kill-on-invalid-dep=no",
+        ],
         // --notify with neither --wait nor --merge: nothing would see the run end.
         &[
             "--config",
@@ -2027,8 +2066,7 @@ fn follow_waits_for_a_resubmission_and_a_merged_run_submits_nothing() {
 }
 
 /// A user's --dependency holds the arrays; the merge job depends on the arrays only (sbatch
-/// keeps the last --dependency, which replaced the arrays' and let the merge run first), and
-/// runs in the project whatever --chdir the user gave the arrays.
+/// keeps the last --dependency, which replaced the arrays' and let the merge run first).
 #[test]
 fn a_user_dependency_holds_the_arrays_not_the_merge_job() {
     let p = flaky_project("dp");
@@ -2045,7 +2083,6 @@ fn a_user_dependency_holds_the_arrays_not_the_merge_job() {
             "--dependency=afterok:1",
             "-d",
             "singleton",
-            "--chdir=/nonexistent",
         ],
     );
     assert_exit(&out, 0, "--dry-run", p.root());
@@ -2061,8 +2098,6 @@ fn a_user_dependency_holds_the_arrays_not_the_merge_job() {
     );
     assert!(!merge_line.contains("singleton"), "{merge_line}");
     // The merge job runs in the project (its configuration is named as the user named it).
-    assert_eq!(merge_line.matches("--chdir").count(), 1, "{merge_line}");
-    assert!(!merge_line.contains("/nonexistent"), "{merge_line}");
     assert!(
         merge_line.contains("--config conf/f.yaml --root "),
         "{merge_line}"
