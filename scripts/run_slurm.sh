@@ -1260,6 +1260,7 @@ main() {
   fi
   # Without a shard count (none given, none in the configuration), the run's own plan: the
   # plain command and a `--wait` re-attach act on the run as it was launched.
+  NUM_SHARDS_GIVEN=$NUM_SHARDS
   if [ -z "$NUM_SHARDS$CONFIG_SHARDS" ]; then
     NUM_SHARDS=$(field "$(last_launch)" num_shards)
     [[ "$NUM_SHARDS" =~ ^[1-9][0-9]{0,5}$ ]] || NUM_SHARDS=''
@@ -1276,7 +1277,7 @@ main() {
   take_submit_lock
   # --wait alone while the run's jobs are queued: wait for that submission (after a Ctrl-C of an
   # earlier --wait, or from another login).
-  if ((WAIT && !ONLY_FAILED && !FORCE && !REDO_STALE && !MERGE && !SBATCH_GIVEN)) && [ -z "$NUM_SHARDS$JOBS$THROTTLE_ARG$PER_TASK_ARG" ] &&
+  if ((WAIT && !ONLY_FAILED && !FORCE && !REDO_STALE && !MERGE && !SBATCH_GIVEN)) && [ -z "$NUM_SHARDS_GIVEN$JOBS$THROTTLE_ARG$PER_TASK_ARG" ] &&
     [ -n "$(queued_jobs)" ]; then
     exec 9>&-
     load_last_submission
