@@ -1035,8 +1035,10 @@ load_last_submission() {
   JOBS=$(field "$line" jobs)
   PER_TASK=$(field "$line" shards_per_task)
   [[ "$PER_TASK" =~ ^[1-9][0-9]{0,5}$ ]] || PER_TASK=1
-  [ "$(field "$line" mode)" = redo-stale ] && REDO_STALE=1
-  [ "$(field "$line" mode)" = force ] && LAST_FORCE=1
+  case "$(field "$line" mode)" in
+    redo-stale) REDO_STALE=1 ;;
+    force) LAST_FORCE=1 ;;
+  esac
   [ "$(field "$line" merge)" = 1 ] && MERGE=1
   JOB_IDS=()
   SHARDS=()
@@ -1137,10 +1139,10 @@ show_status() {
   return 0
 }
 
-# status_next MERGE_STATE: what to do next, after --status's table (in `counts`: shards by state).
+# status_next MERGE_STATE: what to do next, after --status's table (`counted`: the states shown).
+# The re-submission keeps --merge when the run has a merge job (load_last_submission sets MERGE).
 status_next() {
-  local live=0 bad=0 key MERGE=$MERGE
-  [ -n "$MERGE_JOB" ] && MERGE=1
+  local live=0 bad=0 key
   for key in "${!counted[@]}"; do
     case "$key" in
       ok) ;;
