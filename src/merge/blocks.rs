@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::final_rows::{self, FinalRows};
 use super::scan::{PartBudget, PartRows, ShardScan};
-use super::staging::{scan_all, CopyDone, OldOutput, Temps, Written};
+use super::staging::{scan_all, Dataset, OldOutput, Segments, Temps, Written};
 use super::{PlanOnDisk, ShardFiles};
 use crate::error::{IoContext, Result};
 use crate::format::csv_out::header_line;
@@ -50,21 +50,30 @@ pub(super) fn write_blocks(
         let len = std::fs::metadata(&s.data).map_or(0, |m| m.len());
         segments.push((s.data.clone(), s.header.data_start, len));
     }
-    let start_copy = || -> Result<BackgroundCopy> {
+    // The dataset is the header and these ranges if the guess holds. What is made from it (the
+    // Parquet file, the partitions) is made from the ranges themselves, and the CSV copy is
+    // made only when it is kept (not for the format parquet alone).
+    let offer = || {
+        temps.early.offer(Dataset::Ranges {
+            header: header.clone(),
+            ranges: segments.clone(),
+        });
+    };
+    let start_copy = || -> Result<Option<BackgroundCopy>> {
+        if temps.transient {
+            return Ok(None);
+        }
         let mut out = crate::store::files::create(&temps.out)?;
         out.write_all(&header).ctx("cannot write", &temps.out)?;
-        let durable = !temps.transient;
-        BackgroundCopy::start(
-            out,
-            &temps.out,
-            segments.clone(),
-            Arc::clone(&temps.copied),
-            durable,
-        )
+        BackgroundCopy::start(out, &temps.out, segments.clone()).map(Some)
     };
-    let mut copy = if early { Some(start_copy()?) } else { None };
-    // A shard that refuses the merge stops the copy at once: a refused merge should not write
-    // much more than it must to find out.
+    let mut copy = None;
+    if early {
+        copy = start_copy()?;
+        offer();
+    }
+    // A shard that refuses the merge stops the copy, and what is made from the ranges, at once:
+    // a refused merge should not write much more than it must to find out.
     let refused = |r: &Result<ShardScan>| {
         if r.as_ref()
             .map_or(true, |s| check(std::slice::from_ref(s)).is_err())
@@ -72,6 +81,7 @@ pub(super) fn write_blocks(
             if let Some(c) = &copy {
                 c.stop();
             }
+            temps.early.stop.store(true, Ordering::Relaxed);
         }
     };
     let scans = scan_all(
@@ -87,15 +97,16 @@ pub(super) fn write_blocks(
         .all(|(s, (_, _, len))| s.in_item_order() && s.data_end == *len);
     // Started now if it was not early, so that it still overlaps the assembly of
     // manifest_final.csv; stopped (when dropped) if the guess was wrong.
-    let copy = match copy.take() {
-        Some(c) => Some(c),
-        None if guessed => Some(start_copy()?),
-        None => None,
-    };
+    if !early && guessed {
+        copy = start_copy()?;
+        offer();
+    }
     let incomplete = assemble_manifest_final(plan, &scans, &temps.manifest_final)?;
-    let background = guessed && copy.is_some();
     let bytes = match copy {
         Some(c) if guessed => c.finish()?,
+        None if guessed => {
+            header.len() as u64 + segments.iter().map(|(_, from, to)| to - from).sum::<u64>()
+        }
         other => {
             drop(other);
             copy_in_order(&temps.out, &header, old, &scans, !temps.transient)?
@@ -105,7 +116,7 @@ pub(super) fn write_blocks(
         deduped: 0,
         bytes,
         incomplete,
-        background_copy_kept: background,
+        early_dataset_kept: guessed,
     };
     Ok((scans, written))
 }
@@ -207,30 +218,17 @@ struct BackgroundCopy {
     out_path: PathBuf,
 }
 
-/// (source file, from, to) of each range, in output order.
-type Segments = Vec<(PathBuf, u64, u64)>;
-
 impl BackgroundCopy {
     const CHUNK: u64 = 32 << 20;
 
-    fn start(
-        out: File,
-        out_path: &Path,
-        segments: Segments,
-        done: Arc<CopyDone>,
-        durable: bool,
-    ) -> Result<Self> {
+    fn start(out: File, out_path: &Path, segments: Segments) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let out_path = out_path.to_path_buf();
         let thread_path = out_path.clone();
         let handle = std::thread::Builder::new()
             .name("merge-copy".into())
-            .spawn(move || {
-                let result = Self::run(out, &thread_path, &segments, &flag, durable);
-                done.set(result.is_ok() && !flag.load(Ordering::Relaxed));
-                result
-            })
+            .spawn(move || Self::run(out, &thread_path, &segments, &flag))
             .ctx("cannot start a thread to copy into", &out_path)?;
         Ok(BackgroundCopy {
             stop,
@@ -239,13 +237,7 @@ impl BackgroundCopy {
         })
     }
 
-    fn run(
-        out: File,
-        out_path: &Path,
-        segments: &Segments,
-        stop: &AtomicBool,
-        durable: bool,
-    ) -> Result<u64> {
+    fn run(out: File, out_path: &Path, segments: &Segments, stop: &AtomicBool) -> Result<u64> {
         let mut copier = RangeCopier::new(out, out_path)?;
         // Write-back is started every CHUNK bytes of output, not per segment: ten thousand
         // small shards are a few writes, not ten thousand.
@@ -263,9 +255,7 @@ impl BackgroundCopy {
                 let end = copier.position();
                 if end - written_back >= Self::CHUNK {
                     copier.flush()?;
-                    if durable {
-                        copier.start_writeback(written_back, end - written_back);
-                    }
+                    copier.start_writeback(written_back, end - written_back);
                     written_back = end;
                 }
             }
@@ -273,9 +263,7 @@ impl BackgroundCopy {
             copier.release(slot)?;
         }
         let (file, bytes) = copier.finish()?;
-        if durable {
-            file.sync_all().ctx("cannot sync", out_path)?;
-        }
+        file.sync_all().ctx("cannot sync", out_path)?;
         Ok(bytes)
     }
 

@@ -232,10 +232,12 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
             .to_string_lossy();
         paths.data_dir.join(format!(".{name}.tmp"))
     });
-    // The Parquet file is made from the finished CSV temporary file, before anything is renamed.
-    let write_parquet = |csv_tmp: &Path| match (&pq_tmp, partition_col) {
+    // The Parquet file (or the partitions) is made from the merged CSV rows, before anything is
+    // renamed.
+    let write_parquet = |dataset: &staging::Dataset, stop: &_| match (&pq_tmp, partition_col) {
         (_, Some(col)) => partition::write(
-            csv_tmp,
+            dataset,
+            stop,
             &tree_tmp,
             col,
             format,
@@ -248,7 +250,7 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
         .map(Some),
         (None, None) => Ok(None),
         (Some(tmp), None) => {
-            parquet::write_from_csv(csv_tmp, tmp, &shards[0].header.columns, &types)
+            parquet::write_from_csv(dataset, stop, tmp, &shards[0].header.columns, &types)
                 .inspect_err(|_| {
                     let _ = std::fs::remove_file(tmp);
                 })
@@ -295,11 +297,17 @@ pub fn run(args: &MergeArgs) -> Result<Outcome> {
     if let Some(tmp) = &pq_tmp {
         std::fs::rename(tmp, &parquet_out).ctx("cannot rename", tmp)?;
     }
+    // The CSV rows are only read back for the Parquet file or the partitions: made as a file
+    // only when the shards' data could not be read as they are.
+    let remove_transient = || match std::fs::remove_file(&out_tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx("cannot remove", &out_tmp),
+        _ => Ok(()),
+    };
     if let Some(t) = &tree {
-        std::fs::remove_file(&out_tmp).ctx("cannot remove", &out_tmp)?;
+        remove_transient()?;
         partition::install(&tree_tmp, t, &tree_old, &paths.data_dir)?;
     } else if format == OutputFormat::Parquet {
-        std::fs::remove_file(&out_tmp).ctx("cannot remove", &out_tmp)?;
+        remove_transient()?;
     } else {
         std::fs::rename(&out_tmp, &output).ctx("cannot rename", &out_tmp)?;
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
@@ -16,8 +17,8 @@ use super::final_rows::FinalRows;
 use super::range_rows::{FileCache, RangeRows};
 use super::scan::ShardScan;
 use super::shard_logs::ShardLogs;
-use super::staging::CopyDone;
 use super::staging::{open_old, scan_all, OldOutput, TempFiles, Temps, Written};
+use super::staging::{Dataset, EarlyDataset};
 use super::{shard_of, sync_dir, Interleave, MergeArgs, PlanOnDisk, ShardFiles};
 use crate::error::{Error, IoContext, Result};
 use crate::format::csv_out::header_line;
@@ -170,7 +171,7 @@ pub fn write(
     args: &MergeArgs,
     target: Target<'_>,
     check: impl Fn(&[ShardScan]) -> Result<()> + Sync,
-    also: impl Fn(&Path) -> Result<Option<super::Partitioned>> + Sync,
+    also: impl Fn(&Dataset, &AtomicBool) -> Result<Option<super::Partitioned>> + Sync,
 ) -> Result<(Stats, Vec<ShardScan>, PathBuf)> {
     // Missing shards refuse the merge before any shard is read (no shard scan needed).
     check(&[])?;
@@ -182,7 +183,7 @@ pub fn write(
         out: tmp(&output.file_name().unwrap_or_default().to_string_lossy()),
         manifest_final: tmp("manifest_final.csv"),
         stats: tmp("stats.json"),
-        copied: Default::default(),
+        early: Default::default(),
         transient: args.format == Some(OutputFormat::Parquet) || args.partition_by.is_some(),
     };
     let dedupe_col = match &args.dedupe_key {
@@ -210,16 +211,16 @@ pub fn write(
     // manifest is read, and the data is copied meanwhile.
     let blocks = (h.sharding == Sharding::Contiguous || h.num_shards == 1) && dedupe_col.is_none();
     // Other files made from the finished dataset (the Parquet file or the partitions), before
-    // anything is renamed. When the dataset is copied in the background (contiguous blocks),
-    // they are made as soon as the copy is done, while the manifests are still read; if the
-    // copy is then not kept (a shard out of item order), they are made again from the final
+    // anything is renamed. When the dataset is the shards' data one after the other (contiguous
+    // blocks), they are made from those byte ranges while the manifests are still read; if the
+    // guess is then wrong (a shard out of item order), they are made again from the final
     // dataset.
-    let copied = &temps.copied;
+    let early = &temps.early;
     let logs = ShardLogs::read(run, plan);
     let (scans, written, early_extra) = std::thread::scope(|scope| -> Result<_> {
-        let early_extra = scope.spawn(|| copied.wait().then(|| also(&temps.out)));
+        let early_extra = scope.spawn(|| early.wait().map(|d| also(&d, &early.stop)));
         // Whatever happens below (a panic included), the thread above is let go.
-        let _let_go = LetGo(copied);
+        let _let_go = LetGo(early);
         let result = if blocks {
             // The data is copied before the manifests are validated only when no refusal is
             // expected, so that merging an unfinished run does not first write a copy of it.
@@ -232,7 +233,7 @@ pub fn write(
                 Ok((scans, written))
             })
         };
-        copied.set(false);
+        early.withdraw();
         let early_extra = early_extra.join().ok().flatten();
         let (scans, written) = result?;
         Ok((scans, written, early_extra))
@@ -241,7 +242,7 @@ pub fn write(
         deduped,
         bytes,
         incomplete,
-        background_copy_kept,
+        early_dataset_kept,
     } = written;
     let verified = if args.verify {
         Some(super::verify::verify_all(&scans)?)
@@ -249,8 +250,8 @@ pub fn write(
         None
     };
     let partitioned = match early_extra {
-        Some(made) if background_copy_kept => made?,
-        _ => also(&temps.out)?,
+        Some(made) if early_dataset_kept => made?,
+        _ => also(&Dataset::File(temps.out.clone()), &AtomicBool::new(false))?,
     };
 
     let items_ok: u64 = scans.iter().map(|s| s.ok).sum();
@@ -326,12 +327,12 @@ pub fn write(
     Ok((stats, scans, temps.out))
 }
 
-/// Tells the waiters of a background copy that it will not complete, when dropped.
-struct LetGo<'a>(&'a CopyDone);
+/// Tells the waiter for the early dataset that none will come, when dropped.
+struct LetGo<'a>(&'a EarlyDataset);
 
 impl Drop for LetGo<'_> {
     fn drop(&mut self) {
-        self.0.set(false);
+        self.0.withdraw();
     }
 }
 
@@ -414,7 +415,7 @@ fn write_interleaved(
         deduped: dedupe.as_ref().map_or(0, |d| d.dropped),
         bytes,
         incomplete: std::mem::take(&mut rows.incomplete),
-        background_copy_kept: false,
+        early_dataset_kept: false,
     })
 }
 

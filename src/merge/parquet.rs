@@ -13,8 +13,9 @@
 //! not an allocation of its own.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter};
+use std::io::BufWriter;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use parquet::basic::{
@@ -27,6 +28,7 @@ use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
+use super::staging::Dataset;
 use crate::error::{Error, IoContext, Result};
 use crate::run::types::{ColumnType, Value};
 
@@ -36,15 +38,19 @@ use crate::run::types::{ColumnType, Value};
 const GROUP_ROWS: usize = 128 * 1024;
 const GROUP_BYTES: usize = 48 << 20;
 
+/// The CSV reader's buffer: large reads, each copied once (the reader reads the files directly).
+pub(super) const READ_BUFFER: usize = 1 << 20;
+
 /// The zstd level: zstd's default, a good ratio at a speed close to the copy's.
 const ZSTD_LEVEL: i32 = 3;
 
 /// The most dictionary bytes a column chunk holds before its pages are written plain.
 const DICTIONARY_BYTES: usize = 64 << 10;
 
-/// Writes `out` (then syncs it) from the CSV file `csv` whose header is `columns`.
+/// Writes `out` (then syncs it) from the CSV rows of `dataset`, whose header is `columns`.
 pub(super) fn write_from_csv(
-    csv: &Path,
+    dataset: &Dataset,
+    stop: &AtomicBool,
     out: &Path,
     columns: &[String],
     types: &[ColumnType],
@@ -52,10 +58,10 @@ pub(super) fn write_from_csv(
     let fail = |e: parquet::errors::ParquetError| {
         Error::Refused(format!("cannot write {}: {e}", out.display()))
     };
-    let input = File::open(csv).ctx("cannot open", csv)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
-        .from_reader(BufReader::with_capacity(1 << 20, input));
+        .buffer_capacity(READ_BUFFER)
+        .from_reader(dataset.reader(stop)?);
     let file = crate::store::files::create(out)?;
     let writer = SerializedFileWriter::new(
         BufWriter::with_capacity(1 << 20, file),
@@ -81,7 +87,7 @@ pub(super) fn write_from_csv(
             let mut row = 0u64;
             loop {
                 let more = reader.read_byte_record(&mut record).map_err(|e| {
-                    Error::Refused(format!("cannot read {} back: {e}", csv.display()))
+                    Error::Refused(format!("cannot read {} back: {e}", dataset.describe()))
                 })?;
                 if more {
                     row += 1;

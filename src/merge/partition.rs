@@ -23,11 +23,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
+use super::staging::Dataset;
 use super::sync_dir;
 use crate::error::{Error, IoContext, Result};
 use crate::format::csv_out::{header_line, RowWriter};
@@ -171,10 +173,11 @@ struct Open {
     used: u64,
 }
 
-/// Writes the partitioned dataset into `tree` (a new directory) from the finished CSV file
-/// `csv`, then syncs it all.
+/// Writes the partitioned dataset into `tree` (a new directory) from the merged CSV rows of
+/// `dataset`, then syncs it all.
 pub(super) fn write(
-    csv: &Path,
+    dataset: &Dataset,
+    stop: &AtomicBool,
     tree: &Path,
     column: usize,
     format: OutputFormat,
@@ -191,10 +194,10 @@ pub(super) fn write(
     }
     crate::store::files::create_dir_all(tree).ctx("cannot create", tree)?;
     let header = header_line(columns);
-    let input = File::open(csv).ctx("cannot open", csv)?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
-        .from_reader(BufReader::with_capacity(1 << 20, input));
+        .buffer_capacity(super::parquet::READ_BUFFER)
+        .from_reader(dataset.reader(stop)?);
     let mut parts: Vec<Part> = Vec::new();
     let mut by_dir: HashMap<String, usize> = HashMap::new();
     let mut open: Vec<Open> = Vec::new();
@@ -203,7 +206,7 @@ pub(super) fn write(
     let mut clock = 0u64;
     while reader
         .read_byte_record(&mut record)
-        .map_err(|e| Error::Refused(format!("cannot read {} back: {e}", csv.display())))?
+        .map_err(|e| Error::Refused(format!("cannot read {} back: {e}", dataset.describe())))?
     {
         let value = record.get(column).unwrap_or_default();
         let dir = format!("{prefix}{}", segment(value));
@@ -344,7 +347,13 @@ fn finish_part(
 ) -> Result<()> {
     let csv = part_file(tree, dir, "csv");
     if format != OutputFormat::Csv {
-        super::parquet::write_from_csv(&csv, &part_file(tree, dir, "parquet"), columns, types)?;
+        super::parquet::write_from_csv(
+            &Dataset::File(csv.clone()),
+            &AtomicBool::new(false),
+            &part_file(tree, dir, "parquet"),
+            columns,
+            types,
+        )?;
     }
     if format == OutputFormat::Parquet {
         std::fs::remove_file(&csv).ctx("cannot remove", &csv)?;

@@ -5,7 +5,9 @@
 //! [`super::output`]) depend on it and not on each other.
 
 use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use super::final_rows::FinalRows;
@@ -18,8 +20,8 @@ pub(super) struct Temps {
     pub(super) out: PathBuf,
     pub(super) manifest_final: PathBuf,
     pub(super) stats: PathBuf,
-    /// Told when the dataset's background copy is complete (see [`CopyDone`]).
-    pub(super) copied: std::sync::Arc<CopyDone>,
+    /// Where the dataset is offered to what is made from it early (see [`EarlyDataset`]).
+    pub(super) early: EarlyDataset,
     /// `out` is only read back, never put in place (the format parquet alone, or partitions):
     /// it is not synced nor written back early, which would only cost disk bandwidth.
     pub(super) transient: bool,
@@ -33,8 +35,8 @@ pub(super) struct Written {
     pub(super) bytes: u64,
     /// The first incomplete items, in item order.
     pub(super) incomplete: Vec<String>,
-    /// The dataset is the background copy (the files made from it early are good).
-    pub(super) background_copy_kept: bool,
+    /// The dataset is the one offered early (the files made from it are good).
+    pub(super) early_dataset_kept: bool,
 }
 
 /// Scans every shard, on up to one thread per core; with `parts`, each writes its rows of
@@ -160,29 +162,208 @@ pub(super) fn part_spec<'a>(
     }
 }
 
-/// Tells whoever waits that the background copy of the dataset is complete and synced (`true`),
-/// or will not be (`false`): the Parquet file or the partitions are then made from it while the
-/// manifests are still being read. Only the first `set` counts.
-#[derive(Default)]
-pub(super) struct CopyDone {
-    state: Mutex<Option<bool>>,
-    changed: Condvar,
+/// The merged dataset as CSV bytes, for what is made from it (the Parquet file, the partitions):
+/// a file, or the byte ranges of other files it is made of, after its header line. The ranges
+/// are what the block merge copies, so both read the same bytes; reading them directly lets the
+/// Parquet file be made without waiting for (or, for the format parquet alone, making) the
+/// CSV copy.
+#[derive(Clone)]
+pub(super) enum Dataset {
+    File(PathBuf),
+    Ranges { header: Vec<u8>, ranges: Segments },
 }
 
-impl CopyDone {
-    pub(super) fn set(&self, complete: bool) {
+/// (source file, from, to) of each byte range, in dataset order.
+pub(super) type Segments = Vec<(PathBuf, u64, u64)>;
+
+impl Dataset {
+    /// A reader of the dataset's bytes that gives up with an error once `stop` is set.
+    pub(super) fn reader<'a>(&self, stop: &'a AtomicBool) -> Result<DatasetReader<'a>> {
+        let (header, ranges, current) = match self {
+            Dataset::File(path) => (
+                Vec::new(),
+                Vec::new(),
+                Some(Open {
+                    file: File::open(path).ctx("cannot open", path)?.take(u64::MAX),
+                    path: path.clone(),
+                    exact: false,
+                }),
+            ),
+            Dataset::Ranges { header, ranges } => (header.clone(), ranges.clone(), None),
+        };
+        Ok(DatasetReader {
+            header: std::io::Cursor::new(header),
+            ranges: ranges.into_iter(),
+            current,
+            stop,
+        })
+    }
+
+    /// What messages call it.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Dataset::File(path) => path.display().to_string(),
+            Dataset::Ranges { ranges, .. } => {
+                let files: Vec<_> = ranges
+                    .iter()
+                    .map(|(p, ..)| p.display().to_string())
+                    .collect();
+                match files.as_slice() {
+                    [one] => format!("the merged rows of {one}"),
+                    [first, .., last] => format!("the merged rows of {first} to {last}"),
+                    [] => "the merged rows".into(),
+                }
+            }
+        }
+    }
+}
+
+/// Reads a [`Dataset`]: the header, then each range in turn (one file open at a time, whatever
+/// the shard count).
+pub(super) struct DatasetReader<'a> {
+    header: std::io::Cursor<Vec<u8>>,
+    ranges: std::vec::IntoIter<(PathBuf, u64, u64)>,
+    current: Option<Open>,
+    stop: &'a AtomicBool,
+}
+
+/// The file being read, up to the end of its range (`exact`: the range must be there whole).
+struct Open {
+    file: std::io::Take<File>,
+    path: PathBuf,
+    exact: bool,
+}
+
+impl Read for DatasetReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("the merge stopped"));
+        }
+        let n = self.header.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        let with_path = |path: &Path, e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        };
+        loop {
+            if let Some(open) = &mut self.current {
+                let n = open.file.read(buf).map_err(|e| with_path(&open.path, e))?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                // A range is read whole, or the file changed under the merge.
+                if open.exact && open.file.limit() > 0 {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file is shorter than when the merge started",
+                    );
+                    return Err(with_path(&open.path, e));
+                }
+                self.current = None;
+            }
+            let Some((path, from, to)) = self.ranges.next() else {
+                return Ok(0);
+            };
+            let mut file = File::open(&path).map_err(|e| with_path(&path, e))?;
+            file.seek(SeekFrom::Start(from))
+                .map_err(|e| with_path(&path, e))?;
+            self.current = Some(Open {
+                file: file.take(to.saturating_sub(from)),
+                path,
+                exact: true,
+            });
+        }
+    }
+}
+
+/// Hands the dataset to whoever makes files from it while the manifests are still read (the
+/// Parquet file or the partitions): offered as soon as its bytes are known to be final, or
+/// withdrawn when they will not be. Only the first word counts. `stop` tells a reader of an
+/// offered dataset to give up (a shard refused the merge).
+#[derive(Default)]
+pub(super) struct EarlyDataset {
+    state: Mutex<Option<Option<Dataset>>>,
+    changed: Condvar,
+    pub(super) stop: AtomicBool,
+}
+
+impl EarlyDataset {
+    fn settle(&self, dataset: Option<Dataset>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.is_none() {
-            *s = Some(complete);
+            *s = Some(dataset);
             self.changed.notify_all();
         }
     }
 
-    pub(super) fn wait(&self) -> bool {
+    pub(super) fn offer(&self, dataset: Dataset) {
+        self.settle(Some(dataset));
+    }
+
+    pub(super) fn withdraw(&self) {
+        self.settle(None);
+    }
+
+    /// Waits for the word: the dataset offered, or `None`.
+    pub(super) fn wait(&self) -> Option<Dataset> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        while s.is_none() {
-            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*s {
+                Some(d) => return d.clone(),
+                None => s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
         }
-        *s == Some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Dataset, Read};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn read_all(d: &Dataset, stop: &AtomicBool) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        d.reader(stop).expect("opens").read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn ranges_are_read_after_the_header_in_order_and_must_be_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.csv");
+        let b = dir.path().join("b.csv");
+        std::fs::write(&a, "x\n1\n2\n").unwrap();
+        std::fs::write(&b, "x\n3\n4\n5\n").unwrap();
+        let never = AtomicBool::new(false);
+        let d = Dataset::Ranges {
+            header: b"x\n".to_vec(),
+            ranges: vec![(b.clone(), 2, 6), (a.clone(), 2, 6), (b.clone(), 6, 8)],
+        };
+        assert_eq!(read_all(&d, &never).unwrap(), b"x\n3\n4\n1\n2\n5\n");
+        assert!(d.describe().contains("b.csv"));
+
+        // A file shorter than its range (changed under the merge) is an error naming it.
+        let short = Dataset::Ranges {
+            header: Vec::new(),
+            ranges: vec![(a.clone(), 2, 60)],
+        };
+        let e = read_all(&short, &never).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(e.to_string().contains("a.csv"), "{e}");
+
+        // A plain file is read whole.
+        assert_eq!(
+            read_all(&Dataset::File(b.clone()), &never).unwrap(),
+            b"x\n3\n4\n5\n"
+        );
+
+        // Told to stop, the reader gives up at its next read.
+        let stop = AtomicBool::new(false);
+        let mut r = d.reader(&stop).unwrap();
+        let mut first = [0u8; 2];
+        r.read_exact(&mut first).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        assert!(r.read(&mut first).is_err());
     }
 }
