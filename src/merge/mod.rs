@@ -14,6 +14,7 @@
 
 mod blocks;
 mod copy;
+mod csv_rows;
 mod final_rows;
 mod output;
 mod parquet;

@@ -28,6 +28,7 @@ use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
+use super::csv_rows::{CsvRows, Fields};
 use super::staging::Dataset;
 use crate::error::{Error, IoContext, Result};
 use crate::run::types::{ColumnType, Value};
@@ -58,10 +59,11 @@ pub(super) fn write_from_csv(
     let fail = |e: parquet::errors::ParquetError| {
         Error::Refused(format!("cannot write {}: {e}", out.display()))
     };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .buffer_capacity(READ_BUFFER)
-        .from_reader(dataset.reader(stop)?);
+    let mut reader = CsvRows::new(dataset.reader(stop)?, READ_BUFFER);
+    let read_failed =
+        |e: std::io::Error| Error::Refused(format!("cannot read {} back: {e}", dataset.describe()));
+    // The header line (the columns are known).
+    reader.next_record().map_err(read_failed)?;
     let file = crate::store::files::create(out)?;
     let writer = SerializedFileWriter::new(
         BufWriter::with_capacity(1 << 20, file),
@@ -83,16 +85,16 @@ pub(super) fn write_from_csv(
         });
         let parsed = (|| -> Result<()> {
             let mut group = Group::new(types);
-            let mut record = csv::ByteRecord::new();
             let mut row = 0u64;
             loop {
-                let more = reader.read_byte_record(&mut record).map_err(|e| {
-                    Error::Refused(format!("cannot read {} back: {e}", dataset.describe()))
-                })?;
-                if more {
-                    row += 1;
-                    group.push(&record, columns, row)?;
-                }
+                let more = match reader.next_record().map_err(read_failed)? {
+                    Some(fields) => {
+                        row += 1;
+                        group.push(&fields, columns, row)?;
+                        true
+                    }
+                    None => false,
+                };
                 let full = group.rows >= GROUP_ROWS || group.bytes >= GROUP_BYTES;
                 if full || (!more && group.rows > 0) {
                     group.check_strings(columns, row + 1 - group.rows as u64)?;
@@ -231,7 +233,7 @@ impl Group {
     }
 
     /// Adds one CSV record (row `row` of the dataset, for messages).
-    fn push(&mut self, record: &csv::ByteRecord, names: &[String], row: u64) -> Result<()> {
+    fn push(&mut self, record: &Fields<'_>, names: &[String], row: u64) -> Result<()> {
         if record.len() != self.types.len() {
             return Err(Error::Refused(format!(
                 "row {row} of the merged dataset has {} fields, expected {}",
@@ -239,7 +241,9 @@ impl Group {
                 self.types.len()
             )));
         }
+        let mut bytes = 0;
         for (i, field) in record.iter().enumerate() {
+            bytes += field.len();
             let ty = self.types[i];
             let value = if ty == ColumnType::String {
                 // Checked as UTF-8 once per row group (`check_strings`), not value by value.
@@ -267,7 +271,7 @@ impl Group {
             push_value(&mut self.columns[i], value);
         }
         self.rows += 1;
-        self.bytes += record.as_slice().len() + self.slot_bytes;
+        self.bytes += bytes + self.slot_bytes;
         Ok(())
     }
 

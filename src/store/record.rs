@@ -382,10 +382,21 @@ impl<'a> Fixed<'a> {
         // two strings of every record a merge reads.
         let end = memchr::memchr(b'"', self.0)?;
         let body = &self.0[..end];
-        if body.iter().any(|&b| b == b'\\' || b < 0x20) {
-            return None;
+        let mut ascii = true;
+        for &b in body {
+            if b == b'\\' || b < 0x20 {
+                return None;
+            }
+            ascii &= b < 0x80;
         }
-        let s = std::str::from_utf8(body).ok()?;
+        let s = if ascii {
+            // SAFETY: every byte is ASCII (checked just above), so the bytes are UTF-8. The
+            // general check, one call per string for two short strings of every record, was a
+            // twentieth of a merge's CPU.
+            unsafe { std::str::from_utf8_unchecked(body) }
+        } else {
+            std::str::from_utf8(body).ok()?
+        };
         self.0 = &self.0[end + 1..];
         Some(s)
     }
