@@ -446,7 +446,7 @@ fn push_value(values: &mut Values, value: Option<Value<'_>>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_i64, ColumnType, Group};
+    use super::{parse_i64, ColumnType, CsvRows, Group};
 
     /// Strings are checked a row group at a time: valid non-ASCII passes, and the first invalid
     /// value is named by its row and column, also when it sits next to valid multi-byte text.
@@ -454,23 +454,22 @@ mod tests {
     fn strings_are_checked_as_utf8_per_group_and_the_first_bad_row_is_named() {
         let names = ["a".to_string(), "b".to_string()];
         let types = [ColumnType::String, ColumnType::String];
-        let record = |a: &[u8], b: &[u8]| {
-            let mut r = csv::ByteRecord::new();
-            r.push_field(a);
-            r.push_field(b);
-            r
+        // Pushes the record `a,b` as the merged rows are read.
+        let push = |group: &mut Group, a: &[u8], b: &[u8], row: u64| {
+            let line = [a, b",", b, b"\n"].concat();
+            let mut rows = CsvRows::new(&line[..], 64);
+            let fields = rows.next_record().unwrap().unwrap();
+            group.push(&fields, &names, row)
         };
         let mut group = Group::new(&types);
         for (row, (a, b)) in [("x", "é"), ("日本", ""), ("", "ok")].iter().enumerate() {
-            group
-                .push(&record(a.as_bytes(), b.as_bytes()), &names, 11 + row as u64)
-                .unwrap();
+            push(&mut group, a.as_bytes(), b.as_bytes(), 11 + row as u64).unwrap();
         }
         group.check_strings(&names, 11).unwrap();
         // A lead byte at the end of one value and its continuation at the start of the next:
         // the buffer is valid UTF-8 as a whole, each value is not.
-        group.push(&record(b"ok", b"\xc3"), &names, 14).unwrap();
-        group.push(&record(b"ok", b"\xa9"), &names, 15).unwrap();
+        push(&mut group, b"ok", b"\xc3", 14).unwrap();
+        push(&mut group, b"ok", b"\xa9", 15).unwrap();
         let e = group.check_strings(&names, 11).unwrap_err().to_string();
         assert!(
             e.contains("row 14 of the merged dataset, column \"b\""),
