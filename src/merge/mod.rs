@@ -7,9 +7,9 @@
 //! in parallel, while the data is copied in the background; stride plans and `--dedupe-key`
 //! interleave the shards' items by index ([`Interleave`]). Outputs are written to temporary
 //! files, synced, and renamed into place: `manifest_final.csv`, `stats.json`, then
-//! `combined.parquet` when asked for (made from the finished CSV temporary file, `parquet.rs`;
-//! with contiguous blocks, as soon as its background copy is synced, while the manifests are
-//! still read), or the `--partition-by` tree (`partition.rs`), then `combined.csv` last. Shard outputs are deleted only after that, with a marker file so
+//! `combined.parquet` when asked for (made from the merged CSV rows, `parquet.rs`;
+//! with contiguous blocks, from the shards' data ranges from the start, while the manifests
+//! are read), or the `--partition-by` tree (`partition.rs`), then `combined.csv` last. Shard outputs are deleted only after that, with a marker file so
 //! that a crash during the clean-up is finished by the next merge.
 
 mod blocks;

@@ -1,8 +1,9 @@
-//! `combined.parquet`: the merged CSV (already in item order, byte-identical for any shard count
-//! or history) read back as a stream and written as Parquet, typed by the column types.
+//! `combined.parquet`: the merged CSV rows (already in item order, byte-identical for any shard
+//! count or history) read as a stream and written as Parquet, typed by the column types.
 //!
-//! Reading the finished CSV rather than the shards keeps one path to the dataset's order and
-//! contents (`--append` and `--dedupe-key` included). Rows are buffered one row group at a time,
+//! The rows are read as the merged CSV ([`super::staging::Dataset`]: the finished file, or with
+//! contiguous blocks the very byte ranges of the shards it is made of), which keeps one path to
+//! the dataset's order and contents (`--append` and `--dedupe-key` included). Rows are buffered one row group at a time,
 //! so memory is bounded by the row group, not the dataset; row groups are cut by row count and
 //! buffered bytes, which depend on the data only. Writer settings are fixed (no timestamp, a
 //! fixed `created_by`), so the same rows give the same bytes.
